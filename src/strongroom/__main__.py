@@ -1,0 +1,5 @@
+"""Allows `python -m strongroom`."""
+
+from strongroom.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The agent: what runs on a protected machine (home, backup, restore, check)."""

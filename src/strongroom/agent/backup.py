@@ -1,0 +1,390 @@
+"""Backup: walk the sources, read only what changed, store new blobs, record a recovery point.
+
+The walk runs in the calling thread, relative to open directory descriptors; file reading,
+chunking, hashing, compression and encryption run on a thread pool (the libraries release
+the GIL). Directory trees are finalised in post-order from a bounded queue, so the pool
+never waits for the walk and memory does not grow with the size of the tree.
+
+Change detection (unoptimized mode): a file whose size, mtime, ctime and inode equal those
+in the parent point is not read; its entry, content IDs and all, is carried over.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom import chunker
+from strongroom.agent.fsmeta import entry_from_stat, entry_type, proc_path, read_xattrs
+from strongroom.agent.reader import BlobReader
+from strongroom.agent.sparse import ExtentReader, data_extents
+from strongroom.crypto import MasterKey
+from strongroom.errors import UsageError
+from strongroom.agent.points import open_manifest, seal_manifest
+from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
+from strongroom.packs import KIND_DATA, KIND_TREE
+from strongroom.vault.interface import Vault
+from strongroom.vault.service import PointRecord
+
+_MAX_IN_FLIGHT = 256
+_MAX_PENDING_DIRS = 128
+_READ_ATTEMPTS = 3
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass
+class Counters:
+    """Live figures of a run, read by the progress display while the run goes on."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    bytes_read: int = 0
+    bytes_total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def read(self, nbytes: int) -> None:
+        with self.lock:
+            self.bytes_read += nbytes
+
+
+@dataclass
+class BackupResult:
+    point: PointRecord
+    stats: dict[str, Any]
+    warnings: list[tuple[bytes, str]]
+
+
+class _PendingDir:
+    __slots__ = ("entry", "items", "tree_id")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.entry: Entry | None = None
+        self.items = items
+        self.tree_id: bytes | None = None
+
+
+class _FileJob:
+    __slots__ = ("future", "name")
+
+    def __init__(self, future: Future, name: bytes) -> None:
+        self.future, self.name = future, name
+
+
+def _unchanged(prev: Entry | None, st: os.stat_result) -> bool:
+    return (prev is not None and prev["t"] == FILE and prev.get("s") == st.st_size
+            and prev["mt"] == st.st_mtime_ns and prev["ct"] == st.st_ctime_ns and prev.get("i") == st.st_ino)
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
+def normalise_sources(paths: list[bytes]) -> list[bytes]:
+    """Absolute, normalised, existing sources, without any that another one contains."""
+    out: list[bytes] = []
+    for raw in paths:
+        path = os.path.normpath(os.path.abspath(raw))
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            raise UsageError(f"path does not exist: {raw.decode('utf-8', 'backslashreplace')}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {raw.decode('utf-8', 'backslashreplace')}: {exc.strerror}") from None
+        out.append(path)
+    out = sorted(set(out))
+    return [p for p in out if not any(p != q and (q == b"/" or p.startswith(q + b"/")) for q in out)]
+
+
+class Backup:
+    def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
+                 skip_dirs: list[bytes] = ()) -> None:
+        self.vault, self.key = vault, key
+        self.sources = normalise_sources(sources)
+        self.excludes = [os.fsencode(e) for e in excludes]
+        self.skip = set()
+        for d in skip_dirs:  # never back up the vault or the agent home into themselves
+            try:
+                st = os.stat(d)
+                self.skip.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        self.counters = Counters()
+        self.warnings: list[tuple[bytes, str]] = []
+        self.refs: set[bytes] = set()
+        self.reader = BlobReader(vault, key)
+        self.pending: deque[_PendingDir] = deque()
+        self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
+        self.hardlinks: dict[tuple[int, int], Future] = {}
+        self.local = threading.local()
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self) -> BackupResult:
+        from strongroom.agent.packer import Packer
+
+        started = time.monotonic()
+        points = self.vault.points()
+        parent_root = self._parent_root(points[0]) if points else None
+        self.packer = Packer(self.vault, self.key, self.vault.blob_ids())
+        workers = min(8, (os.cpu_count() or 2) + 1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="reader") as self.pool:
+                root = self._build_root(parent_root)
+                while self.pending:
+                    self._finalize(self.pending.popleft())
+            self.packer.close()
+        except BaseException:
+            self.packer.abort()
+            raise
+        c = self.counters
+        stats = {"files_new": c.files_new, "files_changed": c.files_changed,
+                 "files_unchanged": c.files_unchanged, "dirs": c.dirs, "bytes_read": c.bytes_read,
+                 "bytes_total": c.bytes_total, "bytes_added": self.packer.bytes_added,
+                 "blobs_added": self.packer.blobs_added, "packs_added": self.packer.packs_uploaded,
+                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings)}
+        manifest = seal_manifest(self.key, {
+            "tree": root.tree_id, "sources": self.sources, "excludes": self.excludes,
+            "host": socket.gethostname(), "parent": points[0].id if points else None,
+            "warnings": [[p, m] for p, m in self.warnings]})
+        point = self.vault.add_point("files", "unoptimized", stats, manifest,
+                                     sorted(self.refs))
+        return BackupResult(point, stats, self.warnings)
+
+    def _parent_root(self, point: PointRecord) -> bytes | None:
+        return open_manifest(self.key, point)["tree"]
+
+    def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
+        return {e["n"]: e for e in self.reader.tree(tree_id)} if tree_id else {}
+
+    # -- walking ----------------------------------------------------------------------------
+
+    def _build_root(self, parent_root: bytes | None) -> _PendingDir:
+        if b"/" in self.sources:
+            fd = os.open(b"/", _DIR_FLAGS)
+            try:
+                return self._scan_dir(fd, b"", parent_root)
+            finally:
+                os.close(fd)
+        tree: dict[bytes, Any] = {}
+        for src in self.sources:
+            node = tree
+            for part in split_abs(src)[:-1]:
+                node = node.setdefault(part, {})
+            node[split_abs(src)[-1]] = None  # None marks a source: scanned, not just passed through
+        return self._build_virtual(tree, b"", parent_root)
+
+    def _build_virtual(self, node: dict[bytes, Any], path: bytes, parent_tree: bytes | None) -> _PendingDir:
+        """A directory on the way to the sources: holds only the paths that lead to them."""
+        parent = self._parent_entries(parent_tree)
+        items: list[Any] = []
+        fd = os.open(path or b"/", _DIR_FLAGS)
+        try:
+            for name in sorted(node):
+                child = node[name]
+                if child is None:
+                    item = self._scan_entry(fd, join(path, name) if path else b"/" + name, name, parent)
+                    if item is not None:
+                        items.append(item)
+                    continue
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                entry = entry_from_stat(name, st)
+                xattrs = read_xattrs(proc_path(fd, name))
+                if xattrs:
+                    entry["x"] = xattrs
+                prev = parent.get(name)
+                sub = self._build_virtual(child, (path or b"") + b"/" + name,
+                                          prev.get("tree") if prev and prev["t"] == DIR else None)
+                sub.entry = entry
+                items.append(sub)
+        finally:
+            os.close(fd)
+        return self._queue(items)
+
+    def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir:
+        parent = self._parent_entries(parent_tree)
+        with os.scandir(dfd) as it:
+            names = sorted(os.fsencode(de.name) for de in it)
+        items = []
+        for name in names:
+            full = join(path, name) if path else b"/" + name
+            if self._excluded(full, name):
+                continue
+            item = self._scan_entry(dfd, full, name, parent)
+            if item is not None:
+                items.append(item)
+        self.counters.dirs += 1
+        return self._queue(items)
+
+    def _excluded(self, full: bytes, name: bytes) -> bool:
+        return any(fnmatch.fnmatchcase(full if b"/" in pat else name, pat) for pat in self.excludes)
+
+    def _warn(self, path: bytes, message: str) -> None:
+        self.warnings.append((path, message))
+
+    def _scan_entry(self, dfd: int, full: bytes, name: bytes, parent: dict[bytes, Entry]) -> Any:
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # vanished since the directory was listed
+        except OSError as exc:
+            self._warn(full, exc.strerror or str(exc))
+            return None
+        kind = entry_type(st)
+        prev = parent.get(name)
+        try:
+            if kind == DIR:
+                return self._scan_subdir(dfd, full, name, st, prev)
+            if kind == FILE:
+                return self._scan_file(dfd, full, name, st, prev)
+            entry = entry_from_stat(name, st)
+            if kind == SYMLINK:
+                entry["l"] = os.readlink(name, dir_fd=dfd)
+            xattrs = read_xattrs(proc_path(dfd, name))
+            if xattrs:
+                entry["x"] = xattrs
+            return entry
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn(full, exc.strerror or str(exc))
+            return None
+
+    def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+        if (st.st_dev, st.st_ino) in self.skip:
+            return None
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        try:
+            entry = entry_from_stat(name, st)
+            xattrs = read_xattrs(fd)
+            if xattrs:
+                entry["x"] = xattrs
+            sub = self._scan_dir(fd, full, prev.get("tree") if prev and prev["t"] == DIR else None)
+        finally:
+            os.close(fd)
+        sub.entry = entry
+        return sub
+
+    def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+        c = self.counters
+        c.bytes_total += st.st_size
+        if _unchanged(prev, st):
+            c.files_unchanged += 1
+            return prev
+        if prev is None:
+            c.files_new += 1
+        else:
+            c.files_changed += 1
+        link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+        if link_key in self.hardlinks:
+            return _FileJob(self.hardlinks[link_key], name)
+        fd = os.open(name, _FILE_FLAGS | os.O_NOATIME, dir_fd=dfd) if self._noatime_ok(st) \
+            else os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        self.in_flight.acquire()
+        future = self.pool.submit(self._read_file, fd, full)
+        if link_key:
+            self.hardlinks[link_key] = future
+        return _FileJob(future, name)
+
+    @staticmethod
+    def _noatime_ok(st: os.stat_result) -> bool:
+        # O_NOATIME is allowed to the file's owner and to root only.
+        return os.geteuid() in (0, st.st_uid)
+
+    # -- reading files (pool threads) -------------------------------------------------------
+
+    def _chunker(self) -> Any:
+        if not hasattr(self.local, "chunker"):
+            self.local.chunker = chunker.make_chunker(self.key.chunker_seed)
+        return self.local.chunker
+
+    def _read_file(self, fd: int, full: bytes) -> Entry | None:
+        try:
+            for _attempt in range(_READ_ATTEMPTS):
+                before = os.fstat(fd)
+                if entry_type(before) != FILE:
+                    raise OSError(0, "replaced by something that is not a file while being read")
+                content, sparse = self._read_content(fd, before)
+                after = os.fstat(fd)
+                if _same_version(before, after):
+                    break
+            else:
+                self._warn(full, "changed while being read; the last version read was stored")
+            entry = entry_from_stat(b"", before)
+            entry["c"] = content
+            if sparse is not None:
+                entry["sp"] = sparse
+            xattrs = read_xattrs(fd)
+            if xattrs:
+                entry["x"] = xattrs
+            return entry
+        except OSError as exc:
+            self._warn(full, f"not backed up: {exc.strerror or exc}")
+            return None
+        finally:
+            os.close(fd)
+            self.in_flight.release()
+
+    def _read_content(self, fd: int, st: os.stat_result) -> tuple[list[bytes], list[list[int]] | None]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        sparse = None
+        if st.st_size and st.st_blocks * 512 < st.st_size:
+            extents = data_extents(fd, st.st_size)
+            if extents != [[0, st.st_size]]:
+                sparse = extents
+        stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
+        ids: list[bytes] = []
+        if sparse is None and st.st_size <= chunker.MIN_SIZE:
+            data = stream.read()
+            if data:
+                ids.append(self._store(data))
+            self.counters.read(len(data))
+        else:
+            for piece in chunker.chunks(self._chunker(), stream):
+                ids.append(self._store(piece))
+                self.counters.read(len(piece))
+        return ids, sparse
+
+    def _store(self, data: bytes | memoryview) -> bytes:
+        blob_id = self.key.blob_id(data)
+        self.packer.add(blob_id, KIND_DATA, data)
+        return blob_id
+
+    # -- finalising trees -------------------------------------------------------------------
+
+    def _queue(self, items: list[Any]) -> _PendingDir:
+        pending = _PendingDir(items)
+        self.pending.append(pending)
+        while len(self.pending) > _MAX_PENDING_DIRS:
+            self._finalize(self.pending.popleft())
+        return pending
+
+    def _finalize(self, pending: _PendingDir) -> None:
+        entries: list[Entry] = []
+        for item in pending.items:
+            if isinstance(item, _FileJob):
+                result = item.future.result()
+                if result is None:
+                    continue
+                entry = {**result, "n": item.name}
+            elif isinstance(item, _PendingDir):
+                entry = {**item.entry, "tree": item.tree_id}
+            else:
+                entry = item
+            self.refs.update(entry.get("c", ()))
+            entries.append(entry)
+        data = encode_tree(entries)
+        tree_id = self.key.blob_id(data)
+        self.packer.add(tree_id, KIND_TREE, data)
+        self.refs.add(tree_id)
+        pending.tree_id = tree_id
+        pending.items = []

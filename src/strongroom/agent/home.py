@@ -1,0 +1,76 @@
+"""The agent home: this machine's registration, wrapped key and cache, in one private folder.
+
+Resolved from --home, else $STRONGROOM_HOME, else a per-user default. The passphrase is
+never stored; the key is kept only wrapped, so every command that needs it asks for the
+passphrase (from a file, the environment or a prompt).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+from strongroom.crypto import MasterKey, unwrap_key
+from strongroom.errors import UsageError
+from strongroom.fsutil import write_private
+from strongroom.vault.embedded import EmbeddedVault, connect
+
+ENV_VAR = "STRONGROOM_HOME"
+
+
+def default_home() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/strongroom")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "strongroom"
+
+
+class AgentHome:
+    def __init__(self, path: Path | None) -> None:
+        env = os.environ.get(ENV_VAR)
+        self.path = path or (Path(env) if env else default_home())
+        self.config_path = self.path / "config.json"
+        self.token_path = self.path / "token"
+        self.keyfile_path = self.path / "key.json"
+        self.cache = self.path / "cache"
+
+    @property
+    def registered(self) -> bool:
+        return self.config_path.exists()
+
+    def save_registration(self, vault_url: str, machine: str, token: str, keyfile: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.cache.mkdir(exist_ok=True, mode=0o700)
+        write_private(self.token_path, token.encode())
+        write_private(self.keyfile_path, keyfile.encode())
+        write_private(self.config_path, json.dumps({"vault": vault_url, "machine": machine}, indent=1).encode())
+
+    def config(self) -> dict:
+        try:
+            return json.loads(self.config_path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"this machine is not registered (no agent home at {self.path}); "
+                             "run `strongroom register --credentials FILE` first") from None
+
+    def vault(self) -> EmbeddedVault:
+        """The vault this machine is registered with, bound to this machine's token."""
+        vault = connect(self.config()["vault"])
+        vault.bind(self.token_path.read_text().strip())
+        return vault
+
+    def master_key(self, passphrase: str) -> MasterKey:
+        return unwrap_key(self.keyfile_path.read_text(), passphrase)
+
+    def lock(self) -> IO[bytes]:
+        """An exclusive lock on this home, held while a backup or restore runs."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = open(self.path / "lock", "wb")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UsageError("another backup or restore of this machine is running") from None
+        return handle

@@ -1,0 +1,309 @@
+"""Restore: write a point's entries back, with the conflict rule and every file's metadata.
+
+Everything is created relative to open directory descriptors with O_NOFOLLOW/O_EXCL, and
+every name is checked, so a point (even a hostile one) cannot write outside the target:
+names with `/`, `.` or `..` are refused and no symlink in the target is ever followed.
+Files are written by a thread pool; a directory's own metadata is set once its contents
+are in place. An entry that cannot be restored is reported and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from strongroom.agent.fsmeta import apply_ownership_and_mode, apply_times, apply_xattrs, proc_path, type_mode
+from strongroom.agent.reader import BlobReader
+from strongroom.errors import StrongroomError, UsageError
+from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, display_path, is_safe_name, join
+
+CONFLICTS = ("copy", "overwrite", "skip")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class RestoreResult:
+    files_restored: int = 0
+    files_skipped: int = 0
+    files_copied: int = 0
+    bytes_written: int = 0
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def copy_name(name: bytes, created_ns: int, n: int) -> bytes:
+    """MARS's name for a restored copy: the point's time before the name, so the extension stays."""
+    stamp = time.strftime("%Y-%m-%d %H-%M", time.localtime(created_ns / 1e9)).encode()
+    if n > 1:
+        stem, dot, ext = name.rpartition(b".")
+        name = stem + b" (%d)." % n + ext if dot and stem else name + b" (%d)" % n
+    full = stamp + b" Copy of " + name
+    return full if len(full) <= 255 else full[:255]
+
+
+class Restore:
+    def __init__(self, reader: BlobReader, created_ns: int, conflict: str) -> None:
+        if conflict not in CONFLICTS:
+            raise UsageError(f"--conflict must be one of {', '.join(CONFLICTS)}")
+        self.reader, self.created_ns, self.conflict = reader, created_ns, conflict
+        self.result = RestoreResult()
+        self.links: dict[tuple[int, int], bytes] = {}  # hardlink group -> where its first file went
+        self.first_links: dict[tuple[int, int], Future] = {}
+        self.is_root = os.geteuid() == 0
+
+    def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
+        """Each selection: the path components, the entries of its parent dirs, and its entry."""
+        self.root_fd = root_fd
+        workers = min(8, (os.cpu_count() or 2) + 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="writer") as self.pool:
+            for parts, parents, entry in selections:
+                self._restore_selection(parts, parents, entry)
+        return self.result
+
+    def _error(self, path: bytes, message: str) -> None:
+        self.result.errors.append((path, message))
+
+    def _restore_selection(self, parts: list[bytes], parents: list[Entry], entry: Entry) -> None:
+        fd = os.dup(self.root_fd)
+        path = b""
+        try:
+            for name, parent in zip(parts[:-1], parents):
+                path = join(path, name)
+                sub, created = self._enter_dir(fd, name, path)
+                os.close(fd)
+                fd = sub
+                if fd is None:
+                    return
+                if created:
+                    self._dir_meta(fd, parent, path)
+            self._restore_entry(fd, join(path, parts[-1]) if parts else b"", entry)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    # -- directories ------------------------------------------------------------------------
+
+    def _enter_dir(self, dfd: int, name: bytes, path: bytes) -> tuple[int | None, bool]:
+        """(fd of the directory `name` in `dfd`, whether it was made), fd None if it cannot be had."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            created = True
+        except FileExistsError:
+            created = False
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or self.conflict != "overwrite":
+                self._error(path, "a non-directory is in the way (not followed, not replaced)")
+                return None, False
+            os.unlink(name, dir_fd=dfd)  # a file or symlink where the point has a directory
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            created = True
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        return fd, created
+
+    def _dir_meta(self, fd: int, entry: Entry, path: bytes) -> None:
+        try:
+            apply_ownership_and_mode(entry, fd, b"", fd)
+            refused = apply_xattrs(fd, entry.get("x", {}))
+            apply_times(entry, fd, b"", fd)
+        except OSError as exc:
+            self._error(path, f"metadata not restored: {exc.strerror}")
+            return
+        for r in refused:
+            self._error(path, f"attribute not restored: {r}")
+
+    def _restore_dir(self, dfd: int, name: bytes, entry: Entry, path: bytes) -> None:
+        fd, created = self._enter_dir(dfd, name, path)
+        if fd is None:
+            return
+        try:
+            children = self.reader.tree(entry["tree"])
+            self.reader.locate([c for e in children for c in e.get("c", ())])
+            jobs: list[tuple[bytes, Future]] = []
+            for child in children:
+                job = self._restore_entry(fd, join(path, child["n"]), child)
+                if job is not None:
+                    jobs.append((join(path, child["n"]), job))
+            for child_path, job in jobs:
+                self._collect(child_path, job)
+            if created or self.conflict == "overwrite":
+                self._dir_meta(fd, entry, path)
+        except StrongroomError as exc:
+            self._error(path, str(exc))
+        finally:
+            os.close(fd)
+
+    def _collect(self, path: bytes, job: Future) -> None:
+        try:
+            self.result.bytes_written += job.result()
+            self.result.files_restored += 1
+        except (OSError, StrongroomError) as exc:
+            self._error(path, getattr(exc, "strerror", None) or str(exc))
+
+    # -- entries ----------------------------------------------------------------------------
+
+    def _restore_entry(self, dfd: int, path: bytes, entry: Entry) -> Future | None:
+        name = entry.get("n", b"")
+        if not isinstance(name, bytes) or not is_safe_name(name):
+            self._error(path, "refused: the name would leave its directory")
+            return None
+        if entry["t"] == DIR:
+            self._restore_dir(dfd, name, entry, path)
+            return None
+        try:
+            target = self._resolve_conflict(dfd, name, path)
+            if target is None:
+                return None
+            final, tmp = target
+            if entry["t"] == FILE:
+                group = tuple(entry["h"]) if "h" in entry else None
+                first = self.first_links.get(group) if group else None
+                job = self.pool.submit(self._write_file, os.dup(dfd), final, tmp, entry, path, first)
+                if group and first is None:
+                    self.first_links[group] = job
+                return job
+            self._make_special(dfd, tmp or final, entry)
+            if tmp:
+                os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            self.result.files_restored += 1
+        except (OSError, StrongroomError) as exc:
+            self._error(path, getattr(exc, "strerror", None) or str(exc))
+        return None
+
+    def _resolve_conflict(self, dfd: int, name: bytes, path: bytes) -> tuple[bytes, bytes | None] | None:
+        """(final name, temp name to rename over it or None), or None to leave it alone."""
+        try:
+            existing = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return name, None
+        if self.conflict == "skip":
+            self.result.files_skipped += 1
+            return None
+        if self.conflict == "copy":
+            for n in range(1, 10000):
+                candidate = copy_name(name, self.created_ns, n)
+                try:
+                    os.stat(candidate, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    self.result.files_copied += 1
+                    return candidate, None
+            raise StrongroomError("no free name for a copy")
+        if stat.S_ISDIR(existing.st_mode):
+            self._error(path, "a directory is in the way (not replaced)")
+            return None
+        return name, b".strongroom-restore-" + os.urandom(6).hex().encode()
+
+    def _make_special(self, dfd: int, name: bytes, entry: Entry) -> None:
+        kind = entry["t"]
+        if kind == SYMLINK:
+            os.symlink(entry["l"], name, dir_fd=dfd)
+        elif kind == FIFO:
+            os.mkfifo(name, 0o600, dir_fd=dfd)
+        elif kind in (CHAR, BLOCK, SOCKET):
+            os.mknod(name, 0o600 | type_mode(kind), entry.get("r", 0), dir_fd=dfd)
+        else:
+            raise StrongroomError(f"unknown entry type {kind!r}")
+        apply_ownership_and_mode(entry, dfd, name, None)
+        refused = apply_xattrs(proc_path(dfd, name), entry.get("x", {}))
+        apply_times(entry, dfd, name, None)
+        if refused:
+            raise StrongroomError("attributes not restored: " + "; ".join(refused))
+
+    # -- files (pool threads) ---------------------------------------------------------------
+
+    def _write_file(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
+                    first_link: Future | None) -> int:
+        try:
+            name = tmp or final
+            if first_link is not None:
+                first_link.exception()  # the group's first file must be in place before linking
+            if self._link(dfd, name, entry):
+                written = 0
+            else:
+                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)
+                try:
+                    written = self._write_content(fd, entry)
+                    apply_ownership_and_mode(entry, dfd, name, fd)
+                    refused = apply_xattrs(fd, entry.get("x", {}))
+                    apply_times(entry, dfd, name, fd)
+                finally:
+                    os.close(fd)
+                if refused:
+                    self._error(path, "attributes not restored: " + "; ".join(refused))
+                if "h" in entry:
+                    self.links.setdefault(tuple(entry["h"]), self._where(dfd, name))
+            if tmp:
+                os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return written
+        finally:
+            os.close(dfd)
+
+    @staticmethod
+    def _where(dfd: int, name: bytes) -> bytes:
+        return os.path.join(os.readlink(b"/proc/self/fd/%d" % dfd), name)
+
+    def _link(self, dfd: int, name: bytes, entry: Entry) -> bool:
+        first = self.links.get(tuple(entry["h"])) if "h" in entry else None
+        if first is None:
+            return False
+        try:
+            os.link(first, name, dst_dir_fd=dfd, follow_symlinks=False)
+            return True
+        except OSError:
+            return False  # e.g. across filesystems: write the content instead
+
+    def _write_content(self, fd: int, entry: Entry) -> int:
+        size = entry.get("s", 0)
+        extents = entry.get("sp")
+        written = 0
+        if extents is not None:
+            os.ftruncate(fd, size)
+            blob_iter = iter(entry.get("c", ()))
+            buffer, pos = b"", 0
+            for offset, length in extents:
+                while length:
+                    if pos == len(buffer):
+                        buffer, pos = self.reader.read(next(blob_iter)), 0
+                    n = min(length, len(buffer) - pos)
+                    os.pwrite(fd, memoryview(buffer)[pos:pos + n], offset)
+                    offset, length, pos, written = offset + n, length - n, pos + n, written + n
+            return written
+        for blob_id in entry.get("c", ()):
+            data = memoryview(self.reader.read(blob_id))
+            while data:
+                n = os.write(fd, data)
+                data, written = data[n:], written + n
+        if written != size:
+            os.ftruncate(fd, written)
+        return written
+
+
+def select_entries(reader: BlobReader, root_tree: bytes, paths: list[bytes],
+                   sources: list[bytes]) -> list[tuple[list[bytes], list[Entry], Entry]]:
+    """Resolves absolute paths in a point to (components, parent entries, entry)."""
+    from strongroom.model import split_abs
+
+    wanted = paths or sources
+    out = []
+    for raw in wanted:
+        parts = split_abs(os.path.abspath(raw))
+        entries, parents, found = reader.tree(root_tree), [], None
+        for i, part in enumerate(parts):
+            found = next((e for e in entries if e["n"] == part), None)
+            if found is None:
+                break
+            if i < len(parts) - 1:
+                if found["t"] != DIR:
+                    found = None
+                    break
+                parents.append(found)
+                entries = reader.tree(found["tree"])
+        if found is None or not parts:
+            raise UsageError(f"{display_path(raw)} is not in this recovery point")
+        out.append((parts, parents, found))
+    return out

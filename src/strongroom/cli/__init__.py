@@ -1,0 +1,1 @@
+"""The `strongroom` command line: one module per command group."""

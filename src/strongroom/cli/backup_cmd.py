@@ -1,0 +1,62 @@
+"""`strongroom backup`: back up paths now, on demand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from strongroom.agent.backup import Backup
+from strongroom.cli.common import (emit_json, human_bytes, iso, json_option, live_status, open_agent,
+                                   passphrase_option, warn_line)
+from strongroom.errors import EXIT_WARNINGS
+from strongroom.model import display_path
+from strongroom.vault.embedded import folder_of
+
+
+@click.command("backup")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+              help="Leave out matching paths (a pattern without / matches names). Repeatable.")
+@passphrase_option
+@json_option
+@click.pass_context
+def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...],
+           passphrase_file: Path | None, as_json: bool) -> None:
+    """Back up PATHS now and record a recovery point."""
+    agent, vault, key, _reader = open_agent(ctx, passphrase_file)
+    skip = [os.fsencode(agent.path)]
+    if vault.url.startswith("file:"):
+        skip.append(os.fsencode(folder_of(vault.url)))
+    run = Backup(vault, key, [os.fsencode(p) for p in paths], list(excludes), skip)
+    c = run.counters
+
+    def status() -> str:
+        return (f"Backing up: {c.files_new + c.files_changed + c.files_unchanged} files, "
+                f"{human_bytes(c.bytes_read)} read")
+
+    with agent.lock(), live_status(not as_json, status):
+        result = run.run()
+    warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
+    if as_json:
+        emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
+                   "sources": [display_path(s) for s in run.sources], "stats": result.stats,
+                   "warnings": warnings})
+    else:
+        s = result.stats
+        click.echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
+        click.echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
+                   f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
+        click.echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
+                   f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
+        for w in warnings:
+            warn_line(f"{w['path']}: {w['error']}")
+    if warnings:
+        if not as_json:
+            warn_line(f"{len(warnings)} item(s) were not backed up as they were; see above")
+        ctx.exit(EXIT_WARNINGS)
+
+
+def add_to(cli: click.Group) -> None:
+    cli.add_command(backup)

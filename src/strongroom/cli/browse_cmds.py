@@ -1,0 +1,74 @@
+"""`strongroom points` and `strongroom ls`: what recovery points exist and what is in them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from strongroom.agent.browse import list_path
+from strongroom.agent.points import find_point, open_manifest
+from strongroom.cli.common import emit_json, human_bytes, iso, json_option, open_agent, out_console, passphrase_option
+from strongroom.model import FILE, SYMLINK, TYPE_NAMES, display_path
+
+
+@click.command("points")
+@passphrase_option
+@json_option
+@click.pass_context
+def points(ctx: click.Context, passphrase_file: Path | None, as_json: bool) -> None:
+    """List this machine's recovery points, newest first."""
+    _agent, vault, key, _reader = open_agent(ctx, passphrase_file)
+    rows = []
+    for p in vault.points():
+        manifest = open_manifest(key, p)
+        rows.append({"id": p.id, "created": iso(p.created_ns), "kind": p.kind, "mode": p.mode,
+                     "sources": [display_path(s) for s in manifest["sources"]], "stats": p.stats})
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("ID", "Created", "Kind", "Files", "Added", "Sources")
+    for r in rows:
+        s = r["stats"]
+        files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
+        table.add_row(r["id"], r["created"], r["kind"], str(files), human_bytes(s["bytes_added"]),
+                      ", ".join(r["sources"]))
+    out_console.print(table)
+
+
+@click.command("ls")
+@click.argument("point")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@passphrase_option
+@json_option
+@click.pass_context
+def ls(ctx: click.Context, point: str, path: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+    """List the entries of POINT (id, unique id prefix, or "latest"), under PATH if given."""
+    _agent, vault, key, reader = open_agent(ctx, passphrase_file)
+    record = find_point(vault.points(), point)
+    root = open_manifest(key, record)["tree"]
+    rows = []
+    for full, e in list_path(reader, root, os.fsencode(path) if path else None):
+        row = {"path": display_path(full), "type": TYPE_NAMES.get(e["t"], e["t"]), "mode": e["m"],
+               "size": e.get("s", 0), "mtime": iso(e["mt"]), "uid": e.get("u"), "gid": e.get("g"),
+               "user": e.get("U"), "group": e.get("G")}
+        if e["t"] == SYMLINK:
+            row["target"] = display_path(e["l"])
+        rows.append(row)
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        mode = stat.filemode(r["mode"] | {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r["type"], stat.S_IFREG))
+        owner = f"{r['user'] or r['uid']}/{r['group'] or r['gid']}"
+        link = f" -> {r['target']}" if "target" in r else ""
+        size = str(r["size"]) if r["type"] == TYPE_NAMES[FILE] else "-"
+        click.echo(f"{mode} {owner:>16} {size:>12} {r['mtime']} {r['path']}{link}")
+
+
+def add_to(cli: click.Group) -> None:
+    cli.add_command(points)
+    cli.add_command(ls)

@@ -1,0 +1,44 @@
+"""`strongroom check`: verify the vault's structure and, with --read-data, every blob."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from strongroom.agent.check import check
+from strongroom.cli.common import emit_json, json_option, live_status, open_agent, passphrase_option
+from strongroom.errors import EXIT_FAILURE
+
+
+@click.command("check")
+@click.option("--read-data", is_flag=True, help="Read, decrypt and verify every blob of this machine.")
+@passphrase_option
+@json_option
+@click.pass_context
+def check_cmd(ctx: click.Context, read_data: bool, passphrase_file: Path | None, as_json: bool) -> None:
+    """Verify this machine's backups in the vault."""
+    _agent, _vault, _key, reader = open_agent(ctx, passphrase_file)
+    with live_status(not as_json, lambda: "Checking..."):
+        report = check(reader, read_data)
+    if as_json:
+        emit_json({"ok": report.ok, "points_checked": report.points_checked, "packs_checked": report.packs_checked,
+                   "blobs_checked": report.blobs_checked, "errors": report.errors})
+    else:
+        for e in report.errors:
+            where = " ".join(f"{k} {e[k]}" for k in ("point", "pack", "blob") if k in e)
+            click.echo(f"error: {where + ': ' if where else ''}{e['error']}", err=True)
+            for f in e.get("files", [])[:20]:
+                click.echo(f"  affects {f}", err=True)
+            if len(e.get("files", [])) > 20:
+                click.echo(f"  ... and {len(e['files']) - 20} more files", err=True)
+        status = "no errors found" if report.ok else f"{len(report.errors)} error(s) found"
+        click.echo(f"Checked {report.points_checked} points"
+                   + (f", {report.packs_checked} packs, {report.blobs_checked} blobs" if read_data else "")
+                   + f": {status}.")
+    if not report.ok:
+        ctx.exit(EXIT_FAILURE)
+
+
+def add_to(cli: click.Group) -> None:
+    cli.add_command(check_cmd)

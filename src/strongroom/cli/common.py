@@ -1,0 +1,87 @@
+"""What every command shares: the agent home, JSON output, one-line errors, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from strongroom.agent.home import AgentHome
+from strongroom.agent.passphrase import read_passphrase
+from strongroom.agent.reader import BlobReader
+from strongroom.crypto import MasterKey
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
+passphrase_option = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+                                 help="Read the passphrase from this file (else $STRONGROOM_PASSPHRASE, else a prompt).")
+
+
+def home(ctx: click.Context) -> AgentHome:
+    return ctx.find_root().obj["home"]
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+
+
+def open_agent(ctx: click.Context, passphrase_file: Path | None) -> tuple[AgentHome, Any, MasterKey, BlobReader]:
+    """The agent home, its bound vault, the unwrapped key and a blob reader."""
+    agent = home(ctx)
+    vault = agent.vault()
+    key = agent.master_key(read_passphrase(passphrase_file))
+    return agent, vault, key, BlobReader(vault, key)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@contextmanager
+def live_status(enabled: bool, render: Callable[[], str]) -> Iterator[None]:
+    """A status line refreshed from the running job's counters, on a terminal only."""
+    if not enabled or not err_console.is_terminal:
+        yield
+        return
+    done = threading.Event()
+    with err_console.status(render()) as status:
+        def refresh() -> None:
+            while not done.wait(0.2):
+                status.update(render())
+        thread = threading.Thread(target=refresh, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+
+def fail_line(message: str) -> None:
+    click.echo(f"strongroom: error: {message}", err=True)
+
+
+def warn_line(message: str) -> None:
+    click.echo(f"strongroom: warning: {message}", err=True)
+
+
+def exit_with(code: int) -> None:
+    sys.exit(code)

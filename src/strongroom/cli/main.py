@@ -1,0 +1,70 @@
+"""Entry point: the command group, global options, and the rule that errors are one line."""
+
+from __future__ import annotations
+
+import errno
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from strongroom import __version__
+from strongroom.agent.home import AgentHome
+from strongroom.cli import backup_cmd, browse_cmds, check_cmd, register_cmd, restore_cmd, vault_cmds
+from strongroom.cli.common import fail_line
+from strongroom.errors import EXIT_FAILURE, EXIT_USAGE, StrongroomError
+
+
+class StrongroomGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StrongroomError as exc:
+            fail_line(str(exc))
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            hint = " — the disk is full" if exc.errno == errno.ENOSPC else ""
+            fail_line(f"{exc.strerror or exc}{where}{hint}")
+            sys.exit(EXIT_FAILURE)
+        except KeyboardInterrupt:
+            fail_line("interrupted")
+            sys.exit(130)
+
+
+@click.group(cls=StrongroomGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False),
+              help="Agent home (registration, key, cache); else $STRONGROOM_HOME, else a per-user default.")
+@click.version_option(__version__, prog_name="strongroom")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """Strongroom: encrypted, deduplicated, incremental backups to a vault you own."""
+    ctx.obj = {"home": AgentHome(home)}
+
+
+for module in (vault_cmds, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd):
+    module.add_to(cli)
+
+
+def _raise_fd_limit() -> None:
+    # Deep trees keep one descriptor per level open, and the pools a few hundred more.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    _raise_fd_limit()
+    try:
+        cli.main(prog_name="strongroom")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # pragma: no cover - click handles these in standalone mode
+        fail_line(exc.format_message())
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

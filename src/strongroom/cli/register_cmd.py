@@ -1,0 +1,42 @@
+"""`strongroom register`: register this machine with a vault and set its passphrase."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+from strongroom.cli.common import home, passphrase_option
+from strongroom.agent.passphrase import read_passphrase
+from strongroom.credentials import Credentials
+from strongroom.crypto import MasterKey, wrap_key
+from strongroom.errors import UsageError
+from strongroom.vault.embedded import connect
+
+
+@click.command("register")
+@click.option("--credentials", "cred_file", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The vault credentials file.")
+@click.option("--machine", default=None, help="This machine's name in the vault (default: the host name).")
+@passphrase_option
+@click.pass_context
+def register(ctx: click.Context, cred_file: Path, machine: str | None, passphrase_file: Path | None) -> None:
+    """Register this machine with a vault and set the encryption passphrase."""
+    agent = home(ctx)
+    if agent.registered:
+        raise UsageError(f"this agent home ({agent.path}) is already registered; use another --home")
+    creds = Credentials.load(cred_file)
+    name = machine or socket.gethostname()
+    passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New encryption passphrase (16+ characters): ")
+    keyfile = wrap_key(MasterKey.generate(), passphrase)
+    vault = connect(creds.vault_url)
+    token = vault.register(creds, name, keyfile)
+    agent.save_registration(creds.vault_url, name, token, keyfile)
+    click.echo(f"Registered machine {name!r} with vault {creds.vault_id}.")
+    click.echo("Keep the passphrase safe: it never leaves this machine, and without it the "
+               "backups cannot be restored by anyone.", err=True)
+
+
+def add_to(cli: click.Group) -> None:
+    cli.add_command(register)

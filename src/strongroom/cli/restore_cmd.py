@@ -1,0 +1,69 @@
+"""`strongroom restore`: bring a point's files back, in place or under another folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from strongroom.agent.points import find_point, open_manifest
+from strongroom.agent.restore import CONFLICTS, Restore, select_entries
+from strongroom.cli.common import emit_json, human_bytes, json_option, live_status, open_agent, passphrase_option, warn_line
+from strongroom.errors import EXIT_WARNINGS, UsageError
+from strongroom.model import display_path
+
+
+@click.command("restore")
+@click.argument("point")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--target", required=True, metavar="original|DIR",
+              help="`original` puts files back where they were; a folder restores under it, keeping their paths.")
+@click.option("--conflict", type=click.Choice(CONFLICTS), default="copy", show_default=True,
+              help="What to do when a file is already there.")
+@passphrase_option
+@json_option
+@click.pass_context
+def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str, conflict: str,
+            passphrase_file: Path | None, as_json: bool) -> None:
+    """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given."""
+    agent, vault, key, reader = open_agent(ctx, passphrase_file)
+    record = find_point(vault.points(), point)
+    manifest = open_manifest(key, record)
+    selections = select_entries(reader, manifest["tree"], [os.fsencode(p) for p in paths], manifest["sources"])
+    if target == "original":
+        root = b"/"
+    else:
+        root = os.fsencode(os.path.abspath(target))
+        if os.path.lexists(root) and not os.path.isdir(root):
+            raise UsageError(f"--target {target} exists and is not a directory")
+        os.makedirs(root, exist_ok=True)
+    run = Restore(reader, record.created_ns, conflict)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def status() -> str:
+        return f"Restoring: {run.result.files_restored} files, {human_bytes(run.result.bytes_written)} written"
+
+    try:
+        with agent.lock(), live_status(not as_json, status):
+            result = run.run(root_fd, selections)
+    finally:
+        os.close(root_fd)
+    errors = [{"path": display_path(p), "error": m} for p, m in result.errors]
+    if as_json:
+        emit_json({"point": record.id, "target": target, "files_restored": result.files_restored,
+                   "files_skipped": result.files_skipped, "files_copied": result.files_copied,
+                   "bytes_written": result.bytes_written, "errors": errors})
+    else:
+        click.echo(f"Restored {result.files_restored} files ({human_bytes(result.bytes_written)}) from point "
+                   f"{record.id}; {result.files_skipped} skipped, {result.files_copied} written as copies.")
+        for e in errors:
+            warn_line(f"{e['path']}: {e['error']}")
+    if errors:
+        if not as_json:
+            warn_line(f"{len(errors)} item(s) could not be restored; see above")
+        ctx.exit(EXIT_WARNINGS)
+
+
+def add_to(cli: click.Group) -> None:
+    cli.add_command(restore)

@@ -1,0 +1,94 @@
+"""Keys and ciphers: the master key, its passphrase wrapping (Argon2id), keyed blob IDs, AEAD.
+
+The master key is random; everything else is derived from it, so that one wrapped key in the
+vault is all another machine needs to restore, given the passphrase.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+
+import blake3
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from strongroom.errors import IntegrityError, UsageError, WrongPassphrase
+
+MIN_PASSPHRASE = 16
+MASTER_KEY_BYTES = 64
+NONCE_BYTES = 12
+ID_BYTES = 32
+_KEYFILE_AAD = b"strongroom keyfile v1"
+# Argon2id at 64 MiB and 3 passes: about 0.12 s here, costly enough for an offline guesser.
+_KDF_PARAMS = {"time_cost": 3, "memory_cost": 65536, "parallelism": 2}
+
+
+def check_passphrase_strength(passphrase: str) -> None:
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise UsageError(f"the passphrase must be at least {MIN_PASSPHRASE} characters long")
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The random root secret and the subkeys derived from it for each purpose."""
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        derive = lambda context: blake3.blake3(self.secret, derive_key_context=context).digest()  # noqa: E731
+        object.__setattr__(self, "id_key", derive("strongroom 2026-11 blob id"))
+        object.__setattr__(self, "aead", AESGCM(derive("strongroom 2026-11 blob aead")))
+        seed = int.from_bytes(derive("strongroom 2026-11 chunker seed")[:8], "little")
+        # Secret chunk boundaries keep file sizes from showing through chunk lengths.
+        object.__setattr__(self, "chunker_seed", seed >> 1 or 1)
+
+    @classmethod
+    def generate(cls) -> "MasterKey":
+        return cls(os.urandom(MASTER_KEY_BYTES))
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self.id_key).digest()
+
+    def seal(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self.aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, aad: bytes, sealed: bytes | memoryview) -> bytes:
+        try:
+            return self.aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
+
+
+def _kdf(passphrase: str, salt: bytes, params: dict) -> bytes:
+    return hash_secret_raw(
+        passphrase.encode(), salt, hash_len=32, type=Type.ID,
+        time_cost=params["time_cost"], memory_cost=params["memory_cost"], parallelism=params["parallelism"],
+    )
+
+
+def wrap_key(key: MasterKey, passphrase: str) -> str:
+    """The key file: the master key sealed under an Argon2id-derived key, as JSON text."""
+    check_passphrase_strength(passphrase)
+    salt, nonce = os.urandom(16), os.urandom(NONCE_BYTES)
+    wrapped = AESGCM(_kdf(passphrase, salt, _KDF_PARAMS)).encrypt(nonce, key.secret, _KEYFILE_AAD)
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return json.dumps({"version": 1, "kdf": "argon2id", **_KDF_PARAMS, "salt": b64(salt),
+                       "cipher": "aes-256-gcm", "nonce": b64(nonce), "wrapped": b64(wrapped)}, indent=1)
+
+
+def unwrap_key(keyfile: str, passphrase: str) -> MasterKey:
+    doc = json.loads(keyfile)
+    if doc.get("version") != 1 or doc.get("kdf") != "argon2id":
+        raise IntegrityError("the key file has a format this version does not know")
+    dec = base64.b64decode
+    kek = _kdf(passphrase, dec(doc["salt"]), doc)
+    try:
+        secret = AESGCM(kek).decrypt(dec(doc["nonce"]), dec(doc["wrapped"]), _KEYFILE_AAD)
+    except InvalidTag:
+        raise WrongPassphrase("wrong passphrase: it does not unlock this machine's key") from None
+    return MasterKey(secret)

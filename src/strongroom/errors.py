@@ -1,0 +1,34 @@
+"""Errors that reach the user as one clear line, each with the exit code the README documents."""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_WARNINGS = 3
+
+
+class StrongroomError(Exception):
+    """A failure the user can act on; the CLI prints its message alone and exits non-zero."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(StrongroomError):
+    """The command line asked for something that cannot be done as written."""
+
+    exit_code = EXIT_USAGE
+
+
+class WrongPassphrase(StrongroomError):
+    """The passphrase does not unwrap the master key."""
+
+
+class CredentialsError(StrongroomError):
+    """Vault credentials that are malformed, expired or superseded."""
+
+
+class VaultError(StrongroomError):
+    """The vault is missing, unreadable or refused a request."""
+
+
+class IntegrityError(StrongroomError):
+    """Stored data failed verification against its checksum."""

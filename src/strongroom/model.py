@@ -1,0 +1,74 @@
+"""Trees and recovery points: how a directory listing and a point's manifest are encoded.
+
+A tree is a msgpack map {"v": 1, "e": [entry, ...]} sorted by name; an entry is a map with
+short keys (see docs/format.md), absent keys meaning "none". Names and link targets are
+bytes, so names that are not UTF-8 survive. Equal directories encode to equal bytes, hence
+equal blob IDs: an unchanged directory costs nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgpack
+
+from strongroom.errors import IntegrityError
+
+FORMAT_VERSION = 1
+
+# Entry types.
+FILE, DIR, SYMLINK, FIFO, CHAR, BLOCK, SOCKET = "f", "d", "l", "p", "c", "b", "s"
+TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", FIFO: "fifo", CHAR: "chardev",
+              BLOCK: "blockdev", SOCKET: "socket"}
+
+Entry = dict[str, Any]
+
+
+def encode_tree(entries: list[Entry]) -> bytes:
+    entries.sort(key=lambda e: e["n"])
+    return msgpack.packb({"v": FORMAT_VERSION, "e": entries}, use_bin_type=True)
+
+
+def decode_tree(data: bytes) -> list[Entry]:
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        entries = doc["e"]
+        if doc.get("v") != FORMAT_VERSION or not isinstance(entries, list):
+            raise ValueError("unknown tree version")
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise IntegrityError(f"tree does not decode: {exc}") from None
+    return entries
+
+
+def is_safe_name(name: bytes) -> bool:
+    """A name that stays inside its directory: not empty, not . or .., no slash, no NUL."""
+    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
+
+
+def encode_manifest(manifest: dict[str, Any]) -> bytes:
+    return msgpack.packb({"v": FORMAT_VERSION, **manifest}, use_bin_type=True)
+
+
+def decode_manifest(data: bytes) -> dict[str, Any]:
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise IntegrityError(f"point manifest does not decode: {exc}") from None
+    if doc.get("v") != FORMAT_VERSION:
+        raise IntegrityError("point manifest has an unknown version")
+    return doc
+
+
+def display_path(path: bytes) -> str:
+    """A path for people and JSON: bytes that are not UTF-8 appear as \\xNN escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return parent.rstrip(b"/") + b"/" + name if parent else name
+
+
+def split_abs(path: bytes) -> list[bytes]:
+    """The components of an absolute path, normalised (no empty, no . or ..)."""
+    return [p for p in os.path.normpath(path).split(b"/") if p]

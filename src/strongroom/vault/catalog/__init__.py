@@ -1,0 +1,113 @@
+"""The catalog: machines, credentials, packs, blobs and recovery points, in SQL.
+
+SQL goes through SQLAlchemy Core so that the same code serves SQLite (embedded) and,
+later, PostgreSQL (many vault servers). Blob IDs are keyed hashes and point manifests are
+sealed, so nothing here needs or reveals the key.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zstandard
+from sqlalchemy import (Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+                        bindparam, create_engine, event, func, insert, select)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+metadata = MetaData()
+
+credentials = Table(
+    "credentials", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("issued", Integer, nullable=False),
+    Column("expires", Integer, nullable=False),
+)
+machines = Table(
+    "machines", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("registered", Integer, nullable=False),
+    Column("keyfile", Text, nullable=False),
+    Column("token_hash", String(64), nullable=False),
+)
+packs = Table(
+    "packs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("machine_id", Integer, ForeignKey("machines.id"), nullable=False, index=True),
+    Column("size", Integer, nullable=False),
+    Column("created", Integer, nullable=False),
+)
+blobs = Table(
+    "blobs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("blob_id", LargeBinary(32), nullable=False, unique=True),
+    Column("pack_id", Integer, ForeignKey("packs.id"), nullable=False, index=True),
+    Column("kind", Integer, nullable=False),
+    Column("offset", Integer, nullable=False),
+    Column("length", Integer, nullable=False),
+)
+points = Table(
+    "points", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("machine_id", Integer, ForeignKey("machines.id"), nullable=False, index=True),
+    Column("created_ns", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("stats", Text, nullable=False),
+    Column("manifest", LargeBinary, nullable=False),
+    # Sorted blob row ids, delta-coded and compressed: the vault's key-free view of what
+    # the point keeps alive, for retention and garbage collection.
+    Column("refs", LargeBinary, nullable=False),
+)
+
+
+def open_engine(url: str) -> Engine:
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    metadata.create_all(engine)
+    return engine
+
+
+def encode_refs(row_ids: Iterable[int]) -> bytes:
+    ordered = sorted(set(row_ids))
+    deltas = array.array("Q", (b - a for a, b in zip([0, *ordered], ordered)))
+    return zstandard.ZstdCompressor(level=3).compress(deltas.tobytes())
+
+
+def decode_refs(data: bytes) -> list[int]:
+    deltas = array.array("Q")
+    deltas.frombytes(zstandard.ZstdDecompressor().decompress(data))
+    out, total = [], 0
+    for d in deltas:
+        total += d
+        out.append(total)
+    return out
+
+
+def insert_ignore(engine: Engine, table: Table) -> Any:
+    """INSERT that skips rows whose unique key is already there (blob stored twice by a race)."""
+    if engine.dialect.name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    return pg_insert(table).on_conflict_do_nothing()
+
+
+def now() -> int:
+    return int(time.time())
+
+
+__all__ = ["metadata", "credentials", "machines", "packs", "blobs", "points", "open_engine",
+           "encode_refs", "decode_refs", "insert_ignore", "now", "select", "insert", "func", "bindparam"]

@@ -1,0 +1,85 @@
+"""The embedded vault: the service called in-process on a folder (`file://` URLs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from strongroom.credentials import Credentials
+from strongroom.errors import UsageError, VaultError
+from strongroom.vault.service import BlobLocation, PointRecord, VaultService
+
+
+def folder_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+def folder_of(url: str) -> Path:
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        raise UsageError(f"not a folder vault URL: {url}")
+    return Path(unquote(parsed.path))
+
+
+class EmbeddedVault:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.service = VaultService(folder_of(url))
+        self.machine_id: int | None = None
+        self.machine: str | None = None
+
+    def register(self, creds: Credentials, machine: str, keyfile: str) -> str:
+        token = self.service.register(creds, machine, keyfile)
+        self.bind(token)
+        return token
+
+    def bind(self, token: str) -> str:
+        self.machine_id, self.machine = self.service.authenticate(token)
+        return self.machine
+
+    def _me(self) -> int:
+        if self.machine_id is None:
+            raise VaultError("this machine is not registered with the vault")
+        return self.machine_id
+
+    def _machine(self, name: str | None) -> int:
+        return self._me() if name is None or name == self.machine else self.service.machine_id(name)
+
+    def keyfile(self, machine: str | None = None) -> str:
+        return self.service.keyfile(self._machine(machine))
+
+    def blob_ids(self) -> set[bytes]:
+        return self.service.blob_ids(self._me())
+
+    def store_pack(self, name: str, data: bytes) -> None:
+        self.service.store_pack(self._me(), name, data)
+
+    def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
+                  refs: list[bytes]) -> PointRecord:
+        return self.service.add_point(self._me(), kind, mode, stats, manifest, refs)
+
+    def points(self, machine: str | None = None) -> list[PointRecord]:
+        return self.service.points(self._machine(machine))
+
+    def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
+        return self.service.blob_locations(ids)
+
+    def read_range(self, pack: str, offset: int, length: int) -> bytes:
+        return self.service.read_range(pack, offset, length)
+
+    def read_pack(self, pack: str) -> bytes:
+        return self.service.read_pack(pack)
+
+    def pack_names(self) -> list[str]:
+        return self.service.pack_names(self._me())
+
+    def check_structure(self) -> list[dict[str, Any]]:
+        return self.service.check_structure()
+
+
+def connect(url: str) -> EmbeddedVault:
+    """The vault at `url`; only folder vaults exist so far (a served vault comes next)."""
+    if url.startswith("file:"):
+        return EmbeddedVault(url)
+    raise UsageError(f"unsupported vault URL {url!r} (this version knows file:// vaults)")

@@ -1,0 +1,240 @@
+"""The vault service: the domain rules over storage and catalog, with no knowledge of keys.
+
+One service, two ways in: called in-process for an embedded vault, or behind the HTTP API
+for a served one. Every agent-facing call is made on behalf of a machine, authenticated by
+the token it got at registration.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+from sqlalchemy import Engine, and_, delete, insert, select, update  # noqa: F401
+
+from strongroom import packs as packfmt
+from strongroom.credentials import Credentials
+from strongroom.errors import CredentialsError, IntegrityError, StrongroomError, UsageError, VaultError
+from strongroom.fsutil import write_private
+from strongroom.vault import catalog as cat
+from strongroom.vault.storage.fs import FolderStorage
+
+VAULT_FILE = "vault.json"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def _hash_secret(secret: str) -> str:
+    return blake3.blake3(secret.encode()).hexdigest()
+
+
+def pack_object(name: str) -> str:
+    return f"packs/{name[:2]}/{name}"
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    id: str
+    machine: str
+    created_ns: int
+    kind: str
+    mode: str
+    stats: dict[str, Any]
+    manifest: bytes
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    pack: str
+    offset: int
+    length: int
+    kind: int
+
+
+class VaultService:
+    def __init__(self, root: Path) -> None:
+        meta_path = root / VAULT_FILE
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise VaultError(f"no Strongroom vault at {root}") from None
+        except (OSError, ValueError) as exc:
+            raise VaultError(f"cannot read the vault at {root}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.root = root
+        self.id: str = self.meta["id"]
+        self.storage = FolderStorage(root)
+        self.engine: Engine = cat.open_engine(f"sqlite:///{root / 'catalog.sqlite'}")
+
+    @classmethod
+    def create(cls, root: Path) -> "VaultService":
+        if root.exists() and any(root.iterdir()):
+            raise UsageError(f"{root} exists and is not empty")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "packs").mkdir()
+        write_private(root / ADMIN_TOKEN_FILE, (secrets.token_urlsafe(32) + "\n").encode())
+        meta = {"format": "strongroom-vault", "version": 1, "id": str(uuid.uuid4()), "created": int(time.time())}
+        write_private(root / VAULT_FILE, json.dumps(meta, indent=1).encode(), mode=0o644)
+        return cls(root)
+
+    # -- credentials and registration ------------------------------------------------------
+
+    def issue_credentials(self, url: str, valid_days: int) -> Credentials:
+        if valid_days < 1:
+            raise UsageError("--valid-days must be at least 1")
+        secret = secrets.token_urlsafe(32)
+        issued = int(time.time())
+        expires = issued + valid_days * 86400
+        with self.engine.begin() as db:
+            cid = db.execute(insert(cat.credentials).values(
+                secret_hash=_hash_secret(secret), issued=issued, expires=expires)).inserted_primary_key[0]
+        return Credentials(url, self.id, cid, secret, issued, expires)
+
+    def register(self, creds: Credentials, machine: str, keyfile: str) -> str:
+        """Registers a machine and returns its token; the newest unexpired credentials only."""
+        if creds.vault_id != self.id:
+            raise CredentialsError("these credentials belong to another vault")
+        if not machine or len(machine) > 255 or "/" in machine:
+            raise UsageError(f"invalid machine name {machine!r}")
+        token = secrets.token_urlsafe(32)
+        with self.engine.begin() as db:
+            newest = db.execute(select(cat.credentials).order_by(cat.credentials.c.id.desc()).limit(1)).first()
+            row = db.execute(select(cat.credentials).where(cat.credentials.c.id == creds.credential_id)).first()
+            if row is None or not hmac.compare_digest(row.secret_hash, _hash_secret(creds.secret)):
+                raise CredentialsError("these credentials were not issued by this vault")
+            if newest is not None and newest.id != row.id:
+                raise CredentialsError("these credentials were superseded by newer ones; use the newest file")
+            if row.expires <= time.time():
+                raise CredentialsError("these vault credentials have expired; download new ones")
+            if db.execute(select(cat.machines.c.id).where(cat.machines.c.name == machine)).first():
+                raise CredentialsError(f"a machine named {machine!r} is already registered with this vault")
+            db.execute(insert(cat.machines).values(name=machine, registered=int(time.time()),
+                                                   keyfile=keyfile, token_hash=_hash_secret(token)))
+        return token
+
+    def authenticate(self, token: str) -> tuple[int, str]:
+        """The (id, name) of the machine holding this token."""
+        wanted = _hash_secret(token)
+        with self.engine.connect() as db:
+            for mid, name, th in db.execute(select(cat.machines.c.id, cat.machines.c.name, cat.machines.c.token_hash)):
+                if hmac.compare_digest(th, wanted):
+                    return mid, name
+        raise VaultError("this machine is not registered with the vault (its token was refused)")
+
+    def machine_id(self, name: str) -> int:
+        with self.engine.connect() as db:
+            row = db.execute(select(cat.machines.c.id).where(cat.machines.c.name == name)).first()
+        if row is None:
+            raise UsageError(f"no machine named {name!r} is registered with this vault")
+        return row.id
+
+    def keyfile(self, machine_id: int) -> str:
+        with self.engine.connect() as db:
+            return db.execute(select(cat.machines.c.keyfile).where(cat.machines.c.id == machine_id)).scalar_one()
+
+    # -- packs and blobs --------------------------------------------------------------------
+
+    def blob_ids(self, machine_id: int) -> set[bytes]:
+        q = (select(cat.blobs.c.blob_id).join(cat.packs, cat.packs.c.id == cat.blobs.c.pack_id)
+             .where(cat.packs.c.machine_id == machine_id))
+        with self.engine.connect() as db:
+            return {bytes(r[0]) for r in db.execute(q)}
+
+    def store_pack(self, machine_id: int, name: str, data: bytes) -> None:
+        """Verifies a pack's name and header, stores it durably, then indexes its blobs."""
+        if packfmt.pack_name(data) != name:
+            raise IntegrityError("pack content does not match its name (damaged in transit?)")
+        refs = packfmt.read_header(data)
+        self.storage.put(pack_object(name), data)
+        with self.engine.begin() as db:
+            existing = db.execute(select(cat.packs.c.id).where(cat.packs.c.name == name)).first()
+            if existing:
+                return
+            pid = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=len(data),
+                                                      created=int(time.time()))).inserted_primary_key[0]
+            if refs:
+                db.execute(cat.insert_ignore(self.engine, cat.blobs), [
+                    {"blob_id": r.blob_id, "pack_id": pid, "kind": r.kind, "offset": r.offset, "length": r.length}
+                    for r in refs])
+
+    def _blob_rows(self, db: Any, ids: list[bytes]) -> dict[bytes, Any]:
+        found: dict[bytes, Any] = {}
+        q = (select(cat.blobs.c.id, cat.blobs.c.blob_id, cat.blobs.c.offset, cat.blobs.c.length,
+                    cat.blobs.c.kind, cat.packs.c.name)
+             .join(cat.packs, cat.packs.c.id == cat.blobs.c.pack_id))
+        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            for row in db.execute(q.where(cat.blobs.c.blob_id.in_(ids[i:i + 900]))):
+                found[bytes(row.blob_id)] = row
+        return found
+
+    def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
+        with self.engine.connect() as db:
+            rows = self._blob_rows(db, list(ids))
+        return {k: BlobLocation(r.name, r.offset, r.length, r.kind) for k, r in rows.items()}
+
+    def read_range(self, pack: str, offset: int, length: int) -> bytes:
+        return self.storage.get_range(pack_object(pack), offset, length)
+
+    def read_pack(self, pack: str) -> bytes:
+        return self.storage.get(pack_object(pack))
+
+    # -- recovery points --------------------------------------------------------------------
+
+    def add_point(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any],
+                  manifest: bytes, refs: list[bytes]) -> PointRecord:
+        """Records a point after checking that every blob it references is in the vault."""
+        with self.engine.begin() as db:
+            rows = self._blob_rows(db, refs)
+            missing = len(set(refs)) - len(rows)
+            if missing:
+                raise VaultError(f"the point references {missing} blobs the vault does not have")
+            pid = secrets.token_hex(8)
+            created = time.time_ns()
+            db.execute(insert(cat.points).values(
+                id=pid, machine_id=machine_id, created_ns=created, kind=kind, mode=mode,
+                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(r.id for r in rows.values())))
+            name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
+        return PointRecord(pid, name, created, kind, mode, stats, manifest)
+
+    def points(self, machine_id: int) -> list[PointRecord]:
+        q = (select(cat.points, cat.machines.c.name.label("machine"))
+             .join(cat.machines, cat.machines.c.id == cat.points.c.machine_id)
+             .where(cat.points.c.machine_id == machine_id)
+             .order_by(cat.points.c.created_ns.desc()))
+        with self.engine.connect() as db:
+            return [PointRecord(r.id, r.machine, r.created_ns, r.kind, r.mode, json.loads(r.stats),
+                                bytes(r.manifest)) for r in db.execute(q)]
+
+    # -- verification -----------------------------------------------------------------------
+
+    def check_structure(self) -> list[dict[str, Any]]:
+        """Problems found without the key: missing or mis-sized packs, dangling point refs."""
+        problems: list[dict[str, Any]] = []
+        with self.engine.connect() as db:
+            known_blobs = {r[0] for r in db.execute(select(cat.blobs.c.id))}
+            for name, size in db.execute(select(cat.packs.c.name, cat.packs.c.size)):
+                try:
+                    actual = self.storage.size(pack_object(name))
+                except StrongroomError:
+                    problems.append({"pack": name, "error": "pack is missing from storage"})
+                    continue
+                if actual != size:
+                    problems.append({"pack": name, "error": f"pack is {actual} bytes, catalog says {size}"})
+            for pid, refs in db.execute(select(cat.points.c.id, cat.points.c.refs)):
+                lost = [r for r in cat.decode_refs(refs) if r not in known_blobs]
+                if lost:
+                    problems.append({"point": pid, "error": f"references {len(lost)} blobs missing from the catalog"})
+        return problems
+
+    def pack_names(self, machine_id: int | None = None) -> list[str]:
+        q = select(cat.packs.c.name)
+        if machine_id is not None:
+            q = q.where(cat.packs.c.machine_id == machine_id)
+        with self.engine.connect() as db:
+            return [r[0] for r in db.execute(q)]

@@ -1,0 +1,78 @@
+"""Storage in a local folder: objects are files, written atomically (temp, fsync, rename)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from strongroom.errors import VaultError
+
+
+class FolderStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, name: str) -> Path:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise VaultError(f"invalid object name {name!r}")
+        return self.root / name
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise VaultError(f"object {name} is missing from the vault") from None
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise VaultError(f"object {name} is missing from the vault") from None
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise VaultError(f"object {name} is shorter than the catalog says")
+        return data
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            raise VaultError(f"object {name} is missing from the vault") from None
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        base = self._path(prefix) if prefix else self.root
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if f.startswith("."):
+                    continue  # temp files of writes in progress or killed
+                full = Path(dirpath) / f
+                yield str(full.relative_to(self.root)), full.stat().st_size
