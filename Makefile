@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (set up and run the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup setup-test bench
+
+$(BIN)/strongroom: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/strongroom
+
+demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+setup-test: setup
+	bash scripts/install-test-tools.sh
+
+test: setup-test
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: setup
+	$(BIN)/python bench/run.py
