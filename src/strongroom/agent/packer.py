@@ -1,14 +1,17 @@
 """Turns blobs into packs and uploads them in the background, once per blob ID.
 
 Workers call `add` concurrently; compression and encryption run outside the lock (they
-release the GIL), appending to the open pack inside it. Full packs go to one uploader
-thread through a short queue, so memory stays bounded while the disk or network works.
+release the GIL), appending to the open pack inside it. Small blobs are batched and encoded
+on a thread of their own, so the walker, which reads small files itself, keeps walking
+while zstd and AES work. Full packs go to one uploader thread through a short queue, so
+memory stays bounded while the disk or network works.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from strongroom import blobs
 from strongroom.crypto import MasterKey
@@ -16,6 +19,9 @@ from strongroom.packs import KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 2
+_BATCH_BYTES = 1024 * 1024
+_BATCH_BLOBS = 256
+_BATCHES_IN_FLIGHT = 8
 
 
 class Packer:
@@ -30,14 +36,48 @@ class Packer:
         self.queue: queue.Queue[PackBuilder | None] = queue.Queue(_QUEUE_DEPTH)
         self.uploader = threading.Thread(target=self._upload_loop, name="uploader", daemon=True)
         self.uploader.start()
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        self.batch: list[tuple[bytes, int, bytes]] = []
+        self.batch_bytes = 0
+        self.batch_slots = threading.BoundedSemaphore(_BATCHES_IN_FLIGHT)
+        self.batches: list[Future] = []
+
+    def _claim(self, blob_id: bytes) -> bool:
+        """True if this caller is the one to store the blob (not in the vault, not on its way)."""
+        with self.lock:
+            if blob_id in self.known:
+                return False
+            self.known.add(blob_id)
+            return True
 
     def add(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
         """Stores the blob unless the vault has it or it is already on its way."""
-        with self.lock:
-            if blob_id in self.known:
-                return
-            self.known.add(blob_id)
-        envelope = blobs.encode(self.key, blob_id, data)
+        if self._claim(blob_id):
+            self._append(blob_id, kind, blobs.encode(self.key, blob_id, data))
+
+    def add_later(self, blob_id: bytes, kind: int, data: bytes) -> None:
+        """Like `add` for a small blob owned by the caller: encoded in a batch, off this thread."""
+        if not self._claim(blob_id):
+            return
+        self.batch.append((blob_id, kind, data))
+        self.batch_bytes += len(data)
+        if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_BLOBS:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        self.batch_slots.acquire()
+        self.batches = [f for f in self.batches if not f.done() or f.exception()]
+        self.batches.append(self.encoder.submit(self._encode_batch, batch))
+
+    def _encode_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
+        try:
+            for blob_id, kind, data in batch:
+                self._append(blob_id, kind, blobs.encode(self.key, blob_id, data))
+        finally:
+            self.batch_slots.release()
+
+    def _append(self, blob_id: bytes, kind: int, envelope: bytes) -> None:
         with self.lock:
             builder = self.builders[kind]
             builder.add(blob_id, kind, envelope)
@@ -67,6 +107,11 @@ class Packer:
 
     def close(self) -> None:
         """Uploads what is left and waits until every pack has landed."""
+        if self.batch:
+            self._submit_batch()
+        self.encoder.shutdown(wait=True)
+        for batch in self.batches:
+            batch.result()
         for kind in (KIND_DATA, KIND_TREE):
             if len(self.builders[kind]):
                 self._send(self.builders[kind])
@@ -77,5 +122,6 @@ class Packer:
             raise self.error
 
     def abort(self) -> None:
+        self.encoder.shutdown(wait=True, cancel_futures=True)
         self.queue.put(None)
         self.uploader.join()

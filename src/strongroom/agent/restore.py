@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from strongroom.agent.fsmeta import apply_ownership_and_mode, apply_times, apply_xattrs, proc_path, type_mode
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, display_path, is_safe_name, join
+from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, display_path, is_safe_name
 
 CONFLICTS = ("copy", "overwrite", "skip")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -72,7 +72,7 @@ class Restore:
         path = b""
         try:
             for name, parent in zip(parts[:-1], parents):
-                path = join(path, name)
+                path = path + b"/" + name
                 sub, created = self._enter_dir(fd, name, path)
                 os.close(fd)
                 fd = sub
@@ -80,7 +80,10 @@ class Restore:
                     return
                 if created:
                     self._dir_meta(fd, parent, path)
-            self._restore_entry(fd, join(path, parts[-1]) if parts else b"", entry)
+            if parts:
+                self._restore_entry(fd, path + b"/" + parts[-1], entry)
+            else:  # the whole point, whose root is the target itself
+                self._restore_children(fd, b"", entry["tree"])
         finally:
             if fd is not None:
                 os.close(fd)
@@ -122,21 +125,24 @@ class Restore:
         if fd is None:
             return
         try:
-            children = self.reader.tree(entry["tree"])
-            self.reader.locate([c for e in children for c in e.get("c", ())])
-            jobs: list[tuple[bytes, Future]] = []
-            for child in children:
-                job = self._restore_entry(fd, join(path, child["n"]), child)
-                if job is not None:
-                    jobs.append((join(path, child["n"]), job))
-            for child_path, job in jobs:
-                self._collect(child_path, job)
+            self._restore_children(fd, path, entry["tree"])
             if created or self.conflict == "overwrite":
                 self._dir_meta(fd, entry, path)
         except StrongroomError as exc:
             self._error(path, str(exc))
         finally:
             os.close(fd)
+
+    def _restore_children(self, fd: int, path: bytes, tree_id: bytes) -> None:
+        children = self.reader.tree(tree_id)
+        self.reader.locate([c for e in children for c in e.get("c", ())])
+        jobs: list[tuple[bytes, Future]] = []
+        for child in children:
+            job = self._restore_entry(fd, path + b"/" + child["n"], child)
+            if job is not None:
+                jobs.append((path + b"/" + child["n"], job))
+        for child_path, job in jobs:
+            self._collect(child_path, job)
 
     def _collect(self, path: bytes, job: Future) -> None:
         try:
@@ -303,7 +309,10 @@ def select_entries(reader: BlobReader, root_tree: bytes, paths: list[bytes],
                     break
                 parents.append(found)
                 entries = reader.tree(found["tree"])
-        if found is None or not parts:
+        if not parts:
+            out.append(([], [], {"n": b"", "t": DIR, "tree": root_tree}))
+            continue
+        if found is None:
             raise UsageError(f"{display_path(raw)} is not in this recovery point")
         out.append((parts, parents, found))
     return out

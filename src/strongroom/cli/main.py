@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import sys
 from pathlib import Path
@@ -32,6 +33,13 @@ class StrongroomGroup(click.Group):
         except KeyboardInterrupt:
             fail_line("interrupted")
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: say so in one line; the traceback on request
+            if os.environ.get("STRONGROOM_DEBUG"):
+                raise
+            fail_line(f"internal error: {type(exc).__name__}: {exc} (set STRONGROOM_DEBUG=1 for details)")
+            sys.exit(EXIT_FAILURE)
 
 
 @click.group(cls=StrongroomGroup, context_settings={"help_option_names": ["-h", "--help"]})

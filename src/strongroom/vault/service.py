@@ -159,9 +159,7 @@ class VaultService:
             pid = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=len(data),
                                                       created=int(time.time()))).inserted_primary_key[0]
             if refs:
-                db.execute(cat.insert_ignore(self.engine, cat.blobs), [
-                    {"blob_id": r.blob_id, "pack_id": pid, "kind": r.kind, "offset": r.offset, "length": r.length}
-                    for r in refs])
+                cat.insert_blobs(db, pid, [(r.blob_id, r.kind, r.offset, r.length) for r in refs])
 
     def _blob_rows(self, db: Any, ids: list[bytes]) -> dict[bytes, Any]:
         found: dict[bytes, Any] = {}

@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import zstandard
-from sqlalchemy import (Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+from sqlalchemy import (Column, Connection, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
                         bindparam, create_engine, event, func, insert, select)
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 metadata = MetaData()
 
@@ -97,12 +96,17 @@ def decode_refs(data: bytes) -> list[int]:
     return out
 
 
-def insert_ignore(engine: Engine, table: Table) -> Any:
-    """INSERT that skips rows whose unique key is already there (blob stored twice by a race)."""
-    if engine.dialect.name == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    return pg_insert(table).on_conflict_do_nothing()
+def insert_blobs(db: Connection, pack_id: int, rows: list[tuple[bytes, int, int, int]]) -> None:
+    """Indexes a pack's blobs (id, kind, offset, length); a blob already indexed keeps its place.
+
+    Straight to the driver's executemany: SQLAlchemy's per-row processing cost more than
+    the rest of a backup's catalog work together (measured on 50,000 blobs).
+    """
+    mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
+    conflict = "ON CONFLICT (blob_id) DO NOTHING"
+    sql = (f"INSERT INTO blobs (blob_id, pack_id, kind, \"offset\", length) "
+           f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) {conflict}")
+    db.exec_driver_sql(sql, [(b, pack_id, k, o, n) for b, k, o, n in rows])
 
 
 def now() -> int:
@@ -110,4 +114,4 @@ def now() -> int:
 
 
 __all__ = ["metadata", "credentials", "machines", "packs", "blobs", "points", "open_engine",
-           "encode_refs", "decode_refs", "insert_ignore", "now", "select", "insert", "func", "bindparam"]
+           "encode_refs", "decode_refs", "insert_blobs", "now", "select", "insert", "func", "bindparam"]

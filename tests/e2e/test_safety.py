@@ -1,0 +1,182 @@
+"""Data safety: hostile points cannot write outside the target, corruption is found and
+named, and a killed backup leaves the vault consistent and is completed by the next one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSPHRASE, assert_clean_failure
+from strongroom.agent.home import AgentHome
+from strongroom.agent.packer import Packer
+from strongroom.agent.points import seal_manifest
+from strongroom.model import encode_tree
+from strongroom.packs import KIND_DATA, KIND_TREE, read_header
+from treeutil import assert_trees_equal
+
+
+def _entry(name: bytes, kind: str = "f", **extra) -> dict:
+    return {"n": name, "t": kind, "m": 0o644, "u": os.getuid(), "g": os.getgid(),
+            "mt": 1_600_000_000_000_000_000, **extra}
+
+
+def _plant_point(home: Path, root_entries_of) -> None:
+    """Writes a hand-made (hostile) recovery point with this machine's key."""
+    agent = AgentHome(home)
+    vault = agent.vault()
+    key = agent.master_key(PASSPHRASE)
+    packer = Packer(vault, key, vault.blob_ids())
+    refs: list[bytes] = []
+
+    def blob(data: bytes, kind: int = KIND_DATA) -> bytes:
+        blob_id = key.blob_id(data)
+        packer.add(blob_id, kind, data)
+        refs.append(blob_id)
+        return blob_id
+
+    def tree(entries: list[dict]) -> bytes:
+        return blob(encode_tree(entries), KIND_TREE)
+
+    root = tree(root_entries_of(blob, tree))
+    packer.close()
+    manifest = seal_manifest(key, {"tree": root, "sources": [b"/"], "excludes": [], "host": "evil",
+                                   "parent": None, "warnings": []})
+    vault.add_point("files", "unoptimized", {"files_new": 1, "files_changed": 0, "files_unchanged": 0,
+                                              "bytes_added": 0}, manifest, refs)
+
+
+def test_hostile_point_cannot_escape_the_target(registered, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def entries(blob, tree):
+        evil = blob(b"evil\n")
+        inner = tree([_entry(b"payload", s=5, c=[evil])])
+        return [
+            _entry(b"..", s=5, c=[evil]),
+            _entry(b"../escaped", s=5, c=[evil]),
+            _entry(b"sub/../../escaped2", s=5, c=[evil]),
+            _entry(b"/abs-escape", s=5, c=[evil]),
+            _entry(b"ok.txt", s=5, c=[evil]),
+            # a symlink to outside, then a directory of the same name: the directory's
+            # contents must never be written through the link
+            _entry(b"trap", "l", l=os.fsencode(outside)),
+            _entry(b"trap", "d", tree=inner),
+            _entry(b"dotdir", "d", tree=tree([_entry(b"..", "d", tree=inner)])),
+        ]
+
+    _plant_point(registered.home, entries)
+    target = tmp_path / "target"
+    res = registered.run("restore", "latest", "--target", target, "--conflict", "overwrite", "--json", check=False)
+    assert res.returncode == 3, res.stderr
+    assert (target / "ok.txt").read_bytes() == b"evil\n"
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["home", "vault", "cred", "outside", "target"])
+    assert not (target / "trap").is_symlink() or not (outside / "payload").exists()
+
+
+def test_symlink_in_target_is_not_followed(registered, tmp_path):
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "file.txt").write_text("data\n")
+    registered.backup(src)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    # the user's target holds a symlink where the point has a directory
+    lead = target / str(src).lstrip("/")
+    lead.mkdir(parents=True)
+    (lead / "dir").symlink_to(outside)
+    res = registered.run("restore", "latest", "--target", target, "--conflict", "skip", check=False)
+    assert res.returncode == 3
+    assert list(outside.iterdir()) == []
+    registered.restore("latest", target=target, conflict="overwrite")
+    assert list(outside.iterdir()) == []
+    assert (lead / "dir" / "file.txt").read_text() == "data\n" and not (lead / "dir").is_symlink()
+
+
+def _packs(vault: Path) -> list[Path]:
+    return sorted(p for p in (vault / "packs").glob("*/*") if not p.name.startswith("."))
+
+
+def test_corrupt_blob_is_named_and_the_rest_restores(registered, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(1_500_000))
+    for i in range(5):
+        (src / f"small-{i}.txt").write_text(f"small file {i}\n" * 100)
+    registered.backup(src)
+    assert registered.json("check", "--read-data")["ok"]
+    pack = next(p for p in _packs(registered.vault) if any(r.length > 100_000 for r in read_header(p.read_bytes())))
+    data = bytearray(pack.read_bytes())
+    ref = max(read_header(bytes(data)), key=lambda r: r.length)
+    data[ref.offset + ref.length // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+
+    res = registered.run("check", "--read-data", "--json", check=False)
+    assert res.returncode == 1
+    import json
+    report = json.loads(res.stdout)
+    assert not report["ok"]
+    named = [e for e in report["errors"] if e.get("pack") == pack.name]
+    assert named and any(f.endswith("/big.bin") for e in named for f in e.get("files", []))
+
+    target = tmp_path / "target"
+    res = registered.run("restore", "latest", "--target", target, "--json", check=False)
+    assert res.returncode == 3
+    out = json.loads(res.stdout)
+    assert [e["path"] for e in out["errors"]] == [str(src / "big.bin")]
+    for i in range(5):
+        assert (target / str(src).lstrip("/") / f"small-{i}.txt").read_text() == f"small file {i}\n" * 100
+
+
+def test_missing_pack_is_reported_by_check(registered, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(300_000))
+    registered.backup(src)
+    for p in _packs(registered.vault):
+        p.unlink()
+    res = registered.run("check", check=False)
+    assert res.returncode == 1
+    assert "missing" in res.stderr
+
+
+def test_killed_backup_leaves_vault_consistent_and_next_backup_resumes(registered, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"part-{i}.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    total = 6 * 12 * 1024 * 1024
+    proc = subprocess.Popen(registered.cmd + ["backup", str(src)], env=registered.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(_packs(registered.vault)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        pytest.skip("the backup finished before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert registered.points() == []
+    assert registered.json("check", "--read-data")["ok"]
+
+    stats = registered.backup(src)["stats"]
+    assert stats["bytes_read"] == total
+    assert stats["bytes_added"] < total * 0.9, "packs that landed before the kill were uploaded again"
+    assert registered.json("check", "--read-data")["ok"]
+    target = tmp_path / "target"
+    registered.restore("latest", target=target)
+    assert_trees_equal(src, target / str(src).lstrip("/"))
+
+
+def test_backup_while_vault_folder_is_unreadable_fails_cleanly(registered, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    os.rename(registered.vault, tmp_path / "vault-moved")
+    assert_clean_failure(registered.run("backup", src, check=False), 1)

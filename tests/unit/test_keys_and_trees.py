@@ -1,0 +1,55 @@
+"""Key wrapping and tree encoding."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strongroom import model
+from strongroom.crypto import MasterKey, unwrap_key, wrap_key
+from strongroom.errors import IntegrityError, UsageError, WrongPassphrase
+
+
+def test_wrapped_key_opens_only_with_its_passphrase() -> None:
+    key = MasterKey.generate()
+    keyfile = wrap_key(key, "a long enough passphrase")
+    assert unwrap_key(keyfile, "a long enough passphrase").secret == key.secret
+    assert key.secret.hex() not in keyfile
+    with pytest.raises(WrongPassphrase):
+        unwrap_key(keyfile, "another long passphrase")
+
+
+def test_short_passphrase_is_refused() -> None:
+    with pytest.raises(UsageError):
+        wrap_key(MasterKey.generate(), "too short")
+
+
+def test_ids_are_keyed() -> None:
+    assert MasterKey(bytes(64)).blob_id(b"x") != MasterKey(bytes(range(64))).blob_id(b"x")
+
+
+entries = st.lists(st.fixed_dictionaries({
+    "n": st.binary(min_size=1, max_size=255), "t": st.sampled_from("fdlpcbs"),
+    "m": st.integers(0, 0o7777), "mt": st.integers(-2**62, 2**62),
+}, optional={"x": st.dictionaries(st.binary(max_size=20), st.binary(max_size=100), max_size=3),
+             "c": st.lists(st.binary(min_size=32, max_size=32), max_size=3),
+             "sp": st.lists(st.lists(st.integers(0, 2**40), min_size=2, max_size=2), max_size=3)}),
+    unique_by=lambda e: e["n"], max_size=20)
+
+
+@settings(max_examples=50, deadline=None)
+@given(entries)
+def test_tree_round_trip_and_canonical(items: list[dict]) -> None:
+    data = model.encode_tree(list(items))
+    assert model.decode_tree(data) == sorted(items, key=lambda e: e["n"])
+    assert model.encode_tree(list(reversed(items))) == data
+
+
+def test_garbage_tree_is_an_integrity_error() -> None:
+    with pytest.raises(IntegrityError):
+        model.decode_tree(b"\x93garbage")
+
+
+@pytest.mark.parametrize("name,safe", [(b"a", True), (b"caf\xe9", True), (b"", False), (b".", False),
+                                       (b"..", False), (b"a/b", False), (b"/etc", False), (b"a\0b", False)])
+def test_safe_names(name: bytes, safe: bool) -> None:
+    assert model.is_safe_name(name) is safe
