@@ -52,11 +52,11 @@ class PackBuilder:
     def full(self) -> bool:
         return len(self.buffer) >= TARGET_SIZE
 
-    def finish(self) -> tuple[str, bytes, list[BlobRef]]:
+    def finish(self) -> tuple[str, memoryview, list[BlobRef]]:
         """The pack's name, bytes and map; the builder must not be used afterwards."""
         header = msgpack.packb([[r.blob_id, r.kind, r.offset, r.length] for r in self.refs])
         self.buffer += header + _TRAILER.pack(len(header)) + END
-        data = bytes(self.buffer)
+        data = memoryview(self.buffer)  # no copy: 16 MiB less to hold per pack in flight
         return pack_name(data), data, self.refs
 
 

@@ -30,7 +30,7 @@ def _plant_point(home: Path, root_entries_of) -> None:
     agent = AgentHome(home)
     vault = agent.vault()
     key = agent.master_key(PASSPHRASE)
-    packer = Packer(vault, key, vault.blob_ids())
+    packer = Packer(vault, key)
     refs: list[bytes] = []
 
     def blob(data: bytes, kind: int = KIND_DATA) -> bytes:

@@ -65,12 +65,13 @@ class BackupResult:
 
 
 class _PendingDir:
-    __slots__ = ("entry", "items", "tree_id")
+    __slots__ = ("entry", "items", "tree_id", "parent_tree")
 
-    def __init__(self, items: list[Any]) -> None:
+    def __init__(self, items: list[Any], parent_tree: bytes | None) -> None:
         self.entry: Entry | None = None
         self.items = items
         self.tree_id: bytes | None = None
+        self.parent_tree = parent_tree  # the same directory's tree in the parent point
 
 
 class _FileJob:
@@ -135,7 +136,7 @@ class Backup:
         started = time.monotonic()
         points = self.vault.points()
         parent_root = self._parent_root(points[0]) if points else None
-        self.packer = Packer(self.vault, self.key, self.vault.blob_ids())
+        self.packer = Packer(self.vault, self.key)
         workers = min(8, (os.cpu_count() or 2) + 1)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="reader") as self.pool:
@@ -208,7 +209,7 @@ class Backup:
                 items.append(sub)
         finally:
             os.close(fd)
-        return self._queue(items)
+        return self._queue(items, parent_tree)
 
     def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir:
         parent = self._parent_entries(parent_tree)
@@ -223,7 +224,7 @@ class Backup:
             if item is not None:
                 items.append(item)
         self.counters.dirs += 1
-        return self._queue(items)
+        return self._queue(items, parent_tree)
 
     def _excluded(self, full: bytes, name: bytes) -> bool:
         return bool(self.excludes) and any(fnmatch.fnmatchcase(full if b"/" in pat else name, pat) for pat in self.excludes)
@@ -370,8 +371,8 @@ class Backup:
 
     # -- finalising trees -------------------------------------------------------------------
 
-    def _queue(self, items: list[Any]) -> _PendingDir:
-        pending = _PendingDir(items)
+    def _queue(self, items: list[Any], parent_tree: bytes | None) -> _PendingDir:
+        pending = _PendingDir(items, parent_tree)
         self.pending.append(pending)
         while len(self.pending) > _MAX_PENDING_DIRS:
             self._finalize(self.pending.popleft())
@@ -393,7 +394,8 @@ class Backup:
             entries.append(entry)
         data = encode_tree(entries)
         tree_id = self.key.blob_id(data)
-        self.packer.add_later(tree_id, KIND_TREE, data)
+        if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
+            self.packer.add_later(tree_id, KIND_TREE, data)
         self.refs.add(tree_id)
         pending.tree_id = tree_id
         pending.items = []

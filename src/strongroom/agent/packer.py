@@ -18,15 +18,16 @@ from strongroom.crypto import MasterKey
 from strongroom.packs import KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
-_QUEUE_DEPTH = 2
+_QUEUE_DEPTH = 1
 _BATCH_BYTES = 1024 * 1024
 _BATCH_BLOBS = 256
 _BATCHES_IN_FLIGHT = 8
 
 
 class Packer:
-    def __init__(self, vault: Vault, key: MasterKey, known: set[bytes]) -> None:
-        self.vault, self.key, self.known = vault, key, known
+    def __init__(self, vault: Vault, key: MasterKey) -> None:
+        self.vault, self.key = vault, key
+        self._known: set[bytes] | None = None  # loaded on first need: a no-change backup never needs it
         self.lock = threading.Lock()
         self.builders = {KIND_DATA: PackBuilder(), KIND_TREE: PackBuilder()}
         self.bytes_added = 0
@@ -45,9 +46,11 @@ class Packer:
     def _claim(self, blob_id: bytes) -> bool:
         """True if this caller is the one to store the blob (not in the vault, not on its way)."""
         with self.lock:
-            if blob_id in self.known:
+            if self._known is None:
+                self._known = self.vault.blob_ids()
+            if blob_id in self._known:
                 return False
-            self.known.add(blob_id)
+            self._known.add(blob_id)
             return True
 
     def add(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:

@@ -52,7 +52,7 @@ class EmbeddedVault:
     def blob_ids(self) -> set[bytes]:
         return self.service.blob_ids(self._me())
 
-    def store_pack(self, name: str, data: bytes) -> None:
+    def store_pack(self, name: str, data: bytes | memoryview) -> None:
         self.service.store_pack(self._me(), name, data)
 
     def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,

@@ -146,7 +146,7 @@ class VaultService:
         with self.engine.connect() as db:
             return {bytes(r[0]) for r in db.execute(q)}
 
-    def store_pack(self, machine_id: int, name: str, data: bytes) -> None:
+    def store_pack(self, machine_id: int, name: str, data: bytes | memoryview) -> None:
         """Verifies a pack's name and header, stores it durably, then indexes its blobs."""
         if packfmt.pack_name(data) != name:
             raise IntegrityError("pack content does not match its name (damaged in transit?)")
@@ -188,7 +188,7 @@ class VaultService:
                   manifest: bytes, refs: list[bytes]) -> PointRecord:
         """Records a point after checking that every blob it references is in the vault."""
         with self.engine.begin() as db:
-            rows = self._blob_rows(db, refs)
+            rows = cat.blob_row_ids(db, refs)
             missing = len(set(refs)) - len(rows)
             if missing:
                 raise VaultError(f"the point references {missing} blobs the vault does not have")
@@ -196,7 +196,7 @@ class VaultService:
             created = time.time_ns()
             db.execute(insert(cat.points).values(
                 id=pid, machine_id=machine_id, created_ns=created, kind=kind, mode=mode,
-                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(r.id for r in rows.values())))
+                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(rows.values())))
             name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
         return PointRecord(pid, name, created, kind, mode, stats, manifest)
 

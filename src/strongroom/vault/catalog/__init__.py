@@ -109,9 +109,25 @@ def insert_blobs(db: Connection, pack_id: int, rows: list[tuple[bytes, int, int,
     db.exec_driver_sql(sql, [(b, pack_id, k, o, n) for b, k, o, n in rows])
 
 
+def blob_row_ids(db: Connection, ids: list[bytes]) -> dict[bytes, int]:
+    """Catalog row ids of the given blob IDs (those present), through a temporary table:
+    a point references tens of thousands of blobs, too many for IN lists."""
+    mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
+    db.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BLOB PRIMARY KEY)"
+                       if db.dialect.name == "sqlite" else
+                       "CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BYTEA PRIMARY KEY)")
+    db.exec_driver_sql("DELETE FROM wanted_blobs")
+    db.exec_driver_sql(f"INSERT INTO wanted_blobs (blob_id) VALUES ({mark}) ON CONFLICT DO NOTHING",
+                       [(i,) for i in ids])
+    rows = db.exec_driver_sql("SELECT b.blob_id, b.id FROM blobs b JOIN wanted_blobs w ON b.blob_id = w.blob_id")
+    found = {bytes(blob_id): row_id for blob_id, row_id in rows}
+    db.exec_driver_sql("DELETE FROM wanted_blobs")
+    return found
+
+
 def now() -> int:
     return int(time.time())
 
 
 __all__ = ["metadata", "credentials", "machines", "packs", "blobs", "points", "open_engine",
-           "encode_refs", "decode_refs", "insert_blobs", "now", "select", "insert", "func", "bindparam"]
+           "encode_refs", "decode_refs", "insert_blobs", "blob_row_ids", "now", "select", "insert", "func", "bindparam"]
