@@ -131,6 +131,7 @@ def test_corrupt_blob_is_named_and_the_rest_restores(registered, tmp_path):
     assert res.returncode == 3
     out = json.loads(res.stdout)
     assert [e["path"] for e in out["errors"]] == [str(src / "big.bin")]
+    assert not (target / str(src).lstrip("/") / "big.bin").exists(), "a half-restored file was left behind"
     for i in range(5):
         assert (target / str(src).lstrip("/") / f"small-{i}.txt").read_text() == f"small file {i}\n" * 100
 

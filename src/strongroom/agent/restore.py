@@ -237,6 +237,9 @@ class Restore:
                     apply_ownership_and_mode(entry, dfd, name, fd)
                     refused = apply_xattrs(fd, entry.get("x", {}))
                     apply_times(entry, dfd, name, fd)
+                except BaseException:
+                    os.unlink(name, dir_fd=dfd)  # no half-restored file is left looking complete
+                    raise
                 finally:
                     os.close(fd)
                 if refused:
@@ -264,11 +267,10 @@ class Restore:
             return False  # e.g. across filesystems: write the content instead
 
     def _write_content(self, fd: int, entry: Entry) -> int:
-        size = entry.get("s", 0)
         extents = entry.get("sp")
         written = 0
         if extents is not None:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, entry.get("s", 0))
             blob_iter = iter(entry.get("c", ()))
             buffer, pos = b"", 0
             for offset, length in extents:
@@ -284,8 +286,6 @@ class Restore:
             while data:
                 n = os.write(fd, data)
                 data, written = data[n:], written + n
-        if written != size:
-            os.ftruncate(fd, written)
         return written
 
 
