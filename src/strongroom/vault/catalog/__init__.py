@@ -8,13 +8,12 @@ sealed, so nothing here needs or reveals the key.
 from __future__ import annotations
 
 import array
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import zstandard
 from sqlalchemy import (Column, Connection, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        bindparam, create_engine, event, func, insert, select)
+                        create_engine, event)
 
 metadata = MetaData()
 
@@ -123,11 +122,3 @@ def blob_row_ids(db: Connection, ids: list[bytes]) -> dict[bytes, int]:
     found = {bytes(blob_id): row_id for blob_id, row_id in rows}
     db.exec_driver_sql("DELETE FROM wanted_blobs")
     return found
-
-
-def now() -> int:
-    return int(time.time())
-
-
-__all__ = ["metadata", "credentials", "machines", "packs", "blobs", "points", "open_engine",
-           "encode_refs", "decode_refs", "insert_blobs", "blob_row_ids", "now", "select", "insert", "func", "bindparam"]
