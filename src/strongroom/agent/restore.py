@@ -81,7 +81,9 @@ class Restore:
                 if created:
                     self._dir_meta(fd, parent, path)
             if parts:
-                self._restore_entry(fd, path + b"/" + parts[-1], entry)
+                job = self._restore_entry(fd, path + b"/" + parts[-1], entry)
+                if job is not None:
+                    self._collect(path + b"/" + parts[-1], job)
             else:  # the whole point, whose root is the target itself
                 self._restore_children(fd, b"", entry["tree"])
         finally:
@@ -144,10 +146,16 @@ class Restore:
         for child_path, job in jobs:
             self._collect(child_path, job)
 
+    def _count(self, copied: bool, written: int) -> None:
+        self.result.bytes_written += written
+        if copied:
+            self.result.files_copied += 1
+        else:
+            self.result.files_restored += 1
+
     def _collect(self, path: bytes, job: Future) -> None:
         try:
-            self.result.bytes_written += job.result()
-            self.result.files_restored += 1
+            self._count(*job.result())
         except (OSError, StrongroomError) as exc:
             self._error(path, getattr(exc, "strerror", None) or str(exc))
 
@@ -176,7 +184,7 @@ class Restore:
             self._make_special(dfd, tmp or final, entry)
             if tmp:
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-            self.result.files_restored += 1
+            self._count(final != name, 0)
         except (OSError, StrongroomError) as exc:
             self._error(path, getattr(exc, "strerror", None) or str(exc))
         return None
@@ -196,7 +204,6 @@ class Restore:
                 try:
                     os.stat(candidate, dir_fd=dfd, follow_symlinks=False)
                 except FileNotFoundError:
-                    self.result.files_copied += 1
                     return candidate, None
             raise StrongroomError("no free name for a copy")
         if stat.S_ISDIR(existing.st_mode):
@@ -223,7 +230,8 @@ class Restore:
     # -- files (pool threads) ---------------------------------------------------------------
 
     def _write_file(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
-                    first_link: Future | None) -> int:
+                    first_link: Future | None) -> tuple[bool, int]:
+        """(written as a copy, bytes written)"""
         try:
             name = tmp or final
             if first_link is not None:
@@ -248,7 +256,7 @@ class Restore:
                     self.links.setdefault(tuple(entry["h"]), self._where(dfd, name))
             if tmp:
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-            return written
+            return final != entry["n"], written
         finally:
             os.close(dfd)
 

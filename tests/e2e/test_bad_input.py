@@ -1,0 +1,289 @@
+"""Refused commands: non-zero exit, one line on stderr, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import treeutil as tu
+
+WRONG_PASSPHRASE = "this is not the right passphrase"
+UNKNOWN_POINT = "ffffffffffffffffffffffff"
+
+
+def assert_unchanged(before: dict, path: Path, what: str) -> None:
+    after = tu.snapshot(path)
+    assert after == before, f"{what} was modified:\n{tu.describe_snapshot_diff(before, after)}"
+
+
+def assert_no_files(home: Path) -> None:
+    files = tu.regular_files(home)
+    assert files == [], f"refused command left files in the agent home {home}: {files}"
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    s = tmp_path / "src"
+    s.mkdir()
+    (s / "a.txt").write_text("hello\n")
+    (s / "sub").mkdir()
+    (s / "sub" / "b.txt").write_text("world\n")
+    return s
+
+
+@pytest.fixture
+def vault(sr, tmp_path) -> Path:
+    v = tmp_path / "vault"
+    sr.run("vault", "create", v)
+    return v
+
+
+# --- passphrase ------------------------------------------------------------------------------
+
+
+def test_wrong_passphrase_on_backup(registered, src, clean_failure):
+    registered.backup(src)
+    (src / "a.txt").write_text("changed\n")
+    vault_before, home_before = tu.snapshot(registered.vault), tu.snapshot(registered.home)
+    res = registered.run("backup", src, check=False, env_extra={"STRONGROOM_PASSPHRASE": WRONG_PASSPHRASE})
+    clean_failure(res, 1)
+    assert_unchanged(vault_before, registered.vault, "vault")
+    assert_unchanged(home_before, registered.home, "agent home")
+    assert len(registered.points()) == 1
+
+
+def test_wrong_passphrase_on_restore(registered, src, tmp_path, clean_failure):
+    point = registered.backup(src)["id"]
+    target = tmp_path / "target"
+    res = registered.run("restore", point, "--target", target, "--conflict", "overwrite", check=False,
+                         env_extra={"STRONGROOM_PASSPHRASE": WRONG_PASSPHRASE})
+    clean_failure(res, 1)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("how", ["env", "file"])
+def test_short_passphrase_refused_at_register(sr, vault, tmp_path, how, clean_failure):
+    cred = sr.make_credentials(vault, tmp_path / "cred")
+    short = "fifteen chars!!"
+    assert len(short) == 15
+    vault_before = tu.snapshot(vault)
+    if how == "env":
+        res = sr.run("register", "--credentials", cred, "--machine", "test-01", check=False,
+                     env_extra={"STRONGROOM_PASSPHRASE": short})
+    else:
+        pf = tmp_path / "passphrase"
+        pf.write_text(short + "\n")
+        res = sr.run("register", "--credentials", cred, "--machine", "test-01", "--passphrase-file", pf,
+                     check=False, env_extra={"STRONGROOM_PASSPHRASE": None})
+    clean_failure(res, (1, 2))
+    assert_no_files(sr.home)
+    assert_unchanged(vault_before, vault, "vault")
+
+    # 16 characters is enough
+    sr.run("register", "--credentials", cred, "--machine", "test-01",
+           env_extra={"STRONGROOM_PASSPHRASE": "sixteen chars!!!"})
+
+
+def test_no_passphrase_and_no_terminal(sr, vault, tmp_path, clean_failure):
+    cred = sr.make_credentials(vault, tmp_path / "cred")
+    res = sr.run("register", "--credentials", cred, "--machine", "test-01", check=False,
+                 env_extra={"STRONGROOM_PASSPHRASE": None})
+    clean_failure(res)
+    assert_no_files(sr.home)
+
+
+# --- credentials and registration ---------------------------------------------------------------
+
+
+def test_superseded_credentials_refused(sr, vault, tmp_path, clean_failure):
+    old = sr.make_credentials(vault, tmp_path / "cred-old")
+    new = sr.make_credentials(vault, tmp_path / "cred-new")
+    vault_before = tu.snapshot(vault)
+    res = sr.run("register", "--credentials", old, "--machine", "test-01", check=False)
+    clean_failure(res, 1)
+    assert_no_files(sr.home)
+    assert_unchanged(vault_before, vault, "vault")
+    sr.register(new, "test-01", vault)  # the newest one works
+
+
+def test_zero_day_credentials_are_refused_or_expired(sr, vault, tmp_path, clean_failure):
+    cred = tmp_path / "cred"
+    res = sr.run("vault", "credentials", vault, "--out", cred, "--valid-days", "0", check=False)
+    if res.returncode != 0:
+        clean_failure(res)
+        assert not cred.exists()
+        return
+    res = sr.run("register", "--credentials", cred, "--machine", "test-01", check=False)
+    clean_failure(res, 1)
+    assert_no_files(sr.home)
+
+
+def test_credentials_file_missing_or_garbage(sr, vault, tmp_path, clean_failure):
+    res = sr.run("register", "--credentials", tmp_path / "no-such-cred", "--machine", "test-01", check=False)
+    clean_failure(res, (1, 2))
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00not json at all\xff")
+    res = sr.run("register", "--credentials", garbage, "--machine", "test-01", check=False)
+    clean_failure(res, (1, 2))
+    assert_no_files(sr.home)
+
+
+def test_same_machine_name_twice_refused(registered, make_home, tmp_path, clean_failure):
+    other = make_home("home2")
+    cred = registered.make_credentials(registered.vault, tmp_path / "cred2")
+    vault_before = tu.snapshot(registered.vault)
+    res = other.run("register", "--credentials", cred, "--machine", registered.machine, check=False)
+    clean_failure(res, 1)
+    assert_no_files(other.home)
+    assert_unchanged(vault_before, registered.vault, "vault")
+    other.register(cred, "test-02", registered.vault)  # another name is fine
+
+
+def test_register_twice_in_same_home_refused(registered, tmp_path, clean_failure):
+    cred = registered.make_credentials(registered.vault, tmp_path / "cred2")
+    home_before = tu.snapshot(registered.home)
+    res = registered.run("register", "--credentials", cred, "--machine", "test-03", check=False)
+    clean_failure(res)
+    assert_unchanged(home_before, registered.home, "agent home")
+
+
+def test_unregistered_home(sr, src, clean_failure):
+    res = sr.run("backup", src, check=False)
+    clean_failure(res)
+    assert_no_files(sr.home)
+
+
+# --- points and paths --------------------------------------------------------------------------
+
+
+def test_unknown_point_for_ls(registered, src, clean_failure):
+    registered.backup(src)
+    res = registered.run("ls", UNKNOWN_POINT, check=False)
+    clean_failure(res, (1, 2))
+    assert res.stdout.strip() == ""
+
+
+def test_unknown_point_for_restore(registered, src, tmp_path, clean_failure):
+    registered.backup(src)
+    target = tmp_path / "target"
+    res = registered.run("restore", UNKNOWN_POINT, "--target", target, "--conflict", "skip", check=False)
+    clean_failure(res, (1, 2))
+    assert not target.exists()
+
+
+def test_latest_without_points(registered, tmp_path, clean_failure):
+    res = registered.run("ls", "latest", check=False)
+    clean_failure(res, (1, 2))
+    target = tmp_path / "target"
+    res = registered.run("restore", "latest", "--target", target, "--conflict", "skip", check=False)
+    clean_failure(res, (1, 2))
+    assert not target.exists()
+
+
+def test_restore_path_not_in_point(registered, src, tmp_path, clean_failure):
+    point = registered.backup(src)["id"]
+    target = tmp_path / "target"
+    res = registered.run("restore", point, src / "not-there", "--target", target, "--conflict", "skip",
+                         check=False)
+    clean_failure(res, (1, 2))
+    assert not target.exists() or tu.regular_files(target) == []
+
+
+def test_backup_missing_source(registered, tmp_path, clean_failure):
+    vault_before = tu.snapshot(registered.vault)
+    res = registered.run("backup", tmp_path / "does-not-exist", check=False)
+    clean_failure(res, (1, 2))
+    assert registered.points() == []
+    assert_unchanged(vault_before, registered.vault, "vault")
+
+
+# --- the vault folder --------------------------------------------------------------------------
+
+
+def test_credentials_for_missing_vault(sr, tmp_path, clean_failure):
+    cred = tmp_path / "cred"
+    res = sr.run("vault", "credentials", tmp_path / "no-vault", "--out", cred, check=False)
+    clean_failure(res, (1, 2))
+    assert not cred.exists()
+    assert not (tmp_path / "no-vault").exists()
+
+
+def test_credentials_for_folder_that_is_not_a_vault(sr, tmp_path, clean_failure):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("not a vault")
+    for bogus in (empty, afile):
+        cred = tmp_path / f"cred-{bogus.name}"
+        res = sr.run("vault", "credentials", bogus, "--out", cred, check=False)
+        clean_failure(res, (1, 2))
+        assert not cred.exists()
+    assert os.listdir(empty) == []
+
+
+def test_register_when_vault_is_gone(sr, vault, tmp_path, clean_failure):
+    cred = sr.make_credentials(vault, tmp_path / "cred")
+    vault.rename(tmp_path / "moved-away")
+    res = sr.run("register", "--credentials", cred, "--machine", "test-01", check=False)
+    clean_failure(res, 1)
+    assert_no_files(sr.home)
+    assert not vault.exists()
+
+
+def test_backup_when_vault_is_gone(registered, src, tmp_path, clean_failure):
+    registered.backup(src)
+    moved = tmp_path / "moved-away"
+    registered.vault.rename(moved)
+    home_before = tu.snapshot(registered.home)
+    res = registered.run("backup", src, check=False)
+    clean_failure(res, 1)
+    assert not registered.vault.exists(), "backup re-created the missing vault"
+    assert_unchanged(home_before, registered.home, "agent home")
+    moved.rename(registered.vault)
+    assert len(registered.points()) == 1
+
+
+def test_backup_when_vault_is_unreadable(registered, src, clean_failure):
+    if tu.is_root():
+        pytest.skip("root reads a mode-000 directory anyway")
+    registered.backup(src)
+    os.chmod(registered.vault, 0)
+    try:
+        res = registered.run("backup", src, check=False)
+    finally:
+        os.chmod(registered.vault, 0o755)
+    clean_failure(res, 1)
+    assert len(registered.points()) == 1
+
+
+def test_backup_when_vault_is_replaced_by_a_file(registered, src, tmp_path, clean_failure):
+    registered.backup(src)
+    registered.vault.rename(tmp_path / "moved-away")
+    registered.vault.write_text("not a vault")
+    res = registered.run("backup", src, check=False)
+    clean_failure(res, 1)
+    assert registered.vault.read_text() == "not a vault"
+
+
+# --- usage errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ("restore", "latest", "--conflict", "skip"),                          # no --target
+    ("restore", "latest", "--conflict", "skip", "--target"),              # option without value
+    ("restore", "latest", "--target", "{target}", "--conflict", "bogus"),  # bad choice
+    ("backup",),                                                           # no PATH
+    ("ls",),                                                               # no POINT
+    ("no-such-command",),
+    ("points", "--no-such-option"),
+], ids=["restore-no-target", "restore-target-no-value", "restore-bad-conflict", "backup-no-path",
+        "ls-no-point", "unknown-command", "unknown-option"])
+def test_usage_error_exit_code_2(registered, src, tmp_path, args, clean_failure):
+    registered.backup(src)
+    target = tmp_path / "target"
+    argv = [a.format(target=target) for a in args]
+    res = registered.run(*argv, check=False)
+    clean_failure(res, 2)
+    assert not target.exists()
