@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from strongroom.errors import IntegrityError, UsageError, WrongPassphrase
 
 MIN_PASSPHRASE = 16
+TAG_BYTES = 16
 MASTER_KEY_BYTES = 64
 NONCE_BYTES = 12
 ID_BYTES = 32
@@ -54,14 +55,26 @@ class MasterKey:
         return blake3.blake3(data, key=self.id_key).digest()
 
     def seal(self, aad: bytes, plaintext: bytes | memoryview) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self.aead.encrypt(nonce, plaintext, aad)
+        out = bytearray(sealed_size(len(plaintext)))
+        self.seal_into(aad, plaintext, memoryview(out))
+        return bytes(out)
+
+    def seal_into(self, aad: bytes, plaintext: bytes | memoryview, out: memoryview) -> int:
+        """Writes nonce ‖ ciphertext ‖ tag at the start of `out`; returns the length written."""
+        size = sealed_size(len(plaintext))
+        out[:NONCE_BYTES] = nonce = os.urandom(NONCE_BYTES)
+        self.aead.encrypt_into(nonce, plaintext, aad, out[NONCE_BYTES:size])
+        return size
 
     def open(self, aad: bytes, sealed: bytes | memoryview) -> bytes:
         try:
             return self.aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
         except InvalidTag:
             raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
+
+
+def sealed_size(plaintext_len: int) -> int:
+    return NONCE_BYTES + plaintext_len + TAG_BYTES
 
 
 def _kdf(passphrase: str, salt: bytes, params: dict) -> bytes:

@@ -74,10 +74,22 @@ class _PendingDir:
         self.parent_tree = parent_tree  # the same directory's tree in the parent point
 
 
+class _Done:
+    """The result of a file read in the walker itself, shaped like a finished Future."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Entry | None) -> None:
+        self.value = value
+
+    def result(self) -> Entry | None:
+        return self.value
+
+
 class _FileJob:
     __slots__ = ("future", "name")
 
-    def __init__(self, future: Future, name: bytes) -> None:
+    def __init__(self, future: Future | _Done, name: bytes) -> None:
         self.future, self.name = future, name
 
 
@@ -125,7 +137,7 @@ class Backup:
         self.reader = BlobReader(vault, key)
         self.pending: deque[_PendingDir] = deque()
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
-        self.hardlinks: dict[tuple[int, int], Future] = {}
+        self.hardlinks: dict[tuple[int, int], Future | _Done] = {}
         self.local = threading.local()
 
     # -- the run ----------------------------------------------------------------------------
@@ -137,7 +149,7 @@ class Backup:
         points = self.vault.points()
         parent_root = self._parent_root(points[0]) if points else None
         self.packer = Packer(self.vault, self.key)
-        workers = min(8, (os.cpu_count() or 2) + 1)
+        workers = min(8, os.cpu_count() or 2)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="reader") as self.pool:
                 root = self._build_root(parent_root)
@@ -293,9 +305,7 @@ class Backup:
         if st.st_size <= chunker.MIN_SIZE:
             # Small files cost more in thread hand-offs than they gain from a second core:
             # measured on 50,000 files, a pool of 2 or 3 was slower than the walker alone.
-            future = Future()
-            self.in_flight.acquire()
-            future.set_result(self._read_file(fd, full, st, inline=True))
+            future = _Done(self._read_file(fd, full, st, inline=True))
         else:
             self.in_flight.acquire()
             future = self.pool.submit(self._read_file, fd, full, st, False)
@@ -342,7 +352,8 @@ class Backup:
             return None
         finally:
             os.close(fd)
-            self.in_flight.release()
+            if not inline:
+                self.in_flight.release()
 
     def _read_content(self, fd: int, st: os.stat_result, inline: bool) -> tuple[list[bytes], list[list[int]] | None]:
         sparse = None

@@ -13,12 +13,13 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from strongroom import blobs
+from strongroom import blobs, chunker
 from strongroom.crypto import MasterKey
 from strongroom.packs import KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 1
+_MAX_BUFFERS = 4  # data and tree packs being filled, one queued, one uploading
 _BATCH_BYTES = 1024 * 1024
 _BATCH_BLOBS = 256
 _BATCHES_IN_FLIGHT = 8
@@ -29,7 +30,10 @@ class Packer:
         self.vault, self.key = vault, key
         self._known: set[bytes] | None = None  # loaded on first need: a no-change backup never needs it
         self.lock = threading.Lock()
-        self.builders = {KIND_DATA: PackBuilder(), KIND_TREE: PackBuilder()}
+        self.scratch = threading.local()  # one reusable envelope buffer per thread
+        self.spare: queue.Queue[bytearray] = queue.Queue()
+        self.buffers_made = 0
+        self.builders = {KIND_DATA: self._builder(), KIND_TREE: self._builder()}
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_uploaded = 0
@@ -56,7 +60,7 @@ class Packer:
     def add(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
         """Stores the blob unless the vault has it or it is already on its way."""
         if self._claim(blob_id):
-            self._append(blob_id, kind, blobs.encode(self.key, blob_id, data))
+            self._seal_and_append(blob_id, kind, data)
 
     def add_later(self, blob_id: bytes, kind: int, data: bytes) -> None:
         """Like `add` for a small blob owned by the caller: encoded in a batch, off this thread."""
@@ -76,11 +80,21 @@ class Packer:
     def _encode_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
         try:
             for blob_id, kind, data in batch:
-                self._append(blob_id, kind, blobs.encode(self.key, blob_id, data))
+                self._seal_and_append(blob_id, kind, data)
         finally:
             self.batch_slots.release()
 
-    def _append(self, blob_id: bytes, kind: int, envelope: bytes) -> None:
+    def _seal_and_append(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
+        scratch = getattr(self.scratch, "buffer", None)
+        if scratch is None:
+            scratch = self.scratch.buffer = bytearray(blobs.max_envelope(chunker.MAX_SIZE))
+        envelope = blobs.encode_into(self.key, blob_id, data, scratch)
+        try:
+            self._append(blob_id, kind, envelope)
+        finally:
+            envelope.release()
+
+    def _append(self, blob_id: bytes, kind: int, envelope: memoryview) -> None:
         with self.lock:
             builder = self.builders[kind]
             builder.add(blob_id, kind, envelope)
@@ -88,9 +102,20 @@ class Packer:
             self.blobs_added += 1
             full = builder.full
             if full:
-                self.builders[kind] = PackBuilder()
+                self.builders[kind] = self._builder()
         if full:
             self._send(builder)
+
+    def _builder(self) -> PackBuilder:
+        """A builder on a recycled buffer; waits for the uploader to free one when all are in use."""
+        try:
+            return PackBuilder(self.spare.get_nowait())
+        except queue.Empty:
+            pass
+        if self.buffers_made < _MAX_BUFFERS:
+            self.buffers_made += 1
+            return PackBuilder()
+        return PackBuilder(self.spare.get())
 
     def _send(self, builder: PackBuilder) -> None:
         if self.error is not None:
@@ -103,10 +128,12 @@ class Packer:
                 continue  # drain, so that producers never block on a dead uploader
             try:
                 name, data, _refs = builder.finish()
-                self.vault.store_pack(name, data)
+                with data:
+                    self.vault.store_pack(name, data)
                 self.packs_uploaded += 1
             except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
                 self.error = exc
+            self.spare.put(builder.buffer)
 
     def close(self) -> None:
         """Uploads what is left and waits until every pack has landed."""
@@ -118,7 +145,6 @@ class Packer:
         for kind in (KIND_DATA, KIND_TREE):
             if len(self.builders[kind]):
                 self._send(self.builders[kind])
-                self.builders[kind] = PackBuilder()
         self.queue.put(None)
         self.uploader.join()
         if self.error is not None:
