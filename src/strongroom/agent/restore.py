@@ -16,6 +16,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from strongroom import chunker
+from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import apply_ownership_and_mode, apply_times, apply_xattrs, proc_path, type_mode
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError, UsageError
@@ -52,7 +54,7 @@ class Restore:
         self.reader, self.created_ns, self.conflict = reader, created_ns, conflict
         self.result = RestoreResult()
         self.links: dict[tuple[int, int], bytes] = {}  # hardlink group -> where its first file went
-        self.first_links: dict[tuple[int, int], Future] = {}
+        self.first_links: dict[tuple[int, int], Future | Finished] = {}
         self.is_root = os.geteuid() == 0
 
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
@@ -138,7 +140,7 @@ class Restore:
     def _restore_children(self, fd: int, path: bytes, tree_id: bytes) -> None:
         children = self.reader.tree(tree_id)
         self.reader.locate([c for e in children for c in e.get("c", ())])
-        jobs: list[tuple[bytes, Future]] = []
+        jobs: list[tuple[bytes, Future | Finished]] = []
         for child in children:
             job = self._restore_entry(fd, path + b"/" + child["n"], child)
             if job is not None:
@@ -153,7 +155,7 @@ class Restore:
         else:
             self.result.files_restored += 1
 
-    def _collect(self, path: bytes, job: Future) -> None:
+    def _collect(self, path: bytes, job: Future | Finished) -> None:
         try:
             self._count(*job.result())
         except (OSError, StrongroomError) as exc:
@@ -161,7 +163,7 @@ class Restore:
 
     # -- entries ----------------------------------------------------------------------------
 
-    def _restore_entry(self, dfd: int, path: bytes, entry: Entry) -> Future | None:
+    def _restore_entry(self, dfd: int, path: bytes, entry: Entry) -> Future | Finished | None:
         name = entry.get("n", b"")
         if not isinstance(name, bytes) or not is_safe_name(name):
             self._error(path, "refused: the name would leave its directory")
@@ -177,7 +179,9 @@ class Restore:
             if entry["t"] == FILE:
                 group = tuple(entry["h"]) if "h" in entry else None
                 first = self.first_links.get(group) if group else None
-                job = self.pool.submit(self._write_file, os.dup(dfd), final, tmp, entry, path, first)
+                args = (os.dup(dfd), final, tmp, entry, path, first)
+                small = entry.get("s", 0) <= chunker.MIN_SIZE and group is None
+                job = Finished(self._write_file, *args) if small else self.pool.submit(self._write_file, *args)
                 if group and first is None:
                     self.first_links[group] = job
                 return job
@@ -230,7 +234,7 @@ class Restore:
     # -- files (pool threads) ---------------------------------------------------------------
 
     def _write_file(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
-                    first_link: Future | None) -> tuple[bool, int]:
+                    first_link: Future | Finished | None) -> tuple[bool, int]:
         """(written as a copy, bytes written)"""
         try:
             name = tmp or final

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from strongroom.errors import VaultError
 
+_OPEN_FDS = 64
+
 
 class FolderStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.lock = threading.RLock()
+        self.open_fds: dict[str, int] = {}
 
     def _path(self, name: str) -> Path:
         if name.startswith("/") or ".." in name.split("/"):
@@ -46,15 +51,24 @@ class FolderStorage:
         except FileNotFoundError:
             raise VaultError(f"object {name} is missing from the vault") from None
 
+    def _open(self, name: str) -> int:
+        """A read descriptor, kept open: restores read thousands of blobs from each pack."""
+        with self.lock:
+            fd = self.open_fds.pop(name, None)
+            if fd is None:
+                try:
+                    fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise VaultError(f"object {name} is missing from the vault") from None
+                while len(self.open_fds) >= _OPEN_FDS:
+                    os.close(self.open_fds.pop(next(iter(self.open_fds))))
+            self.open_fds[name] = fd  # most recently used last
+            return fd
+
     def get_range(self, name: str, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError:
-            raise VaultError(f"object {name} is missing from the vault") from None
-        try:
+        with self.lock:
+            fd = self._open(name)
             data = os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
         if len(data) != length:
             raise VaultError(f"object {name} is shorter than the catalog says")
         return data
@@ -66,6 +80,10 @@ class FolderStorage:
             raise VaultError(f"object {name} is missing from the vault") from None
 
     def delete(self, name: str) -> None:
+        with self.lock:
+            fd = self.open_fds.pop(name, None)
+            if fd is not None:
+                os.close(fd)
         self._path(name).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
