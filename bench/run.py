@@ -536,10 +536,13 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
             t.failed = "restore verification: " + "; ".join(v.get("problems") or [v.get("error", "")])
             t.results["error"] = t.failed
             log(f"!! {t.name}: {t.failed}")
-        if not args.keep:
-            shutil.rmtree(target, ignore_errors=True)
+    # Restored trees are deleted only now, not after each restore: ext4 skips recently
+    # freed inodes when it allocates new ones (find_inode_bit/recently_deleted), so a
+    # restore started right after 50,000 files were deleted pays seconds of kernel time
+    # for the previous tool's clean-up (measured: the same restore took 10 s or 46 s).
     if not args.keep:
         for t in tools:
+            shutil.rmtree(os.path.join(workdir, "restore", t.name), ignore_errors=True)
             shutil.rmtree(t.repo, ignore_errors=True)
             shutil.rmtree(t.state, ignore_errors=True)
     return {"round": rnd, "order": order, "tools": {t.name: t.results for t in tools}}

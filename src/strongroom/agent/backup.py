@@ -35,7 +35,7 @@ from strongroom.vault.interface import Vault
 from strongroom.vault.service import PointRecord
 
 _MAX_IN_FLIGHT = 256
-_MAX_PENDING_DIRS = 128
+_MAX_PENDING_DIRS = 32
 _READ_ATTEMPTS = 3
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

@@ -13,16 +13,16 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from strongroom import blobs, chunker
+from strongroom import blobs
 from strongroom.crypto import MasterKey
-from strongroom.packs import KIND_DATA, KIND_TREE, PackBuilder
+from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 1
-_MAX_BUFFERS = 4  # data and tree packs being filled, one queued, one uploading
+_MAX_BUFFERS = 3  # the data pack being filled, one queued, one uploading
 _BATCH_BYTES = 1024 * 1024
 _BATCH_BLOBS = 256
-_BATCHES_IN_FLIGHT = 8
+_BATCHES_IN_FLIGHT = 4
 
 
 class Packer:
@@ -33,7 +33,8 @@ class Packer:
         self.scratch = threading.local()  # one reusable envelope buffer per thread
         self.spare: queue.Queue[bytearray] = queue.Queue()
         self.buffers_made = 0
-        self.builders = {KIND_DATA: self._builder(), KIND_TREE: self._builder()}
+        # Trees are few and small: their pack grows as needed instead of taking a full buffer.
+        self.builders = {KIND_DATA: self._builder(), KIND_TREE: PackBuilder(bytearray(64 * 1024))}
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_uploaded = 0
@@ -86,8 +87,8 @@ class Packer:
 
     def _seal_and_append(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
         scratch = getattr(self.scratch, "buffer", None)
-        if scratch is None:
-            scratch = self.scratch.buffer = bytearray(blobs.max_envelope(chunker.MAX_SIZE))
+        if scratch is None:  # grows to the largest blob this thread seals, then stays
+            scratch = self.scratch.buffer = bytearray()
         envelope = blobs.encode_into(self.key, blob_id, data, scratch)
         try:
             self._append(blob_id, kind, envelope)
@@ -102,7 +103,7 @@ class Packer:
             self.blobs_added += 1
             full = builder.full
             if full:
-                self.builders[kind] = self._builder()
+                self.builders[kind] = self._builder() if kind == KIND_DATA else PackBuilder(bytearray(64 * 1024))
         if full:
             self._send(builder)
 
@@ -133,7 +134,8 @@ class Packer:
                 self.packs_uploaded += 1
             except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
                 self.error = exc
-            self.spare.put(builder.buffer)
+            if len(builder.buffer) >= BUFFER_SIZE:  # a data pack's buffer: recycle it
+                self.spare.put(builder.buffer)
 
     def close(self) -> None:
         """Uploads what is left and waits until every pack has landed."""

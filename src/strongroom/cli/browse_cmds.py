@@ -30,7 +30,12 @@ def points(ctx: click.Context, passphrase_file: Path | None, as_json: bool) -> N
     if as_json:
         emit_json(rows)
         return
-    table = Table("ID", "Created", "Kind", "Files", "Added", "Sources")
+    table = Table()
+    table.add_column("ID", no_wrap=True, min_width=16)  # ids are what people copy from here
+    table.add_column("Created", no_wrap=True)
+    for name in ("Kind", "Files", "Added"):
+        table.add_column(name)
+    table.add_column("Sources", overflow="fold")
     for r in rows:
         s = r["stats"]
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]

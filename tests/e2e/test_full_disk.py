@@ -1,0 +1,61 @@
+"""A full disk: one clear line, a non-zero exit, and a vault that stays consistent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Strongroom, assert_clean_failure
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 4 MiB tmpfs (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path):
+    sr = Strongroom(tmp_path / "home")
+    vault = sr.create_vault(tiny_fs / "vault")
+    sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"r{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+
+    res = sr.run("backup", src, check=False)
+    assert_clean_failure(res, 1)
+    assert "space" in res.stderr.lower() or "full" in res.stderr.lower()
+    assert sr.points() == []
+    assert sr.json("check")["ok"]
+
+    # room again: the same machine's next backup completes
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], check=True)
+    assert sr.backup(src)["stats"]["files_new"] == 3
+    assert sr.json("check", "--read-data")["ok"]
+
+
+def test_restore_to_a_full_disk_reports_the_files_it_could_not_write(registered, tiny_fs, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_text("fits\n")
+    (src / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    registered.backup(src)
+    res = registered.run("restore", "latest", "--target", tiny_fs / "out", "--json", check=False)
+    assert res.returncode == 3
+    import json
+    errors = json.loads(res.stdout)["errors"]
+    assert any(e["path"].endswith("/big.bin") for e in errors)
+    restored = tiny_fs / "out" / str(src).lstrip("/")
+    assert (restored / "small.txt").read_text() == "fits\n"
+    assert not (restored / "big.bin").exists(), "a partial file was left behind"
