@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,7 +80,3 @@ def fail_line(message: str) -> None:
 
 def warn_line(message: str) -> None:
     click.echo(f"strongroom: warning: {message}", err=True)
-
-
-def exit_with(code: int) -> None:
-    sys.exit(code)
