@@ -18,10 +18,27 @@ from dataclasses import dataclass, field
 
 from strongroom import chunker
 from strongroom.agent.finished import Finished
-from strongroom.agent.fsmeta import apply_ownership_and_mode, apply_times, apply_xattrs, proc_path, type_mode
+from strongroom.agent.fsmeta import (
+    apply_ownership_and_mode,
+    apply_times,
+    apply_xattrs,
+    proc_path,
+    type_mode,
+)
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, display_path, is_safe_name
+from strongroom.model import (
+    BLOCK,
+    CHAR,
+    DIR,
+    FIFO,
+    FILE,
+    SOCKET,
+    SYMLINK,
+    Entry,
+    display_path,
+    is_safe_name,
+)
 
 CONFLICTS = ("copy", "overwrite", "skip")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

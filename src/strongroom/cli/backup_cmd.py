@@ -8,8 +8,16 @@ from pathlib import Path
 import click
 
 from strongroom.agent.backup import Backup
-from strongroom.cli.common import (emit_json, human_bytes, iso, json_option, live_status, open_agent,
-                                   passphrase_option, warn_line)
+from strongroom.cli.common import (
+    emit_json,
+    human_bytes,
+    iso,
+    json_option,
+    live_status,
+    open_agent,
+    passphrase_option,
+    warn_line,
+)
 from strongroom.errors import EXIT_WARNINGS
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of

@@ -11,7 +11,15 @@ from rich.table import Table
 
 from strongroom.agent.browse import list_path
 from strongroom.agent.points import find_point, open_manifest
-from strongroom.cli.common import emit_json, human_bytes, iso, json_option, open_agent, out_console, passphrase_option
+from strongroom.cli.common import (
+    emit_json,
+    human_bytes,
+    iso,
+    json_option,
+    open_agent,
+    out_console,
+    passphrase_option,
+)
 from strongroom.model import FILE, SYMLINK, TYPE_NAMES, display_path
 
 

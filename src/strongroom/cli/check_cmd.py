@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from strongroom.agent.check import check
-from strongroom.cli.common import emit_json, json_option, live_status, open_agent, passphrase_option
+from strongroom.cli.common import (
+    emit_json,
+    json_option,
+    live_status,
+    open_agent,
+    passphrase_option,
+)
 from strongroom.errors import EXIT_FAILURE
 
 

@@ -13,7 +13,14 @@ import click
 
 from strongroom import __version__
 from strongroom.agent.home import AgentHome
-from strongroom.cli import backup_cmd, browse_cmds, check_cmd, register_cmd, restore_cmd, vault_cmds
+from strongroom.cli import (
+    backup_cmd,
+    browse_cmds,
+    check_cmd,
+    register_cmd,
+    restore_cmd,
+    vault_cmds,
+)
 from strongroom.cli.common import fail_line
 from strongroom.errors import EXIT_FAILURE, EXIT_USAGE, StrongroomError
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from strongroom.cli.common import home, passphrase_option
 from strongroom.agent.passphrase import read_passphrase
+from strongroom.cli.common import home, passphrase_option
 from strongroom.credentials import Credentials
 from strongroom.crypto import MasterKey, wrap_key
 from strongroom.errors import UsageError

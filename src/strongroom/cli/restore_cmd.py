@@ -9,7 +9,15 @@ import click
 
 from strongroom.agent.points import find_point, open_manifest
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
-from strongroom.cli.common import emit_json, human_bytes, json_option, live_status, open_agent, passphrase_option, warn_line
+from strongroom.cli.common import (
+    emit_json,
+    human_bytes,
+    json_option,
+    live_status,
+    open_agent,
+    passphrase_option,
+    warn_line,
+)
 from strongroom.errors import EXIT_WARNINGS, UsageError
 from strongroom.model import display_path
 

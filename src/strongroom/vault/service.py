@@ -21,7 +21,13 @@ from sqlalchemy import Engine, and_, delete, insert, select, update  # noqa: F40
 
 from strongroom import packs as packfmt
 from strongroom.credentials import Credentials
-from strongroom.errors import CredentialsError, IntegrityError, StrongroomError, UsageError, VaultError
+from strongroom.errors import (
+    CredentialsError,
+    IntegrityError,
+    StrongroomError,
+    UsageError,
+    VaultError,
+)
 from strongroom.fsutil import write_private
 from strongroom.vault import catalog as cat
 from strongroom.vault.storage.fs import FolderStorage

@@ -12,8 +12,20 @@ from collections.abc import Iterable
 from typing import Any
 
 import zstandard
-from sqlalchemy import (Column, Connection, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event)
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
 
 metadata = MetaData()
 
