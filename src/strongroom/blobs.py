@@ -8,6 +8,7 @@ and every read checks both the tag and the keyed hash of the plaintext.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import zstandard
 
@@ -33,16 +34,31 @@ def _compressor() -> zstandard.ZstdCompressor:
     return _local.cctx
 
 
-def _compress(data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+def compress(data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
     cctx = _compressor()
     if len(data) > 4 * _PROBE_BYTES:
         sample = data[: _PROBE_BYTES]
         if len(_local.probe.compress(sample)) > _PROBE_RATIO * len(sample):
             return CODEC_RAW, data
-    packed = cctx.compress(data)
+    return _choose(data, cctx.compress(data))
+
+
+def _choose(data: bytes | memoryview, packed: Any) -> tuple[int, Any]:
     if len(packed) < _MIN_GAIN * len(data):
         return CODEC_ZSTD, packed
     return CODEC_RAW, data
+
+
+def compress_many(items: list[bytes]) -> list[tuple[int, Any]]:
+    """(codec, payload) for many small blobs, compressed in one call that releases the GIL.
+
+    Per-blob calls each hand the GIL back and forth with the thread walking the tree,
+    which cost that thread more than the compression itself (measured on 50,000 files).
+    """
+    if not items or not all(items):
+        return [compress(d) for d in items]
+    packed = _compressor().multi_compress_to_buffer(items, threads=1)
+    return [_choose(d, packed[i]) for i, d in enumerate(items)]
 
 
 def max_envelope(data_len: int) -> int:
@@ -55,7 +71,11 @@ def encode_into(key: MasterKey, blob_id: bytes, data: bytes | memoryview, out: b
     Sealing into a buffer the caller reuses spares a fresh MiB-sized allocation per chunk,
     which otherwise shows as page faults and as memory held by each thread's malloc arena.
     """
-    codec, payload = _compress(data)
+    return seal_into(key, blob_id, *compress(data), out)
+
+
+def seal_into(key: MasterKey, blob_id: bytes, codec: int, payload: Any, out: bytearray) -> memoryview:
+    """The envelope of an already compressed (or raw) payload, written into `out`."""
     size = max_envelope(len(payload))
     if len(out) < size:
         out.extend(bytes(size - len(out)))

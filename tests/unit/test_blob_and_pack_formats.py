@@ -88,3 +88,13 @@ def test_truncated_pack_is_refused() -> None:
 @given(st.sets(st.integers(1, 2**40)))
 def test_point_refs_round_trip(ids: set[int]) -> None:
     assert decode_refs(encode_refs(ids)) == sorted(ids)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=5000) | st.text(max_size=3000).map(str.encode), max_size=12))
+def test_batch_compression_gives_the_same_blobs(items: list[bytes]) -> None:
+    for data, (codec, payload) in zip(items, blobs.compress_many(items), strict=True):
+        blob_id = KEY.blob_id(data)
+        envelope = bytes(blobs.seal_into(KEY, blob_id, codec, payload, bytearray()))
+        assert blobs.decode(KEY, blob_id, envelope) == data
+        assert codec == blobs.compress(data)[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from strongroom import blobs
 from strongroom.crypto import MasterKey
@@ -61,7 +62,7 @@ class Packer:
     def add(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
         """Stores the blob unless the vault has it or it is already on its way."""
         if self._claim(blob_id):
-            self._seal_and_append(blob_id, kind, data)
+            self._seal_and_append(blob_id, kind, *blobs.compress(data))
 
     def add_later(self, blob_id: bytes, kind: int, data: bytes) -> None:
         """Like `add` for a small blob owned by the caller: encoded in a batch, off this thread."""
@@ -80,16 +81,20 @@ class Packer:
 
     def _encode_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
         try:
-            for blob_id, kind, data in batch:
-                self._seal_and_append(blob_id, kind, data)
+            compressed = blobs.compress_many([data for _id, _kind, data in batch])
+            for (blob_id, kind, _data), (codec, payload) in zip(batch, compressed, strict=True):
+                self._seal_and_append(blob_id, kind, codec, payload)
         finally:
             self.batch_slots.release()
 
-    def _seal_and_append(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
+    def _scratch(self) -> bytearray:
         scratch = getattr(self.scratch, "buffer", None)
         if scratch is None:  # grows to the largest blob this thread seals, then stays
             scratch = self.scratch.buffer = bytearray()
-        envelope = blobs.encode_into(self.key, blob_id, data, scratch)
+        return scratch
+
+    def _seal_and_append(self, blob_id: bytes, kind: int, codec: int, payload: Any) -> None:
+        envelope = blobs.seal_into(self.key, blob_id, codec, payload, self._scratch())
         try:
             self._append(blob_id, kind, envelope)
         finally:
