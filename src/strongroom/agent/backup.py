@@ -229,7 +229,8 @@ class Backup:
         return self._queue(items, parent_tree)
 
     def _excluded(self, full: bytes, name: bytes) -> bool:
-        return bool(self.excludes) and any(fnmatch.fnmatchcase(full if b"/" in pat else name, pat) for pat in self.excludes)
+        return bool(self.excludes) and any(
+            fnmatch.fnmatchcase(full if b"/" in pat else name, pat) for pat in self.excludes)
 
     def _warn(self, path: bytes, message: str) -> None:
         self.warnings.append((path, message))

@@ -10,15 +10,14 @@ import click
 from strongroom.agent.backup import Backup
 from strongroom.cli.common import (
     emit_json,
+    exit_if_incomplete,
     human_bytes,
     iso,
     json_option,
     live_status,
     open_agent,
     passphrase_option,
-    warn_line,
 )
-from strongroom.errors import EXIT_WARNINGS
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
 
@@ -58,12 +57,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
                    f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         click.echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
                    f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
-        for w in warnings:
-            warn_line(f"{w['path']}: {w['error']}")
-    if warnings:
-        if not as_json:
-            warn_line(f"{len(warnings)} item(s) were not backed up as they were; see above")
-        ctx.exit(EXIT_WARNINGS)
+    exit_if_incomplete(ctx, warnings, as_json, "were not backed up as they were")
 
 
 def add_to(cli: click.Group) -> None:

@@ -17,13 +17,15 @@ from strongroom.agent.home import AgentHome
 from strongroom.agent.passphrase import read_passphrase
 from strongroom.agent.reader import BlobReader
 from strongroom.crypto import MasterKey
+from strongroom.errors import EXIT_WARNINGS
 
 err_console = Console(stderr=True)
 out_console = Console()
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
 passphrase_option = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-                                 help="Read the passphrase from this file (else $STRONGROOM_PASSPHRASE, else a prompt).")
+                                 help="Read the passphrase from this file "
+                                 "(else $STRONGROOM_PASSPHRASE, else a prompt).")
 
 
 def home(ctx: click.Context) -> AgentHome:
@@ -80,3 +82,14 @@ def fail_line(message: str) -> None:
 
 def warn_line(message: str) -> None:
     click.echo(f"strongroom: warning: {message}", err=True)
+
+
+def exit_if_incomplete(ctx: click.Context, problems: list[dict[str, str]], as_json: bool, what: str) -> None:
+    """Lists the items a job could not handle (unless the output is JSON) and exits 3."""
+    if not problems:
+        return
+    if not as_json:
+        for p in problems:
+            warn_line(f"{p['path']}: {p['error']}")
+        warn_line(f"{len(problems)} item(s) {what}; see above")
+    ctx.exit(EXIT_WARNINGS)

@@ -11,14 +11,14 @@ from strongroom.agent.points import find_point, open_manifest
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.cli.common import (
     emit_json,
+    exit_if_incomplete,
     human_bytes,
     json_option,
     live_status,
     open_agent,
     passphrase_option,
-    warn_line,
 )
-from strongroom.errors import EXIT_WARNINGS, UsageError
+from strongroom.errors import UsageError
 from strongroom.model import display_path
 
 
@@ -65,12 +65,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     else:
         click.echo(f"Restored {result.files_restored} files ({human_bytes(result.bytes_written)}) from point "
                    f"{record.id}; {result.files_skipped} skipped, {result.files_copied} written as copies.")
-        for e in errors:
-            warn_line(f"{e['path']}: {e['error']}")
-    if errors:
-        if not as_json:
-            warn_line(f"{len(errors)} item(s) could not be restored; see above")
-        ctx.exit(EXIT_WARNINGS)
+    exit_if_incomplete(ctx, errors, as_json, "could not be restored")
 
 
 def add_to(cli: click.Group) -> None:
