@@ -72,7 +72,6 @@ class Restore:
         self.result = RestoreResult()
         self.links: dict[tuple[int, int], bytes] = {}  # hardlink group -> where its first file went
         self.first_links: dict[tuple[int, int], Future | Finished] = {}
-        self.is_root = os.geteuid() == 0
 
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
         """Each selection: the path components, the entries of its parent dirs, and its entry."""
@@ -186,7 +185,10 @@ class Restore:
             self._error(path, "refused: the name would leave its directory")
             return None
         if entry["t"] == DIR:
-            self._restore_dir(dfd, name, entry, path)
+            try:
+                self._restore_dir(dfd, name, entry, path)
+            except (OSError, StrongroomError) as exc:  # e.g. no room for the directory itself
+                self._error(path, getattr(exc, "strerror", None) or str(exc))
             return None
         try:
             target = self._resolve_conflict(dfd, name, path)
