@@ -9,6 +9,7 @@ memory stays bounded while the disk or network works.
 
 from __future__ import annotations
 
+import errno
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +17,7 @@ from typing import Any
 
 from strongroom import blobs
 from strongroom.crypto import MasterKey
+from strongroom.errors import VaultError
 from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
@@ -137,6 +139,10 @@ class Packer:
                 with data:
                     self.vault.store_pack(name, data)
                 self.packs_uploaded += 1
+            except OSError as exc:
+                # Not an OSError any more: readers must not take it for one file's problem.
+                hint = " (the vault's disk is full)" if exc.errno == errno.ENOSPC else ""
+                self.error = VaultError(f"storing a pack in the vault failed: {exc.strerror or exc}{hint}")
             except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
                 self.error = exc
             if len(builder.buffer) >= BUFFER_SIZE:  # a data pack's buffer: recycle it
