@@ -88,8 +88,9 @@ class Restore:
     def _restore_selection(self, parts: list[bytes], parents: list[Entry], entry: Entry) -> None:
         fd = os.dup(self.root_fd)
         path = b""
+        made: list[tuple[int, Entry, bytes]] = []  # parents created here: metadata once filled
         try:
-            for name, parent in zip(parts[:-1], parents):
+            for name, parent in zip(parts[:-1], parents, strict=True):
                 path = path + b"/" + name
                 sub, created = self._enter_dir(fd, name, path)
                 os.close(fd)
@@ -97,7 +98,7 @@ class Restore:
                 if fd is None:
                     return
                 if created:
-                    self._dir_meta(fd, parent, path)
+                    made.append((os.dup(fd), parent, path))
             if parts:
                 job = self._restore_entry(fd, path + b"/" + parts[-1], entry)
                 if job is not None:
@@ -107,6 +108,9 @@ class Restore:
         finally:
             if fd is not None:
                 os.close(fd)
+            for made_fd, parent, made_path in reversed(made):
+                self._dir_meta(made_fd, parent, made_path)
+                os.close(made_fd)
 
     # -- directories ------------------------------------------------------------------------
 
