@@ -181,3 +181,17 @@ def test_backup_while_vault_folder_is_unreadable_fails_cleanly(registered, tmp_p
     (src / "f").write_text("x")
     os.rename(registered.vault, tmp_path / "vault-moved")
     assert_clean_failure(registered.run("backup", src, check=False), 1)
+
+
+def test_unindexed_pack_is_noted_but_not_an_error(registered, tmp_path):
+    """A backup killed between storing a pack and indexing it leaves such a pack."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x\n")
+    registered.backup(src)
+    pack = _packs(registered.vault)[0]
+    stray = pack.parent / ("0" * 64)
+    stray.write_bytes(pack.read_bytes())
+    report = registered.json("check", "--read-data")
+    assert report["ok"] and report["orphan_packs"] == 1
+    assert "not indexed" in registered.run("check").stdout

@@ -26,6 +26,7 @@ class CheckReport:
     blobs_checked: int = 0
     points_checked: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    orphan_packs: list[str] = field(default_factory=list)  # not errors: see VaultService
 
     @property
     def ok(self) -> bool:
@@ -34,7 +35,7 @@ class CheckReport:
 
 def check(reader: BlobReader, read_data: bool) -> CheckReport:
     vault, key = reader.vault, reader.key
-    report = CheckReport(errors=list(vault.check_structure()))
+    report = CheckReport(errors=list(vault.check_structure()), orphan_packs=vault.orphan_packs())
     users: dict[bytes, list[str]] = defaultdict(list)  # blob id -> "point:path" of files using it
     for point in vault.points():
         report.points_checked += 1

@@ -29,7 +29,8 @@ def check_cmd(ctx: click.Context, read_data: bool, passphrase_file: Path | None,
         report = check(reader, read_data)
     if as_json:
         emit_json({"ok": report.ok, "points_checked": report.points_checked, "packs_checked": report.packs_checked,
-                   "blobs_checked": report.blobs_checked, "errors": report.errors})
+                   "blobs_checked": report.blobs_checked, "orphan_packs": len(report.orphan_packs),
+                   "errors": report.errors})
     else:
         for e in report.errors:
             where = " ".join(f"{k} {e[k]}" for k in ("point", "pack", "blob") if k in e)
@@ -38,6 +39,9 @@ def check_cmd(ctx: click.Context, read_data: bool, passphrase_file: Path | None,
                 click.echo(f"  affects {f}", err=True)
             if len(e.get("files", [])) > 20:
                 click.echo(f"  ... and {len(e['files']) - 20} more files", err=True)
+        if report.orphan_packs:
+            click.echo(f"note: {len(report.orphan_packs)} pack(s) in storage are not indexed (left by an "
+                       "interrupted backup); they hold no data of any point and will be reclaimed by pruning.")
         status = "no errors found" if report.ok else f"{len(report.errors)} error(s) found"
         click.echo(f"Checked {report.points_checked} points"
                    + (f", {report.packs_checked} packs, {report.blobs_checked} blobs" if read_data else "")

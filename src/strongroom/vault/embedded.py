@@ -77,6 +77,9 @@ class EmbeddedVault:
     def check_structure(self) -> list[dict[str, Any]]:
         return self.service.check_structure()
 
+    def orphan_packs(self) -> list[str]:
+        return self.service.orphan_packs()
+
 
 def connect(url: str) -> EmbeddedVault:
     """The vault at `url`; only folder vaults exist so far (a served vault comes next)."""

@@ -235,6 +235,14 @@ class VaultService:
                     problems.append({"point": pid, "error": f"references {len(lost)} blobs missing from the catalog"})
         return problems
 
+    def orphan_packs(self) -> list[str]:
+        """Packs in storage that the catalog does not know: left by a backup killed between
+        storing a pack and indexing it. Harmless; the prune of retention reclaims them."""
+        with self.engine.connect() as db:
+            known = {r[0] for r in db.execute(select(cat.packs.c.name))}
+        return sorted(name.rsplit("/", 1)[-1] for name, _size in self.storage.list("packs")
+                      if name.rsplit("/", 1)[-1] not in known)
+
     def pack_names(self, machine_id: int | None = None) -> list[str]:
         q = select(cat.packs.c.name)
         if machine_id is not None:
