@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import UsageError
-from strongroom.model import DIR, Entry, display_path, join, split_abs
+from strongroom.model import DIR, FILE, Entry, display_path, join, split_abs
 
 
 def walk(reader: BlobReader, tree_id: bytes, path: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
@@ -42,3 +42,14 @@ def list_path(reader: BlobReader, root_tree: bytes, path: bytes | None) -> Itera
         yield from walk(reader, found["tree"], where)
     else:
         yield where, found
+
+
+def selected_bytes(reader: BlobReader, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> int:
+    """The bytes of file content under restore selections (for a progress bar's total)."""
+    total = 0
+    for _parts, _parents, entry in selections:
+        if entry["t"] == DIR:
+            total += sum(e.get("s", 0) for _path, e in walk(reader, entry["tree"]) if e["t"] == FILE)
+        elif entry["t"] == FILE:
+            total += entry.get("s", 0)
+    return total

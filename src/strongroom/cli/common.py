@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from strongroom.agent.home import AgentHome
 from strongroom.agent.passphrase import read_passphrase
@@ -73,6 +74,30 @@ def live_status(enabled: bool, render: Callable[[], str]) -> Iterator[None]:
             yield
         finally:
             done.set()
+            thread.join()
+
+
+@contextmanager
+def progress_bar(enabled: bool, label: str, total: int, done: Callable[[], int]) -> Iterator[None]:
+    """A bar of bytes done out of `total`, refreshed from the running job, on a terminal only."""
+    if not enabled or not err_console.is_terminal:
+        yield
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    finished = threading.Event()
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+
+        def refresh() -> None:
+            while not finished.wait(0.2):
+                bar.update(task, completed=done())
+        thread = threading.Thread(target=refresh, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            finished.set()
             thread.join()
 
 

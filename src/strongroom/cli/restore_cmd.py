@@ -7,16 +7,18 @@ from pathlib import Path
 
 import click
 
+from strongroom.agent.browse import selected_bytes
 from strongroom.agent.points import find_point, open_manifest
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.cli.common import (
     emit_json,
+    err_console,
     exit_if_incomplete,
     human_bytes,
     json_option,
-    live_status,
     open_agent,
     passphrase_option,
+    progress_bar,
 )
 from strongroom.errors import UsageError
 from strongroom.model import display_path
@@ -49,11 +51,10 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     run = Restore(reader, record.created_ns, conflict)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def status() -> str:
-        return f"Restoring: {run.result.files_restored} files, {human_bytes(run.result.bytes_written)} written"
-
+    interactive = not as_json and err_console.is_terminal
+    total = selected_bytes(reader, selections) if interactive else 0  # a tree walk: only for the bar
     try:
-        with agent.lock(), live_status(not as_json, status):
+        with agent.lock(), progress_bar(interactive, "Restoring", total, lambda: run.result.bytes_written):
             result = run.run(root_fd, selections)
     finally:
         os.close(root_fd)
