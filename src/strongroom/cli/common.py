@@ -58,23 +58,30 @@ def human_bytes(n: float) -> str:
 
 
 @contextmanager
+def _refreshing(update: Callable[[], None]) -> Iterator[None]:
+    """Calls `update` five times a second from a thread while the body runs."""
+    finished = threading.Event()
+
+    def loop() -> None:
+        while not finished.wait(0.2):
+            update()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        thread.join()
+
+
+@contextmanager
 def live_status(enabled: bool, render: Callable[[], str]) -> Iterator[None]:
     """A status line refreshed from the running job's counters, on a terminal only."""
     if not enabled or not err_console.is_terminal:
         yield
         return
-    done = threading.Event()
-    with err_console.status(render()) as status:
-        def refresh() -> None:
-            while not done.wait(0.2):
-                status.update(render())
-        thread = threading.Thread(target=refresh, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+    with err_console.status(render()) as status, _refreshing(lambda: status.update(render())):
+        yield
 
 
 @contextmanager
@@ -85,20 +92,10 @@ def progress_bar(enabled: bool, label: str, total: int, done: Callable[[], int])
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    finished = threading.Event()
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(label, total=total)
-
-        def refresh() -> None:
-            while not finished.wait(0.2):
-                bar.update(task, completed=done())
-        thread = threading.Thread(target=refresh, daemon=True)
-        thread.start()
-        try:
+        with _refreshing(lambda: bar.update(task, completed=done())):
             yield
-        finally:
-            finished.set()
-            thread.join()
 
 
 def fail_line(message: str) -> None:
