@@ -25,7 +25,7 @@ from typing import Any
 
 from strongroom import chunker
 from strongroom.agent.finished import Finished
-from strongroom.agent.fsmeta import entry_from_stat, entry_type, proc_path, read_xattrs
+from strongroom.agent.fsmeta import DIR_FLAGS, entry_from_stat, entry_type, proc_path, read_xattrs
 from strongroom.agent.packer import Packer
 from strongroom.agent.points import open_manifest, seal_manifest
 from strongroom.agent.reader import BlobReader
@@ -40,7 +40,6 @@ from strongroom.vault.service import PointRecord
 _MAX_IN_FLIGHT = 256
 _MAX_PENDING_DIRS = 32
 _READ_ATTEMPTS = 3
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -173,7 +172,7 @@ class Backup:
 
     def _build_root(self, parent_root: bytes | None) -> _PendingDir:
         if b"/" in self.sources:
-            fd = os.open(b"/", _DIR_FLAGS)
+            fd = os.open(b"/", DIR_FLAGS)
             try:
                 return self._scan_dir(fd, b"", parent_root)
             finally:
@@ -190,7 +189,7 @@ class Backup:
         """A directory on the way to the sources: holds only the paths that lead to them."""
         parent = self._parent_entries(parent_tree)
         items: list[Any] = []
-        fd = os.open(path or b"/", _DIR_FLAGS)
+        fd = os.open(path or b"/", DIR_FLAGS)
         try:
             for name in sorted(node):
                 child = node[name]
@@ -266,7 +265,7 @@ class Backup:
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
             entry = entry_from_stat(name, st)
             xattrs = read_xattrs(fd)

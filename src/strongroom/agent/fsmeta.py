@@ -18,6 +18,8 @@ from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entr
 _TYPES = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO,
           stat.S_IFCHR: CHAR, stat.S_IFBLK: BLOCK, stat.S_IFSOCK: SOCKET}
 _MODES = {v: k for k, v in _TYPES.items()}
+# Opening a directory to work inside it: never through a symlink.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def entry_type(st: os.stat_result) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from strongroom import chunker
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
+    DIR_FLAGS,
     apply_ownership_and_mode,
     apply_times,
     apply_xattrs,
@@ -41,7 +42,6 @@ from strongroom.model import (
 )
 
 CONFLICTS = ("copy", "overwrite", "skip")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -122,7 +122,7 @@ class Restore:
         except FileExistsError:
             created = False
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or self.conflict != "overwrite":
                 self._error(path, "a non-directory is in the way (not followed, not replaced)")
@@ -130,7 +130,7 @@ class Restore:
             os.unlink(name, dir_fd=dfd)  # a file or symlink where the point has a directory
             os.mkdir(name, 0o700, dir_fd=dfd)
             created = True
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         return fd, created
 
     def _dir_meta(self, fd: int, entry: Entry, path: bytes) -> None:

@@ -166,20 +166,10 @@ class VaultService:
             if refs:
                 cat.insert_blobs(db, pid, [(r.blob_id, r.kind, r.offset, r.length) for r in refs])
 
-    def _blob_rows(self, db: Any, ids: list[bytes]) -> dict[bytes, Any]:
-        found: dict[bytes, Any] = {}
-        q = (select(cat.blobs.c.id, cat.blobs.c.blob_id, cat.blobs.c.offset, cat.blobs.c.length,
-                    cat.blobs.c.kind, cat.packs.c.name)
-             .join(cat.packs, cat.packs.c.id == cat.blobs.c.pack_id))
-        for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            for row in db.execute(q.where(cat.blobs.c.blob_id.in_(ids[i:i + 900]))):
-                found[bytes(row.blob_id)] = row
-        return found
-
     def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
-        with self.engine.connect() as db:
-            rows = self._blob_rows(db, list(ids))
-        return {k: BlobLocation(r.name, r.offset, r.length, r.kind) for k, r in rows.items()}
+        with self.engine.begin() as db:
+            rows = cat.find_blobs(db, list(ids))
+        return {k: BlobLocation(r.pack, r.offset, r.length, r.kind) for k, r in rows.items()}
 
     def read_range(self, pack: str, offset: int, length: int) -> bytes:
         return self.storage.get_range(pack_object(pack), offset, length)
@@ -193,7 +183,7 @@ class VaultService:
                   manifest: bytes, refs: list[bytes]) -> PointRecord:
         """Records a point after checking that every blob it references is in the vault."""
         with self.engine.begin() as db:
-            rows = cat.blob_row_ids(db, refs)
+            rows = cat.find_blobs(db, refs)
             missing = len(set(refs)) - len(rows)
             if missing:
                 raise VaultError(f"the point references {missing} blobs the vault does not have")
@@ -201,7 +191,7 @@ class VaultService:
             created = time.time_ns()
             db.execute(insert(cat.points).values(
                 id=pid, machine_id=machine_id, created_ns=created, kind=kind, mode=mode,
-                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(rows.values())))
+                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(r.row_id for r in rows.values())))
             name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
         return PointRecord(pid, name, created, kind, mode, stats, manifest)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import zstandard
 from sqlalchemy import (
@@ -120,9 +120,17 @@ def insert_blobs(db: Connection, pack_id: int, rows: list[tuple[bytes, int, int,
     db.exec_driver_sql(sql, [(b, pack_id, k, o, n) for b, k, o, n in rows])
 
 
-def blob_row_ids(db: Connection, ids: list[bytes]) -> dict[bytes, int]:
-    """Catalog row ids of the given blob IDs (those present), through a temporary table:
-    a point references tens of thousands of blobs, too many for IN lists."""
+class BlobRow(NamedTuple):
+    row_id: int
+    pack: str
+    offset: int
+    length: int
+    kind: int
+
+
+def find_blobs(db: Connection, ids: list[bytes]) -> dict[bytes, BlobRow]:
+    """Where the given blob IDs are (those present), through a temporary table: a point
+    references tens of thousands of blobs, too many for IN lists."""
     mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
     db.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BLOB PRIMARY KEY)"
                        if db.dialect.name == "sqlite" else
@@ -130,7 +138,9 @@ def blob_row_ids(db: Connection, ids: list[bytes]) -> dict[bytes, int]:
     db.exec_driver_sql("DELETE FROM wanted_blobs")
     db.exec_driver_sql(f"INSERT INTO wanted_blobs (blob_id) VALUES ({mark}) ON CONFLICT DO NOTHING",
                        [(i,) for i in ids])
-    rows = db.exec_driver_sql("SELECT b.blob_id, b.id FROM blobs b JOIN wanted_blobs w ON b.blob_id = w.blob_id")
-    found = {bytes(blob_id): row_id for blob_id, row_id in rows}
+    rows = db.exec_driver_sql(
+        "SELECT b.blob_id, b.id, p.name, b.\"offset\", b.length, b.kind FROM blobs b "
+        "JOIN wanted_blobs w ON b.blob_id = w.blob_id JOIN packs p ON p.id = b.pack_id")
+    found = {bytes(blob_id): BlobRow(*rest) for blob_id, *rest in rows}
     db.exec_driver_sql("DELETE FROM wanted_blobs")
     return found
