@@ -139,8 +139,10 @@ def find_blobs(db: Connection, ids: list[bytes]) -> dict[bytes, BlobRow]:
     db.exec_driver_sql(f"INSERT INTO wanted_blobs (blob_id) VALUES ({mark}) ON CONFLICT DO NOTHING",
                        [(i,) for i in ids])
     rows = db.exec_driver_sql(
+        # IN (subquery), not a join: SQLite's planner, without statistics, would scan all
+        # blobs for each lookup; this way it probes the blob_id index per wanted ID.
         "SELECT b.blob_id, b.id, p.name, b.\"offset\", b.length, b.kind FROM blobs b "
-        "JOIN wanted_blobs w ON b.blob_id = w.blob_id JOIN packs p ON p.id = b.pack_id")
+        "JOIN packs p ON p.id = b.pack_id WHERE b.blob_id IN (SELECT blob_id FROM wanted_blobs)")
     found = {bytes(blob_id): BlobRow(*rest) for blob_id, *rest in rows}
     db.exec_driver_sql("DELETE FROM wanted_blobs")
     return found
