@@ -20,6 +20,8 @@ class Credentials:
     secret: str
     issued: int
     expires: int
+    # SHA-256 of the served vault's certificate: the agent trusts that one and no other.
+    fingerprint: str | None = None
 
     def dump(self, path: Path) -> None:
         from strongroom.fsutil import write_private

@@ -16,7 +16,8 @@ from typing import IO
 from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import UsageError
 from strongroom.fsutil import write_private
-from strongroom.vault.embedded import EmbeddedVault, connect
+from strongroom.vault.connect import connect
+from strongroom.vault.interface import Vault
 
 ENV_VAR = "STRONGROOM_HOME"
 
@@ -41,12 +42,14 @@ class AgentHome:
     def registered(self) -> bool:
         return self.config_path.exists()
 
-    def save_registration(self, vault_url: str, machine: str, token: str, keyfile: str) -> None:
+    def save_registration(self, vault_url: str, machine: str, token: str, keyfile: str,
+                          fingerprint: str | None = None) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cache.mkdir(exist_ok=True, mode=0o700)
         write_private(self.token_path, token.encode())
         write_private(self.keyfile_path, keyfile.encode())
-        write_private(self.config_path, json.dumps({"vault": vault_url, "machine": machine}, indent=1).encode())
+        write_private(self.config_path, json.dumps({"vault": vault_url, "machine": machine, "fingerprint": fingerprint},
+                                                         indent=1).encode())
 
     def config(self) -> dict:
         try:
@@ -55,9 +58,10 @@ class AgentHome:
             raise UsageError(f"this machine is not registered (no agent home at {self.path}); "
                              "run `strongroom register --credentials FILE` first") from None
 
-    def vault(self) -> EmbeddedVault:
+    def vault(self) -> Vault:
         """The vault this machine is registered with, bound to this machine's token."""
-        vault = connect(self.config()["vault"])
+        config = self.config()
+        vault = connect(config["vault"], config.get("fingerprint"))
         vault.bind(self.token_path.read_text().strip())
         return vault
 

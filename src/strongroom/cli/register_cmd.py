@@ -12,7 +12,7 @@ from strongroom.cli.common import home, passphrase_option
 from strongroom.credentials import Credentials
 from strongroom.crypto import MasterKey, wrap_key
 from strongroom.errors import UsageError
-from strongroom.vault.embedded import connect
+from strongroom.vault.connect import connect
 
 
 @click.command("register")
@@ -30,9 +30,9 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, passphras
     name = machine or socket.gethostname()
     passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New encryption passphrase (16+ characters): ")
     keyfile = wrap_key(MasterKey.generate(), passphrase)
-    vault = connect(creds.vault_url)
+    vault = connect(creds.vault_url, creds.fingerprint)
     token = vault.register(creds, name, keyfile)
-    agent.save_registration(creds.vault_url, name, token, keyfile)
+    agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint)
     click.echo(f"Registered machine {name!r} with vault {creds.vault_id}.")
     click.echo("Keep the passphrase safe: it never leaves this machine, and without it the "
                "backups cannot be restored by anyone.", err=True)

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlparse
 
 from strongroom.credentials import Credentials
 from strongroom.errors import UsageError, VaultError
+from strongroom.vault.jobs import JobRecord
 from strongroom.vault.service import BlobLocation, PointRecord, VaultService
 
 
@@ -56,8 +57,8 @@ class EmbeddedVault:
         self.service.store_pack(self._me(), name, data)
 
     def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
-                  refs: list[bytes]) -> PointRecord:
-        return self.service.add_point(self._me(), kind, mode, stats, manifest, refs)
+                  refs: list[bytes], point_id: str | None = None) -> PointRecord:
+        return self.service.add_point(self._me(), kind, mode, stats, manifest, refs, point_id)
 
     def points(self, machine: str | None = None) -> list[PointRecord]:
         return self.service.points(self._machine(machine))
@@ -80,9 +81,19 @@ class EmbeddedVault:
     def orphan_packs(self) -> list[str]:
         return self.service.orphan_packs()
 
+    def machines(self) -> list[dict[str, Any]]:
+        return self.service.machines()
 
-def connect(url: str) -> EmbeddedVault:
-    """The vault at `url`; only folder vaults exist so far (a served vault comes next)."""
-    if url.startswith("file:"):
-        return EmbeddedVault(url)
-    raise UsageError(f"unsupported vault URL {url!r} (this version knows file:// vaults)")
+    def start_job(self, job_id: str, kind: str, source_machine: str | None = None) -> JobRecord:
+        source = self.service.machine_id(source_machine) if source_machine else None
+        return self.service.jobs.start(self._me(), job_id, kind, source)
+
+    def renew_job(self, job_id: str) -> None:
+        self.service.jobs.renew(self._me(), job_id)
+
+    def finish_job(self, job_id: str, status: str, **fields: Any) -> JobRecord:
+        nbytes = fields.pop("bytes", 0)
+        return self.service.jobs.finish(self._me(), job_id, status, nbytes=nbytes, **fields)
+
+    def jobs(self, machine: str | None = None, limit: int = 100) -> list[JobRecord]:
+        return self.service.jobs.list(self.service.machine_id(machine) if machine else None, limit)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import mmap
+import os
 import secrets
 import time
 import uuid
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-from sqlalchemy import Engine, and_, delete, insert, select, update  # noqa: F401
+from sqlalchemy import Engine, func, insert, select
 
 from strongroom import packs as packfmt
 from strongroom.credentials import Credentials
@@ -30,10 +32,15 @@ from strongroom.errors import (
 )
 from strongroom.fsutil import write_private
 from strongroom.vault import catalog as cat
+from strongroom.vault.jobs import JobBook
 from strongroom.vault.storage.fs import FolderStorage
 
 VAULT_FILE = "vault.json"
 ADMIN_TOKEN_FILE = "admin.token"
+SPOOL_DIR = "incoming"
+# The largest pack accepted: data packs are ~8 MiB, but one directory of a million entries
+# makes a tree blob of ~100 MB, and that travels in a pack of its own.
+MAX_PACK_BYTES = 256 * 1024 * 1024
 
 
 def _hash_secret(secret: str) -> str:
@@ -76,6 +83,7 @@ class VaultService:
         self.id: str = self.meta["id"]
         self.storage = FolderStorage(root)
         self.engine: Engine = cat.open_engine(f"sqlite:///{root / 'catalog.sqlite'}")
+        self.jobs = JobBook(self.engine)
 
     @classmethod
     def create(cls, root: Path) -> "VaultService":
@@ -153,15 +161,41 @@ class VaultService:
 
     def store_pack(self, machine_id: int, name: str, data: bytes | memoryview) -> None:
         """Verifies a pack's name and header, stores it durably, then indexes its blobs."""
+        refs = self._verify_pack(name, data)
+        self.storage.put(pack_object(name), data)
+        self._index_pack(machine_id, name, len(data), refs)
+
+    def spool_dir(self) -> Path:
+        """Where a served vault receives uploads before they are verified (same disk as packs)."""
+        path = self.root / SPOOL_DIR
+        path.mkdir(exist_ok=True)
+        return path
+
+    def store_pack_file(self, machine_id: int, name: str, path: Path) -> None:
+        """As store_pack, for a pack received into a spool file (which the storage takes over)."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise IntegrityError("empty pack")
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+                refs = self._verify_pack(name, data)
+        self.storage.put_file(pack_object(name), path)
+        self._index_pack(machine_id, name, size, refs)
+
+    @staticmethod
+    def _verify_pack(name: str, data: bytes | memoryview | mmap.mmap) -> list[packfmt.BlobRef]:
+        if len(data) > MAX_PACK_BYTES:
+            raise UsageError(f"pack of {len(data)} bytes is larger than the vault accepts")
         if packfmt.pack_name(data) != name:
             raise IntegrityError("pack content does not match its name (damaged in transit?)")
-        refs = packfmt.read_header(data)
-        self.storage.put(pack_object(name), data)
+        return packfmt.read_header(data)
+
+    def _index_pack(self, machine_id: int, name: str, size: int, refs: list[packfmt.BlobRef]) -> None:
         with self.engine.begin() as db:
             existing = db.execute(select(cat.packs.c.id).where(cat.packs.c.name == name)).first()
             if existing:
                 return
-            pid = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=len(data),
+            pid = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=size,
                                                       created=int(time.time()))).inserted_primary_key[0]
             if refs:
                 cat.insert_blobs(db, pid, [(r.blob_id, r.kind, r.offset, r.length) for r in refs])
@@ -180,14 +214,25 @@ class VaultService:
     # -- recovery points --------------------------------------------------------------------
 
     def add_point(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any],
-                  manifest: bytes, refs: list[bytes]) -> PointRecord:
-        """Records a point after checking that every blob it references is in the vault."""
+                  manifest: bytes, refs: list[bytes], point_id: str | None = None) -> PointRecord:
+        """Records a point after checking that every blob it references is this machine's and
+        in the vault. The agent may choose the ID, so that a retried request is harmless."""
+        pid = point_id or secrets.token_hex(8)
+        if len(pid) > 32:
+            raise UsageError("point IDs are at most 32 characters")
         with self.engine.begin() as db:
+            if point_id is not None:
+                done = db.execute(select(cat.points.c.machine_id).where(cat.points.c.id == pid)).first()
+                if done is not None:
+                    if done.machine_id != machine_id:
+                        raise VaultError(f"point {pid} belongs to another machine")
+                    return next(p for p in self.points(machine_id) if p.id == pid)
             rows = cat.find_blobs(db, refs)
             missing = len(set(refs)) - len(rows)
             if missing:
                 raise VaultError(f"the point references {missing} blobs the vault does not have")
-            pid = secrets.token_hex(8)
+            if any(r.machine_id != machine_id for r in rows.values()):
+                raise VaultError("a point may reference only its own machine's blobs")
             created = time.time_ns()
             db.execute(insert(cat.points).values(
                 id=pid, machine_id=machine_id, created_ns=created, kind=kind, mode=mode,
@@ -203,6 +248,21 @@ class VaultService:
         with self.engine.connect() as db:
             return [PointRecord(r.id, r.machine, r.created_ns, r.kind, r.mode, json.loads(r.stats),
                                 bytes(r.manifest)) for r in db.execute(q)]
+
+    def machines(self) -> list[dict[str, Any]]:
+        """Every registered machine with its points, last backup and the bytes its packs hold."""
+        sizes = (select(cat.packs.c.machine_id, func.sum(cat.packs.c.size).label("size"))
+                 .group_by(cat.packs.c.machine_id).subquery())
+        counts = (select(cat.points.c.machine_id, func.count().label("n"),
+                         func.max(cat.points.c.created_ns).label("last"))
+                  .group_by(cat.points.c.machine_id).subquery())
+        q = (select(cat.machines.c.name, cat.machines.c.registered, sizes.c.size, counts.c.n, counts.c.last)
+             .outerjoin(sizes, sizes.c.machine_id == cat.machines.c.id)
+             .outerjoin(counts, counts.c.machine_id == cat.machines.c.id)
+             .order_by(cat.machines.c.name))
+        with self.engine.connect() as db:
+            return [{"name": r.name, "registered": r.registered, "points": r.n or 0, "last_backup_ns": r.last,
+                     "stored_bytes": int(r.size or 0)} for r in db.execute(q)]
 
     # -- verification -----------------------------------------------------------------------
 

@@ -74,6 +74,26 @@ points = Table(
     # the point keeps alive, for retention and garbage collection.
     Column("refs", LargeBinary, nullable=False),
 )
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(32), primary_key=True),  # chosen by the agent, so that retries are idempotent
+    Column("machine_id", Integer, ForeignKey("machines.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("source_machine_id", Integer, ForeignKey("machines.id")),  # restore from another machine
+    Column("started_ns", Integer, nullable=False),
+    Column("ended_ns", Integer),
+    Column("status", String(32), nullable=False),
+    Column("mode", String(16), nullable=False, default=""),
+    Column("point_id", String(32)),
+    Column("files", Integer, nullable=False, default=0),
+    Column("bytes", Integer, nullable=False, default=0),
+    Column("failed", Text, nullable=False, default="[]"),
+    Column("message", Text, nullable=False, default=""),
+    # Set while a backup runs: unique, so that the database itself refuses a second backup
+    # of the same machine; the lease lets another take over once the agent stops renewing.
+    Column("lease_key", String(64), unique=True),
+    Column("lease_expires", Integer),
+)
 
 
 def open_engine(url: str) -> Engine:
@@ -126,6 +146,7 @@ class BlobRow(NamedTuple):
     offset: int
     length: int
     kind: int
+    machine_id: int
 
 
 def find_blobs(db: Connection, ids: list[bytes]) -> dict[bytes, BlobRow]:
@@ -141,7 +162,7 @@ def find_blobs(db: Connection, ids: list[bytes]) -> dict[bytes, BlobRow]:
     rows = db.exec_driver_sql(
         # IN (subquery), not a join: SQLite's planner, without statistics, would scan all
         # blobs for each lookup; this way it probes the blob_id index per wanted ID.
-        "SELECT b.blob_id, b.id, p.name, b.\"offset\", b.length, b.kind FROM blobs b "
+        "SELECT b.blob_id, b.id, p.name, b.\"offset\", b.length, b.kind, p.machine_id FROM blobs b "
         "JOIN packs p ON p.id = b.pack_id WHERE b.blob_id IN (SELECT blob_id FROM wanted_blobs)")
     found = {bytes(blob_id): BlobRow(*rest) for blob_id, *rest in rows}
     db.exec_driver_sql("DELETE FROM wanted_blobs")

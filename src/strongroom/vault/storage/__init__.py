@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 
@@ -10,6 +11,7 @@ class Storage(Protocol):
     """Named immutable objects: written once, read by range, listed, deleted."""
 
     def put(self, name: str, data: bytes | memoryview) -> None: ...
+    def put_file(self, name: str, path: Path) -> None: ...  # takes a local file over (moved, or uploaded then removed)
     def get(self, name: str) -> bytes: ...
     def get_range(self, name: str, offset: int, length: int) -> bytes: ...
     def size(self, name: str) -> int: ...

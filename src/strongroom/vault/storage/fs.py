@@ -38,6 +38,22 @@ class FolderStorage:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
+        self._commit(tmp, path)
+
+    def put_file(self, name: str, source: Path) -> None:
+        """Moves a file in: it must be on the same filesystem (the vault's spool folder)."""
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._commit(source, path)
+
+    @staticmethod
+    def _commit(tmp: Path, path: Path) -> None:
+        """The durable rename: the content is synced already, then the name, then the folder."""
         os.replace(tmp, path)
         dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -1,0 +1,323 @@
+"""The vault's HTTP API (/api/v1): the service's calls, for agents on other machines.
+
+Every call but registration carries a bearer token: a machine's (issued at registration)
+or the vault admin's (`admin.token` in the vault folder). A machine writes only its own
+data (the token decides whose; no call takes a machine to write for) and may read any
+machine's encrypted data, for restores elsewhere. Binary payloads travel as msgpack or raw
+bytes; pack uploads are streamed to a spool file, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import msgpack
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from strongroom import __version__
+from strongroom.credentials import Credentials
+from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.vault.service import ADMIN_TOKEN_FILE, MAX_PACK_BYTES, BlobLocation, PointRecord, VaultService
+from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MSGPACK
+
+MAX_JSON_BYTES = 1024 * 1024
+MAX_POINT_BYTES = 256 * 1024 * 1024  # a manifest and 32 bytes per referenced blob: 8 M blobs
+_PACK_NAME = re.compile(r"^[0-9a-f]{64}$")
+_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _body_limit(path: str) -> int:
+    if path.startswith("/api/v1/packs/"):
+        return MAX_PACK_BYTES
+    if path in ("/api/v1/points", "/api/v1/blobs/locate"):
+        return MAX_POINT_BYTES
+    return MAX_JSON_BYTES
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over the route's limit, by Content-Length or while they stream."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _body_limit(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(send, limit)
+        seen = 0
+        started = False
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+async def _too_large(send: Callable, limit: int) -> None:
+    body = f'{{"error": "UsageError", "detail": "request body larger than {limit} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RegisterRequest(BaseModel):
+    vault_id: str
+    credential_id: int
+    secret: str = Field(max_length=200)
+    issued: int
+    expires: int
+    machine: str = Field(max_length=255)
+    keyfile: str = Field(max_length=16384)
+
+
+class CredentialsRequest(BaseModel):
+    url: str = Field(max_length=2000)
+    valid_days: int = Field(ge=1, le=365)
+
+
+class JobStart(BaseModel):
+    id: str = Field(min_length=1, max_length=32)
+    kind: str
+    source_machine: str | None = None
+
+
+class JobFinish(BaseModel):
+    status: str
+    mode: str = ""
+    point_id: str | None = None
+    files: int = 0
+    bytes: int = 0
+    failed: list[dict[str, str]] = []
+    message: str = ""
+
+
+class Machine:
+    def __init__(self, id: int, name: str) -> None:
+        self.id, self.name = id, name
+
+
+def msgpack_response(doc: Any, status: int = 200) -> Response:
+    return Response(msgpack.packb(doc), status_code=status, media_type=MSGPACK)
+
+
+def point_doc(p: PointRecord) -> dict[str, Any]:
+    return asdict(p)
+
+
+def make_app(service: VaultService) -> FastAPI:
+    app = FastAPI(title="Strongroom vault", version=__version__,
+                  description="One vault for many machines: packs, recovery points, jobs.")
+    admin_token = (service.root / ADMIN_TOKEN_FILE).read_text().strip()
+    bearer = HTTPBearer(auto_error=False)
+
+    @app.exception_handler(StrongroomError)
+    async def strongroom_error(_request: Request, exc: StrongroomError) -> JSONResponse:
+        status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+
+    def _token(auth: HTTPAuthorizationCredentials | None) -> str:
+        if auth is None or auth.scheme.lower() != "bearer":
+            raise HTTPException(401, {"error": "VaultError", "detail": "no token: this call needs a machine's token"})
+        return auth.credentials
+
+    def machine(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine:
+        token = _token(auth)
+        try:
+            return Machine(*service.authenticate(token))
+        except VaultError as exc:
+            raise HTTPException(401, {"error": "VaultError", "detail": str(exc)}) from None
+
+    def admin(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
+            raise HTTPException(401, {"error": "VaultError", "detail": "the vault refused the admin token"})
+
+    def reader(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """A machine or the admin: both may see what the vault holds (never plaintext)."""
+        if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
+            machine(auth)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, dict) else {"error": "VaultError", "detail": str(exc.detail)}
+        return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
+
+    def other(name: str, me: Machine) -> int:
+        return me.id if name == me.name else service.machine_id(name)
+
+    # -- vault and registration -------------------------------------------------------------
+
+    @app.get("/api/v1/vault")
+    def vault_info() -> dict[str, Any]:
+        return {"id": service.id, "version": __version__}
+
+    @app.post("/api/v1/register")
+    def register(req: RegisterRequest) -> dict[str, str]:
+        creds = Credentials("", req.vault_id, req.credential_id, req.secret, req.issued, req.expires)
+        return {"token": service.register(creds, req.machine, req.keyfile), "machine": req.machine}
+
+    @app.post("/api/v1/admin/credentials", dependencies=[Depends(admin)])
+    def issue_credentials(req: CredentialsRequest) -> dict[str, Any]:
+        return asdict(service.issue_credentials(req.url, req.valid_days))
+
+    @app.get("/api/v1/me")
+    def me(m: Machine = Depends(machine)) -> dict[str, str]:
+        return {"machine": m.name}
+
+    @app.get("/api/v1/machines", dependencies=[Depends(reader)])
+    def machines() -> list[dict[str, Any]]:
+        return service.machines()
+
+    @app.get("/api/v1/machines/{name}/keyfile")
+    def keyfile(name: str, m: Machine = Depends(machine)) -> dict[str, str]:
+        return {"keyfile": service.keyfile(other(name, m))}
+
+    # -- recovery points --------------------------------------------------------------------
+
+    @app.get("/api/v1/machines/{name}/points", response_class=Response)
+    def points(name: str, m: Machine = Depends(machine)) -> Response:
+        return msgpack_response([point_doc(p) for p in service.points(other(name, m))])
+
+    @app.post("/api/v1/points", response_class=Response, status_code=201)
+    async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:
+        doc = _unpack(await request.body())
+        try:
+            refs = bytes(doc["refs"])
+            ids = [refs[i:i + ID_SIZE] for i in range(0, len(refs), ID_SIZE)]
+            args = (m.id, str(doc["kind"]), str(doc["mode"]), dict(doc["stats"]), bytes(doc["manifest"]), ids,
+                    doc.get("id"))
+        except (KeyError, TypeError, ValueError):
+            raise UsageError("malformed point") from None
+        point = await run_in_threadpool(service.add_point, *args)
+        return msgpack_response(point_doc(point), 201)
+
+    # -- blobs and packs --------------------------------------------------------------------
+
+    @app.get("/api/v1/blobs", response_class=Response)
+    def blob_ids(m: Machine = Depends(machine)) -> Response:
+        """This machine's blob IDs, 32 bytes each, back to back: what need not be uploaded again."""
+        return Response(b"".join(service.blob_ids(m.id)), media_type="application/octet-stream")
+
+    @app.post("/api/v1/blobs/locate", response_class=Response, dependencies=[Depends(machine)])
+    async def locate(request: Request) -> Response:
+        """Where blobs lie: the body is IDs back to back; the answer maps the present ones."""
+        body = await request.body()
+        if len(body) % ID_SIZE or len(body) // ID_SIZE > MAX_LOCATE:
+            raise UsageError(f"send 1 to {MAX_LOCATE} blob IDs of {ID_SIZE} bytes")
+        ids = [body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)]
+        found: dict[bytes, BlobLocation] = await run_in_threadpool(service.blob_locations, ids)
+        return msgpack_response({k: [v.pack, v.offset, v.length, v.kind] for k, v in found.items()})
+
+    @app.get("/api/v1/packs", dependencies=[Depends(reader)])
+    def pack_names(machine_name: str | None = Query(None, alias="machine")) -> list[str]:
+        return service.pack_names(service.machine_id(machine_name) if machine_name else None)
+
+    @app.put("/api/v1/packs/{name}", status_code=201)
+    async def put_pack(name: str, request: Request, m: Machine = Depends(machine)) -> dict[str, str]:
+        if not _PACK_NAME.match(name):
+            raise UsageError("a pack name is 64 lowercase hex digits")
+        spool = service.spool_dir() / f".{name}.{secrets.token_hex(6)}"
+        try:
+            with open(spool, "wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+            await run_in_threadpool(service.store_pack_file, m.id, name, spool)
+        finally:
+            spool.unlink(missing_ok=True)
+        return {"pack": name}
+
+    @app.get("/api/v1/packs/{name}", response_class=Response, dependencies=[Depends(reader)])
+    def get_pack(name: str, range_: str | None = Header(None, alias="Range")) -> Response:
+        if not _PACK_NAME.match(name):
+            raise UsageError("a pack name is 64 lowercase hex digits")
+        if range_ is None:
+            return Response(service.read_pack(name), media_type="application/octet-stream")
+        match = _RANGE.match(range_)
+        if not match or int(match[2]) < int(match[1]):
+            raise HTTPException(416, {"error": "UsageError", "detail": f"unsupported range {range_!r}"})
+        start, end = int(match[1]), int(match[2])
+        data = service.read_range(name, start, end - start + 1)
+        return Response(data, status_code=206, media_type="application/octet-stream",
+                        headers={"Content-Range": f"bytes {start}-{end}/*"})
+
+    # -- checks -----------------------------------------------------------------------------
+
+    @app.get("/api/v1/check/structure", dependencies=[Depends(reader)])
+    def check_structure() -> list[dict[str, Any]]:
+        return service.check_structure()
+
+    @app.get("/api/v1/check/orphans", dependencies=[Depends(reader)])
+    def orphan_packs() -> list[str]:
+        return service.orphan_packs()
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    @app.post("/api/v1/jobs", status_code=201)
+    def start_job(req: JobStart, m: Machine = Depends(machine)) -> dict[str, Any]:
+        source = service.machine_id(req.source_machine) if req.source_machine else None
+        return service.jobs.start(m.id, req.id, req.kind, source).to_dict()
+
+    @app.post("/api/v1/jobs/{job_id}/renew")
+    def renew_job(job_id: str, m: Machine = Depends(machine)) -> dict[str, str]:
+        service.jobs.renew(m.id, job_id)
+        return {"job": job_id}
+
+    @app.post("/api/v1/jobs/{job_id}/finish")
+    def finish_job(job_id: str, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
+        return service.jobs.finish(m.id, job_id, req.status, req.mode, req.point_id, req.files, req.bytes,
+                                   req.failed, req.message).to_dict()
+
+    @app.get("/api/v1/jobs", dependencies=[Depends(reader)])
+    def jobs(machine_name: str | None = Query(None, alias="machine"),
+             limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
+        mid = service.machine_id(machine_name) if machine_name else None
+        return [j.to_dict() for j in service.jobs.list(mid, limit)]
+
+    app.add_middleware(BodyLimitMiddleware)
+    return app
+
+
+def _unpack(body: bytes) -> dict[str, Any]:
+    try:
+        doc = msgpack.unpackb(body)
+    except (ValueError, msgpack.UnpackException):
+        raise UsageError("malformed msgpack body") from None
+    if not isinstance(doc, dict):
+        raise UsageError("malformed msgpack body")
+    return doc
+
+
+def clean_spool(service: VaultService) -> None:
+    """Uploads a previous server was receiving when it stopped: never verified, never used."""
+    for leftover in service.spool_dir().iterdir():
+        leftover.unlink(missing_ok=True)

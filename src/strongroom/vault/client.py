@@ -1,0 +1,211 @@
+"""The served vault as the agent sees it: the Vault interface over HTTPS, with retries.
+
+The network is not reliable and a vault restarts now and then, so every call is retried
+with exponential backoff for a bounded time ($STRONGROOM_VAULT_RETRY_SECONDS, default 120)
+before it fails in one line. Every call can be retried safely: packs are named by their
+content, and points and jobs carry IDs the agent chose.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import msgpack
+
+from strongroom.credentials import Credentials
+from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.vault.jobs import JobRecord
+from strongroom.vault.service import BlobLocation, PointRecord
+from strongroom.vault.tls import pinned_context
+from strongroom.vault.wire import ERROR_CLASSES, ID_SIZE, MAX_LOCATE, MSGPACK
+
+RETRY_ENV = "STRONGROOM_VAULT_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 120.0
+_TRANSIENT_STATUS = {502, 503, 504}
+_CONNECT_TIMEOUT = 10.0
+
+
+class _Transient(Exception):
+    """A failure worth retrying: the vault unreachable, restarting or overloaded."""
+
+
+class HttpVault:
+    def __init__(self, url: str, pin: str | None = None, retry_seconds: float | None = None) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname:
+            raise UsageError(f"not a vault URL: {url}")
+        self.url = url.rstrip("/")
+        self.host, self.port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        self.pin = pin
+        self.retry_seconds = (retry_seconds if retry_seconds is not None
+                              else float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_SECONDS)))
+        self.headers: dict[str, str] = {}
+        self.machine: str | None = None
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    # -- transport --------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                verify: Any = True
+                if self.url.startswith("https:") and self.pin:
+                    verify = pinned_context(self.host, self.port, self.pin, _CONNECT_TIMEOUT)
+                self._client = httpx.Client(
+                    base_url=self.url, verify=verify,
+                    timeout=httpx.Timeout(300.0, connect=_CONNECT_TIMEOUT),
+                    limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+            return self._client
+
+    def _once(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        try:
+            response = self._http().request(method, path, headers={**self.headers, **(headers or {})}, **kw)
+        except ConnectionError as exc:
+            raise _Transient(str(exc)) from None
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise VaultError(f"the vault at {self.url} presented a certificate this machine does not trust "
+                                 f"({exc}); the credentials pin another one") from None
+            raise _Transient(str(exc) or type(exc).__name__) from None
+        except httpx.TransportError as exc:
+            raise _Transient(str(exc) or type(exc).__name__) from None
+        if response.status_code in _TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One request, retried with backoff while the vault is unreachable, for a bounded time."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.25
+        while True:
+            try:
+                return self._once(method, path, **kw)
+            except _Transient as exc:
+                if time.monotonic() + delay > deadline:
+                    raise VaultError(f"the vault at {self.url} is unreachable ({exc}); gave up after "
+                                     f"{self.retry_seconds:.0f} s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def _error(self, response: httpx.Response) -> StrongroomError:
+        try:
+            doc = response.json()
+            cls, detail = ERROR_CLASSES.get(doc.get("error"), VaultError), str(doc["detail"])
+        except (ValueError, KeyError, AttributeError):
+            cls, detail = VaultError, f"the vault answered HTTP {response.status_code}"
+        return cls(detail)
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._call(method, path, **kw).json()
+
+    def _msgpack(self, method: str, path: str, **kw: Any) -> Any:
+        return msgpack.unpackb(self._call(method, path, **kw).content)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def register(self, creds: Credentials, machine: str, keyfile: str) -> str:
+        doc = self._json("POST", "/api/v1/register", json={
+            "vault_id": creds.vault_id, "credential_id": creds.credential_id, "secret": creds.secret,
+            "issued": creds.issued, "expires": creds.expires, "machine": machine, "keyfile": keyfile})
+        self.bind(doc["token"])
+        return doc["token"]
+
+    def bind(self, token: str) -> str:
+        self.headers["Authorization"] = f"Bearer {token}"
+        self.machine = self._json("GET", "/api/v1/me")["machine"]
+        return self.machine
+
+    def issue_credentials(self, valid_days: int) -> Credentials:
+        doc = self._json("POST", "/api/v1/admin/credentials", json={"url": self.url, "valid_days": valid_days})
+        return Credentials(**{**doc, "fingerprint": self.pin})
+
+    def vault_id(self) -> str:
+        return self._json("GET", "/api/v1/vault")["id"]
+
+    def _name(self, machine: str | None) -> str:
+        name = machine or self.machine
+        if not name:
+            raise VaultError("this machine is not registered with the vault")
+        return name
+
+    def keyfile(self, machine: str | None = None) -> str:
+        return self._json("GET", f"/api/v1/machines/{self._name(machine)}/keyfile")["keyfile"]
+
+    def machines(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/v1/machines")
+
+    # -- packs and blobs --------------------------------------------------------------------
+
+    def blob_ids(self) -> set[bytes]:
+        body = self._call("GET", "/api/v1/blobs").content
+        return {body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)}
+
+    def store_pack(self, name: str, data: bytes | memoryview) -> None:
+        self._call("PUT", f"/api/v1/packs/{name}", content=bytes(data),
+                   headers={"Content-Type": "application/octet-stream"})
+
+    def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
+        found: dict[bytes, BlobLocation] = {}
+        for start in range(0, len(ids), MAX_LOCATE):
+            doc = self._msgpack("POST", "/api/v1/blobs/locate", content=b"".join(ids[start:start + MAX_LOCATE]))
+            found.update((k, BlobLocation(*v)) for k, v in doc.items())
+        return found
+
+    def read_range(self, pack: str, offset: int, length: int) -> bytes:
+        data = self._call("GET", f"/api/v1/packs/{pack}",
+                          headers={"Range": f"bytes={offset}-{offset + length - 1}"}).content
+        if len(data) != length:
+            raise VaultError(f"the vault sent {len(data)} bytes of pack {pack} where {length} were asked for")
+        return data
+
+    def read_pack(self, pack: str) -> bytes:
+        return self._call("GET", f"/api/v1/packs/{pack}").content
+
+    def pack_names(self) -> list[str]:
+        return self._json("GET", "/api/v1/packs", params={"machine": self._name(None)})
+
+    # -- points -----------------------------------------------------------------------------
+
+    def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
+                  refs: list[bytes], point_id: str | None = None) -> PointRecord:
+        body = msgpack.packb({"id": point_id, "kind": kind, "mode": mode, "stats": stats, "manifest": manifest,
+                              "refs": b"".join(refs)})
+        return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
+                                           headers={"Content-Type": MSGPACK}))
+
+    def points(self, machine: str | None = None) -> list[PointRecord]:
+        return [PointRecord(**d) for d in self._msgpack("GET", f"/api/v1/machines/{self._name(machine)}/points")]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def start_job(self, job_id: str, kind: str, source_machine: str | None = None) -> JobRecord:
+        return JobRecord(**self._json("POST", "/api/v1/jobs",
+                                      json={"id": job_id, "kind": kind, "source_machine": source_machine}))
+
+    def renew_job(self, job_id: str) -> None:
+        self._call("POST", f"/api/v1/jobs/{job_id}/renew")
+
+    def finish_job(self, job_id: str, status: str, **fields: Any) -> JobRecord:
+        return JobRecord(**self._json("POST", f"/api/v1/jobs/{job_id}/finish", json={"status": status, **fields}))
+
+    def jobs(self, machine: str | None = None, limit: int = 100) -> list[JobRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        if machine:
+            params["machine"] = machine
+        return [JobRecord(**d) for d in self._json("GET", "/api/v1/jobs", params=params)]
+
+    # -- verification -----------------------------------------------------------------------
+
+    def check_structure(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/v1/check/structure")
+
+    def orphan_packs(self) -> list[str]:
+        return self._json("GET", "/api/v1/check/orphans")

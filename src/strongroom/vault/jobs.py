@@ -1,0 +1,138 @@
+"""The vault's record of backup and restore jobs, and the lease that allows one backup per machine.
+
+A backup holds a lease row (a unique key in the catalog) that its agent renews while it
+runs; an agent that dies stops renewing, and the next backup takes the expired lease over
+and marks the dead job failed. The agent chooses job IDs, so a retried request after a
+lost answer finds its own job instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError as DuplicateRow
+from sqlalchemy.orm import aliased
+
+from strongroom.errors import UsageError, VaultError
+from strongroom.vault import catalog as cat
+
+LEASE_SECONDS = 90
+STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled")
+KINDS = ("backup", "restore")
+MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    machine: str
+    kind: str
+    status: str
+    started_ns: int
+    ended_ns: int | None = None
+    source_machine: str | None = None
+    mode: str = ""
+    point_id: str | None = None
+    files: int = 0
+    bytes: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _expire_stale(db: Any, now_ns: int, *where: Any) -> bool:
+    """Marks running jobs whose lease expired failed (their agent died) and frees their lease."""
+    result = db.execute(update(cat.jobs)
+                        .where(cat.jobs.c.status == "running", cat.jobs.c.lease_expires < now_ns // 10**9, *where)
+                        .values(status="failed", ended_ns=now_ns, lease_key=None,
+                                message="the agent stopped reporting (its lease expired)"))
+    return result.rowcount > 0
+
+
+class JobBook:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def start(self, machine_id: int, job_id: str, kind: str, source_machine_id: int | None = None) -> JobRecord:
+        if kind not in KINDS or not job_id or len(job_id) > 32:
+            raise UsageError(f"invalid job {kind!r} {job_id!r}")
+        lease = f"backup:{machine_id}" if kind == "backup" else None
+        now = time.time_ns()
+        for _attempt in range(2):
+            with self.engine.begin() as db:
+                mine = db.execute(select(cat.jobs.c.machine_id).where(cat.jobs.c.id == job_id)).first()
+                if mine is not None:
+                    if mine.machine_id != machine_id:
+                        raise VaultError(f"job {job_id} belongs to another machine")
+                    break  # a retried start: the first one went through
+                if lease and _expire_stale(db, now, cat.jobs.c.lease_key == lease):
+                    continue
+                try:
+                    with db.begin_nested():
+                        db.execute(insert(cat.jobs).values(
+                            id=job_id, machine_id=machine_id, kind=kind, source_machine_id=source_machine_id,
+                            started_ns=now, status="running", lease_key=lease,
+                            lease_expires=now // 10**9 + LEASE_SECONDS))
+                except DuplicateRow:
+                    holder = db.execute(select(cat.jobs.c.id).where(cat.jobs.c.lease_key == lease)).scalar()
+                    raise VaultError(f"another backup of this machine is running (job {holder}); "
+                                     "one backup at a time") from None
+                break
+        return self.get(job_id)
+
+    def renew(self, machine_id: int, job_id: str) -> None:
+        with self.engine.begin() as db:
+            result = db.execute(update(cat.jobs)
+                                .where(cat.jobs.c.id == job_id, cat.jobs.c.machine_id == machine_id,
+                                       cat.jobs.c.status == "running")
+                                .values(lease_expires=int(time.time()) + LEASE_SECONDS))
+        if result.rowcount == 0:
+            raise VaultError(f"job {job_id} is no longer running in the vault (its lease expired)")
+
+    def finish(self, machine_id: int, job_id: str, status: str, mode: str = "", point_id: str | None = None,
+               files: int = 0, nbytes: int = 0, failed: list[dict[str, str]] | None = None,
+               message: str = "") -> JobRecord:
+        if status not in STATUSES:
+            raise UsageError(f"invalid job status {status!r}")
+        with self.engine.begin() as db:
+            owner = db.execute(select(cat.jobs.c.machine_id).where(cat.jobs.c.id == job_id)).scalar()
+            if owner != machine_id:
+                raise VaultError(f"job {job_id} is not a job of this machine")
+            db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id).values(
+                status=status, ended_ns=time.time_ns(), mode=mode, point_id=point_id, files=files, bytes=nbytes,
+                failed=json.dumps((failed or [])[:MAX_FAILED_RECORDED]), message=message[:4000],
+                lease_key=None, lease_expires=None))
+        return self.get(job_id)
+
+    def _query(self) -> Any:
+        me, src = aliased(cat.machines), aliased(cat.machines)
+        return (select(cat.jobs, me.c.name.label("machine_name"), src.c.name.label("source_name"))
+                .join(me, me.c.id == cat.jobs.c.machine_id)
+                .outerjoin(src, src.c.id == cat.jobs.c.source_machine_id))
+
+    @staticmethod
+    def _record(r: Any) -> JobRecord:
+        return JobRecord(r.id, r.machine_name, r.kind, r.status, r.started_ns, r.ended_ns, r.source_name,
+                         r.mode, r.point_id, r.files, r.bytes, json.loads(r.failed), r.message)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self.engine.connect() as db:
+            row = db.execute(self._query().where(cat.jobs.c.id == job_id)).first()
+        if row is None:
+            raise VaultError(f"no job {job_id}")
+        return self._record(row)
+
+    def list(self, machine_id: int | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first; running jobs whose lease expired are shown as failed."""
+        q = self._query().order_by(cat.jobs.c.started_ns.desc()).limit(limit)
+        if machine_id is not None:
+            q = q.where(cat.jobs.c.machine_id == machine_id)
+        with self.engine.begin() as db:
+            _expire_stale(db, time.time_ns())
+            return [self._record(r) for r in db.execute(q)]

@@ -1,0 +1,17 @@
+"""What the vault's HTTP API and its client agree on: sizes, media types, how errors travel.
+
+Kept apart from the API so that the agent imports none of the server's libraries.
+"""
+
+from __future__ import annotations
+
+from strongroom.errors import CredentialsError, IntegrityError, StrongroomError, UsageError, VaultError
+
+MSGPACK = "application/x-msgpack"
+ID_SIZE = 32  # a blob ID: keyed BLAKE3
+MAX_LOCATE = 65536  # blob IDs in one location query
+# One-line errors travel by class name, so that the agent raises what it would have raised
+# in-process and prints the same message whether its vault is embedded or served.
+ERROR_STATUS: dict[type[StrongroomError], int] = {
+    UsageError: 400, CredentialsError: 403, IntegrityError: 422, VaultError: 409, StrongroomError: 500}
+ERROR_CLASSES: dict[str, type[StrongroomError]] = {cls.__name__: cls for cls in ERROR_STATUS}
