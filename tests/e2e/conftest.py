@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,42 @@ def assert_clean_failure(res: subprocess.CompletedProcess, code: int | tuple[int
     assert len(lines) == 1, f"expected exactly one line (the error) on stderr, got {len(lines)}\n" + context
 
 
+def packs_in(vault: Path) -> list[Path]:
+    return sorted(p for p in (vault / "packs").glob("*/*") if not p.name.startswith("."))
+
+
+def wait_for_packs(vault: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Waits until `count` packs landed while `proc` (a backup) runs; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while len(packs_in(vault)) < count and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc.poll() is None
+
+
 @pytest.fixture(scope="session")
 def clean_failure():
     return assert_clean_failure
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A vault at tmp_path/vault served on a free port of 127.0.0.1 (stopped at the end)."""
+    from served import VaultServer
+
+    admin = Strongroom(tmp_path / "admin-home")
+    folder = admin.create_vault(tmp_path / "vault")
+    server = VaultServer(admin, folder).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def served_machine(served, tmp_path):
+    """Factory: a new agent home registered with the served vault as `machine`."""
+
+    def factory(machine: str, passphrase: str = PASSPHRASE) -> Strongroom:
+        sr = Strongroom(tmp_path / f"home-{machine}", passphrase)
+        cred = served.credentials(tmp_path / f"cred-{machine}")
+        return sr.register(cred, machine)
+
+    return factory

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import treeutil as tu
 
 WRONG_PASSPHRASE = "this is not the right passphrase"

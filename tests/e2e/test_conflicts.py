@@ -9,7 +9,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from treeutil import assert_trees_equal, under
 
 ORIGINAL = {

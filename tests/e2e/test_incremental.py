@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from treeutil import assert_trees_equal, under
 
 FILES = {

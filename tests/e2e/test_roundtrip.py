@@ -11,7 +11,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 import treeutil as tu
 from treeutil import assert_trees_equal, copy_tree, make_tricky_tree, under
 

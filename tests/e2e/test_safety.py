@@ -6,18 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from conftest import PASSPHRASE, assert_clean_failure, packs_in, wait_for_packs
+from treeutil import assert_trees_equal
 
-from conftest import PASSPHRASE, assert_clean_failure
 from strongroom.agent.home import AgentHome
 from strongroom.agent.packer import Packer
 from strongroom.agent.points import seal_manifest
 from strongroom.model import encode_tree
 from strongroom.packs import KIND_DATA, KIND_TREE, read_header
-from treeutil import assert_trees_equal
 
 
 def _entry(name: bytes, kind: str = "f", **extra) -> dict:
@@ -100,10 +99,6 @@ def test_symlink_in_target_is_not_followed(registered, tmp_path):
     assert (lead / "dir" / "file.txt").read_text() == "data\n" and not (lead / "dir").is_symlink()
 
 
-def _packs(vault: Path) -> list[Path]:
-    return sorted(p for p in (vault / "packs").glob("*/*") if not p.name.startswith("."))
-
-
 def test_corrupt_blob_is_named_and_the_rest_restores(registered, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -112,7 +107,7 @@ def test_corrupt_blob_is_named_and_the_rest_restores(registered, tmp_path):
         (src / f"small-{i}.txt").write_text(f"small file {i}\n" * 100)
     registered.backup(src)
     assert registered.json("check", "--read-data")["ok"]
-    pack = next(p for p in _packs(registered.vault) if any(r.length > 100_000 for r in read_header(p.read_bytes())))
+    pack = next(p for p in packs_in(registered.vault) if any(r.length > 100_000 for r in read_header(p.read_bytes())))
     data = bytearray(pack.read_bytes())
     ref = max(read_header(bytes(data)), key=lambda r: r.length)
     data[ref.offset + ref.length // 2] ^= 0xFF
@@ -141,7 +136,7 @@ def test_missing_pack_is_reported_by_check(registered, tmp_path):
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(300_000))
     registered.backup(src)
-    for p in _packs(registered.vault):
+    for p in packs_in(registered.vault):
         p.unlink()
     res = registered.run("check", check=False)
     assert res.returncode == 1
@@ -156,10 +151,7 @@ def test_killed_backup_leaves_vault_consistent_and_next_backup_resumes(registere
     total = 6 * 12 * 1024 * 1024
     proc = subprocess.Popen(registered.cmd + ["backup", str(src)], env=registered.env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(_packs(registered.vault)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if proc.poll() is not None:
+    if not wait_for_packs(registered.vault, 2, proc):
         pytest.skip("the backup finished before it could be killed")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -189,7 +181,7 @@ def test_unindexed_pack_is_noted_but_not_an_error(registered, tmp_path):
     src.mkdir()
     (src / "f.txt").write_text("x\n")
     registered.backup(src)
-    pack = _packs(registered.vault)[0]
+    pack = packs_in(registered.vault)[0]
     stray = pack.parent / ("0" * 64)
     stray.write_bytes(pack.read_bytes())
     report = registered.json("check", "--read-data")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import secrets
 import socket
 import threading
 import time
@@ -25,7 +26,13 @@ from typing import Any
 
 from strongroom import chunker
 from strongroom.agent.finished import Finished
-from strongroom.agent.fsmeta import DIR_FLAGS, entry_from_stat, entry_type, proc_path, read_xattrs
+from strongroom.agent.fsmeta import (
+    DIR_FLAGS,
+    entry_from_stat,
+    entry_type,
+    proc_path,
+    read_xattrs,
+)
 from strongroom.agent.packer import Packer
 from strongroom.agent.points import open_manifest, seal_manifest
 from strongroom.agent.reader import BlobReader
@@ -158,8 +165,9 @@ class Backup:
             "tree": root.tree_id, "sources": self.sources, "excludes": self.excludes,
             "host": socket.gethostname(), "parent": points[0].id if points else None,
             "warnings": [[p, m] for p, m in self.warnings]})
-        point = self.vault.add_point("files", "unoptimized", stats, manifest,
-                                     sorted(self.refs))
+        # The ID is chosen here so that a retried request (the answer lost) records one point.
+        point = self.vault.add_point("files", "unoptimized", stats, manifest, sorted(self.refs),
+                                     point_id=secrets.token_hex(8))
         return BackupResult(point, stats, self.warnings)
 
     def _parent_root(self, point: PointRecord) -> bytes | None:

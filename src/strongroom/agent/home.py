@@ -37,6 +37,7 @@ class AgentHome:
         self.token_path = self.path / "token"
         self.keyfile_path = self.path / "key.json"
         self.cache = self.path / "cache"
+        self.job_marker = self.path / "job"  # the job this home's agent is running, while it runs
 
     @property
     def registered(self) -> bool:

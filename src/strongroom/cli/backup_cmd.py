@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from strongroom.agent.backup import Backup
+from strongroom.agent.jobrun import recorded_job
 from strongroom.cli.common import (
     emit_json,
     exit_if_incomplete,
@@ -17,6 +18,7 @@ from strongroom.cli.common import (
     live_status,
     open_agent,
     passphrase_option,
+    warn_line,
 )
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
@@ -43,15 +45,20 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
         return (f"Backing up: {c.files_new + c.files_changed + c.files_unchanged} files, "
                 f"{human_bytes(c.bytes_read)} read")
 
-    with agent.lock(), live_status(not as_json, status):
+    with agent.lock(), recorded_job(vault, agent.job_marker, "backup") as job, live_status(not as_json, status):
         result = run.run()
-    warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
+        s = result.stats
+        warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
+        job.mode, job.point_id, job.failed = result.point.mode, result.point.id, warnings
+        job.files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
+        job.bytes = s["bytes_added"]
+    for note in job.notes:
+        warn_line(note)
     if as_json:
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
                    "sources": [display_path(s) for s in run.sources], "stats": result.stats,
                    "warnings": warnings})
     else:
-        s = result.stats
         click.echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
         click.echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
                    f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")

@@ -13,6 +13,7 @@ from strongroom.agent.browse import list_path
 from strongroom.agent.points import find_point, open_manifest
 from strongroom.cli.common import (
     emit_json,
+    from_machine_option,
     human_bytes,
     iso,
     json_option,
@@ -24,14 +25,15 @@ from strongroom.model import FILE, SYMLINK, TYPE_NAMES, display_path
 
 
 @click.command("points")
+@from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
-def points(ctx: click.Context, passphrase_file: Path | None, as_json: bool) -> None:
-    """List this machine's recovery points, newest first."""
-    _agent, vault, key, _reader = open_agent(ctx, passphrase_file)
+def points(ctx: click.Context, machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
+    """List this machine's recovery points (or another's), newest first."""
+    _agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
     rows = []
-    for p in vault.points():
+    for p in vault.points(machine):
         manifest = open_manifest(key, p)
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": p.kind, "mode": p.mode,
                      "sources": [display_path(s) for s in manifest["sources"]], "stats": p.stats})
@@ -55,13 +57,15 @@ def points(ctx: click.Context, passphrase_file: Path | None, as_json: bool) -> N
 @click.command("ls")
 @click.argument("point")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
+@from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
-def ls(ctx: click.Context, point: str, path: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, passphrase_file: Path | None,
+       as_json: bool) -> None:
     """List the entries of POINT (id, unique id prefix, or "latest"), under PATH if given."""
-    _agent, vault, key, reader = open_agent(ctx, passphrase_file)
-    record = find_point(vault.points(), point)
+    _agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    record = find_point(vault.points(machine), point)
     root = open_manifest(key, record)["tree"]
     rows = []
     for full, e in list_path(reader, root, os.fsencode(path) if path else None):

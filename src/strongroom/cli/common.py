@@ -12,13 +12,21 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from strongroom.agent.home import AgentHome
 from strongroom.agent.passphrase import read_passphrase
 from strongroom.agent.reader import BlobReader
-from strongroom.crypto import MasterKey
+from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import EXIT_WARNINGS
+from strongroom.vault.interface import Vault
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -41,11 +49,25 @@ def iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
-def open_agent(ctx: click.Context, passphrase_file: Path | None) -> tuple[AgentHome, Any, MasterKey, BlobReader]:
-    """The agent home, its bound vault, the unwrapped key and a blob reader."""
+from_machine_option = click.option("--from-machine", "machine", metavar="NAME",
+                                   help="Another machine registered with the same vault; "
+                                   "needs that machine's passphrase.")
+
+
+def open_agent(ctx: click.Context, passphrase_file: Path | None,
+               machine: str | None = None) -> tuple[AgentHome, Vault, MasterKey, BlobReader]:
+    """The agent home, its bound vault, the unwrapped key and a blob reader.
+
+    With `machine`, the key is that machine's, unwrapped from the copy the vault keeps
+    with that machine's passphrase: how one machine restores another's data.
+    """
     agent = home(ctx)
     vault = agent.vault()
-    key = agent.master_key(read_passphrase(passphrase_file))
+    if machine and machine != vault.machine:
+        keyfile = vault.keyfile(machine)
+        key = unwrap_key(keyfile, read_passphrase(passphrase_file, prompt=f"Encryption passphrase of {machine}: "))
+    else:
+        key = agent.master_key(read_passphrase(passphrase_file))
     return agent, vault, key, BlobReader(vault, key)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from strongroom.cli import (
     backup_cmd,
     browse_cmds,
     check_cmd,
+    jobs_cmds,
     register_cmd,
     restore_cmd,
     vault_cmds,
@@ -59,7 +61,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     ctx.obj = {"home": AgentHome(home)}
 
 
-for module in (vault_cmds, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd):
+for module in (vault_cmds, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds):
     module.add_to(cli)
 
 
@@ -70,8 +72,17 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _cancel_on_sigterm() -> None:
+    # A stopped service (systemd, kill) cancels the running job cleanly, as Ctrl-C does:
+    # the job is recorded as cancelled and no partial file is left behind.
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     _raise_fd_limit()
+    _cancel_on_sigterm()
     try:
         cli.main(prog_name="strongroom")
     except click.exceptions.Exit as exc:

@@ -8,17 +8,20 @@ from pathlib import Path
 import click
 
 from strongroom.agent.browse import selected_bytes
+from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.points import find_point, open_manifest
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.cli.common import (
     emit_json,
     err_console,
     exit_if_incomplete,
+    from_machine_option,
     human_bytes,
     json_option,
     open_agent,
     passphrase_option,
     progress_bar,
+    warn_line,
 )
 from strongroom.errors import UsageError
 from strongroom.model import display_path
@@ -31,14 +34,15 @@ from strongroom.model import display_path
               help="`original` puts files back where they were; a folder restores under it, keeping their paths.")
 @click.option("--conflict", type=click.Choice(CONFLICTS), default="copy", show_default=True,
               help="What to do when a file is already there.")
+@from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
 def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str, conflict: str,
-            passphrase_file: Path | None, as_json: bool) -> None:
+            machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
     """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given."""
-    agent, vault, key, reader = open_agent(ctx, passphrase_file)
-    record = find_point(vault.points(), point)
+    agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    record = find_point(vault.points(machine), point)
     manifest = open_manifest(key, record)
     selections = select_entries(reader, manifest["tree"], [os.fsencode(p) for p in paths], manifest["sources"])
     if target == "original":
@@ -53,12 +57,18 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
 
     interactive = not as_json and err_console.is_terminal
     total = selected_bytes(reader, selections) if interactive else 0  # a tree walk: only for the bar
+    source = machine if machine and machine != vault.machine else None
     try:
-        with agent.lock(), progress_bar(interactive, "Restoring", total, lambda: run.result.bytes_written):
+        with (agent.lock(), recorded_job(vault, agent.job_marker, "restore", source) as job,
+              progress_bar(interactive, "Restoring", total, lambda: run.result.bytes_written)):
+            job.point_id = record.id
             result = run.run(root_fd, selections)
+            errors = [{"path": display_path(p), "error": m} for p, m in result.errors]
+            job.files, job.bytes, job.failed = result.files_restored, result.bytes_written, errors
     finally:
         os.close(root_fd)
-    errors = [{"path": display_path(p), "error": m} for p, m in result.errors]
+    for note in job.notes:
+        warn_line(note)
     if as_json:
         emit_json({"point": record.id, "target": target, "files_restored": result.files_restored,
                    "files_skipped": result.files_skipped, "files_copied": result.files_copied,

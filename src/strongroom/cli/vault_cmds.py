@@ -1,15 +1,21 @@
-"""`strongroom vault ...`: create a vault, issue credentials for registering machines."""
+"""`strongroom vault ...`: create a vault, issue credentials for registering machines, serve it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from strongroom.cli.common import emit_json, json_option
-from strongroom.credentials import DEFAULT_VALID_DAYS
+from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
+from strongroom.errors import UsageError
+from strongroom.vault import server
+from strongroom.vault.client import HttpVault
 from strongroom.vault.embedded import folder_url
+from strongroom.vault.server import last_served
 from strongroom.vault.service import VaultService
+from strongroom.vault.tls import normalise_fingerprint
 
 
 @click.group("vault")
@@ -32,22 +38,83 @@ def create(folder: Path, as_json: bool) -> None:
 
 
 @vault_group.command("credentials")
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("vault", metavar="FOLDER|URL")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Where to write the credentials file.")
 @click.option("--valid-days", type=click.IntRange(1, 365), default=DEFAULT_VALID_DAYS, show_default=True,
               help="Days until the credentials expire.")
+@click.option("--url", help="With a FOLDER: the URL machines reach the vault at "
+              "(default: the folder itself; `vault serve` remembers its own).")
+@click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="With a URL: the vault's admin token (admin.token in the vault folder).")
+@click.option("--fingerprint", help="The SHA-256 fingerprint of the vault's certificate, as "
+              "`vault serve` prints it (needed for a self-signed certificate).")
 @json_option
-def credentials(folder: Path, out: Path, valid_days: int, as_json: bool) -> None:
+def credentials(vault: str, out: Path, valid_days: int, url: str | None, admin_token_file: Path | None,
+                fingerprint: str | None, as_json: bool) -> None:
     """Issue vault credentials for registering machines; they supersede older ones."""
-    service = VaultService(folder)
-    creds = service.issue_credentials(folder_url(folder), valid_days)
+    pin = normalise_fingerprint(fingerprint) if fingerprint else None
+    if "://" in vault:
+        creds = _credentials_from_server(vault, admin_token_file, pin, valid_days)
+    else:
+        creds = _credentials_from_folder(Path(vault), url, pin, valid_days)
     creds.dump(out)
     if as_json:
-        emit_json({"file": str(out), "vault_id": creds.vault_id, "expires": creds.expires})
+        emit_json({"file": str(out), "vault_id": creds.vault_id, "url": creds.vault_url,
+                   "fingerprint": creds.fingerprint, "expires": creds.expires})
     else:
-        click.echo(f"Wrote {out}: valid {valid_days} days; it supersedes any earlier credentials. "
-                   "Keep it secret: it lets a machine register.")
+        click.echo(f"Wrote {out} for {creds.vault_url}: valid {valid_days} days; it supersedes any earlier "
+                   "credentials. Keep it secret: it lets a machine register.")
+
+
+def _credentials_from_folder(folder: Path, url: str | None, pin: str | None, valid_days: int) -> Credentials:
+    service = VaultService(folder)
+    served = last_served(folder)
+    url = url or served.get("url") or folder_url(folder)
+    if url.startswith("https:") and pin is None:
+        pin = served.get("fingerprint") if served.get("url") == url else None
+        if pin is None:
+            raise UsageError(f"no certificate fingerprint known for {url}: pass --fingerprint, or run "
+                             "`strongroom vault serve` on this folder first")
+    return replace(service.issue_credentials(url, valid_days), fingerprint=pin)
+
+
+def _credentials_from_server(url: str, admin_token_file: Path | None, pin: str | None,
+                             valid_days: int) -> Credentials:
+    if admin_token_file is None:
+        raise UsageError("a vault URL needs --admin-token-file (admin.token in the vault folder)")
+    try:
+        token = admin_token_file.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read {admin_token_file}: {exc.strerror}") from None
+    if url.startswith("https:") and pin is None:
+        raise UsageError("pass --fingerprint with the certificate fingerprint that `strongroom vault serve` "
+                         "printed: it is how machines will know they reach this vault and no other")
+    vault = HttpVault(url, pin)
+    vault.headers["Authorization"] = f"Bearer {token}"
+    return vault.issue_credentials(valid_days)
+
+
+@vault_group.command("serve")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Certificate (PEM); without one the vault makes and keeps a self-signed one.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="The certificate's private key (PEM).")
+@click.option("--no-tls", is_flag=True, help="Plain HTTP, for behind a proxy that terminates TLS.")
+def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Path | None, no_tls: bool) -> None:
+    """Serve the vault in FOLDER to many machines over HTTPS, until stopped."""
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    service = VaultService(folder)
+    listener = server.prepare(service, host, port, tls_cert, tls_key, not no_tls)
+    click.echo(f"Serving vault {service.id} at {listener.url}", err=True)
+    if listener.fingerprint:
+        click.echo(f"Certificate SHA-256 fingerprint: {listener.fingerprint}", err=True)
+    click.echo(f"Credentials for machines: strongroom vault credentials {folder} --out vault.cred", err=True)
+    server.run(service, host, port, listener)
 
 
 def add_to(cli: click.Group) -> None:

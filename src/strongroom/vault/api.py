@@ -26,7 +26,13 @@ from pydantic import BaseModel, Field
 from strongroom import __version__
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
-from strongroom.vault.service import ADMIN_TOKEN_FILE, MAX_PACK_BYTES, BlobLocation, PointRecord, VaultService
+from strongroom.vault.service import (
+    ADMIN_TOKEN_FILE,
+    MAX_PACK_BYTES,
+    BlobLocation,
+    PointRecord,
+    VaultService,
+)
 from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MSGPACK
 
 MAX_JSON_BYTES = 1024 * 1024

@@ -12,6 +12,8 @@ def connect(url: str, pin: str | None = None) -> Vault:
         from strongroom.vault.embedded import EmbeddedVault
         return EmbeddedVault(url)
     if url.startswith(("https://", "http://")):
-        from strongroom.vault.client import HttpVault  # httpx only where a served vault is used
+        from strongroom.vault.client import (
+            HttpVault,  # httpx only where a served vault is used
+        )
         return HttpVault(url, pin)
     raise UsageError(f"unsupported vault URL {url!r} (file://, https:// or http://)")

@@ -13,6 +13,7 @@ class Vault(Protocol):
     """A vault as seen by one machine (bound by its token once registered)."""
 
     url: str
+    machine: str | None  # the machine whose token it holds, once bound
 
     def register(self, creds: Credentials, machine: str, keyfile: str) -> str: ...
     def bind(self, token: str) -> str: ...

@@ -65,7 +65,7 @@ class JobBook:
         lease = f"backup:{machine_id}" if kind == "backup" else None
         now = time.time_ns()
         for _attempt in range(2):
-            with self.engine.begin() as db:
+            with cat.write(self.engine) as db:
                 mine = db.execute(select(cat.jobs.c.machine_id).where(cat.jobs.c.id == job_id)).first()
                 if mine is not None:
                     if mine.machine_id != machine_id:
@@ -87,7 +87,7 @@ class JobBook:
         return self.get(job_id)
 
     def renew(self, machine_id: int, job_id: str) -> None:
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             result = db.execute(update(cat.jobs)
                                 .where(cat.jobs.c.id == job_id, cat.jobs.c.machine_id == machine_id,
                                        cat.jobs.c.status == "running")
@@ -100,11 +100,12 @@ class JobBook:
                message: str = "") -> JobRecord:
         if status not in STATUSES:
             raise UsageError(f"invalid job status {status!r}")
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             owner = db.execute(select(cat.jobs.c.machine_id).where(cat.jobs.c.id == job_id)).scalar()
             if owner != machine_id:
                 raise VaultError(f"job {job_id} is not a job of this machine")
-            db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id).values(
+            # A job that has ended keeps its record: a retried finish changes nothing.
+            db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id, cat.jobs.c.status == "running").values(
                 status=status, ended_ns=time.time_ns(), mode=mode, point_id=point_id, files=files, bytes=nbytes,
                 failed=json.dumps((failed or [])[:MAX_FAILED_RECORDED]), message=message[:4000],
                 lease_key=None, lease_expires=None))
@@ -133,6 +134,6 @@ class JobBook:
         q = self._query().order_by(cat.jobs.c.started_ns.desc()).limit(limit)
         if machine_id is not None:
             q = q.where(cat.jobs.c.machine_id == machine_id)
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             _expire_stale(db, time.time_ns())
             return [self._record(r) for r in db.execute(q)]

@@ -104,7 +104,7 @@ class VaultService:
         secret = secrets.token_urlsafe(32)
         issued = int(time.time())
         expires = issued + valid_days * 86400
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             cid = db.execute(insert(cat.credentials).values(
                 secret_hash=_hash_secret(secret), issued=issued, expires=expires)).inserted_primary_key[0]
         return Credentials(url, self.id, cid, secret, issued, expires)
@@ -116,7 +116,7 @@ class VaultService:
         if not machine or len(machine) > 255 or "/" in machine:
             raise UsageError(f"invalid machine name {machine!r}")
         token = secrets.token_urlsafe(32)
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             newest = db.execute(select(cat.credentials).order_by(cat.credentials.c.id.desc()).limit(1)).first()
             row = db.execute(select(cat.credentials).where(cat.credentials.c.id == creds.credential_id)).first()
             if row is None or not hmac.compare_digest(row.secret_hash, _hash_secret(creds.secret)):
@@ -191,7 +191,7 @@ class VaultService:
         return packfmt.read_header(data)
 
     def _index_pack(self, machine_id: int, name: str, size: int, refs: list[packfmt.BlobRef]) -> None:
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             existing = db.execute(select(cat.packs.c.id).where(cat.packs.c.name == name)).first()
             if existing:
                 return
@@ -220,7 +220,7 @@ class VaultService:
         pid = point_id or secrets.token_hex(8)
         if len(pid) > 32:
             raise UsageError("point IDs are at most 32 characters")
-        with self.engine.begin() as db:
+        with cat.write(self.engine) as db:
             if point_id is not None:
                 done = db.execute(select(cat.points.c.machine_id).where(cat.points.c.id == pid)).first()
                 if done is not None:

@@ -5,7 +5,13 @@ Kept apart from the API so that the agent imports none of the server's libraries
 
 from __future__ import annotations
 
-from strongroom.errors import CredentialsError, IntegrityError, StrongroomError, UsageError, VaultError
+from strongroom.errors import (
+    CredentialsError,
+    IntegrityError,
+    StrongroomError,
+    UsageError,
+    VaultError,
+)
 
 MSGPACK = "application/x-msgpack"
 ID_SIZE = 32  # a blob ID: keyed BLAKE3

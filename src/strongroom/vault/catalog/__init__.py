@@ -101,14 +101,27 @@ def open_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions begin as _begin says, not as the driver guesses
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # A transaction that reads and then writes cannot wait for another writer in
+            # SQLite (it would fail "database is locked" at once): writers take the write
+            # lock up front and wait their turn (busy_timeout) instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
     metadata.create_all(engine)
     return engine
+
+
+def write(engine: Engine) -> Any:
+    """A transaction that writes: `with write(engine) as db: ...` commits at the end."""
+    return engine.execution_options(write=True).begin()
 
 
 def encode_refs(row_ids: Iterable[int]) -> bytes:

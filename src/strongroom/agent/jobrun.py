@@ -1,0 +1,83 @@
+"""Recording a backup or restore as a job in the vault, with the lease kept alive while it runs.
+
+The vault refuses a second backup of the same machine while the first one's lease is
+renewed; if this process dies, the lease lapses and the vault marks the job failed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from strongroom.fsutil import write_private
+from strongroom.vault.interface import Vault
+from strongroom.vault.jobs import LEASE_SECONDS
+
+_RENEW_EVERY = LEASE_SECONDS / 4
+
+
+@dataclass
+class Outcome:
+    """What the command fills in as it learns it; sent to the vault when the job ends."""
+
+    mode: str = ""
+    point_id: str | None = None
+    files: int = 0
+    bytes: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # problems recording the job, for the user
+
+    def fields(self) -> dict[str, Any]:
+        return {"mode": self.mode, "point_id": self.point_id, "files": self.files, "bytes": self.bytes,
+                "failed": self.failed}
+
+
+@contextmanager
+def recorded_job(vault: Vault, marker: Path, kind: str, source_machine: str | None = None) -> Iterator[Outcome]:
+    """Records the body as a job. `marker` is a file in the agent home that names the job
+    while it runs; the caller holds the home's lock, so a marker left behind names a job
+    whose agent died, and the vault is told at once instead of when its lease lapses."""
+    if marker.exists():
+        _finish(vault, marker.read_text().strip(), "failed", Outcome(), "the agent stopped before the job ended")
+        marker.unlink()
+    job_id = secrets.token_hex(8)
+    vault.start_job(job_id, kind, source_machine)
+    write_private(marker, job_id.encode())
+    outcome = Outcome()
+    stop = threading.Event()
+
+    def keep_lease() -> None:
+        while not stop.wait(_RENEW_EVERY):
+            try:
+                vault.renew_job(job_id)
+            except Exception as exc:  # noqa: BLE001 - the job goes on; the vault says why at its end
+                outcome.notes.append(f"renewing the job's lease failed: {exc}")
+
+    renewer = threading.Thread(target=keep_lease, name="lease", daemon=True)
+    renewer.start()
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        _finish(vault, job_id, "cancelled", outcome, "interrupted")
+        raise
+    except BaseException as exc:
+        _finish(vault, job_id, "failed", outcome, str(exc) or type(exc).__name__)
+        raise
+    else:
+        _finish(vault, job_id, "completed_with_warnings" if outcome.failed else "completed", outcome, "")
+    finally:
+        stop.set()
+        marker.unlink(missing_ok=True)
+
+
+def _finish(vault: Vault, job_id: str, status: str, outcome: Outcome, message: str) -> None:
+    """Records the end; a vault that cannot be told must not hide what happened to the job."""
+    try:
+        vault.finish_job(job_id, status, message=message, **outcome.fields())
+    except Exception as exc:  # noqa: BLE001
+        outcome.notes.append(f"the vault did not record the end of job {job_id}: {exc}")

@@ -1,0 +1,54 @@
+"""Running a served vault: the API on uvicorn, over TLS unless told otherwise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from strongroom.fsutil import write_private
+from strongroom.vault.service import VaultService
+from strongroom.vault.tls import ensure_self_signed, fingerprint_of
+
+SERVE_FILE = "serve.json"  # how the vault was last served: what `vault credentials FOLDER` puts in files
+
+
+@dataclass(frozen=True)
+class Listener:
+    url: str
+    fingerprint: str | None
+    cert: Path | None
+    key: Path | None
+
+
+def prepare(service: VaultService, host: str, port: int, cert: Path | None, key: Path | None,
+            tls: bool) -> Listener:
+    """Chooses the certificate (the given one, else the vault's own self-signed one) and
+    records the URL and fingerprint in the vault folder for `vault credentials`."""
+    if tls and cert is None:
+        cert, key = ensure_self_signed(service.root, host)
+    fingerprint = fingerprint_of(cert.read_bytes()) if tls and cert else None
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{'https' if tls else 'http'}://{shown}:{port}"
+    write_private(service.root / SERVE_FILE, json.dumps({"url": url, "fingerprint": fingerprint}).encode(),
+                  mode=0o644)
+    return Listener(url, fingerprint, cert if tls else None, key if tls else None)
+
+
+def last_served(root: Path) -> dict[str, str | None]:
+    try:
+        return json.loads((root / SERVE_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def run(service: VaultService, host: str, port: int, listener: Listener) -> None:
+    import uvicorn  # the server's libraries load only in the server
+
+    from strongroom.vault.api import clean_spool, make_app
+
+    clean_spool(service)
+    uvicorn.run(make_app(service), host=host, port=port, log_level="warning", access_log=False,
+                ssl_certfile=str(listener.cert) if listener.cert else None,
+                ssl_keyfile=str(listener.key) if listener.key else None,
+                timeout_graceful_shutdown=10)
