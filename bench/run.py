@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 MAKE_CORPUS = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "corpus", "make_corpus.py"))
 MiB = 1024 * 1024
-ALL_TOOLS = ("strongroom", "restic", "borg")
+ALL_TOOLS = ("strongroom", "strongroom-https", "restic", "borg")
 STEPS = ("initial", "nochange", "mutated", "restore")
 STEP_LABEL = {
     "initial": "initial backup (s)",
@@ -361,6 +362,9 @@ class Tool:
     def client_state_bytes(self):
         return du_bytes(self.state)
 
+    def teardown(self):
+        """After the round's last command (not timed)."""
+
     # subclasses: setup(), backup(step), restore(target)
 
 
@@ -456,7 +460,58 @@ class Strongroom(Tool):
         return res
 
 
-TOOL_CLASSES = {"strongroom": Strongroom, "restic": Restic, "borg": Borg}
+class StrongroomServed(Strongroom):
+    """The same agent against `strongroom vault serve` on 127.0.0.1, over HTTPS (TLS on
+    loopback). The server's own CPU and memory are reported apart: the agent's figures
+    are the command's, as for every tool."""
+
+    name = "strongroom-https"
+
+    def setup(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.results["setup"].append(self.run("vault-create", self.sr() + ["vault", "create", self.repo], timed=False))
+        os.makedirs(self.logdir, exist_ok=True)
+        with open(os.path.join(self.logdir, "serve.log"), "wb") as log_file:
+            self.server = subprocess.Popen(self.sr() + ["vault", "serve", self.repo, "--port", str(port)],
+                                           env=self.env(), stdout=log_file, stderr=log_file)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(self.repo, "serve.json")):
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise self._server_failed()
+            time.sleep(0.05)
+        while True:  # listening?
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise self._server_failed() from None
+                time.sleep(0.05)
+        creds = os.path.join(self.state, "credentials")
+        self.results["setup"].append(self.run("vault-credentials", self.sr() + ["vault", "credentials", self.repo, "--out", creds], timed=False))
+        self.results["setup"].append(self.run("register", self.sr() + ["register", "--credentials", creds, "--machine", "bench"], timed=False))
+
+    def _server_failed(self):
+        log_path = os.path.join(self.logdir, "serve.log")
+        return CommandFailed({"cmd_str": "strongroom vault serve", "rc": self.server.poll(), "stderr_file": log_path,
+                              "stderr_tail": _tail(log_path), "stdout_file": log_path, "stdout_tail": ""})
+
+    def teardown(self):
+        server = getattr(self, "server", None)
+        if server is None or server.poll() is not None:
+            return
+        server.send_signal(signal.SIGTERM)
+        _pid, _status, usage = os.wait4(server.pid, 0)
+        server.returncode = 0
+        self.results["server"] = {"cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                                  "maxrss_mib": round(usage.ru_maxrss / 1024, 1)}
+        log(f"vault serve: CPU {self.results['server']['cpu_s']} s over the round, "
+            f"peak RSS {self.results['server']['maxrss_mib']} MiB")
+
+
+TOOL_CLASSES = {"strongroom": Strongroom, "strongroom-https": StrongroomServed, "restic": Restic, "borg": Borg}
 
 
 # ---------------------------------------------------------------------------
@@ -536,6 +591,8 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
             t.failed = "restore verification: " + "; ".join(v.get("problems") or [v.get("error", "")])
             t.results["error"] = t.failed
             log(f"!! {t.name}: {t.failed}")
+    for t in tools:
+        t.teardown()
     # Restored trees are deleted only now, not after each restore: ext4 skips recently
     # freed inodes when it allocates new ones (find_inode_bit/recently_deleted), so a
     # restore started right after 50,000 files were deleted pays seconds of kernel time
@@ -611,13 +668,15 @@ def ratio(a, b):
 
 def markdown(summ, tools, rounds, meta):
     cols = list(tools)
-    ratio_cols = [o for o in ("restic", "borg") if "strongroom" in tools and o in tools]
-    head = ["metric"] + cols + [f"strongroom/{o}" for o in ratio_cols]
+    ratio_cols = [("strongroom", o) for o in ("restic", "borg") if "strongroom" in tools and o in tools]
+    if "strongroom" in tools and "strongroom-https" in tools:
+        ratio_cols.append(("strongroom-https", "strongroom"))
+    head = ["metric"] + cols + [f"{a}/{b}" for a, b in ratio_cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
     def row(label, getter, digits):
         cells = [label] + [fmt_cell(getter(summ[t]), digits) for t in cols]
-        cells += [ratio(getter(summ["strongroom"]), getter(summ[o])) for o in ratio_cols]
+        cells += [ratio(getter(summ[a]), getter(summ[b])) for a, b in ratio_cols]
         lines.append("| " + " | ".join(cells) + " |")
 
     for st in STEPS:
@@ -644,6 +703,12 @@ def markdown(summ, tools, rounds, meta):
     for st in STEPS:
         det.append(f"| peak RSS, {st} (MiB) | " + " | ".join(fmt_cell(summ[t]["rss_by_step"][st], 0) for t in cols) + " |")
     det.append("| client-side cache/state (MiB) | " + " | ".join(fmt_cell(summ[t]["client_state_mib"], 1) for t in cols) + " |")
+    servers = [tr["server"] for r in rounds for tn, tr in r["tools"].items() if tr.get("server")]
+    if servers:
+        det.append("| strongroom-https: `vault serve` CPU over a round (s) / its peak RSS (MiB) | "
+                   + " | ".join(f"{statistics.median(x['cpu_s'] for x in servers):.1f} / "
+                                f"{max(x['maxrss_mib'] for x in servers):.0f}" if t == "strongroom-https" else ""
+                                for t in cols) + " |")
     out += ["", "Details:", "", *det]
 
     if "strongroom" in tools:
@@ -697,7 +762,7 @@ def main():
 
     ensure_peers(tools)
     sr_bin = None
-    if "strongroom" in tools:
+    if any(t.startswith("strongroom") for t in tools):
         sr_bin = find_strongroom(args.strongroom_bin)
         if not sr_bin:
             sys.exit("strongroom executable not found: `pip install -e .` in the venv, or pass --strongroom-bin")

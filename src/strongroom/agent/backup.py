@@ -174,7 +174,12 @@ class Backup:
         return open_manifest(self.key, point)["tree"]
 
     def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
-        return {e["n"]: e for e in self.reader.tree(tree_id)} if tree_id else {}
+        if not tree_id:
+            return {}
+        entries = {e["n"]: e for e in self.reader.tree(tree_id)}
+        # The walk will want the subdirectories' old trees next: one request for them all.
+        self.reader.prefetch([e["tree"] for e in entries.values() if e["t"] == DIR and "tree" in e])
+        return entries
 
     # -- walking ----------------------------------------------------------------------------
 

@@ -13,7 +13,12 @@ from strongroom.vault.interface import Vault
 from strongroom.vault.service import BlobLocation
 
 _LOCATE_BATCH = 4096
-_TREE_CACHE = 256
+_TREE_CACHE = 1024
+# Blobs fetched ahead in one request each: a served vault answers a directory's trees or
+# small files in one round trip instead of one each. Bounded, since prefetched blobs wait
+# in memory until read.
+_PREFETCH_REQUEST = 8 * 1024 * 1024
+_PREFETCH_HELD = 64 * 1024 * 1024
 
 
 class BlobReader:
@@ -21,6 +26,8 @@ class BlobReader:
         self.vault, self.key = vault, key
         self.locations: dict[bytes, BlobLocation] = {}
         self.trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self.prefetched: dict[bytes, bytes] = {}  # blob id -> sealed envelope, until read once
+        self.held = 0
         self.lock = threading.Lock()
 
     def locate(self, ids: list[bytes]) -> None:
@@ -37,9 +44,52 @@ class BlobReader:
         except KeyError:
             raise VaultError(f"blob {blob_id.hex()[:16]} is not in the vault") from None
 
+    def prefetch(self, ids: list[bytes]) -> None:
+        """Fetches these blobs in as few requests as the size bound allows; `read` then
+        takes them from memory. Blobs that would overflow the bound are read later, singly."""
+        with self.lock:
+            wanted = [i for i in dict.fromkeys(ids) if i not in self.prefetched and i not in self.trees]
+        self.locate(wanted)
+        batch: list[bytes] = []
+        size = 0
+        for blob_id in wanted:
+            loc = self.locations.get(blob_id)
+            if loc is None:
+                continue  # `read` reports it
+            if self.held + size + loc.length > _PREFETCH_HELD:
+                break
+            if size + loc.length > _PREFETCH_REQUEST and batch:
+                self._fetch(batch)
+                batch, size = [], 0
+            batch.append(blob_id)
+            size += loc.length
+        if batch:
+            self._fetch(batch)
+
+    def _fetch(self, ids: list[bytes]) -> None:
+        locs = [self.locations[i] for i in ids]
+        parts = self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for loc in locs])
+        with self.lock:
+            for blob_id, envelope in zip(ids, parts):
+                self.prefetched[blob_id] = envelope
+                self.held += len(envelope)
+
+    def drop(self, ids: list[bytes]) -> None:
+        """Forgets prefetched blobs that will not be read after all."""
+        with self.lock:
+            for blob_id in ids:
+                envelope = self.prefetched.pop(blob_id, None)
+                if envelope is not None:
+                    self.held -= len(envelope)
+
     def read(self, blob_id: bytes) -> bytes:
         loc = self.location(blob_id)
-        envelope = self.vault.read_range(loc.pack, loc.offset, loc.length)
+        with self.lock:
+            envelope = self.prefetched.pop(blob_id, None)
+            if envelope is not None:
+                self.held -= len(envelope)
+        if envelope is None:
+            envelope = self.vault.read_range(loc.pack, loc.offset, loc.length)
         try:
             return blobs.decode(self.key, blob_id, envelope)
         except IntegrityError as exc:

@@ -42,6 +42,13 @@ from strongroom.model import (
 )
 
 CONFLICTS = ("copy", "overwrite", "skip")
+_SMALL_WINDOW = 256  # small files whose content is fetched in one go
+
+
+def _inline(entry: Entry) -> bool:
+    """Small files without hardlinks are written by the walking thread: a pool hop would
+    cost more than the write."""
+    return entry.get("s", 0) <= chunker.MIN_SIZE and "h" not in entry
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -159,12 +166,27 @@ class Restore:
 
     def _restore_children(self, fd: int, path: bytes, tree_id: bytes) -> None:
         children = self.reader.tree(tree_id)
-        self.reader.locate([c for e in children for c in e.get("c", ())])
+        subtrees = [e["tree"] for e in children if e["t"] == DIR and "tree" in e]
+        self.reader.locate(subtrees + [c for e in children for c in e.get("c", ())])
+        # Small files are written inline: fetch their content ahead, a window at a time;
+        # the subdirectories' trees come with the first window (and are not dropped after it).
+        small = [i for i, e in enumerate(children) if e["t"] == FILE and _inline(e)]
+        windows = {small[k]: [c for j in small[k:k + _SMALL_WINDOW] for c in children[j].get("c", ())]
+                   for k in range(0, len(small), _SMALL_WINDOW)}
+        if not windows:
+            self.reader.prefetch(subtrees)
+        fetched: list[bytes] = []
         jobs: list[tuple[bytes, Future | Finished]] = []
-        for child in children:
+        for i, child in enumerate(children):
+            if i in windows:
+                self.reader.drop(fetched)  # what skipped files did not read
+                fetched = windows[i]
+                self.reader.prefetch(fetched + subtrees)
+                subtrees = []
             job = self._restore_entry(fd, path + b"/" + child["n"], child)
             if job is not None:
                 jobs.append((path + b"/" + child["n"], job))
+        self.reader.drop(fetched)
         for child_path, job in jobs:
             self._collect(child_path, job)
 
@@ -203,8 +225,7 @@ class Restore:
                 group = tuple(entry["h"]) if "h" in entry else None
                 first = self.first_links.get(group) if group else None
                 args = (os.dup(dfd), final, tmp, entry, path, first)
-                small = entry.get("s", 0) <= chunker.MIN_SIZE and group is None
-                job = Finished(self._write_file, *args) if small else self.pool.submit(self._write_file, *args)
+                job = Finished(self._write_file, *args) if _inline(entry) else self.pool.submit(self._write_file, *args)
                 if group and first is None:
                     self.first_links[group] = job
                 return job

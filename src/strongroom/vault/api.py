@@ -48,7 +48,7 @@ class BodyTooLarge(Exception):
 def _body_limit(path: str) -> int:
     if path.startswith("/api/v1/packs/"):
         return MAX_PACK_BYTES
-    if path in ("/api/v1/points", "/api/v1/blobs/locate"):
+    if path in ("/api/v1/points", "/api/v1/blobs/locate", "/api/v1/blobs/read"):
         return MAX_POINT_BYTES
     return MAX_JSON_BYTES
 
@@ -157,21 +157,22 @@ def make_app(service: VaultService) -> FastAPI:
             raise HTTPException(401, {"error": "VaultError", "detail": "no token: this call needs a machine's token"})
         return auth.credentials
 
-    def machine(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine:
+    async def machine(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine:
+        # async: a known token is a dictionary lookup, not worth a hop to the thread pool
         token = _token(auth)
         try:
             return Machine(*service.authenticate(token))
         except VaultError as exc:
             raise HTTPException(401, {"error": "VaultError", "detail": str(exc)}) from None
 
-    def admin(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def admin(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
             raise HTTPException(401, {"error": "VaultError", "detail": "the vault refused the admin token"})
 
-    def reader(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def reader(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         """A machine or the admin: both may see what the vault holds (never plaintext)."""
         if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
-            machine(auth)
+            await machine(auth)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -216,7 +217,7 @@ def make_app(service: VaultService) -> FastAPI:
 
     @app.post("/api/v1/points", response_class=Response, status_code=201)
     async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:
-        doc = _unpack(await request.body())
+        doc = _unpack(await request.body(), dict)
         try:
             refs = bytes(doc["refs"])
             ids = [refs[i:i + ID_SIZE] for i in range(0, len(refs), ID_SIZE)]
@@ -243,6 +244,19 @@ def make_app(service: VaultService) -> FastAPI:
         ids = [body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)]
         found: dict[bytes, BlobLocation] = await run_in_threadpool(service.blob_locations, ids)
         return msgpack_response({k: [v.pack, v.offset, v.length, v.kind] for k, v in found.items()})
+
+    @app.post("/api/v1/blobs/read", response_class=Response, dependencies=[Depends(machine)])
+    async def read_ranges(request: Request) -> Response:
+        """Many ranges in one request (body: msgpack [[pack, offset, length], ...]); the answer
+        is their bytes back to back: one round trip for a directory's trees or small files."""
+        try:
+            ranges = [(str(p), int(o), int(n)) for p, o, n in _unpack(await request.body(), list)]
+        except (TypeError, ValueError):
+            raise UsageError("send [[pack, offset, length], ...]") from None
+        if any(not _PACK_NAME.match(p) or o < 0 or n < 1 for p, o, n in ranges):
+            raise UsageError("invalid range")
+        parts = await run_in_threadpool(service.read_ranges, ranges)
+        return Response(b"".join(parts), media_type="application/octet-stream")
 
     @app.get("/api/v1/packs", dependencies=[Depends(reader)])
     def pack_names(machine_name: str | None = Query(None, alias="machine")) -> list[str]:
@@ -313,12 +327,12 @@ def make_app(service: VaultService) -> FastAPI:
     return app
 
 
-def _unpack(body: bytes) -> dict[str, Any]:
+def _unpack(body: bytes, kind: type) -> Any:
     try:
         doc = msgpack.unpackb(body)
     except (ValueError, msgpack.UnpackException):
         raise UsageError("malformed msgpack body") from None
-    if not isinstance(doc, dict):
+    if not isinstance(doc, kind):
         raise UsageError("malformed msgpack body")
     return doc
 

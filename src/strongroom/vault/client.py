@@ -166,6 +166,17 @@ class HttpVault:
             raise VaultError(f"the vault sent {len(data)} bytes of pack {pack} where {length} were asked for")
         return data
 
+    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        body = self._call("POST", "/api/v1/blobs/read", content=msgpack.packb(ranges),
+                          headers={"Content-Type": MSGPACK}).content
+        if len(body) != sum(n for _p, _o, n in ranges):
+            raise VaultError("the vault sent fewer bytes than were asked for")
+        parts, pos = [], 0
+        for _pack, _offset, length in ranges:
+            parts.append(body[pos:pos + length])
+            pos += length
+        return parts
+
     def read_pack(self, pack: str) -> bytes:
         return self._call("GET", f"/api/v1/packs/{pack}").content
 
