@@ -13,7 +13,13 @@ import time
 
 import msgpack
 import pytest
-from conftest import PASSPHRASE, Strongroom, assert_clean_failure, wait_for_packs
+from conftest import (
+    PASSPHRASE,
+    Strongroom,
+    assert_clean_failure,
+    packs_in,
+    wait_for_packs,
+)
 from treeutil import assert_trees_equal, make_tricky_tree
 
 OTHER_PASSPHRASE = "another long passphrase for web-02"
@@ -255,3 +261,25 @@ def test_embedded_vault_records_jobs_too(registered, tmp_path):
     registered.backup(src)
     jobs = registered.json("jobs")
     assert [(j["kind"], j["status"], j["files"]) for j in jobs] == [("backup", "completed", 1)]
+
+
+def test_a_stopped_backup_is_recorded_as_cancelled_and_a_killed_one_as_failed(served, served_machine, tmp_path):
+    web1 = served_machine("web-01")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        src = tmp_path / f"src-{sig}"  # new data each time: nothing to deduplicate, time to stop it
+        _random_tree(src, 8, 8 * 1024 * 1024)
+        proc = subprocess.Popen(web1.cmd + ["backup", str(src)], env=web1.env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        if not wait_for_packs(served.folder, len(packs_in(served.folder)) + 2, proc):
+            pytest.skip("the backup finished before it could be stopped")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        if sig == signal.SIGTERM:
+            assert err.decode().strip() == "strongroom: error: interrupted"
+            assert web1.json("jobs")[0]["status"] == "cancelled"
+    # The killed agent's job is closed by the next job in the same home, without waiting for its lease.
+    web1.backup(src)
+    statuses = [j["status"] for j in web1.json("jobs")]
+    assert statuses == ["completed", "failed", "cancelled"]
+    assert len(web1.points()) == 1
