@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from strongroom import blobs
 from strongroom.crypto import MasterKey
@@ -17,7 +18,7 @@ _TREE_CACHE = 1024
 # Blobs fetched ahead in one request each: a served vault answers a directory's trees or
 # small files in one round trip instead of one each. Bounded, since prefetched blobs wait
 # in memory until read.
-_PREFETCH_REQUEST = 8 * 1024 * 1024
+_PREFETCH_REQUEST = 2 * 1024 * 1024
 _PREFETCH_HELD = 64 * 1024 * 1024
 
 
@@ -26,7 +27,7 @@ class BlobReader:
         self.vault, self.key = vault, key
         self.locations: dict[bytes, BlobLocation] = {}
         self.trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
-        self.prefetched: dict[bytes, bytes] = {}  # blob id -> sealed envelope, until read once
+        self.prefetched: dict[bytes, bytes | memoryview] = {}  # blob id -> sealed envelope, until read once
         self.held = 0
         self.lock = threading.Lock()
 
@@ -90,6 +91,28 @@ class BlobReader:
                 self.held -= len(envelope)
         if envelope is None:
             envelope = self.vault.read_range(loc.pack, loc.offset, loc.length)
+        return self._decode(blob_id, loc, envelope)
+
+    def read_in_order(self, ids: list[bytes]) -> Iterator[bytes]:
+        """The blobs of one file, in order, fetched a few MiB per request."""
+        batch: list[tuple[bytes, BlobLocation]] = []
+        size = 0
+        for blob_id in ids:
+            loc = self.location(blob_id)
+            if batch and size + loc.length > _PREFETCH_REQUEST:
+                yield from self._read_batch(batch)
+                batch, size = [], 0
+            batch.append((blob_id, loc))
+            size += loc.length
+        if batch:
+            yield from self._read_batch(batch)
+
+    def _read_batch(self, batch: list[tuple[bytes, BlobLocation]]) -> Iterator[bytes]:
+        envelopes = self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for _i, loc in batch])
+        for (blob_id, loc), envelope in zip(batch, envelopes):
+            yield self._decode(blob_id, loc, envelope)
+
+    def _decode(self, blob_id: bytes, loc: BlobLocation, envelope: bytes | memoryview) -> bytes:
         try:
             return blobs.decode(self.key, blob_id, envelope)
         except IntegrityError as exc:

@@ -327,18 +327,21 @@ class Restore:
         written = 0
         if extents is not None:
             os.ftruncate(fd, entry.get("s", 0))
-            blob_iter = iter(entry.get("c", ()))
+            blob_iter = self.reader.read_in_order(entry.get("c", []))
             buffer, pos = b"", 0
             for offset, length in extents:
                 while length:
                     if pos == len(buffer):
-                        buffer, pos = self.reader.read(next(blob_iter)), 0
+                        buffer, pos = next(blob_iter), 0
                     n = min(length, len(buffer) - pos)
                     os.pwrite(fd, memoryview(buffer)[pos:pos + n], offset)
                     offset, length, pos, written = offset + n, length - n, pos + n, written + n
             return written
-        for blob_id in entry.get("c", ()):
-            data = memoryview(self.reader.read(blob_id))
+        blob_ids = entry.get("c", [])
+        # A small file's blob may wait prefetched; a large file's come a few MiB a request.
+        contents = (self.reader.read(i) for i in blob_ids) if _inline(entry) else self.reader.read_in_order(blob_ids)
+        for content in contents:
+            data = memoryview(content)
             while data:
                 n = os.write(fd, data)
                 data, written = data[n:], written + n

