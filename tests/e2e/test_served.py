@@ -283,3 +283,21 @@ def test_a_stopped_backup_is_recorded_as_cancelled_and_a_killed_one_as_failed(se
     statuses = [j["status"] for j in web1.json("jobs")]
     assert statuses == ["completed", "failed", "cancelled"]
     assert len(web1.points()) == 1
+
+
+def test_credentials_from_the_url_ask_a_person_to_compare_the_fingerprint(served, tmp_path):
+    """Without --fingerprint, at a terminal: shown, confirmed, pinned (trust on first use)."""
+    out = tmp_path / "tofu.cred"
+    primary, secondary = os.openpty()
+    argv = served.admin.cmd + ["vault", "credentials", served.url, "--out", str(out),
+                               "--admin-token-file", str(served.folder / "admin.token")]
+    proc = subprocess.Popen(argv, env=served.admin.env(), stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    seen = b""
+    while b"printed?" not in seen:
+        seen += os.read(primary, 4096)
+    os.write(primary, b"y\n")
+    assert proc.wait(60) == 0
+    os.close(primary)
+    assert served.fingerprint.encode() in seen
+    assert json.loads(out.read_text())["fingerprint"] == served.fingerprint

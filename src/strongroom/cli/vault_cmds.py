@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import ssl
+import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 
 from strongroom.cli.common import emit_json, json_option
 from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
-from strongroom.errors import UsageError
+from strongroom.errors import UsageError, VaultError
 from strongroom.vault import server
 from strongroom.vault.client import HttpVault
 from strongroom.vault.embedded import folder_url
 from strongroom.vault.server import last_served
 from strongroom.vault.service import VaultService
-from strongroom.vault.tls import normalise_fingerprint
+from strongroom.vault.tls import fingerprint_of, normalise_fingerprint
 
 
 @click.group("vault")
@@ -88,11 +91,26 @@ def _credentials_from_server(url: str, admin_token_file: Path | None, pin: str |
     except OSError as exc:
         raise UsageError(f"cannot read {admin_token_file}: {exc.strerror}") from None
     if url.startswith("https:") and pin is None:
-        raise UsageError("pass --fingerprint with the certificate fingerprint that `strongroom vault serve` "
-                         "printed: it is how machines will know they reach this vault and no other")
+        pin = _confirm_fingerprint(url)
     vault = HttpVault(url, pin)
     vault.headers["Authorization"] = f"Bearer {token}"
     return vault.issue_credentials(valid_days)
+
+
+def _confirm_fingerprint(url: str) -> str:
+    """Trust on first use, as ssh does, but only with a person at a terminal to compare."""
+    parsed = urlparse(url)
+    try:
+        seen = fingerprint_of(ssl.get_server_certificate((parsed.hostname, parsed.port or 443), timeout=10))
+    except OSError as exc:
+        raise VaultError(f"cannot reach the vault at {url}: {exc.strerror or exc}") from None
+    if not sys.stdin.isatty():
+        raise UsageError("pass --fingerprint with the certificate fingerprint that `strongroom vault serve` "
+                         "printed: it is how machines will know they reach this vault and no other")
+    click.echo(f"The vault at {url} presents a certificate with SHA-256 fingerprint\n  {seen}", err=True)
+    if not click.confirm("Is this the fingerprint `strongroom vault serve` printed?", err=True):
+        raise UsageError("certificate not trusted; nothing was issued")
+    return seen
 
 
 @vault_group.command("serve")

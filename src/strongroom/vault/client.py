@@ -31,6 +31,17 @@ _CONNECT_TIMEOUT = 10.0
 _SEND_SLICE = 256 * 1024
 
 
+def _retry_seconds() -> float:
+    text = os.environ.get(RETRY_ENV, str(DEFAULT_RETRY_SECONDS))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise UsageError(f"${RETRY_ENV} must be a number of seconds (0 to 86400), not {text!r}")
+    return value
+
+
 class _Transient(Exception):
     """A failure worth retrying: the vault unreachable, restarting or overloaded."""
 
@@ -43,8 +54,7 @@ class HttpVault:
         self.url = url.rstrip("/")
         self.host, self.port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
         self.pin = pin
-        self.retry_seconds = (retry_seconds if retry_seconds is not None
-                              else float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_SECONDS)))
+        self.retry_seconds = retry_seconds if retry_seconds is not None else _retry_seconds()
         self.headers: dict[str, str] = {}
         self.machine: str | None = None
         self._client: httpx.Client | None = None
