@@ -37,13 +37,15 @@ class VaultServer:
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"vault serve exited:\n{self.log.read_text()}"
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vault serve exited:\n{self.log.read_text()}")
             try:
                 with self.client() as c:  # closed: an idle connection would hold up a graceful stop
                     c.get("/api/v1/vault").raise_for_status()
                 return self
             except (httpx.TransportError, FileNotFoundError):  # not listening, or no certificate yet
                 time.sleep(0.1)
+        self.stop(signal.SIGKILL)  # never left running behind a failed test
         raise AssertionError(f"vault serve did not answer in 30 s:\n{self.log.read_text()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,8 @@ from strongroom.errors import EXIT_WARNINGS
 from strongroom.vault.interface import Vault
 
 err_console = Console(stderr=True)
-out_console = Console()
+# Piped output is not cut to 80 columns: tables stay readable in a pager or a log.
+out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
 passphrase_option = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 from rich.table import Table
 
@@ -13,6 +15,10 @@ from strongroom.cli.common import (
     json_option,
     out_console,
 )
+
+
+def _short_time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(job: dict) -> str:
@@ -33,13 +39,17 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, as_json: bool) -> 
         emit_json(rows)
         return
     table = Table()
-    for name in ("Job", "Machine", "Kind", "Status", "Started", "Duration", "Files", "Bytes", "Failed", "Note"):
+    for name in ("Job", "Machine", "Kind", "Status", "Started", "Took", "Files", "Bytes"):
         table.add_column(name, no_wrap=name in ("Job", "Started"))
     for j in rows:
         kind = j["kind"] + (f" from {j['source_machine']}" if j["source_machine"] else "")
-        table.add_row(j["id"], j["machine"], kind, j["status"].replace("_", " "), iso(j["started_ns"]),
-                      _duration(j), str(j["files"]), human_bytes(j["bytes"]), str(len(j["failed"])), j["message"])
+        status = j["status"].replace("_", " ") + (f" ({len(j['failed'])} failed)" if j["failed"] else "")
+        table.add_row(j["id"], j["machine"], kind, status, _short_time(j["started_ns"]), _duration(j),
+                      str(j["files"]), human_bytes(j["bytes"]))
     out_console.print(table)
+    for j in rows:
+        if j["message"]:
+            click.echo(f"{j['id']}: {j['message']}")
 
 
 @click.command("machines")
@@ -55,8 +65,9 @@ def machines(ctx: click.Context, as_json: bool) -> None:
     for name in ("Machine", "Registered", "Points", "Last backup", "Stored"):
         table.add_column(name)
     for r in rows:
-        table.add_row(r["name"], iso(r["registered"] * 10**9), str(r["points"]),
-                      iso(r["last_backup_ns"]) if r["last_backup_ns"] else "never", human_bytes(r["stored_bytes"]))
+        table.add_row(r["name"], _short_time(r["registered"] * 10**9), str(r["points"]),
+                      _short_time(r["last_backup_ns"]) if r["last_backup_ns"] else "never",
+                      human_bytes(r["stored_bytes"]))
     out_console.print(table)
 
 

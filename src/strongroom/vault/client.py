@@ -9,6 +9,7 @@ content, and points and jobs carry IDs the agent chose.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -59,6 +60,7 @@ class HttpVault:
         self.machine: str | None = None
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        self.warned = False
 
     # -- transport --------------------------------------------------------------------------
 
@@ -103,6 +105,10 @@ class HttpVault:
                 if time.monotonic() + delay > deadline:
                     raise VaultError(f"the vault at {self.url} is unreachable ({exc}); gave up after "
                                      f"{self.retry_seconds:.0f} s") from None
+                if not self.warned and sys.stderr.isatty():  # a person waiting should know why
+                    self.warned = True
+                    print(f"strongroom: the vault at {self.url} does not answer ({exc}); retrying for up to "
+                          f"{self.retry_seconds:.0f} s (${RETRY_ENV})", file=sys.stderr)
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
