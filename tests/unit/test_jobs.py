@@ -48,3 +48,13 @@ def test_jobs_of_other_machines_cannot_be_finished(book):
     with pytest.raises(VaultError, match="another machine"):
         book.start(2, "a", "backup")
     assert [j.id for j in book.list(1)] == ["a"]
+
+
+def test_a_prune_and_a_backup_of_one_machine_exclude_each_other(book):
+    book.start(1, "b", "backup")
+    with pytest.raises(VaultError, match="another backup"):
+        book.start(1, "p", "prune")
+    book.finish(1, "b", "completed")
+    book.start(1, "p", "prune")
+    with pytest.raises(VaultError, match="another prune"):
+        book.start(1, "b2", "backup")

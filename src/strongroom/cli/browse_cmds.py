@@ -14,6 +14,7 @@ from strongroom.agent.points import find_point, open_manifest
 from strongroom.cli.common import (
     emit_json,
     from_machine_option,
+    home,
     human_bytes,
     iso,
     json_option,
@@ -24,16 +25,20 @@ from strongroom.cli.common import (
 from strongroom.model import FILE, SYMLINK, TYPE_NAMES, display_path
 
 
-@click.command("points")
+@click.group("points", invoke_without_command=True)
+@click.option("--deleted", is_flag=True, help="The soft-deleted points instead (recoverable until purged).")
 @from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
-def points(ctx: click.Context, machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
+def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_file: Path | None,
+           as_json: bool) -> None:
     """List this machine's recovery points (or another's), newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
     _agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
     rows = []
-    for p in vault.points(machine):
+    for p in vault.points(machine, deleted):
         manifest = open_manifest(key, p)
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": p.kind, "mode": p.mode,
                      "sources": [display_path(s) for s in manifest["sources"]], "stats": p.stats})
@@ -52,6 +57,15 @@ def points(ctx: click.Context, machine: str | None, passphrase_file: Path | None
         table.add_row(r["id"], r["created"], r["kind"], str(files), human_bytes(s["bytes_added"]),
                       ", ".join(r["sources"]))
     out_console.print(table)
+
+
+@points.command("undelete")
+@click.argument("point_id")
+@click.pass_context
+def undelete(ctx: click.Context, point_id: str) -> None:
+    """Bring back a soft-deleted point of this machine (before it is purged)."""
+    home(ctx).vault().undelete_point(point_id)
+    click.echo(f"Point {point_id} is back.")
 
 
 @click.command("ls")

@@ -19,6 +19,7 @@ from strongroom.cli import (
     browse_cmds,
     check_cmd,
     jobs_cmds,
+    policy_cmds,
     register_cmd,
     restore_cmd,
     vault_cmds,
@@ -61,7 +62,8 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     ctx.obj = {"home": AgentHome(home)}
 
 
-for module in (vault_cmds, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds):
+for module in (vault_cmds, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
+               policy_cmds):
     module.add_to(cli)
 
 

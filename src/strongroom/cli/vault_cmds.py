@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import click
 
-from strongroom.cli.common import emit_json, json_option
+from strongroom.cli.common import emit_json, human_bytes, json_option, warn_line
 from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
 from strongroom.errors import UsageError, VaultError
 from strongroom.vault import server
@@ -84,17 +84,23 @@ def _credentials_from_folder(folder: Path, url: str | None, pin: str | None, val
 
 def _credentials_from_server(url: str, admin_token_file: Path | None, pin: str | None,
                              valid_days: int) -> Credentials:
+    return _admin_client(url, admin_token_file, pin).issue_credentials(valid_days)
+
+
+def _admin_client(url: str, admin_token_file: Path | None, pin: str | None) -> HttpVault:
+    """A client of the served vault at `url` acting as its admin."""
     if admin_token_file is None:
         raise UsageError("a vault URL needs --admin-token-file (admin.token in the vault folder)")
     try:
         token = admin_token_file.read_text().strip()
     except OSError as exc:
         raise UsageError(f"cannot read {admin_token_file}: {exc.strerror}") from None
+    pin = normalise_fingerprint(pin) if pin else None
     if url.startswith("https:") and pin is None:
         pin = _confirm_fingerprint(url)
     vault = HttpVault(url, pin)
     vault.headers["Authorization"] = f"Bearer {token}"
-    return vault.issue_credentials(valid_days)
+    return vault
 
 
 def _confirm_fingerprint(url: str) -> str:
@@ -111,6 +117,34 @@ def _confirm_fingerprint(url: str) -> str:
     if not click.confirm("Is this the fingerprint `strongroom vault serve` printed?", err=True):
         raise UsageError("certificate not trusted; nothing was issued")
     return seen
+
+
+@vault_group.command("prune")
+@click.argument("vault", metavar="FOLDER|URL")
+@click.option("--dry-run", is_flag=True, help="Say what would be expired, purged and reclaimed; change nothing.")
+@click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="With a URL: the vault's admin token.")
+@click.option("--fingerprint", help="With an https URL: the certificate fingerprint to pin.")
+@json_option
+def prune_cmd(vault: str, dry_run: bool, admin_token_file: Path | None, fingerprint: str | None,
+              as_json: bool) -> None:
+    """Apply retention and reclaim space, without any key: expire points by each machine's
+    policy, purge points deleted more than 14 days ago, delete and repack packs."""
+    if "://" in vault:
+        report = _admin_client(vault, admin_token_file, fingerprint).prune(dry_run)
+    else:
+        from strongroom.vault.prune import prune
+        report = prune(VaultService(Path(vault)), dry_run=dry_run).to_dict()
+    if as_json:
+        emit_json(report)
+        return
+    verb = "would be" if dry_run else "were"
+    click.echo(f"{len(report['points_expired'])} points expired (soft-deleted), "
+               f"{len(report['points_purged'])} purged; {report['packs_deleted']} packs {verb} deleted, "
+               f"{report['packs_repacked']} repacked; vault {human_bytes(report['bytes_before'])} -> "
+               f"{human_bytes(report['bytes_after'])}.")
+    for name in report["busy_machines"]:
+        warn_line(f"machine {name} was busy (a backup running) and was left for the next prune")
 
 
 @vault_group.command("serve")

@@ -112,6 +112,10 @@ class CredentialsRequest(BaseModel):
     valid_days: int = Field(ge=1, le=365)
 
 
+class PruneRequest(BaseModel):
+    dry_run: bool = False
+
+
 class JobStart(BaseModel):
     id: str = Field(min_length=1, max_length=32)
     kind: str
@@ -212,8 +216,29 @@ def make_app(service: VaultService) -> FastAPI:
     # -- recovery points --------------------------------------------------------------------
 
     @app.get("/api/v1/machines/{name}/points", response_class=Response)
-    def points(name: str, m: Machine = Depends(machine)) -> Response:
-        return msgpack_response([point_doc(p) for p in service.points(other(name, m))])
+    def points(name: str, deleted: bool = False, m: Machine = Depends(machine)) -> Response:
+        return msgpack_response([point_doc(p) for p in service.points(other(name, m), deleted)])
+
+    @app.post("/api/v1/points/{point_id}/undelete")
+    def undelete(point_id: str, m: Machine = Depends(machine)) -> dict[str, str]:
+        service.undelete_point(m.id, point_id)
+        return {"point": point_id}
+
+    # -- policy -----------------------------------------------------------------------------
+
+    @app.put("/api/v1/policy")
+    def set_policy(doc: dict[str, Any], m: Machine = Depends(machine)) -> dict[str, int]:
+        return {"version": service.set_policy(m.id, doc)}
+
+    @app.get("/api/v1/machines/{name}/policy")
+    def policy(name: str, m: Machine = Depends(machine)) -> dict[str, Any] | None:
+        found = service.policy(other(name, m))
+        return {"version": found[0], "policy": found[1]} if found else None
+
+    @app.post("/api/v1/admin/prune", dependencies=[Depends(admin)])
+    def prune_now(req: PruneRequest) -> dict[str, Any]:
+        from strongroom.vault.prune import prune
+        return prune(service, dry_run=req.dry_run).to_dict()
 
     @app.post("/api/v1/points", response_class=Response, status_code=201)
     async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:

@@ -214,8 +214,23 @@ class HttpVault:
         return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
                                            headers={"Content-Type": MSGPACK}))
 
-    def points(self, machine: str | None = None) -> list[PointRecord]:
-        return [PointRecord(**d) for d in self._msgpack("GET", f"/api/v1/machines/{self._name(machine)}/points")]
+    def points(self, machine: str | None = None, deleted: bool = False) -> list[PointRecord]:
+        return [PointRecord(**d) for d in self._msgpack("GET", f"/api/v1/machines/{self._name(machine)}/points",
+                                                        params={"deleted": deleted})]
+
+    def undelete_point(self, point_id: str) -> None:
+        self._call("POST", f"/api/v1/points/{point_id}/undelete")
+
+    def set_policy(self, doc: dict[str, Any]) -> int:
+        return self._json("PUT", "/api/v1/policy", json=doc)["version"]
+
+    def policy(self, machine: str | None = None) -> tuple[int, dict[str, Any]] | None:
+        doc = self._json("GET", f"/api/v1/machines/{self._name(machine)}/policy")
+        return (doc["version"], doc["policy"]) if doc else None
+
+    def prune(self, dry_run: bool) -> dict[str, Any]:
+        """As the vault's admin (the admin token in `headers`)."""
+        return self._json("POST", "/api/v1/admin/prune", json={"dry_run": dry_run})
 
     # -- jobs -------------------------------------------------------------------------------
 

@@ -60,8 +60,17 @@ class EmbeddedVault:
                   refs: list[bytes], point_id: str | None = None) -> PointRecord:
         return self.service.add_point(self._me(), kind, mode, stats, manifest, refs, point_id)
 
-    def points(self, machine: str | None = None) -> list[PointRecord]:
-        return self.service.points(self._machine(machine))
+    def points(self, machine: str | None = None, deleted: bool = False) -> list[PointRecord]:
+        return self.service.points(self._machine(machine), deleted)
+
+    def undelete_point(self, point_id: str) -> None:
+        self.service.undelete_point(self._me(), point_id)
+
+    def set_policy(self, doc: dict[str, Any]) -> int:
+        return self.service.set_policy(self._me(), doc)
+
+    def policy(self, machine: str | None = None) -> tuple[int, dict[str, Any]] | None:
+        return self.service.policy(self._machine(machine))
 
     def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
         return self.service.blob_locations(ids)

@@ -22,7 +22,8 @@ from strongroom.vault import catalog as cat
 
 LEASE_SECONDS = 90
 STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled")
-KINDS = ("backup", "restore")
+KINDS = ("backup", "restore", "prune")
+LEASED = ("backup", "prune")  # they change a machine's data: one at a time
 MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
 
 
@@ -62,7 +63,7 @@ class JobBook:
     def start(self, machine_id: int, job_id: str, kind: str, source_machine_id: int | None = None) -> JobRecord:
         if kind not in KINDS or not job_id or len(job_id) > 32:
             raise UsageError(f"invalid job {kind!r} {job_id!r}")
-        lease = f"backup:{machine_id}" if kind == "backup" else None
+        lease = f"data:{machine_id}" if kind in LEASED else None
         now = time.time_ns()
         for _attempt in range(2):
             with cat.write(self.engine) as db:
@@ -80,9 +81,11 @@ class JobBook:
                             started_ns=now, status="running", lease_key=lease,
                             lease_expires=now // 10**9 + LEASE_SECONDS))
                 except DuplicateRow:
-                    holder = db.execute(select(cat.jobs.c.id).where(cat.jobs.c.lease_key == lease)).scalar()
-                    raise VaultError(f"another backup of this machine is running (job {holder}); "
-                                     "one backup at a time") from None
+                    holder = db.execute(select(cat.jobs.c.id, cat.jobs.c.kind)
+                                        .where(cat.jobs.c.lease_key == lease)).first()
+                    what = holder.kind if holder else "backup"
+                    raise VaultError(f"another {what} of this machine is running (job {holder and holder.id}); "
+                                     "one at a time") from None
                 break
         return self.get(job_id)
 

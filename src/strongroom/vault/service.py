@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 
 from strongroom import packs as packfmt
 from strongroom.credentials import Credentials
@@ -31,6 +31,7 @@ from strongroom.errors import (
     VaultError,
 )
 from strongroom.fsutil import write_private
+from strongroom.policy import Policy
 from strongroom.vault import catalog as cat
 from strongroom.vault.jobs import JobBook
 from strongroom.vault.storage.fs import FolderStorage
@@ -257,14 +258,47 @@ class VaultService:
             name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
         return PointRecord(pid, name, created, kind, mode, stats, manifest)
 
-    def points(self, machine_id: int) -> list[PointRecord]:
+    def points(self, machine_id: int, deleted: bool = False) -> list[PointRecord]:
+        """The machine's points, newest first; with `deleted`, the soft-deleted ones instead."""
+        gone = cat.points.c.deleted_ns.is_not(None) if deleted else cat.points.c.deleted_ns.is_(None)
         q = (select(cat.points, cat.machines.c.name.label("machine"))
              .join(cat.machines, cat.machines.c.id == cat.points.c.machine_id)
-             .where(cat.points.c.machine_id == machine_id)
+             .where(cat.points.c.machine_id == machine_id, gone)
              .order_by(cat.points.c.created_ns.desc()))
         with self.engine.connect() as db:
             return [PointRecord(r.id, r.machine, r.created_ns, r.kind, r.mode, json.loads(r.stats),
                                 bytes(r.manifest)) for r in db.execute(q)]
+
+    def undelete_point(self, machine_id: int, point_id: str) -> None:
+        with cat.write(self.engine) as db:
+            done = db.execute(update(cat.points).where(cat.points.c.id == point_id,
+                                                       cat.points.c.machine_id == machine_id,
+                                                       cat.points.c.deleted_ns.is_not(None))
+                              .values(deleted_ns=None)).rowcount
+        if not done:
+            raise UsageError(f"no deleted point {point_id} of this machine (purged already, or never deleted)")
+
+    # -- policy -----------------------------------------------------------------------------
+
+    def set_policy(self, machine_id: int, doc: dict[str, Any]) -> int:
+        """Stores a new version of the machine's policy (checked here too) and returns it."""
+        try:
+            doc = Policy.from_doc(doc).to_doc()
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise UsageError("malformed policy document") from None
+        with cat.write(self.engine) as db:
+            last = db.execute(select(func.max(cat.policies.c.version))
+                              .where(cat.policies.c.machine_id == machine_id)).scalar() or 0
+            db.execute(insert(cat.policies).values(machine_id=machine_id, version=last + 1,
+                                                   created_ns=time.time_ns(), doc=json.dumps(doc)))
+        return last + 1
+
+    def policy(self, machine_id: int) -> tuple[int, dict[str, Any]] | None:
+        with self.engine.connect() as db:
+            row = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
+                             .where(cat.policies.c.machine_id == machine_id)
+                             .order_by(cat.policies.c.version.desc()).limit(1)).first()
+        return (row.version, json.loads(row.doc)) if row else None
 
     def machines(self) -> list[dict[str, Any]]:
         """Every registered machine with its points, last backup and the bytes its packs hold."""
@@ -272,6 +306,7 @@ class VaultService:
                  .group_by(cat.packs.c.machine_id).subquery())
         counts = (select(cat.points.c.machine_id, func.count().label("n"),
                          func.max(cat.points.c.created_ns).label("last"))
+                  .where(cat.points.c.deleted_ns.is_(None))
                   .group_by(cat.points.c.machine_id).subquery())
         q = (select(cat.machines.c.name, cat.machines.c.registered, sizes.c.size, counts.c.n, counts.c.last)
              .outerjoin(sizes, sizes.c.machine_id == cat.machines.c.id)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 
 metadata = MetaData()
@@ -73,6 +74,14 @@ points = Table(
     # Sorted blob row ids, delta-coded and compressed: the vault's key-free view of what
     # the point keeps alive, for retention and garbage collection.
     Column("refs", LargeBinary, nullable=False),
+    Column("deleted_ns", Integer),  # soft-deleted then; the refs keep its data until purged
+)
+policies = Table(
+    "policies", metadata,
+    Column("machine_id", Integer, ForeignKey("machines.id"), primary_key=True),
+    Column("version", Integer, primary_key=True),  # every change is a new version; the newest applies
+    Column("created_ns", Integer, nullable=False),
+    Column("doc", Text, nullable=False),
 )
 jobs = Table(
     "jobs", metadata,
@@ -116,7 +125,20 @@ def open_engine(url: str) -> Engine:
             # lock up front and wait their turn (busy_timeout) instead.
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
     metadata.create_all(engine)
+    _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Catalogs made by an earlier version get the nullable columns added since."""
+    found = inspect(engine)
+    with write(engine) as db:
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                       f"{column.type.compile(engine.dialect)}")
 
 
 def write(engine: Engine) -> Any:

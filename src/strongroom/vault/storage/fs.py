@@ -90,8 +90,14 @@ class FolderStorage:
         return data
 
     def size(self, name: str) -> int:
+        return self._stat(name).st_size
+
+    def modified(self, name: str) -> float:
+        return self._stat(name).st_mtime
+
+    def _stat(self, name: str) -> os.stat_result:
         try:
-            return self._path(name).stat().st_size
+            return self._path(name).stat()
         except FileNotFoundError:
             raise VaultError(f"object {name} is missing from the vault") from None
 

@@ -1,0 +1,123 @@
+"""`strongroom policy set|show`: this machine's protection policy, kept (versioned) by the vault."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from strongroom.cli.common import emit_json, home, json_option, warn_line
+from strongroom.fsutil import write_private
+from strongroom.policy import Policy, Schedule, parse_days, parse_rate, parse_work_hours
+from strongroom.vault.retention import Retention
+
+LOCAL_COPY = "policy.json"
+
+
+def local_timezone() -> str:
+    """The machine's IANA zone name (schedules follow it, daylight saving included)."""
+    if os.environ.get("TZ"):
+        return os.environ["TZ"].lstrip(":")
+    try:
+        return str(Path("/etc/localtime").resolve()).split("/zoneinfo/", 1)[1]
+    except (OSError, IndexError):
+        return "UTC"
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """What to protect, when, how long and how fast."""
+
+
+@policy_group.command("set")
+@click.option("--include", "includes", multiple=True, required=True, metavar="PATH", help="Protect this path.")
+@click.option("--exclude", "excludes", multiple=True, metavar="GLOB", help="Leave out matching paths.")
+@click.option("--daily", "daily_times", metavar="HH:MM[,HH:MM...]", help="Back up every day at these times (up to 3).")
+@click.option("--weekly", "weekly_days", metavar="DAYS", help="Back up on these days (mon,thu or mon-fri)...")
+@click.option("--at", "weekly_times", metavar="HH:MM[,...]", help="...at these times.")
+@click.option("--every-weeks", type=click.IntRange(1, 4), default=1, show_default=True)
+@click.option("--keep-daily", type=int, help="Days to keep every point (7-9999).")
+@click.option("--keep-weekly", type=int, help="Weeks to keep each week's first point (4-5163).")
+@click.option("--keep-monthly", type=int, help="Months to keep each month's first point (3-1188).")
+@click.option("--keep-yearly", type=int, help="Years to keep each year's first point (1-99).")
+@click.option("--throttle-work", default="0", show_default=True, help="Bandwidth in work hours (4MiB/s; 0: unlimited).")
+@click.option("--throttle-off", default="0", show_default=True, help="Bandwidth outside work hours.")
+@click.option("--work-hours", default="mon-fri,08:00-18:00", show_default=True)
+@click.option("--timezone", default=None, help="IANA time zone of the schedule (default: this machine's).")
+@json_option
+@click.pass_context
+def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[str, ...], daily_times: str | None,
+               weekly_days: str | None, weekly_times: str | None, every_weeks: int, keep_daily: int | None,
+               keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, throttle_work: str,
+               throttle_off: str, work_hours: str, timezone: str | None, as_json: bool) -> None:
+    """Set this machine's policy; the vault keeps every version and prunes by the newest."""
+    if daily_times and weekly_days:
+        raise click.UsageError("--daily and --weekly exclude each other")
+    if weekly_days and not weekly_times:
+        raise click.UsageError("--weekly needs --at")
+    schedule = None
+    if daily_times:
+        schedule = Schedule(tuple(daily_times.split(",")))
+    elif weekly_days:
+        schedule = Schedule(tuple(weekly_times.split(",")), parse_days(weekly_days), every_weeks)
+    tiers = {"daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly}
+    retention = Retention(**tiers) if any(v is not None for v in tiers.values()) else Retention(daily=30)
+    work_days, hours = parse_work_hours(work_hours)
+    policy = Policy(tuple(os.path.abspath(p) for p in includes), excludes, schedule, retention,
+                    parse_rate(throttle_work), parse_rate(throttle_off), work_days, hours,
+                    timezone or local_timezone())
+    agent = home(ctx)
+    version = agent.vault().set_policy(policy.to_doc())
+    write_private(agent.path / LOCAL_COPY, json.dumps({"version": version, "policy": policy.to_doc()}).encode())
+    if as_json:
+        emit_json({"version": version, "policy": policy.to_doc()})
+    else:
+        click.echo(f"Policy version {version} stored in the vault.")
+
+
+@policy_group.command("show")
+@json_option
+@click.pass_context
+def show_policy(ctx: click.Context, as_json: bool) -> None:
+    """The policy the vault applies to this machine (and whether this machine's copy differs)."""
+    agent = home(ctx)
+    found = agent.vault().policy()
+    try:
+        local = json.loads((agent.path / LOCAL_COPY).read_text())
+    except FileNotFoundError:
+        local = None
+    if found is None:
+        if as_json:
+            emit_json(None)
+        else:
+            click.echo("No policy: backups run only on demand, and the vault prunes nothing.")
+        return
+    version, doc = found
+    if local is None or local.get("version") != version:
+        warn_line(f"this machine's copy of the policy (version {local and local.get('version')}) differs from "
+                  f"the vault's (version {version}); the vault's applies")
+    if as_json:
+        emit_json({"version": version, "policy": doc})
+        return
+    r = doc["retention"]
+    s = doc["schedule"]
+    when = "on demand only" if not s else (
+        f"{','.join(s['days'])} at {','.join(s['times'])}" + (f", every {s['every_weeks']} weeks"
+                                                             if s["every_weeks"] > 1 else ""))
+    click.echo(f"Policy version {version}")
+    click.echo(f"  protect:   {', '.join(doc['includes'])}" + (f" (except {', '.join(doc['excludes'])})"
+                                                              if doc["excludes"] else ""))
+    click.echo(f"  schedule:  {when} ({doc['timezone']})")
+    click.echo("  retention: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None))
+    click.echo(f"  bandwidth: work {_rate(doc['throttle_work'])}, off {_rate(doc['throttle_off'])} "
+               f"(work hours {','.join(doc['work_days'])} {'-'.join(doc['work_hours'])})")
+
+
+def _rate(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value / 1024 / 1024:.2f} MiB/s"
+
+
+def add_to(cli: click.Group) -> None:
+    cli.add_command(policy_group)

@@ -1,0 +1,115 @@
+"""A machine's protection policy: what, when, how long, how fast. Stored in the vault, versioned.
+
+The vault reads only the retention and the time zone from it (to prune without the key);
+the agent's daemon reads the rest. Parsed from the command line's forms here, so that the
+CLI and the vault agree on one document.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from strongroom.errors import UsageError
+from strongroom.vault.retention import Retention
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_TIMES_A_DAY = 3  # as MARS
+MIN_THROTTLE = 512 * 1000 // 8  # 512 Kbit/s, in bytes per second
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB|Kbit|Mbit|Gbit)?/s$", re.IGNORECASE)
+_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+          "kbit": 125, "mbit": 125_000, "gbit": 125_000_000}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    times: tuple[str, ...]  # "HH:MM", local time
+    days: tuple[str, ...] = DAYS  # weekly: the chosen days; daily: every day
+    every_weeks: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.times) <= MAX_TIMES_A_DAY:
+            raise UsageError(f"a schedule has 1 to {MAX_TIMES_A_DAY} times a day")
+        for t in self.times:
+            if not _TIME.match(t):
+                raise UsageError(f"{t!r} is not a time of day (HH:MM)")
+        if not self.days or any(d not in DAYS for d in self.days):
+            raise UsageError(f"days are {', '.join(DAYS)}")
+        if not 1 <= self.every_weeks <= 4:
+            raise UsageError("--every-weeks is 1 to 4")
+
+
+@dataclass(frozen=True)
+class Policy:
+    includes: tuple[str, ...]
+    excludes: tuple[str, ...] = ()
+    schedule: Schedule | None = None
+    retention: Retention = field(default_factory=lambda: Retention(daily=30))
+    throttle_work: int | None = None  # bytes per second; None: unlimited
+    throttle_off: int | None = None
+    work_days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    work_hours: tuple[str, str] = ("08:00", "18:00")
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if not self.includes:
+            raise UsageError("a policy needs at least one --include")
+        if any(not p.startswith("/") for p in self.includes):
+            raise UsageError("--include takes absolute paths")
+        for rate in (self.throttle_work, self.throttle_off):
+            if rate is not None and rate < MIN_THROTTLE:
+                raise UsageError("a bandwidth limit is 512 Kbit/s or more (or 0 for unlimited)")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise UsageError(f"unknown time zone {self.timezone!r}") from None
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Policy":
+        doc = dict(doc)
+        sched = doc.pop("schedule")
+        return cls(**{**doc, "includes": tuple(doc["includes"]), "excludes": tuple(doc["excludes"]),
+                      "work_days": tuple(doc["work_days"]), "work_hours": tuple(doc["work_hours"]),
+                      "schedule": Schedule(tuple(sched["times"]), tuple(sched["days"]), sched["every_weeks"])
+                      if sched else None, "retention": Retention(**doc["retention"])})
+
+
+def parse_rate(text: str) -> int | None:
+    """'4MiB/s', '512Kbit/s', '0' (unlimited) -> bytes per second or None."""
+    if text.strip() in ("0", "unlimited"):
+        return None
+    m = _RATE.match(text.strip())
+    if not m:
+        raise UsageError(f"{text!r} is not a rate (like 4MiB/s, 512Kbit/s, or 0 for unlimited)")
+    return int(float(m[1]) * _UNITS[(m[2] or "B").lower()])
+
+
+def parse_days(text: str) -> tuple[str, ...]:
+    """'mon,thu' or 'mon-fri' -> ('mon', 'thu') / ('mon', ..., 'fri')."""
+    out: list[str] = []
+    for part in text.lower().split(","):
+        if "-" in part:
+            first, last = part.split("-", 1)
+            if first not in DAYS or last not in DAYS:
+                raise UsageError(f"{part!r} is not a range of days")
+            out.extend(DAYS[DAYS.index(first):DAYS.index(last) + 1])
+        elif part in DAYS:
+            out.append(part)
+        else:
+            raise UsageError(f"{part!r} is not a day ({', '.join(DAYS)})")
+    return tuple(d for d in DAYS if d in out)
+
+
+def parse_work_hours(text: str) -> tuple[tuple[str, ...], tuple[str, str]]:
+    """'mon-fri,08:00-18:00' -> (days, (start, end))."""
+    days_part, _, hours = text.rpartition(",")
+    start, _, end = hours.partition("-")
+    if not days_part or not _TIME.match(start) or not _TIME.match(end) or start >= end:
+        raise UsageError(f"{text!r} is not work hours (like mon-fri,08:00-18:00)")
+    return parse_days(days_part), (start, end)

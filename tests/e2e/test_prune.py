@@ -1,0 +1,91 @@
+"""Retention enforced by the vault without the key: expiry by policy, soft delete, undelete,
+purge after the grace period, and space reclaimed while every remaining point restores."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from conftest import assert_clean_failure
+from treeutil import assert_trees_equal
+
+DAY_NS = 86400 * 10**9
+
+
+def _age(vault, column: str, days: int, point_ids: list[str]) -> None:
+    """Moves points back in time (the catalog is the vault's clock for them)."""
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.executemany(f"UPDATE points SET {column} = {column} - ? WHERE id = ?",
+                       [(days * DAY_NS, pid) for pid in point_ids])
+
+
+def _vault_bytes(vault) -> int:
+    return sum(p.stat().st_size for p in (vault / "packs").rglob("*") if p.is_file())
+
+
+def test_prune_expires_soft_deletes_purges_and_reclaims(registered, tmp_path):
+    sr, vault = registered, registered.vault
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "shared.bin").write_bytes(os.urandom(1_000_000))
+    ids = []
+    for i in range(3):
+        (src / "changing.bin").write_bytes(os.urandom(3_000_000 + i))
+        ids.append(sr.backup(src)["id"])
+    sr.run("policy", "set", "--include", src, "--daily", "21:00", "--keep-daily", "7")
+    _age(vault, "created_ns", 10, ids[:2])
+
+    report = sr.json("vault", "prune", vault, "--dry-run")
+    assert sorted(report["points_expired"]) == sorted(ids[:2]) and report["packs_deleted"] == 0
+    assert [p["id"] for p in sr.points()] == ids[::-1]  # a dry run changes nothing
+
+    before = _vault_bytes(vault)
+    report = sr.json("vault", "prune", vault)
+    assert sorted(report["points_expired"]) == sorted(ids[:2])
+    assert [p["id"] for p in sr.points()] == [ids[2]]
+    assert sorted(p["id"] for p in sr.json("points", "--deleted")) == sorted(ids[:2])
+    assert _vault_bytes(vault) == before, "soft-deleted points keep their data"
+    assert [j["kind"] for j in sr.json("jobs")][0] == "prune"
+
+    # Undeleted, a point restores; the next prune expires it again (it is still too old).
+    sr.run("points", "undelete", ids[0])
+    target = tmp_path / "r0"
+    sr.restore(ids[0], target=target)
+    assert (target / str(src).lstrip("/") / "shared.bin").read_bytes() == (src / "shared.bin").read_bytes()
+    assert sr.json("vault", "prune", vault)["points_expired"] == [ids[0]]
+    assert_clean_failure(sr.run("points", "undelete", ids[2], check=False), 2)
+
+    # After the grace period the deleted points are purged and their space reclaimed.
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("UPDATE points SET deleted_ns = deleted_ns - ? WHERE deleted_ns IS NOT NULL", (15 * DAY_NS,))
+    report = sr.json("vault", "prune", vault)
+    assert sorted(report["points_purged"]) == sorted(ids[:2])
+    assert report["packs_deleted"] + report["packs_repacked"] > 0
+    after = _vault_bytes(vault)
+    assert after < before - 5_000_000, (before, after)
+    assert report["bytes_before"] == before and report["bytes_after"] == after
+    assert sr.json("points", "--deleted") == []
+
+    assert sr.json("check", "--read-data")["ok"]
+    target = tmp_path / "r2"
+    sr.restore("latest", target=target)
+    assert_trees_equal(src, target / str(src).lstrip("/"))
+    # A prune with nothing to do changes nothing.
+    again = sr.json("vault", "prune", vault)
+    assert again["points_purged"] == [] and again["packs_deleted"] == 0 and again["bytes_after"] == after
+
+
+def test_policy_is_versioned_in_the_vault_and_checked(registered, tmp_path):
+    sr = registered
+    assert sr.json("policy", "show") is None
+    doc = sr.json("policy", "set", "--include", "/srv", "--weekly", "mon,thu", "--at", "21:00",
+                  "--every-weeks", "2", "--keep-weekly", "12", "--keep-yearly", "5", "--throttle-work", "4MiB/s",
+                  "--timezone", "Europe/Berlin")
+    assert doc["version"] == 1 and doc["policy"]["schedule"]["days"] == ["mon", "thu"]
+    assert doc["policy"]["throttle_work"] == 4 * 1024 * 1024
+    assert sr.json("policy", "set", "--include", "/srv", "--daily", "09:00")["version"] == 2
+    assert sr.json("policy", "show")["version"] == 2
+    for bad in (["--keep-daily", "3"], ["--daily", "09:00,10:00,11:00,12:00"], ["--throttle-work", "10KiB/s"],
+                ["--weekly", "someday", "--at", "09:00"], ["--timezone", "Mars/Olympus"]):
+        assert_clean_failure(sr.run("policy", "set", "--include", "/srv", *bad, check=False), 2)
+    assert sr.json("policy", "show")["version"] == 2
