@@ -301,3 +301,19 @@ def test_credentials_from_the_url_ask_a_person_to_compare_the_fingerprint(served
     os.close(primary)
     assert served.fingerprint.encode() in seen
     assert json.loads(out.read_text())["fingerprint"] == served.fingerprint
+
+
+def test_prune_through_the_server_needs_the_admin_token(served, served_machine, tmp_path):
+    web1 = served_machine("web-01")
+    src = tmp_path / "src"
+    _random_tree(src, 1, 100_000)
+    old = web1.backup(src)["id"]
+    web1.backup(src)
+    web1.run("policy", "set", "--include", src, "--keep-daily", "7")
+    with sqlite3.connect(served.folder / "catalog.sqlite") as db:
+        db.execute("UPDATE points SET created_ns = created_ns - ? WHERE id = ?", (10 * 86400 * 10**9, old))
+    args = ["vault", "prune", served.url, "--fingerprint", served.fingerprint]
+    assert_clean_failure(web1.run(*args, "--admin-token-file", web1.home / "token", check=False), 1)
+    report = web1.json(*args, "--admin-token-file", served.folder / "admin.token")
+    assert report["points_expired"] == [old]
+    assert [p["id"] for p in web1.json("points", "--deleted")] == [old]

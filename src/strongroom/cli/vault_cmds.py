@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import sys
 from dataclasses import replace
@@ -156,7 +157,10 @@ def prune_cmd(vault: str, dry_run: bool, admin_token_file: Path | None, fingerpr
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="The certificate's private key (PEM).")
 @click.option("--no-tls", is_flag=True, help="Plain HTTP, for behind a proxy that terminates TLS.")
-def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Path | None, no_tls: bool) -> None:
+@click.option("--prune-every", type=click.FloatRange(0, 24 * 365), default=24.0, show_default=True,
+              metavar="HOURS", help="Prune at start and then every HOURS (0: never; `vault prune` still works).")
+def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Path | None, no_tls: bool,
+          prune_every: float) -> None:
     """Serve the vault in FOLDER to many machines over HTTPS, until stopped."""
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -166,7 +170,8 @@ def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Pa
     if listener.fingerprint:
         click.echo(f"Certificate SHA-256 fingerprint: {listener.fingerprint}", err=True)
     click.echo(f"Credentials for machines: strongroom vault credentials {folder} --out vault.cred", err=True)
-    server.run(service, host, port, listener)
+    logging.basicConfig(format="strongroom vault: %(message)s", level=logging.WARNING)
+    server.run(service, host, port, listener, prune_every * 3600)
 
 
 def add_to(cli: click.Group) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +13,7 @@ from strongroom.fsutil import write_private
 from strongroom.vault.service import VaultService
 from strongroom.vault.tls import ensure_self_signed, fingerprint_of
 
+log = logging.getLogger("strongroom.vault")
 SERVE_FILE = "serve.json"  # how the vault was last served: what `vault credentials FOLDER` puts in files
 
 
@@ -42,13 +46,30 @@ def last_served(root: Path) -> dict[str, str | None]:
         return {}
 
 
-def run(service: VaultService, host: str, port: int, listener: Listener) -> None:
+def run(service: VaultService, host: str, port: int, listener: Listener, prune_every_s: float) -> None:
     import uvicorn  # the server's libraries load only in the server
 
     from strongroom.vault.api import clean_spool, make_app
 
     clean_spool(service)
+    if prune_every_s > 0:
+        threading.Thread(target=_prune_loop, args=(service, prune_every_s), name="prune", daemon=True).start()
     uvicorn.run(make_app(service), host=host, port=port, log_level="warning", access_log=False,
                 ssl_certfile=str(listener.cert) if listener.cert else None,
                 ssl_keyfile=str(listener.key) if listener.key else None,
                 timeout_graceful_shutdown=10)
+
+
+def _prune_loop(service: VaultService, every_s: float) -> None:
+    """Retention is the vault's job: prune at start, then every `every_s` seconds."""
+    from strongroom.vault.prune import prune
+
+    while True:
+        try:
+            report = prune(service)
+            log.warning("prune: %d points expired, %d purged, %d packs deleted, %d repacked, %d -> %d bytes",
+                        len(report.points_expired), len(report.points_purged), report.packs_deleted,
+                        report.packs_repacked, report.bytes_before, report.bytes_after)
+        except Exception as exc:  # noqa: BLE001 - the server goes on; the next round tries again
+            log.error("prune failed: %s", exc)
+        time.sleep(every_s)
