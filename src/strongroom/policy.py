@@ -18,7 +18,7 @@ from strongroom.vault.retention import Retention
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_TIMES_A_DAY = 3  # as MARS
 MIN_THROTTLE = 512 * 1000 // 8  # 512 Kbit/s, in bytes per second
-_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(:[0-5]\d)?$")  # seconds: for tests and the impatient
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB|Kbit|Mbit|Gbit)?/s$", re.IGNORECASE)
 _UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
           "kbit": 125, "mbit": 125_000, "gbit": 125_000_000}
