@@ -38,6 +38,7 @@ class AgentHome:
         self.keyfile_path = self.path / "key.json"
         self.cache = self.path / "cache"
         self.job_marker = self.path / "job"  # the job this home's agent is running, while it runs
+        self.policy_copy = self.path / "policy.json"  # the last policy version this machine saw
 
     @property
     def registered(self) -> bool:

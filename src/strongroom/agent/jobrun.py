@@ -6,6 +6,7 @@ renewed; if this process dies, the lease lapses and the vault marks the job fail
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from strongroom.agent.backup import Backup, BackupResult
+from strongroom.agent.home import AgentHome
+from strongroom.crypto import MasterKey
 from strongroom.fsutil import write_private
+from strongroom.model import display_path
+from strongroom.vault.embedded import folder_of
 from strongroom.vault.interface import Vault
 from strongroom.vault.jobs import LEASE_SECONDS
 
@@ -81,3 +87,25 @@ def _finish(vault: Vault, job_id: str, status: str, outcome: Outcome, message: s
         vault.finish_job(job_id, status, message=message, **outcome.fields())
     except Exception as exc:  # noqa: BLE001
         outcome.notes.append(f"the vault did not record the end of job {job_id}: {exc}")
+
+
+def run_backup_job(agent: AgentHome, vault: Vault, run: Backup) -> tuple[BackupResult, list[dict[str, str]], list[str]]:
+    """Runs a prepared backup as a job of this home (its lock held): the result, the files
+    it could not back up as they were, and notes about recording the job."""
+    with agent.lock(), recorded_job(vault, agent.job_marker, "backup") as job:
+        result = run.run()
+        s = result.stats
+        warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
+        job.mode, job.point_id, job.failed = result.point.mode, result.point.id, warnings
+        job.files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
+        job.bytes = s["bytes_added"]
+    return result, warnings, job.notes
+
+
+def prepare_backup(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[bytes],
+                   excludes: list[str]) -> Backup:
+    """A backup of `paths` that never reads the agent home or an embedded vault into itself."""
+    skip = [os.fsencode(agent.path)]
+    if vault.url.startswith("file:"):
+        skip.append(os.fsencode(folder_of(vault.url)))
+    return Backup(vault, key, paths, excludes, skip)

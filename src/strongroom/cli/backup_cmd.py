@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from strongroom.agent.backup import Backup
-from strongroom.agent.jobrun import recorded_job
+from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.cli.common import (
     emit_json,
     exit_if_incomplete,
@@ -21,7 +20,6 @@ from strongroom.cli.common import (
     warn_line,
 )
 from strongroom.model import display_path
-from strongroom.vault.embedded import folder_of
 
 
 @click.command("backup")
@@ -35,25 +33,18 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
            passphrase_file: Path | None, as_json: bool) -> None:
     """Back up PATHS now and record a recovery point."""
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
-    skip = [os.fsencode(agent.path)]
-    if vault.url.startswith("file:"):
-        skip.append(os.fsencode(folder_of(vault.url)))
-    run = Backup(vault, key, [os.fsencode(p) for p in paths], list(excludes), skip)
+    run = prepare_backup(agent, vault, key, [os.fsencode(p) for p in paths], list(excludes))
     c = run.counters
 
     def status() -> str:
         return (f"Backing up: {c.files_new + c.files_changed + c.files_unchanged} files, "
                 f"{human_bytes(c.bytes_read)} read")
 
-    with agent.lock(), recorded_job(vault, agent.job_marker, "backup") as job, live_status(not as_json, status):
-        result = run.run()
-        s = result.stats
-        warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
-        job.mode, job.point_id, job.failed = result.point.mode, result.point.id, warnings
-        job.files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
-        job.bytes = s["bytes_added"]
-    for note in job.notes:
+    with live_status(not as_json, status):
+        result, warnings, notes = run_backup_job(agent, vault, run)
+    for note in notes:
         warn_line(note)
+    s = result.stats
     if as_json:
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
                    "sources": [display_path(s) for s in run.sources], "stats": result.stats,

@@ -13,8 +13,6 @@ from strongroom.fsutil import write_private
 from strongroom.policy import Policy, Schedule, parse_days, parse_rate, parse_work_hours
 from strongroom.vault.retention import Retention
 
-LOCAL_COPY = "policy.json"
-
 
 def local_timezone() -> str:
     """The machine's IANA zone name (schedules follow it, daylight saving included)."""
@@ -70,7 +68,7 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
                     timezone or local_timezone())
     agent = home(ctx)
     version = agent.vault().set_policy(policy.to_doc())
-    write_private(agent.path / LOCAL_COPY, json.dumps({"version": version, "policy": policy.to_doc()}).encode())
+    write_private(agent.policy_copy, json.dumps({"version": version, "policy": policy.to_doc()}).encode())
     if as_json:
         emit_json({"version": version, "policy": policy.to_doc()})
     else:
@@ -85,7 +83,7 @@ def show_policy(ctx: click.Context, as_json: bool) -> None:
     agent = home(ctx)
     found = agent.vault().policy()
     try:
-        local = json.loads((agent.path / LOCAL_COPY).read_text())
+        local = json.loads((agent.policy_copy).read_text())
     except FileNotFoundError:
         local = None
     if found is None:
