@@ -89,3 +89,24 @@ def test_policy_is_versioned_in_the_vault_and_checked(registered, tmp_path):
                 ["--weekly", "someday", "--at", "09:00"], ["--timezone", "Mars/Olympus"]):
         assert_clean_failure(sr.run("policy", "set", "--include", "/srv", *bad, check=False), 2)
     assert sr.json("policy", "show")["version"] == 2
+
+
+def test_bandwidth_limit_holds_the_upload_rate(registered, tmp_path):
+    """Measured, with a generous tolerance: 6 MiB at 1 MiB/s cannot take under ~4 s."""
+    import time
+
+    sr = registered
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "r.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    sr.run("policy", "set", "--include", src, "--throttle-work", "1MiB/s", "--throttle-off", "1MiB/s")
+    started = time.monotonic()
+    stats = sr.backup(src)["stats"]
+    took = time.monotonic() - started
+    rate = stats["bytes_added"] / took
+    assert 0.3 * 1024 * 1024 < rate < 1.5 * 1024 * 1024, f"{rate / 1024 / 1024:.2f} MiB/s in {took:.1f} s"
+    sr.run("policy", "set", "--include", src)  # unlimited again
+    (src / "r2.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    started = time.monotonic()
+    sr.backup(src)
+    assert time.monotonic() - started < took

@@ -10,12 +10,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import IO
 
 from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import UsageError
 from strongroom.fsutil import write_private
+from strongroom.policy import Policy
 from strongroom.vault.connect import connect
 from strongroom.vault.interface import Vault
 
@@ -39,6 +41,7 @@ class AgentHome:
         self.cache = self.path / "cache"
         self.job_marker = self.path / "job"  # the job this home's agent is running, while it runs
         self.policy_copy = self.path / "policy.json"  # the last policy version this machine saw
+        self._policy_read: tuple[float, Policy | None] | None = None
 
     @property
     def registered(self) -> bool:
@@ -65,7 +68,25 @@ class AgentHome:
         config = self.config()
         vault = connect(config["vault"], config.get("fingerprint"))
         vault.bind(self.token_path.read_text().strip())
-        return vault
+        if self.policy() is None:
+            return vault
+        from strongroom.agent.throttle import ThrottledVault, TokenBucket, rate_now
+
+        def rate() -> int | None:  # the daemon runs for months: follow the copy as it changes
+            policy = self.policy(max_age_s=30)
+            return rate_now(policy) if policy else None
+        return ThrottledVault(vault, TokenBucket(rate))  # type: ignore[return-value]
+
+    def policy(self, max_age_s: float = 0) -> Policy | None:
+        """This machine's copy of its policy (the vault's newest, as last seen)."""
+        if self._policy_read and time.monotonic() - self._policy_read[0] < max_age_s:
+            return self._policy_read[1]
+        try:
+            doc = json.loads(self.policy_copy.read_text()).get("policy")
+        except (FileNotFoundError, ValueError):
+            doc = None
+        self._policy_read = (time.monotonic(), Policy.from_doc(doc) if doc else None)
+        return self._policy_read[1]
 
     def master_key(self, passphrase: str) -> MasterKey:
         return unwrap_key(self.keyfile_path.read_text(), passphrase)
