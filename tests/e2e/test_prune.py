@@ -83,7 +83,17 @@ def test_policy_is_versioned_in_the_vault_and_checked(registered, tmp_path):
                   "--timezone", "Europe/Berlin")
     assert doc["version"] == 1 and doc["policy"]["schedule"]["days"] == ["mon", "thu"]
     assert doc["policy"]["throttle_work"] == 4 * 1024 * 1024
-    assert sr.json("policy", "set", "--include", "/srv", "--daily", "09:00")["version"] == 2
+    # Dropping the weekly and yearly tiers shortens retention: that needs a PIN, used once.
+    refused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", check=False)
+    assert_clean_failure(refused, 1)
+    assert "needs a PIN" in refused.stderr
+    pin = sr.run("vault", "pin", sr.vault).stdout.strip()
+    assert len(pin) == 8 and pin.isdigit()
+    assert sr.json("policy", "set", "--include", "/srv", "--daily", "09:00", "--pin", pin)["version"] == 2
+    reused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", "--keep-daily", "7", "--pin", pin,
+                    check=False)
+    assert_clean_failure(reused, 1)
+    assert "used already" in reused.stderr
     assert sr.json("policy", "show")["version"] == 2
     for bad in (["--keep-daily", "3"], ["--daily", "09:00,10:00,11:00,12:00"], ["--throttle-work", "10KiB/s"],
                 ["--weekly", "someday", "--at", "09:00"], ["--timezone", "Mars/Olympus"]):
@@ -110,3 +120,47 @@ def test_bandwidth_limit_holds_the_upload_rate(registered, tmp_path):
     started = time.monotonic()
     sr.backup(src)
     assert time.monotonic() - started < took
+
+
+def test_immutable_vault_refuses_deletion_and_shortening_and_retain_until_outlives_the_policy(registered, tmp_path):
+    sr, vault = registered, registered.vault
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("kept")
+    kept = sr.backup(src, "--retain-until", "2099-12-31")["id"]
+    plain = sr.backup(src)["id"]
+    sr.backup(src)
+    sr.run("policy", "set", "--include", src, "--keep-daily", "7")
+    _age(vault, "created_ns", 30, [kept, plain])
+    assert sr.json("vault", "prune", vault)["points_expired"] == [plain]
+    assert kept in [p["id"] for p in sr.points()]
+
+    assert sr.json("vault", "settings", vault, "--soft-delete-days", "30", "--immutable") == {
+        "soft_delete_days": 30, "immutable": True}
+    for args in (["vault", "settings", vault, "--soft-delete-days", "14"],):
+        assert_clean_failure(sr.run(*args, check=False), 1)
+    pin = sr.run("vault", "pin", vault).stdout.strip()
+    res = sr.run("policy", "set", "--include", src, "--keep-daily", "7", "--keep-weekly", "4", check=False)
+    assert res.returncode == 0  # lengthening is always allowed
+    res = sr.run("policy", "set", "--include", src, "--keep-daily", "7", "--pin", pin, check=False)
+    assert_clean_failure(res, 1)
+    assert "immutable" in res.stderr
+    res = sr.run("protection", "stop", "--delete-data", "--pin", pin, check=False)
+    assert_clean_failure(res, 1)
+    assert "immutable" in res.stderr
+    sr.run("protection", "stop", "--keep-data")
+    assert "protection stopped" in sr.run("policy", "show").stdout
+    _age(vault, "created_ns", 400, [p["id"] for p in sr.points()])
+    assert sr.json("vault", "prune", vault)["points_expired"] == []  # stopped with the data kept
+
+
+def test_protection_stop_with_delete_needs_a_pin_and_soft_deletes(registered, tmp_path):
+    sr, vault = registered, registered.vault
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    sr.backup(src)
+    assert_clean_failure(sr.run("protection", "stop", "--delete-data", check=False), 1)
+    pin = sr.run("vault", "pin", vault).stdout.strip()
+    sr.run("protection", "stop", "--delete-data", "--pin", pin)
+    assert sr.points() == [] and len(sr.json("points", "--deleted")) == 1

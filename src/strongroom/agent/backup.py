@@ -122,6 +122,7 @@ class Backup:
         self.vault, self.key = vault, key
         self.sources = normalise_sources(sources)
         self.excludes = [os.fsencode(e) for e in excludes]
+        self.retain_until_ns: int | None = None  # an on-demand backup's own retention
         self.skip = set()
         for d in skip_dirs:  # never back up the vault or the agent home into themselves
             try:
@@ -167,7 +168,7 @@ class Backup:
             "warnings": [[p, m] for p, m in self.warnings]})
         # The ID is chosen here so that a retried request (the answer lost) records one point.
         point = self.vault.add_point("files", "unoptimized", stats, manifest, sorted(self.refs),
-                                     point_id=secrets.token_hex(8))
+                                     point_id=secrets.token_hex(8), retain_until_ns=self.retain_until_ns)
         return BackupResult(point, stats, self.warnings)
 
     def _parent_root(self, point: PointRecord) -> bytes | None:

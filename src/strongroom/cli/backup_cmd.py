@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ from strongroom.cli.common import (
     passphrase_option,
     warn_line,
 )
+from strongroom.errors import UsageError
 from strongroom.model import display_path
 
 
@@ -26,14 +28,20 @@ from strongroom.model import display_path
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
               help="Leave out matching paths (a pattern without / matches names). Repeatable.")
+@click.option("--retain-until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Keep this point at least until that day ends, whatever the policy says.")
 @passphrase_option
 @json_option
 @click.pass_context
-def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...],
+def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
            passphrase_file: Path | None, as_json: bool) -> None:
-    """Back up PATHS now and record a recovery point."""
+    """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
+    if retain_until is not None and retain_until.date() < date.today():
+        raise UsageError("--retain-until is in the past")
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
     run = prepare_backup(agent, vault, key, [os.fsencode(p) for p in paths], list(excludes))
+    if retain_until is not None:  # to the end of that day, local time
+        run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
 
     def status() -> str:

@@ -44,12 +44,13 @@ def policy_group() -> None:
 @click.option("--throttle-off", default="0", show_default=True, help="Bandwidth outside work hours.")
 @click.option("--work-hours", default="mon-fri,08:00-18:00", show_default=True)
 @click.option("--timezone", default=None, help="IANA time zone of the schedule (default: this machine's).")
+@click.option("--pin", help="Shortening retention needs a PIN from `strongroom vault pin`.")
 @json_option
 @click.pass_context
 def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[str, ...], daily_times: str | None,
                weekly_days: str | None, weekly_times: str | None, every_weeks: int, keep_daily: int | None,
                keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, throttle_work: str,
-               throttle_off: str, work_hours: str, timezone: str | None, as_json: bool) -> None:
+               throttle_off: str, work_hours: str, timezone: str | None, pin: str | None, as_json: bool) -> None:
     """Set this machine's policy; the vault keeps every version and prunes by the newest."""
     if daily_times and weekly_days:
         raise click.UsageError("--daily and --weekly exclude each other")
@@ -67,7 +68,7 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
                     parse_rate(throttle_work), parse_rate(throttle_off), work_days, hours,
                     timezone or local_timezone())
     agent = home(ctx)
-    version = agent.vault().set_policy(policy.to_doc())
+    version = agent.vault().set_policy(policy.to_doc(), pin)
     write_private(agent.policy_copy, json.dumps({"version": version, "policy": policy.to_doc()}).encode())
     if as_json:
         emit_json({"version": version, "policy": policy.to_doc()})
@@ -93,6 +94,12 @@ def show_policy(ctx: click.Context, as_json: bool) -> None:
             click.echo("No policy: backups run only on demand, and the vault prunes nothing.")
         return
     version, doc = found
+    if doc is None:
+        if as_json:
+            emit_json({"version": version, "policy": None})
+        else:
+            click.echo(f"Policy version {version}: protection stopped; the points kept stay until deleted.")
+        return
     if local is None or local.get("version") != version:
         warn_line(f"this machine's copy of the policy (version {local and local.get('version')}) differs from "
                   f"the vault's (version {version}); the vault's applies")
@@ -117,5 +124,29 @@ def _rate(value: int | None) -> str:
     return "unlimited" if value is None else f"{value / 1024 / 1024:.2f} MiB/s"
 
 
+@click.group("protection")
+def protection_group() -> None:
+    """Stop protecting this machine."""
+
+
+@protection_group.command("stop")
+@click.option("--keep-data", "mode", flag_value="keep", help="Stop backups; keep every point until deleted.")
+@click.option("--delete-data", "mode", flag_value="delete",
+              help="Stop backups and delete every point (recoverable for the vault's soft-delete period).")
+@click.option("--pin", help="Deleting data needs a PIN from `strongroom vault pin`.")
+@click.pass_context
+def stop(ctx: click.Context, mode: str | None, pin: str | None) -> None:
+    """Stop scheduled backups of this machine, keeping or deleting its data."""
+    if mode is None:
+        raise click.UsageError("say --keep-data or --delete-data")
+    agent = home(ctx)
+    deleted = agent.vault().stop_protection(mode == "delete", pin)
+    agent.policy_copy.unlink(missing_ok=True)
+    click.echo("Protection stopped; " + (f"{deleted} point(s) deleted (recoverable with `points undelete` "
+                                         "until the soft-delete period ends)." if mode == "delete"
+                                         else "the points are kept until deleted."))
+
+
 def add_to(cli: click.Group) -> None:
     cli.add_command(policy_group)
+    cli.add_command(protection_group)

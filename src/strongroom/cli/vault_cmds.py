@@ -7,6 +7,7 @@ import ssl
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import click
@@ -14,7 +15,7 @@ import click
 from strongroom.cli.common import emit_json, human_bytes, json_option, warn_line
 from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
 from strongroom.errors import UsageError, VaultError
-from strongroom.vault import server
+from strongroom.vault import protection, server
 from strongroom.vault.client import HttpVault
 from strongroom.vault.embedded import folder_url
 from strongroom.vault.server import last_served
@@ -120,17 +121,28 @@ def _confirm_fingerprint(url: str) -> str:
     return seen
 
 
+_admin_args = [
+    click.argument("vault", metavar="FOLDER|URL"),
+    click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
+                 help="With a URL: the vault's admin token."),
+    click.option("--fingerprint", help="With an https URL: the certificate fingerprint to pin."),
+]
+
+
+def _admin_options(func: Any) -> Any:
+    for decorate in reversed(_admin_args):
+        func = decorate(func)
+    return func
+
+
 @vault_group.command("prune")
-@click.argument("vault", metavar="FOLDER|URL")
+@_admin_options
 @click.option("--dry-run", is_flag=True, help="Say what would be expired, purged and reclaimed; change nothing.")
-@click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="With a URL: the vault's admin token.")
-@click.option("--fingerprint", help="With an https URL: the certificate fingerprint to pin.")
 @json_option
-def prune_cmd(vault: str, dry_run: bool, admin_token_file: Path | None, fingerprint: str | None,
+def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, dry_run: bool,
               as_json: bool) -> None:
     """Apply retention and reclaim space, without any key: expire points by each machine's
-    policy, purge points deleted more than 14 days ago, delete and repack packs."""
+    policy, purge points deleted longer ago than the soft-delete period, delete and repack packs."""
     if "://" in vault:
         report = _admin_client(vault, admin_token_file, fingerprint).prune(dry_run)
     else:
@@ -146,6 +158,37 @@ def prune_cmd(vault: str, dry_run: bool, admin_token_file: Path | None, fingerpr
                f"{human_bytes(report['bytes_after'])}.")
     for name in report["busy_machines"]:
         warn_line(f"machine {name} was busy (a backup running) and was left for the next prune")
+
+
+@vault_group.command("pin")
+@_admin_options
+def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None) -> None:
+    """Make a PIN for one destructive act (deleting data, shortening retention), valid 5 minutes."""
+    if "://" in vault:
+        pin = _admin_client(vault, admin_token_file, fingerprint).make_pin()
+    else:
+        pin = protection.make_pin(VaultService(Path(vault)).engine)
+    click.echo(pin)
+
+
+@vault_group.command("settings")
+@_admin_options
+@click.option("--soft-delete-days", type=int, help="How long deleted points stay recoverable (14-180).")
+@click.option("--immutable", is_flag=True, default=None,
+              help="From now on no point may be deleted or shortened before it expires, by anyone. For good.")
+@json_option
+def settings_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, soft_delete_days: int | None,
+                 immutable: bool | None, as_json: bool) -> None:
+    """Show or change the vault's soft-delete period and immutability."""
+    if "://" in vault:
+        result = _admin_client(vault, admin_token_file, fingerprint).change_settings(soft_delete_days, immutable)
+    else:
+        result = protection.change_settings(VaultService(Path(vault)).engine, soft_delete_days, immutable)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"Soft-delete period {result['soft_delete_days']} days; "
+                   f"{'immutable' if result['immutable'] else 'not immutable'}.")
 
 
 @vault_group.command("serve")

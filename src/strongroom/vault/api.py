@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from strongroom import __version__
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.vault import protection
 from strongroom.vault.service import (
     ADMIN_TOKEN_FILE,
     MAX_PACK_BYTES,
@@ -110,6 +111,21 @@ class RegisterRequest(BaseModel):
 class CredentialsRequest(BaseModel):
     url: str = Field(max_length=2000)
     valid_days: int = Field(ge=1, le=365)
+
+
+class PolicyRequest(BaseModel):
+    policy: dict[str, Any] | None
+    pin: str | None = None
+
+
+class StopRequest(BaseModel):
+    delete_data: bool
+    pin: str | None = None
+
+
+class SettingsRequest(BaseModel):
+    soft_delete_days: int | None = None
+    immutable: bool | None = None
 
 
 class PruneRequest(BaseModel):
@@ -227,8 +243,20 @@ def make_app(service: VaultService) -> FastAPI:
     # -- policy -----------------------------------------------------------------------------
 
     @app.put("/api/v1/policy")
-    def set_policy(doc: dict[str, Any], m: Machine = Depends(machine)) -> dict[str, int]:
-        return {"version": service.set_policy(m.id, doc)}
+    def set_policy(req: PolicyRequest, m: Machine = Depends(machine)) -> dict[str, int]:
+        return {"version": service.set_policy(m.id, req.policy, req.pin)}
+
+    @app.post("/api/v1/protection/stop")
+    def stop_protection(req: StopRequest, m: Machine = Depends(machine)) -> dict[str, int]:
+        return {"deleted": service.stop_protection(m.id, req.delete_data, req.pin)}
+
+    @app.post("/api/v1/admin/pin", dependencies=[Depends(admin)])
+    def make_pin() -> dict[str, str]:
+        return {"pin": protection.make_pin(service.engine)}
+
+    @app.put("/api/v1/admin/settings", dependencies=[Depends(admin)])
+    def change_settings(req: SettingsRequest) -> dict[str, Any]:
+        return protection.change_settings(service.engine, req.soft_delete_days, req.immutable)
 
     @app.get("/api/v1/machines/{name}/policy")
     def policy(name: str, m: Machine = Depends(machine)) -> dict[str, Any] | None:
@@ -246,8 +274,9 @@ def make_app(service: VaultService) -> FastAPI:
         try:
             refs = bytes(doc["refs"])
             ids = [refs[i:i + ID_SIZE] for i in range(0, len(refs), ID_SIZE)]
+            retain = doc.get("retain_until_ns")
             args = (m.id, str(doc["kind"]), str(doc["mode"]), dict(doc["stats"]), bytes(doc["manifest"]), ids,
-                    doc.get("id"))
+                    doc.get("id"), int(retain) if retain is not None else None)
         except (KeyError, TypeError, ValueError):
             raise UsageError("malformed point") from None
         point = await run_in_threadpool(service.add_point, *args)

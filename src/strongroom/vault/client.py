@@ -208,9 +208,10 @@ class HttpVault:
     # -- points -----------------------------------------------------------------------------
 
     def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
-                  refs: list[bytes], point_id: str | None = None) -> PointRecord:
+                  refs: list[bytes], point_id: str | None = None,
+                  retain_until_ns: int | None = None) -> PointRecord:
         body = msgpack.packb({"id": point_id, "kind": kind, "mode": mode, "stats": stats, "manifest": manifest,
-                              "refs": b"".join(refs)})
+                              "refs": b"".join(refs), "retain_until_ns": retain_until_ns})
         return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
                                            headers={"Content-Type": MSGPACK}))
 
@@ -221,16 +222,27 @@ class HttpVault:
     def undelete_point(self, point_id: str) -> None:
         self._call("POST", f"/api/v1/points/{point_id}/undelete")
 
-    def set_policy(self, doc: dict[str, Any]) -> int:
-        return self._json("PUT", "/api/v1/policy", json=doc)["version"]
+    def set_policy(self, doc: dict[str, Any] | None, pin: str | None = None) -> int:
+        return self._json("PUT", "/api/v1/policy", json={"policy": doc, "pin": pin})["version"]
 
-    def policy(self, machine: str | None = None) -> tuple[int, dict[str, Any]] | None:
+    def stop_protection(self, delete_data: bool, pin: str | None = None) -> int:
+        return self._json("POST", "/api/v1/protection/stop", json={"delete_data": delete_data, "pin": pin})["deleted"]
+
+    def policy(self, machine: str | None = None) -> tuple[int, dict[str, Any] | None] | None:
         doc = self._json("GET", f"/api/v1/machines/{self._name(machine)}/policy")
         return (doc["version"], doc["policy"]) if doc else None
 
+    # -- as the vault's admin (the admin token in `headers`) ------------------------------------
+
     def prune(self, dry_run: bool) -> dict[str, Any]:
-        """As the vault's admin (the admin token in `headers`)."""
         return self._json("POST", "/api/v1/admin/prune", json={"dry_run": dry_run})
+
+    def make_pin(self) -> str:
+        return self._json("POST", "/api/v1/admin/pin")["pin"]
+
+    def change_settings(self, soft_delete_days: int | None, immutable: bool | None) -> dict[str, Any]:
+        return self._json("PUT", "/api/v1/admin/settings",
+                          json={"soft_delete_days": soft_delete_days, "immutable": immutable})
 
     # -- jobs -------------------------------------------------------------------------------
 

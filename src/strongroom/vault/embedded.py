@@ -57,8 +57,9 @@ class EmbeddedVault:
         self.service.store_pack(self._me(), name, data)
 
     def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
-                  refs: list[bytes], point_id: str | None = None) -> PointRecord:
-        return self.service.add_point(self._me(), kind, mode, stats, manifest, refs, point_id)
+                  refs: list[bytes], point_id: str | None = None,
+                  retain_until_ns: int | None = None) -> PointRecord:
+        return self.service.add_point(self._me(), kind, mode, stats, manifest, refs, point_id, retain_until_ns)
 
     def points(self, machine: str | None = None, deleted: bool = False) -> list[PointRecord]:
         return self.service.points(self._machine(machine), deleted)
@@ -66,11 +67,14 @@ class EmbeddedVault:
     def undelete_point(self, point_id: str) -> None:
         self.service.undelete_point(self._me(), point_id)
 
-    def set_policy(self, doc: dict[str, Any]) -> int:
-        return self.service.set_policy(self._me(), doc)
+    def set_policy(self, doc: dict[str, Any] | None, pin: str | None = None) -> int:
+        return self.service.set_policy(self._me(), doc, pin)
 
-    def policy(self, machine: str | None = None) -> tuple[int, dict[str, Any]] | None:
+    def policy(self, machine: str | None = None) -> tuple[int, dict[str, Any] | None] | None:
         return self.service.policy(self._machine(machine))
+
+    def stop_protection(self, delete_data: bool, pin: str | None = None) -> int:
+        return self.service.stop_protection(self._me(), delete_data, pin)
 
     def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
         return self.service.blob_locations(ids)

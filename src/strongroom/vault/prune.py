@@ -1,6 +1,7 @@
 """Pruning, in the vault and without the key: expire points by each machine's policy, purge
-soft-deleted points after the grace period, and reclaim space from the pack maps and the
-per-point blob sets: packs no point needs are deleted, packs mostly dead are repacked.
+soft-deleted points after the soft-delete period (14 days unless the vault says more), and
+reclaim space from the pack maps and the per-point blob sets: packs no point needs are
+deleted, packs mostly dead are repacked.
 
 Safety: a machine is pruned under the same lease as its backups (a `prune` job), so no
 backup of that machine runs meanwhile, and its packs are its own (blob IDs are keyed per
@@ -23,10 +24,10 @@ from sqlalchemy import delete, insert, select, update
 from strongroom import packs as packfmt
 from strongroom.errors import VaultError
 from strongroom.vault import catalog as cat
+from strongroom.vault import protection
 from strongroom.vault.retention import Retention, expired
 from strongroom.vault.service import VaultService, pack_object
 
-SOFT_DELETE_DAYS = 14
 REPACK_BELOW = 0.5  # repack a pack when less than this share of its bytes is still needed
 ORPHAN_AGE_S = 86400  # an unindexed pack younger than this may be an upload in progress
 
@@ -48,8 +49,9 @@ class PruneReport:
 
 
 def prune(service: VaultService, *, dry_run: bool = False, now_ns: int | None = None,
-          grace_days: int = SOFT_DELETE_DAYS, repack_below: float = REPACK_BELOW) -> PruneReport:
+          repack_below: float = REPACK_BELOW) -> PruneReport:
     now_ns = now_ns or time.time_ns()
+    grace_days = protection.settings(service.engine)["soft_delete_days"]
     report = PruneReport(dry_run, bytes_before=_stored_bytes(service))
     for machine in service.machines():
         mid = service.machine_id(machine["name"])
@@ -103,12 +105,16 @@ def _prune_machine(service: VaultService, mid: int, report: PruneReport, now_ns:
 
 def _expire(service: VaultService, mid: int, now_ns: int) -> list[str]:
     policy = service.policy(mid)
-    if policy is None:
-        return []
+    if policy is None or policy[1] is None:
+        return []  # no policy, or protection stopped with the data kept: kept for good
     doc = policy[1]
     tz = ZoneInfo(doc.get("timezone", "UTC"))
-    alive = {p.id: p.created_ns for p in service.points(mid)}
-    return sorted(expired(alive, Retention(**doc["retention"]), datetime.fromtimestamp(now_ns / 1e9, tz)))
+    with service.engine.connect() as db:
+        rows = db.execute(select(cat.points.c.id, cat.points.c.created_ns, cat.points.c.retain_until_ns)
+                          .where(cat.points.c.machine_id == mid, cat.points.c.deleted_ns.is_(None))).all()
+    alive = {r.id: r.created_ns for r in rows}
+    floors = {r.id: r.retain_until_ns for r in rows if r.retain_until_ns}
+    return sorted(expired(alive, Retention(**doc["retention"]), datetime.fromtimestamp(now_ns / 1e9, tz), floors))
 
 
 def _reclaim(service: VaultService, mid: int, live: set[int], report: PruneReport, repack_below: float) -> None:

@@ -83,11 +83,16 @@ def expiries(points: dict[str, int], policy: Retention, tz: ZoneInfo) -> dict[st
     return until
 
 
-def expired(points: dict[str, int], policy: Retention, now: datetime) -> set[str]:
-    """The points the policy no longer keeps at `now` (an aware datetime, the machine's zone)."""
+def expired(points: dict[str, int], policy: Retention, now: datetime,
+            floors: dict[str, int] | None = None) -> set[str]:
+    """The points the policy no longer keeps at `now` (an aware datetime, the machine's zone).
+    `floors` are points' own retention (ns), as an on-demand backup may carry."""
     if not points:
         return set()
     until = expiries(points, policy, now.tzinfo)  # type: ignore[arg-type]
+    for pid, floor in (floors or {}).items():
+        if pid in until:
+            until[pid] = max(until[pid], datetime.fromtimestamp(floor / 1e9, now.tzinfo))
     gone = {pid for pid, end in until.items() if end <= now}
     gone.discard(max(until, key=lambda pid: (until[pid], points[pid])))  # never the longest-kept
     # At most MAX_POINTS per machine: the soonest to expire go first.

@@ -33,6 +33,7 @@ from strongroom.errors import (
 from strongroom.fsutil import write_private
 from strongroom.policy import Policy
 from strongroom.vault import catalog as cat
+from strongroom.vault import protection
 from strongroom.vault.jobs import JobBook
 from strongroom.vault.storage.fs import FolderStorage
 
@@ -232,7 +233,8 @@ class VaultService:
     # -- recovery points --------------------------------------------------------------------
 
     def add_point(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any],
-                  manifest: bytes, refs: list[bytes], point_id: str | None = None) -> PointRecord:
+                  manifest: bytes, refs: list[bytes], point_id: str | None = None,
+                  retain_until_ns: int | None = None) -> PointRecord:
         """Records a point after checking that every blob it references is this machine's and
         in the vault. The agent may choose the ID, so that a retried request is harmless."""
         pid = point_id or secrets.token_hex(8)
@@ -254,7 +256,8 @@ class VaultService:
             created = time.time_ns()
             db.execute(insert(cat.points).values(
                 id=pid, machine_id=machine_id, created_ns=created, kind=kind, mode=mode,
-                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(r.row_id for r in rows.values())))
+                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(r.row_id for r in rows.values()),
+                retain_until_ns=retain_until_ns))
             name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
         return PointRecord(pid, name, created, kind, mode, stats, manifest)
 
@@ -280,20 +283,33 @@ class VaultService:
 
     # -- policy -----------------------------------------------------------------------------
 
-    def set_policy(self, machine_id: int, doc: dict[str, Any]) -> int:
-        """Stores a new version of the machine's policy (checked here too) and returns it."""
-        try:
-            doc = Policy.from_doc(doc).to_doc()
-        except (TypeError, KeyError, ValueError, AttributeError):
-            raise UsageError("malformed policy document") from None
+    def set_policy(self, machine_id: int, doc: dict[str, Any] | None, pin: str | None = None) -> int:
+        """Stores a new version of the machine's policy (checked here too) and returns it.
+        None stops protection and keeps the data. Shortening retention needs a PIN."""
+        if doc is not None:
+            try:
+                doc = Policy.from_doc(doc).to_doc()
+            except (TypeError, KeyError, ValueError, AttributeError):
+                raise UsageError("malformed policy document") from None
         with cat.write(self.engine) as db:
-            last = db.execute(select(func.max(cat.policies.c.version))
-                              .where(cat.policies.c.machine_id == machine_id)).scalar() or 0
-            db.execute(insert(cat.policies).values(machine_id=machine_id, version=last + 1,
+            last = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
+                              .where(cat.policies.c.machine_id == machine_id)
+                              .order_by(cat.policies.c.version.desc()).limit(1)).first()
+            protection.guard_policy_change(self.engine, db, json.loads(last.doc) if last else None, doc, pin)
+            version = (last.version if last else 0) + 1
+            db.execute(insert(cat.policies).values(machine_id=machine_id, version=version,
                                                    created_ns=time.time_ns(), doc=json.dumps(doc)))
-        return last + 1
+        return version
 
-    def policy(self, machine_id: int) -> tuple[int, dict[str, Any]] | None:
+    def stop_protection(self, machine_id: int, delete_data: bool, pin: str | None = None) -> int:
+        """Stops scheduled backups (a policy version without one); with `delete_data`, also
+        soft-deletes every point. Returns how many points were deleted."""
+        with cat.write(self.engine) as db:
+            deleted = protection.delete_machine_points(self.engine, db, machine_id, pin) if delete_data else 0
+        self.set_policy(machine_id, None)
+        return deleted
+
+    def policy(self, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:
         with self.engine.connect() as db:
             row = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
                              .where(cat.policies.c.machine_id == machine_id)

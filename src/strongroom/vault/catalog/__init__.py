@@ -75,6 +75,17 @@ points = Table(
     # the point keeps alive, for retention and garbage collection.
     Column("refs", LargeBinary, nullable=False),
     Column("deleted_ns", Integer),  # soft-deleted then; the refs keep its data until purged
+    Column("retain_until_ns", Integer),  # an on-demand backup's own retention
+)
+settings = Table(
+    "settings", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+pins = Table(
+    "pins", metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("expires", Integer, nullable=False),
 )
 policies = Table(
     "policies", metadata,
