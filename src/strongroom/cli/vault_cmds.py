@@ -138,16 +138,18 @@ def _admin_options(func: Any) -> Any:
 @vault_group.command("prune")
 @_admin_options
 @click.option("--dry-run", is_flag=True, help="Say what would be expired, purged and reclaimed; change nothing.")
+@click.option("--repack-below", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Rewrite a pack when less than this share of its bytes is still needed.")
 @json_option
 def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, dry_run: bool,
-              as_json: bool) -> None:
+              repack_below: float, as_json: bool) -> None:
     """Apply retention and reclaim space, without any key: expire points by each machine's
     policy, purge points deleted longer ago than the soft-delete period, delete and repack packs."""
     if "://" in vault:
-        report = _admin_client(vault, admin_token_file, fingerprint).prune(dry_run)
+        report = _admin_client(vault, admin_token_file, fingerprint).prune(dry_run, repack_below)
     else:
         from strongroom.vault.prune import prune
-        report = prune(VaultService(Path(vault)), dry_run=dry_run).to_dict()
+        report = prune(VaultService(Path(vault)), dry_run=dry_run, repack_below=repack_below).to_dict()
     if as_json:
         emit_json(report)
         return

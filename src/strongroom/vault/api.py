@@ -130,6 +130,7 @@ class SettingsRequest(BaseModel):
 
 class PruneRequest(BaseModel):
     dry_run: bool = False
+    repack_below: float = Field(0.5, ge=0, le=1)
 
 
 class JobStart(BaseModel):
@@ -266,7 +267,7 @@ def make_app(service: VaultService) -> FastAPI:
     @app.post("/api/v1/admin/prune", dependencies=[Depends(admin)])
     def prune_now(req: PruneRequest) -> dict[str, Any]:
         from strongroom.vault.prune import prune
-        return prune(service, dry_run=req.dry_run).to_dict()
+        return prune(service, dry_run=req.dry_run, repack_below=req.repack_below).to_dict()
 
     @app.post("/api/v1/points", response_class=Response, status_code=201)
     async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:

@@ -234,8 +234,8 @@ class HttpVault:
 
     # -- as the vault's admin (the admin token in `headers`) ------------------------------------
 
-    def prune(self, dry_run: bool) -> dict[str, Any]:
-        return self._json("POST", "/api/v1/admin/prune", json={"dry_run": dry_run})
+    def prune(self, dry_run: bool, repack_below: float) -> dict[str, Any]:
+        return self._json("POST", "/api/v1/admin/prune", json={"dry_run": dry_run, "repack_below": repack_below})
 
     def make_pin(self) -> str:
         return self._json("POST", "/api/v1/admin/pin")["pin"]
