@@ -16,9 +16,9 @@ def test_daemon_runs_the_schedule_and_records_its_jobs(registered, tmp_path):
     src.mkdir()
     (src / "a.txt").write_text("first")
     now = datetime.now(timezone.utc)
-    times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (6, 12)]
+    times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (10, 20)]
     if times[1] < times[0]:  # the two runs would straddle midnight (UTC): keep the test simple
-        times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (70, 76)]
+        times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (80, 90)]
     sr.run("policy", "set", "--include", src, "--daily", ",".join(times), "--keep-daily", "7",
            "--timezone", "UTC")
     daemon = subprocess.Popen(sr.cmd + ["agent", "run"], env=sr.env(), stdout=subprocess.PIPE,
