@@ -53,14 +53,15 @@ def prune(service: VaultService, *, dry_run: bool = False, now_ns: int | None = 
     now_ns = now_ns or time.time_ns()
     grace_days = protection.settings(service.engine)["soft_delete_days"]
     report = PruneReport(dry_run, bytes_before=_stored_bytes(service))
-    for machine in service.machines():
-        mid = service.machine_id(machine["name"])
+    with service.engine.connect() as db:
+        machines = db.execute(select(cat.machines.c.id, cat.machines.c.name)).all()
+    for mid, name in machines:
         job = secrets.token_hex(8)
         if not dry_run:
             try:
                 service.jobs.start(mid, job, "prune")
             except VaultError:
-                report.busy_machines.append(machine["name"])
+                report.busy_machines.append(name)
                 continue
         try:
             _prune_machine(service, mid, report, now_ns, grace_days, repack_below)

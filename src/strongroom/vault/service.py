@@ -292,11 +292,9 @@ class VaultService:
             except (TypeError, KeyError, ValueError, AttributeError):
                 raise UsageError("malformed policy document") from None
         with cat.write(self.engine) as db:
-            last = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
-                              .where(cat.policies.c.machine_id == machine_id)
-                              .order_by(cat.policies.c.version.desc()).limit(1)).first()
-            protection.guard_policy_change(self.engine, db, json.loads(last.doc) if last else None, doc, pin)
-            version = (last.version if last else 0) + 1
+            last = _latest_policy(db, machine_id)
+            protection.guard_policy_change(self.engine, db, last[1] if last else None, doc, pin)
+            version = (last[0] if last else 0) + 1
             db.execute(insert(cat.policies).values(machine_id=machine_id, version=version,
                                                    created_ns=time.time_ns(), doc=json.dumps(doc)))
         return version
@@ -311,10 +309,7 @@ class VaultService:
 
     def policy(self, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:
         with self.engine.connect() as db:
-            row = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
-                             .where(cat.policies.c.machine_id == machine_id)
-                             .order_by(cat.policies.c.version.desc()).limit(1)).first()
-        return (row.version, json.loads(row.doc)) if row else None
+            return _latest_policy(db, machine_id)
 
     def machines(self) -> list[dict[str, Any]]:
         """Every registered machine with its points, last backup and the bytes its packs hold."""
@@ -367,3 +362,11 @@ class VaultService:
             q = q.where(cat.packs.c.machine_id == machine_id)
         with self.engine.connect() as db:
             return [r[0] for r in db.execute(q)]
+
+
+def _latest_policy(db: Any, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:
+    """(version, document) of the machine's newest policy; a None document: protection stopped."""
+    row = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
+                     .where(cat.policies.c.machine_id == machine_id)
+                     .order_by(cat.policies.c.version.desc()).limit(1)).first()
+    return (row.version, json.loads(row.doc)) if row else None

@@ -143,13 +143,16 @@ def open_engine(url: str) -> Engine:
 def _add_new_columns(engine: Engine) -> None:
     """Catalogs made by an earlier version get the nullable columns added since."""
     found = inspect(engine)
+    missing: list[tuple[str, Column]] = []
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        missing += [(table.name, c) for c in table.columns if c.name not in have and c.nullable]
+    if not missing:
+        return  # the usual case: no write lock taken just for opening the catalog
     with write(engine) as db:
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in found.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable:
-                    db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
-                                       f"{column.type.compile(engine.dialect)}")
+        for table_name, column in missing:
+            db.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {column.name} "
+                               f"{column.type.compile(engine.dialect)}")
 
 
 def write(engine: Engine) -> Any:
