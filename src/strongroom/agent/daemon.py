@@ -47,19 +47,16 @@ class Daemon:
 
     def _policy(self) -> Policy | None:
         try:
-            copy = json.loads(self.agent.policy_copy.read_text())
-        except (FileNotFoundError, ValueError):
-            copy = {"version": None, "policy": None}
-        try:
             found = self.vault.policy()
         except StrongroomError as exc:
             log.warning("cannot read the policy from the vault (%s); using this machine's copy", exc)
-            return Policy.from_doc(copy["policy"]) if copy.get("policy") else None
+            return self.agent.policy()
         version, doc = found if found else (None, None)
-        if version != copy.get("version"):
+        had = self.agent.policy_copy_doc()["version"]
+        if version != had:
             log.warning("the vault's policy is version %s; this machine had version %s: following the vault's",
-                        version, copy.get("version"))
-            write_private(self.agent.policy_copy, json.dumps({"version": version, "policy": doc}).encode())
+                        version, had)
+            self.agent.save_policy_copy(version, doc)
         return Policy.from_doc(doc) if doc else None
 
     def run_forever(self) -> None:

@@ -81,12 +81,20 @@ class AgentHome:
         """This machine's copy of its policy (the vault's newest, as last seen)."""
         if self._policy_read and time.monotonic() - self._policy_read[0] < max_age_s:
             return self._policy_read[1]
-        try:
-            doc = json.loads(self.policy_copy.read_text()).get("policy")
-        except (FileNotFoundError, ValueError):
-            doc = None
+        doc = self.policy_copy_doc()["policy"]
         self._policy_read = (time.monotonic(), Policy.from_doc(doc) if doc else None)
         return self._policy_read[1]
+
+    def policy_copy_doc(self) -> dict:
+        """{"version", "policy"} as this machine last saw them (both None if never)."""
+        try:
+            return {"version": None, "policy": None, **json.loads(self.policy_copy.read_text())}
+        except (FileNotFoundError, ValueError):
+            return {"version": None, "policy": None}
+
+    def save_policy_copy(self, version: int | None, doc: dict | None) -> None:
+        write_private(self.policy_copy, json.dumps({"version": version, "policy": doc}).encode())
+        self._policy_read = None
 
     def master_key(self, passphrase: str) -> MasterKey:
         return unwrap_key(self.keyfile_path.read_text(), passphrase)

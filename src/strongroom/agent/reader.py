@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from strongroom import blobs
 from strongroom.crypto import MasterKey
@@ -51,66 +51,50 @@ class BlobReader:
         with self.lock:
             wanted = [i for i in dict.fromkeys(ids) if i not in self.prefetched and i not in self.trees]
         self.locate(wanted)
-        batch: list[bytes] = []
-        size = 0
+        room = _PREFETCH_HELD - self.held
+        chosen: list[tuple[bytes, BlobLocation]] = []
         for blob_id in wanted:
             loc = self.locations.get(blob_id)
             if loc is None:
                 continue  # `read` reports it
-            if self.held + size + loc.length > _PREFETCH_HELD:
+            room -= loc.length
+            if room < 0:
                 break
-            if size + loc.length > _PREFETCH_REQUEST and batch:
-                self._fetch(batch)
-                batch, size = [], 0
-            batch.append(blob_id)
-            size += loc.length
-        if batch:
-            self._fetch(batch)
+            chosen.append((blob_id, loc))
+        for batch in _batches(chosen):
+            envelopes = self._envelopes(batch)
+            with self.lock:
+                for (blob_id, _loc), envelope in zip(batch, envelopes):
+                    self.prefetched[blob_id] = envelope
+                    self.held += len(envelope)
 
-    def _fetch(self, ids: list[bytes]) -> None:
-        locs = [self.locations[i] for i in ids]
-        parts = self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for loc in locs])
-        with self.lock:
-            for blob_id, envelope in zip(ids, parts):
-                self.prefetched[blob_id] = envelope
-                self.held += len(envelope)
-
-    def drop(self, ids: list[bytes]) -> None:
-        """Forgets prefetched blobs that will not be read after all."""
-        with self.lock:
-            for blob_id in ids:
-                envelope = self.prefetched.pop(blob_id, None)
-                if envelope is not None:
-                    self.held -= len(envelope)
-
-    def read(self, blob_id: bytes) -> bytes:
-        loc = self.location(blob_id)
+    def _take(self, blob_id: bytes) -> bytes | memoryview | None:
         with self.lock:
             envelope = self.prefetched.pop(blob_id, None)
             if envelope is not None:
                 self.held -= len(envelope)
+        return envelope
+
+    def drop(self, ids: list[bytes]) -> None:
+        """Forgets prefetched blobs that will not be read after all."""
+        for blob_id in ids:
+            self._take(blob_id)
+
+    def read(self, blob_id: bytes) -> bytes:
+        loc = self.location(blob_id)
+        envelope = self._take(blob_id)
         if envelope is None:
             envelope = self.vault.read_range(loc.pack, loc.offset, loc.length)
         return self._decode(blob_id, loc, envelope)
 
     def read_in_order(self, ids: list[bytes]) -> Iterator[bytes]:
         """The blobs of one file, in order, fetched a few MiB per request."""
-        batch: list[tuple[bytes, BlobLocation]] = []
-        size = 0
-        for blob_id in ids:
-            loc = self.location(blob_id)
-            if batch and size + loc.length > _PREFETCH_REQUEST:
-                yield from self._read_batch(batch)
-                batch, size = [], 0
-            batch.append((blob_id, loc))
-            size += loc.length
-        if batch:
-            yield from self._read_batch(batch)
+        for batch in _batches((blob_id, self.location(blob_id)) for blob_id in ids):
+            for (blob_id, loc), envelope in zip(batch, self._envelopes(batch)):
+                yield self._decode(blob_id, loc, envelope)
 
-    def _read_batch(self, batch: list[tuple[bytes, BlobLocation]]) -> Iterator[bytes]:
-        envelopes = self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for _i, loc in batch])
-        for (blob_id, loc), envelope in zip(batch, envelopes):
-            yield self._decode(blob_id, loc, envelope)
+    def _envelopes(self, batch: list[tuple[bytes, BlobLocation]]) -> list[bytes] | list[memoryview]:
+        return self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for _id, loc in batch])
 
     def _decode(self, blob_id: bytes, loc: BlobLocation, envelope: bytes | memoryview) -> bytes:
         try:
@@ -129,3 +113,17 @@ class BlobReader:
             if len(self.trees) > _TREE_CACHE:
                 self.trees.popitem(last=False)
         return entries
+
+
+def _batches(blobs_at: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
+    """Consecutive groups of at most _PREFETCH_REQUEST bytes (a larger blob goes alone)."""
+    batch: list[tuple[bytes, BlobLocation]] = []
+    size = 0
+    for blob_id, loc in blobs_at:
+        if batch and size + loc.length > _PREFETCH_REQUEST:
+            yield batch
+            batch, size = [], 0
+        batch.append((blob_id, loc))
+        size += loc.length
+    if batch:
+        yield batch

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
 from strongroom.cli.common import emit_json, home, json_option, warn_line
-from strongroom.fsutil import write_private
 from strongroom.policy import Policy, Schedule, parse_days, parse_rate, parse_work_hours
 from strongroom.vault.retention import Retention
 
@@ -69,7 +67,7 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
                     timezone or local_timezone())
     agent = home(ctx)
     version = agent.vault().set_policy(policy.to_doc(), pin)
-    write_private(agent.policy_copy, json.dumps({"version": version, "policy": policy.to_doc()}).encode())
+    agent.save_policy_copy(version, policy.to_doc())
     if as_json:
         emit_json({"version": version, "policy": policy.to_doc()})
     else:
@@ -83,10 +81,6 @@ def show_policy(ctx: click.Context, as_json: bool) -> None:
     """The policy the vault applies to this machine (and whether this machine's copy differs)."""
     agent = home(ctx)
     found = agent.vault().policy()
-    try:
-        local = json.loads((agent.policy_copy).read_text())
-    except FileNotFoundError:
-        local = None
     if found is None:
         if as_json:
             emit_json(None)
@@ -100,8 +94,9 @@ def show_policy(ctx: click.Context, as_json: bool) -> None:
         else:
             click.echo(f"Policy version {version}: protection stopped; the points kept stay until deleted.")
         return
-    if local is None or local.get("version") != version:
-        warn_line(f"this machine's copy of the policy (version {local and local.get('version')}) differs from "
+    had = agent.policy_copy_doc()["version"]
+    if had != version:
+        warn_line(f"this machine's copy of the policy (version {had}) differs from "
                   f"the vault's (version {version}); the vault's applies")
     if as_json:
         emit_json({"version": version, "policy": doc})
