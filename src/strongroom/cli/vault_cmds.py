@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from strongroom.vault.client import HttpVault
 from strongroom.vault.embedded import folder_url
 from strongroom.vault.server import last_served
 from strongroom.vault.service import VaultService
-from strongroom.vault.tls import fingerprint_of, normalise_fingerprint
+from strongroom.vault.tls import fingerprint_of, normalise_fingerprint, presented_certificate
 
 
 @click.group("vault")
@@ -58,11 +57,10 @@ def create(folder: Path, as_json: bool) -> None:
 def credentials(vault: str, out: Path, valid_days: int, url: str | None, admin_token_file: Path | None,
                 fingerprint: str | None, as_json: bool) -> None:
     """Issue vault credentials for registering machines; they supersede older ones."""
-    pin = normalise_fingerprint(fingerprint) if fingerprint else None
     if "://" in vault:
-        creds = _credentials_from_server(vault, admin_token_file, pin, valid_days)
+        creds = _remote_admin(vault, admin_token_file, fingerprint).issue_credentials(valid_days)
     else:
-        creds = _credentials_from_folder(Path(vault), url, pin, valid_days)
+        creds = _credentials_from_folder(Path(vault), url, fingerprint, valid_days)
     creds.dump(out)
     if as_json:
         emit_json({"file": str(out), "vault_id": creds.vault_id, "url": creds.vault_url,
@@ -72,8 +70,10 @@ def credentials(vault: str, out: Path, valid_days: int, url: str | None, admin_t
                    "credentials. Keep it secret: it lets a machine register.")
 
 
-def _credentials_from_folder(folder: Path, url: str | None, pin: str | None, valid_days: int) -> Credentials:
+def _credentials_from_folder(folder: Path, url: str | None, fingerprint: str | None,
+                             valid_days: int) -> Credentials:
     service = VaultService(folder)
+    pin = normalise_fingerprint(fingerprint) if fingerprint else None
     served = last_served(folder)
     url = url or served.get("url") or folder_url(folder)
     if url.startswith("https:") and pin is None:
@@ -84,12 +84,31 @@ def _credentials_from_folder(folder: Path, url: str | None, pin: str | None, val
     return replace(service.issue_credentials(url, valid_days), fingerprint=pin)
 
 
-def _credentials_from_server(url: str, admin_token_file: Path | None, pin: str | None,
-                             valid_days: int) -> Credentials:
-    return _admin_client(url, admin_token_file, pin).issue_credentials(valid_days)
+class _LocalAdmin:
+    """The admin's calls on a vault folder, answered as a served vault answers them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.service = VaultService(folder)
+
+    def prune(self, dry_run: bool, repack_below: float) -> dict[str, Any]:
+        from strongroom.vault.prune import prune
+        return prune(self.service, dry_run=dry_run, repack_below=repack_below).to_dict()
+
+    def make_pin(self) -> str:
+        return protection.make_pin(self.service.engine)
+
+    def change_settings(self, soft_delete_days: int | None, immutable: bool | None) -> dict[str, Any]:
+        return protection.change_settings(self.service.engine, soft_delete_days, immutable)
 
 
-def _admin_client(url: str, admin_token_file: Path | None, pin: str | None) -> HttpVault:
+def _admin(vault: str, admin_token_file: Path | None, fingerprint: str | None) -> _LocalAdmin | HttpVault:
+    """The vault's admin side: in-process for a folder, over HTTPS for a URL."""
+    if "://" in vault:
+        return _remote_admin(vault, admin_token_file, fingerprint)
+    return _LocalAdmin(Path(vault))
+
+
+def _remote_admin(url: str, admin_token_file: Path | None, fingerprint: str | None) -> HttpVault:
     """A client of the served vault at `url` acting as its admin."""
     if admin_token_file is None:
         raise UsageError("a vault URL needs --admin-token-file (admin.token in the vault folder)")
@@ -97,7 +116,7 @@ def _admin_client(url: str, admin_token_file: Path | None, pin: str | None) -> H
         token = admin_token_file.read_text().strip()
     except OSError as exc:
         raise UsageError(f"cannot read {admin_token_file}: {exc.strerror}") from None
-    pin = normalise_fingerprint(pin) if pin else None
+    pin = normalise_fingerprint(fingerprint) if fingerprint else None
     if url.startswith("https:") and pin is None:
         pin = _confirm_fingerprint(url)
     vault = HttpVault(url, pin)
@@ -109,9 +128,9 @@ def _confirm_fingerprint(url: str) -> str:
     """Trust on first use, as ssh does, but only with a person at a terminal to compare."""
     parsed = urlparse(url)
     try:
-        seen = fingerprint_of(ssl.get_server_certificate((parsed.hostname, parsed.port or 443), timeout=10))
-    except OSError as exc:
-        raise VaultError(f"cannot reach the vault at {url}: {exc.strerror or exc}") from None
+        seen = fingerprint_of(presented_certificate(parsed.hostname or "", parsed.port or 443, 10))
+    except ConnectionError as exc:
+        raise VaultError(str(exc)) from None
     if not sys.stdin.isatty():
         raise UsageError("pass --fingerprint with the certificate fingerprint that `strongroom vault serve` "
                          "printed: it is how machines will know they reach this vault and no other")
@@ -145,11 +164,7 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
               repack_below: float, as_json: bool) -> None:
     """Apply retention and reclaim space, without any key: expire points by each machine's
     policy, purge points deleted longer ago than the soft-delete period, delete and repack packs."""
-    if "://" in vault:
-        report = _admin_client(vault, admin_token_file, fingerprint).prune(dry_run, repack_below)
-    else:
-        from strongroom.vault.prune import prune
-        report = prune(VaultService(Path(vault)), dry_run=dry_run, repack_below=repack_below).to_dict()
+    report = _admin(vault, admin_token_file, fingerprint).prune(dry_run, repack_below)
     if as_json:
         emit_json(report)
         return
@@ -166,11 +181,7 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
 @_admin_options
 def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None) -> None:
     """Make a PIN for one destructive act (deleting data, shortening retention), valid 5 minutes."""
-    if "://" in vault:
-        pin = _admin_client(vault, admin_token_file, fingerprint).make_pin()
-    else:
-        pin = protection.make_pin(VaultService(Path(vault)).engine)
-    click.echo(pin)
+    click.echo(_admin(vault, admin_token_file, fingerprint).make_pin())
 
 
 @vault_group.command("settings")
@@ -182,10 +193,7 @@ def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None) 
 def settings_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, soft_delete_days: int | None,
                  immutable: bool | None, as_json: bool) -> None:
     """Show or change the vault's soft-delete period and immutability."""
-    if "://" in vault:
-        result = _admin_client(vault, admin_token_file, fingerprint).change_settings(soft_delete_days, immutable)
-    else:
-        result = protection.change_settings(VaultService(Path(vault)).engine, soft_delete_days, immutable)
+    result = _admin(vault, admin_token_file, fingerprint).change_settings(soft_delete_days, immutable)
     if as_json:
         emit_json(result)
     else:

@@ -68,16 +68,21 @@ def ensure_self_signed(vault_root: Path, host: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def presented_certificate(host: str, port: int, timeout: float) -> str:
+    """The PEM certificate a server presents, unverified: only for comparing with a pin."""
+    try:
+        return ssl.get_server_certificate((host, port), timeout=timeout)
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the vault at {host}:{port}: {exc.strerror or exc}") from exc
+
+
 def pinned_context(host: str, port: int, pin: str, timeout: float) -> ssl.SSLContext:
     """A client context that trusts only the certificate with fingerprint `pin`.
 
     The certificate is fetched once to build the context; the real handshake then verifies
     against it, so a server that swaps certificates in between is refused all the same.
     """
-    try:
-        pem = ssl.get_server_certificate((host, port), timeout=timeout)
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach the vault at {host}:{port}: {exc.strerror or exc}") from exc
+    pem = presented_certificate(host, port, timeout)
     seen = fingerprint_of(pem)
     if seen != pin:
         raise VaultError(f"the vault at {host}:{port} presented a certificate with fingerprint {seen}, "
