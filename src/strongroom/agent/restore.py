@@ -43,13 +43,13 @@ from strongroom.model import (
 
 CONFLICTS = ("copy", "overwrite", "skip")
 _SMALL_WINDOW = 256  # small files whose content is fetched in one go
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _inline(entry: Entry) -> bool:
     """Small files without hardlinks are written by the walking thread: a pool hop would
     cost more than the write."""
     return entry.get("s", 0) <= chunker.MIN_SIZE and "h" not in entry
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass

@@ -319,8 +319,7 @@ def make_app(service: VaultService) -> FastAPI:
 
     @app.put("/api/v1/packs/{name}", status_code=201)
     async def put_pack(name: str, request: Request, m: Machine = Depends(machine)) -> dict[str, str]:
-        if not _PACK_NAME.match(name):
-            raise UsageError("a pack name is 64 lowercase hex digits")
+        _check_pack_name(name)
         spool = service.spool_dir() / f".{name}.{secrets.token_hex(6)}"
         try:
             with open(spool, "wb") as f:
@@ -333,8 +332,7 @@ def make_app(service: VaultService) -> FastAPI:
 
     @app.get("/api/v1/packs/{name}", response_class=Response, dependencies=[Depends(reader)])
     def get_pack(name: str, range_: str | None = Header(None, alias="Range")) -> Response:
-        if not _PACK_NAME.match(name):
-            raise UsageError("a pack name is 64 lowercase hex digits")
+        _check_pack_name(name)
         if range_ is None:
             return Response(service.read_pack(name), media_type="application/octet-stream")
         match = _RANGE.match(range_)
@@ -380,6 +378,11 @@ def make_app(service: VaultService) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware)
     return app
+
+
+def _check_pack_name(name: str) -> None:
+    if not _PACK_NAME.match(name):
+        raise UsageError("a pack name is 64 lowercase hex digits")
 
 
 def _unpack(body: bytes, kind: type) -> Any:
