@@ -26,6 +26,11 @@ TARGET_SIZE = 8 * 1024 * 1024
 # Room for one more blob of the largest chunk and the header of a pack of small blobs.
 BUFFER_SIZE = TARGET_SIZE + 4 * 1024 * 1024 + 512 * 1024
 _TRAILER = struct.Struct("<I")
+# The smallest envelope (codec byte, nonce, tag) and the most blobs a pack may list: a
+# full buffer of the smallest blobs, and never more than its bytes allow. A hostile header
+# of millions of rows would otherwise cost the vault minutes of indexing under its lock.
+MIN_ENVELOPE = 1 + 12 + 16
+MAX_BLOBS = BUFFER_SIZE // MIN_ENVELOPE + 1
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,22 @@ def read_header(data: bytes | memoryview) -> list[BlobRef]:
     start = len(data) - tail - hlen
     if start < len(MAGIC):
         raise IntegrityError("pack header length out of range")
+    most = min(MAX_BLOBS, (start - len(MAGIC)) // MIN_ENVELOPE)
     try:
-        rows = msgpack.unpackb(bytes(data[start : start + hlen]))
+        rows = msgpack.unpackb(bytes(data[start : start + hlen]), max_array_len=max(most, 4), max_bin_len=32,
+                               max_map_len=0, max_str_len=0, max_ext_len=0)
+        if not isinstance(rows, list) or len(rows) > most:
+            raise ValueError(f"lists more blobs than {most}")
         refs = [BlobRef(bytes(i), int(k), int(o), int(n)) for i, k, o, n in rows]
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"pack header does not decode: {exc}") from None
+    end = len(MAGIC)
     for r in refs:
-        if r.offset < len(MAGIC) or r.offset + r.length > start or len(r.blob_id) != 32:
-            raise IntegrityError("pack header points outside the pack")
+        # In order, apart, inside the pack, and each a possible envelope: a map that lies
+        # about the pack cannot make the vault index more than the pack holds.
+        if r.offset < end or r.length < MIN_ENVELOPE or r.offset + r.length > start or len(r.blob_id) != 32:
+            raise IntegrityError("pack header points outside the pack or overlaps itself")
+        if r.kind not in (KIND_DATA, KIND_TREE):
+            raise IntegrityError("pack header names an unknown kind of blob")
+        end = r.offset + r.length
     return refs

@@ -12,6 +12,7 @@ import pytest
 from conftest import PASSPHRASE, assert_clean_failure, packs_in, wait_for_packs
 from treeutil import assert_trees_equal
 
+from strongroom.agent.blobcache import KnownBlobs
 from strongroom.agent.home import AgentHome
 from strongroom.agent.packer import Packer
 from strongroom.agent.points import seal_manifest
@@ -29,7 +30,7 @@ def _plant_point(home: Path, root_entries_of) -> None:
     agent = AgentHome(home)
     vault = agent.vault()
     key = agent.master_key(PASSPHRASE)
-    packer = Packer(vault, key)
+    packer = Packer(vault, key, KnownBlobs(agent.cache))
     refs: list[bytes] = []
 
     def blob(data: bytes, kind: int = KIND_DATA) -> bytes:
@@ -46,7 +47,7 @@ def _plant_point(home: Path, root_entries_of) -> None:
     manifest = seal_manifest(key, {"tree": root, "sources": [b"/"], "excludes": [], "host": "evil",
                                    "parent": None, "warnings": []})
     vault.add_point("files", "unoptimized", {"files_new": 1, "files_changed": 0, "files_unchanged": 0,
-                                              "bytes_added": 0}, manifest, refs)
+                                              "bytes_added": 0}, manifest, [b"".join(sorted(set(refs)))])
 
 
 def test_hostile_point_cannot_escape_the_target(registered, tmp_path):

@@ -108,10 +108,11 @@ def test_a_machine_cannot_write_another_machines_data(served, served_machine, tm
     assert theirs
     with served.client(token1) as me:
         # A point of web-01 that would keep web-02's blobs alive, or claim them.
-        body = msgpack.packb({"id": "x1", "kind": "files", "mode": "unoptimized", "stats": {},
-                              "manifest": b"sealed", "refs": theirs[:32]})
+        assert me.put("/api/v1/points/a1/refs/0", content=theirs[:32]).status_code == 201
+        body = msgpack.packb({"id": "a1", "kind": "files", "mode": "unoptimized", "stats": {},
+                              "manifest": b"sealed", "refs_parts": 1})
         res = me.post("/api/v1/points", content=body)
-        assert res.status_code == 409 and "own machine" in res.json()["detail"]
+        assert res.status_code == 409 and "machine does not have" in res.json()["detail"]
         # web-02's job cannot be finished by web-01.
         job = web2.json("jobs", "--machine", "web-02")[0]["id"]
         res = me.post(f"/api/v1/jobs/{job}/finish", json={"status": "failed"})

@@ -15,7 +15,7 @@ def book(tmp_path):
     engine = cat.open_engine(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     with engine.begin() as db:
         for name in ("m1", "m2"):
-            db.execute(insert(cat.machines).values(name=name, registered=0, keyfile="{}", token_hash="x"))
+            db.execute(insert(cat.machines).values(uid=name, name=name, registered=0, keyfile="{}", token_hash="x"))
     return JobBook(engine)
 
 

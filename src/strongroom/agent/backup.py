@@ -22,9 +22,11 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from strongroom import chunker
+from strongroom.agent.blobcache import KnownBlobs, RefSpool
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
     DIR_FLAGS,
@@ -38,7 +40,7 @@ from strongroom.agent.points import open_manifest, seal_manifest
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
-from strongroom.errors import UsageError
+from strongroom.errors import UsageError, VaultError
 from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
 from strongroom.packs import KIND_DATA, KIND_TREE
 from strongroom.vault.interface import Vault
@@ -96,6 +98,14 @@ def _unchanged(prev: Entry | None, st: os.stat_result) -> bool:
             and prev["mt"] == st.st_mtime_ns and prev["ct"] == st.st_ctime_ns and prev.get("i") == st.st_ino)
 
 
+def _dir_entry(name: bytes, st: os.stat_result) -> Entry:
+    """A directory's entry without its atime: listing a directory moves it, and a tree that
+    changed with every backup would cost new tree blobs all the way up, day after day."""
+    entry = entry_from_stat(name, st)
+    del entry["at"]
+    return entry
+
+
 def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
 
@@ -118,8 +128,9 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
 
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
-                 skip_dirs: list[bytes] = ()) -> None:
+                 skip_dirs: list[bytes], cache: Path) -> None:
         self.vault, self.key = vault, key
+        self.cache = cache  # the agent's cache folder: the known-blob index, the refs spool
         self.sources = normalise_sources(sources)
         self.excludes = [os.fsencode(e) for e in excludes]
         self.retain_until_ns: int | None = None  # an on-demand backup's own retention
@@ -132,7 +143,6 @@ class Backup:
                 pass
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
-        self.refs: set[bytes] = set()
         self.reader = BlobReader(vault, key)
         self.pending: deque[_PendingDir] = deque()
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
@@ -145,7 +155,17 @@ class Backup:
         started = time.monotonic()
         points = self.vault.points()
         parent_root = self._parent_root(points[0]) if points else None
-        self.packer = Packer(self.vault, self.key)
+        known = KnownBlobs(self.cache)
+        self.refs = RefSpool(self.cache)
+        try:
+            return self._run(started, points, parent_root, known)
+        finally:
+            self.refs.close()
+            known.close()
+
+    def _run(self, started: float, points: list[PointRecord], parent_root: bytes | None,
+             known: KnownBlobs) -> BackupResult:
+        self.packer = Packer(self.vault, self.key, known)
         workers = min(8, os.cpu_count() or 2)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="reader") as self.pool:
@@ -167,8 +187,12 @@ class Backup:
             "host": socket.gethostname(), "parent": points[0].id if points else None,
             "warnings": [[p, m] for p, m in self.warnings]})
         # The ID is chosen here so that a retried request (the answer lost) records one point.
-        point = self.vault.add_point("files", "unoptimized", stats, manifest, sorted(self.refs),
-                                     point_id=secrets.token_hex(8), retain_until_ns=self.retain_until_ns)
+        try:
+            point = self.vault.add_point("files", "unoptimized", stats, manifest, self.refs.sorted_chunks(),
+                                         point_id=secrets.token_hex(8), retain_until_ns=self.retain_until_ns)
+        except VaultError:
+            known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
+            raise
         return BackupResult(point, stats, self.warnings)
 
     def _parent_root(self, point: PointRecord) -> bytes | None:
@@ -213,7 +237,7 @@ class Backup:
                         items.append(item)
                     continue
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                entry = entry_from_stat(name, st)
+                entry = _dir_entry(name, st)
                 xattrs = read_xattrs(proc_path(fd, name))
                 if xattrs:
                     entry["x"] = xattrs
@@ -281,7 +305,7 @@ class Backup:
             return None
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
-            entry = entry_from_stat(name, st)
+            entry = _dir_entry(name, st)
             xattrs = read_xattrs(fd)
             if xattrs:
                 entry["x"] = xattrs
@@ -393,6 +417,7 @@ class Backup:
 
     def _finalize(self, pending: _PendingDir) -> None:
         entries: list[Entry] = []
+        refs: list[bytes] = []
         for item in pending.items:
             if isinstance(item, _FileJob):
                 result = item.future.result()
@@ -403,12 +428,13 @@ class Backup:
                 entry = {**item.entry, "tree": item.tree_id}
             else:
                 entry = item
-            self.refs.update(entry.get("c", ()))
+            refs.extend(entry.get("c", ()))
             entries.append(entry)
         data = encode_tree(entries)
         tree_id = self.key.blob_id(data)
         if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
             self.packer.add_later(tree_id, KIND_TREE, data)
-        self.refs.add(tree_id)
+        refs.append(tree_id)
+        self.refs.add(refs)
         pending.tree_id = tree_id
         pending.items = []

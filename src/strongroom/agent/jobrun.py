@@ -108,4 +108,4 @@ def prepare_backup(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[b
     skip = [os.fsencode(agent.path)]
     if vault.url.startswith("file:"):
         skip.append(os.fsencode(folder_of(vault.url)))
-    return Backup(vault, key, paths, excludes, skip)
+    return Backup(vault, key, paths, excludes, skip, agent.cache)

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from strongroom import blobs
+from strongroom.agent.blobcache import KnownBlobs
 from strongroom.crypto import MasterKey
 from strongroom.errors import VaultError
 from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
@@ -29,9 +30,10 @@ _BATCHES_IN_FLIGHT = 4
 
 
 class Packer:
-    def __init__(self, vault: Vault, key: MasterKey) -> None:
+    def __init__(self, vault: Vault, key: MasterKey, known: KnownBlobs) -> None:
         self.vault, self.key = vault, key
-        self._known: set[bytes] | None = None  # loaded on first need: a no-change backup never needs it
+        self.known = known
+        self.synced = False  # brought up to date on first need: a no-change backup never needs it
         self.lock = threading.Lock()
         self.scratch = threading.local()  # one reusable envelope buffer per thread
         self.spare: queue.Queue[bytearray] = queue.Queue()
@@ -53,13 +55,12 @@ class Packer:
 
     def _claim(self, blob_id: bytes) -> bool:
         """True if this caller is the one to store the blob (not in the vault, not on its way)."""
-        with self.lock:
-            if self._known is None:
-                self._known = self.vault.blob_ids()
-            if blob_id in self._known:
-                return False
-            self._known.add(blob_id)
-            return True
+        if not self.synced:
+            with self.lock:
+                if not self.synced:
+                    self.known.sync(self.vault)
+                    self.synced = True
+        return self.known.claim(blob_id)
 
     def add(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
         """Stores the blob unless the vault has it or it is already on its way."""

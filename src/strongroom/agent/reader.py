@@ -23,8 +23,9 @@ _PREFETCH_HELD = 64 * 1024 * 1024
 
 
 class BlobReader:
-    def __init__(self, vault: Vault, key: MasterKey) -> None:
+    def __init__(self, vault: Vault, key: MasterKey, machine: str | None = None) -> None:
         self.vault, self.key = vault, key
+        self.machine = machine  # whose blobs: this machine's unless restoring another's
         self.locations: dict[bytes, BlobLocation] = {}
         self.trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
         self.prefetched: dict[bytes, bytes | memoryview] = {}  # blob id -> sealed envelope, until read once
@@ -35,7 +36,7 @@ class BlobReader:
         """Looks up where blobs lie, in batches, ahead of reading them."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self.locations]
         for start in range(0, len(wanted), _LOCATE_BATCH):
-            self.locations.update(self.vault.blob_locations(wanted[start:start + _LOCATE_BATCH]))
+            self.locations.update(self.vault.blob_locations(wanted[start:start + _LOCATE_BATCH], self.machine))
 
     def location(self, blob_id: bytes) -> BlobLocation:
         if blob_id not in self.locations:

@@ -70,7 +70,7 @@ def open_agent(ctx: click.Context, passphrase_file: Path | None,
         key = unwrap_key(keyfile, read_passphrase(passphrase_file, prompt=f"Encryption passphrase of {machine}: "))
     else:
         key = agent.master_key(read_passphrase(passphrase_file))
-    return agent, vault, key, BlobReader(vault, key)
+    return agent, vault, key, BlobReader(vault, key, machine)
 
 
 def human_bytes(n: float) -> str:

@@ -201,6 +201,30 @@ def settings_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | N
                    f"{'immutable' if result['immutable'] else 'not immutable'}.")
 
 
+@vault_group.command("rebuild-catalog")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@json_option
+def rebuild_catalog_cmd(folder: Path, as_json: bool) -> None:
+    """Rebuild the vault's catalog from its storage (after it was lost, damaged or replaced
+    by an older copy); the catalog it replaces is kept beside it."""
+    from strongroom.vault.rebuild import rebuild_catalog
+    report = rebuild_catalog(folder)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    click.echo(f"Rebuilt the catalog of {folder}: {report.machines} machines, {report.points} points "
+               f"({report.points_deleted} soft-deleted), {report.packs} packs ({report.blobs} blobs), "
+               f"{report.policies} policy versions, {report.jobs} jobs.")
+    if report.previous_catalog:
+        click.echo(f"The catalog it replaces is kept as {report.previous_catalog}.")
+    click.echo("Credentials are not kept in storage: issue new ones to register more machines.")
+    for problem in report.problems:
+        what = next(f"{k} {v}" for k, v in problem.items() if k != "error")
+        warn_line(f"{what}: {problem['error']}")
+    if report.problems:
+        warn_line(f"{len(report.problems)} problem(s); everything else was rebuilt")
+
+
 @vault_group.command("serve")
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -218,6 +242,8 @@ def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Pa
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     service = VaultService(folder)
+    from strongroom.vault.trust import ensure_trusted
+    ensure_trusted(service)  # never serve (nor prune at start) on a catalog older than storage
     listener = server.prepare(service, host, port, tls_cert, tls_key, not no_tls)
     click.echo(f"Serving vault {service.id} at {listener.url}", err=True)
     if listener.fingerprint:

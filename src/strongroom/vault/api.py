@@ -12,7 +12,9 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+import shutil
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +28,7 @@ from pydantic import BaseModel, Field
 from strongroom import __version__
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.fsutil import write_private
 from strongroom.vault import protection
 from strongroom.vault.service import (
     ADMIN_TOKEN_FILE,
@@ -34,11 +37,14 @@ from strongroom.vault.service import (
     PointRecord,
     VaultService,
 )
-from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MSGPACK
+from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MAX_REFS_PARTS, MSGPACK, REFS_PART_IDS
 
 MAX_JSON_BYTES = 1024 * 1024
-MAX_POINT_BYTES = 256 * 1024 * 1024  # a manifest and 32 bytes per referenced blob: 8 M blobs
+# A point's manifest (its refs travel apart, in parts); a location query; a batched read.
+MAX_POINT_BYTES = 16 * 1024 * 1024
+MAX_REFS_PART_BYTES = REFS_PART_IDS * ID_SIZE
 _PACK_NAME = re.compile(r"^[0-9a-f]{64}$")
+_POINT_ID = re.compile(r"^[0-9a-f]{1,32}$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 
 
@@ -49,6 +55,8 @@ class BodyTooLarge(Exception):
 def _body_limit(path: str) -> int:
     if path.startswith("/api/v1/packs/"):
         return MAX_PACK_BYTES
+    if path.startswith("/api/v1/points/") and "/refs/" in path:
+        return MAX_REFS_PART_BYTES
     if path in ("/api/v1/points", "/api/v1/blobs/locate", "/api/v1/blobs/read"):
         return MAX_POINT_BYTES
     return MAX_JSON_BYTES
@@ -269,35 +277,64 @@ def make_app(service: VaultService) -> FastAPI:
         from strongroom.vault.prune import prune
         return prune(service, dry_run=req.dry_run, repack_below=req.repack_below).to_dict()
 
+    @app.put("/api/v1/points/{point_id}/refs/{part}", status_code=201)
+    async def put_refs_part(point_id: str, part: int, request: Request, m: Machine = Depends(machine)) -> dict:
+        """One part of a point's refs (blob IDs, ascending, back to back), before the point."""
+        _check_point_id(point_id)
+        if not 0 <= part < MAX_REFS_PARTS:
+            raise UsageError(f"refs parts are numbered 0 to {MAX_REFS_PARTS - 1}")
+        body = await request.body()
+        if not body or len(body) % ID_SIZE:
+            raise UsageError(f"a refs part is 1 to {REFS_PART_IDS} blob IDs of {ID_SIZE} bytes")
+        folder = _refs_spool(m, point_id)
+        await run_in_threadpool(_write_part, folder, part, body)
+        return {"point": point_id, "part": part}
+
     @app.post("/api/v1/points", response_class=Response, status_code=201)
     async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:
         doc = _unpack(await request.body(), dict)
         try:
-            refs = bytes(doc["refs"])
-            ids = [refs[i:i + ID_SIZE] for i in range(0, len(refs), ID_SIZE)]
             retain = doc.get("retain_until_ns")
-            args = (m.id, str(doc["kind"]), str(doc["mode"]), dict(doc["stats"]), bytes(doc["manifest"]), ids,
-                    doc.get("id"), int(retain) if retain is not None else None)
+            point_id, parts = str(doc["id"]), int(doc["refs_parts"])
+            args = (m.id, str(doc["kind"])[:16], str(doc["mode"])[:16], dict(doc["stats"]), bytes(doc["manifest"]))
+            retain_until = int(retain) if retain is not None else None
         except (KeyError, TypeError, ValueError):
             raise UsageError("malformed point") from None
-        point = await run_in_threadpool(service.add_point, *args)
+        _check_point_id(point_id)
+        if not 0 <= parts <= MAX_REFS_PARTS:
+            raise UsageError("malformed point")
+        folder = _refs_spool(m, point_id)
+        refs = _read_parts(folder, parts)
+        point = await run_in_threadpool(service.add_point, *args, refs, point_id, retain_until)
+        await run_in_threadpool(shutil.rmtree, folder, True)
         return msgpack_response(point_doc(point), 201)
+
+    def _refs_spool(m: Machine, point_id: str) -> Path:
+        return service.spool_dir() / f"refs-{m.id}-{point_id}"
 
     # -- blobs and packs --------------------------------------------------------------------
 
     @app.get("/api/v1/blobs", response_class=Response)
-    def blob_ids(m: Machine = Depends(machine)) -> Response:
-        """This machine's blob IDs, 32 bytes each, back to back: what need not be uploaded again."""
-        return Response(b"".join(service.blob_ids(m.id)), media_type="application/octet-stream")
+    def blob_ids(epoch: str = Query("", max_length=80), since: int = Query(0, ge=0, le=2**62),
+                 after: str = Query("", pattern="^([0-9a-f]{64})?$"), m: Machine = Depends(machine)) -> Response:
+        """A page of this machine's blob IDs (32 bytes each, back to back), in packs indexed
+        after `since` in `epoch` (all when the epoch changed), ascending after `after`: what
+        need not be uploaded again. The headers say the current epoch and sequence."""
+        current, seq, ids = service.blob_ids_since(m.id, epoch or None, since, bytes.fromhex(after))
+        return Response(ids, media_type="application/octet-stream",
+                        headers={"X-Blob-Epoch": current, "X-Blob-Seq": str(seq)})
 
-    @app.post("/api/v1/blobs/locate", response_class=Response, dependencies=[Depends(machine)])
-    async def locate(request: Request) -> Response:
-        """Where blobs lie: the body is IDs back to back; the answer maps the present ones."""
+    @app.post("/api/v1/blobs/locate", response_class=Response)
+    async def locate(request: Request, machine_name: str | None = Query(None, alias="machine", max_length=255),
+                     m: Machine = Depends(machine)) -> Response:
+        """Where one machine's blobs lie (this machine's unless named): the body is IDs back to
+        back; the answer maps the present ones."""
         body = await request.body()
-        if len(body) % ID_SIZE or len(body) // ID_SIZE > MAX_LOCATE:
+        if not body or len(body) % ID_SIZE or len(body) // ID_SIZE > MAX_LOCATE:
             raise UsageError(f"send 1 to {MAX_LOCATE} blob IDs of {ID_SIZE} bytes")
         ids = [body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)]
-        found: dict[bytes, BlobLocation] = await run_in_threadpool(service.blob_locations, ids)
+        owner = other(machine_name, m) if machine_name else m.id
+        found: dict[bytes, BlobLocation] = await run_in_threadpool(service.blob_locations, owner, ids)
         return msgpack_response({k: [v.pack, v.offset, v.length, v.kind] for k, v in found.items()})
 
     @app.post("/api/v1/blobs/read", response_class=Response, dependencies=[Depends(machine)])
@@ -345,9 +382,9 @@ def make_app(service: VaultService) -> FastAPI:
 
     # -- checks -----------------------------------------------------------------------------
 
-    @app.get("/api/v1/check/structure", dependencies=[Depends(reader)])
-    def check_structure() -> list[dict[str, Any]]:
-        return service.check_structure()
+    @app.get("/api/v1/check/structure")
+    def check_structure(m: Machine = Depends(machine)) -> list[dict[str, Any]]:
+        return service.check_structure(m.id)
 
     @app.get("/api/v1/check/orphans", dependencies=[Depends(reader)])
     def orphan_packs() -> list[str]:
@@ -380,6 +417,24 @@ def make_app(service: VaultService) -> FastAPI:
     return app
 
 
+def _check_point_id(point_id: str) -> None:
+    if not _POINT_ID.match(point_id):
+        raise UsageError("a point ID is 1 to 32 lowercase hex digits")
+
+
+def _write_part(folder: Path, part: int, body: bytes) -> None:
+    folder.mkdir(exist_ok=True)
+    write_private(folder / f"{part:08d}", body)
+
+
+def _read_parts(folder: Path, parts: int) -> Iterator[bytes]:
+    for part in range(parts):
+        try:
+            yield (folder / f"{part:08d}").read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"part {part} of the point's refs was not received") from None
+
+
 def _check_pack_name(name: str) -> None:
     if not _PACK_NAME.match(name):
         raise UsageError("a pack name is 64 lowercase hex digits")
@@ -398,4 +453,7 @@ def _unpack(body: bytes, kind: type) -> Any:
 def clean_spool(service: VaultService) -> None:
     """Uploads a previous server was receiving when it stopped: never verified, never used."""
     for leftover in service.spool_dir().iterdir():
-        leftover.unlink(missing_ok=True)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)

@@ -9,9 +9,11 @@ content, and points and jobs carry IDs the agent chose.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,9 +23,10 @@ import msgpack
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
 from strongroom.vault.jobs import JobRecord
+from strongroom.vault.refs import rechunk
 from strongroom.vault.service import BlobLocation, PointRecord
 from strongroom.vault.tls import pinned_context
-from strongroom.vault.wire import ERROR_CLASSES, ID_SIZE, MAX_LOCATE, MSGPACK
+from strongroom.vault.wire import ERROR_CLASSES, MAX_LOCATE, MSGPACK, REFS_PART_IDS
 
 RETRY_ENV = "STRONGROOM_VAULT_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 120.0
@@ -161,9 +164,13 @@ class HttpVault:
 
     # -- packs and blobs --------------------------------------------------------------------
 
-    def blob_ids(self) -> set[bytes]:
-        body = self._call("GET", "/api/v1/blobs").content
-        return {body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)}
+    def blob_ids_since(self, epoch: str | None, since: int, after: bytes = b"") -> tuple[str, int, bytes]:
+        response = self._call("GET", "/api/v1/blobs", params={"epoch": epoch or "", "since": since,
+                                                                "after": after.hex()})
+        try:
+            return response.headers["X-Blob-Epoch"], int(response.headers["X-Blob-Seq"]), response.content
+        except (KeyError, ValueError):
+            raise VaultError("the vault's answer to a blob listing is malformed") from None
 
     def store_pack(self, name: str, data: bytes | memoryview) -> None:
         # Slices of the pack buffer, not a copy of it: each copy of an 8 MiB pack left the
@@ -173,10 +180,11 @@ class HttpVault:
         self._call("PUT", f"/api/v1/packs/{name}", content=parts,
                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(view))})
 
-    def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
+    def blob_locations(self, ids: list[bytes], machine: str | None = None) -> dict[bytes, BlobLocation]:
         found: dict[bytes, BlobLocation] = {}
         for start in range(0, len(ids), MAX_LOCATE):
-            doc = self._msgpack("POST", "/api/v1/blobs/locate", content=b"".join(ids[start:start + MAX_LOCATE]))
+            doc = self._msgpack("POST", "/api/v1/blobs/locate", params={"machine": self._name(machine)},
+                                content=b"".join(ids[start:start + MAX_LOCATE]))
             found.update((k, BlobLocation(*v)) for k, v in doc.items())
         return found
 
@@ -208,10 +216,18 @@ class HttpVault:
     # -- points -----------------------------------------------------------------------------
 
     def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
-                  refs: list[bytes], point_id: str | None = None,
+                  refs: Iterable[bytes], point_id: str | None = None,
                   retain_until_ns: int | None = None) -> PointRecord:
+        # The refs travel in parts of bounded size, each one request that can be retried
+        # alone: a point of any size, with bounded memory at both ends.
+        point_id = point_id or secrets.token_hex(8)
+        parts = 0
+        for part in rechunk(refs, REFS_PART_IDS):
+            self._call("PUT", f"/api/v1/points/{point_id}/refs/{parts}", content=part,
+                       headers={"Content-Type": "application/octet-stream"})
+            parts += 1
         body = msgpack.packb({"id": point_id, "kind": kind, "mode": mode, "stats": stats, "manifest": manifest,
-                              "refs": b"".join(refs), "retain_until_ns": retain_until_ns})
+                              "refs_parts": parts, "retain_until_ns": retain_until_ns})
         return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
                                            headers={"Content-Type": MSGPACK}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -50,14 +51,14 @@ class EmbeddedVault:
     def keyfile(self, machine: str | None = None) -> str:
         return self.service.keyfile(self._machine(machine))
 
-    def blob_ids(self) -> set[bytes]:
-        return self.service.blob_ids(self._me())
+    def blob_ids_since(self, epoch: str | None, since: int, after: bytes = b"") -> tuple[str, int, bytes]:
+        return self.service.blob_ids_since(self._me(), epoch, since, after)
 
     def store_pack(self, name: str, data: bytes | memoryview) -> None:
         self.service.store_pack(self._me(), name, data)
 
     def add_point(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
-                  refs: list[bytes], point_id: str | None = None,
+                  refs: Iterable[bytes], point_id: str | None = None,
                   retain_until_ns: int | None = None) -> PointRecord:
         return self.service.add_point(self._me(), kind, mode, stats, manifest, refs, point_id, retain_until_ns)
 
@@ -76,8 +77,8 @@ class EmbeddedVault:
     def stop_protection(self, delete_data: bool, pin: str | None = None) -> int:
         return self.service.stop_protection(self._me(), delete_data, pin)
 
-    def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
-        return self.service.blob_locations(ids)
+    def blob_locations(self, ids: list[bytes], machine: str | None = None) -> dict[bytes, BlobLocation]:
+        return self.service.blob_locations(self._machine(machine), ids)
 
     def read_range(self, pack: str, offset: int, length: int) -> bytes:
         return self.service.read_range(pack, offset, length)
@@ -92,7 +93,7 @@ class EmbeddedVault:
         return self.service.pack_names(self._me())
 
     def check_structure(self) -> list[dict[str, Any]]:
-        return self.service.check_structure()
+        return self.service.check_structure(self._me())
 
     def orphan_packs(self) -> list[str]:
         return self.service.orphan_packs()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -57,8 +58,9 @@ def _expire_stale(db: Any, now_ns: int, *where: Any) -> bool:
 
 
 class JobBook:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, archive: Callable[[int, JobRecord], None] | None = None) -> None:
         self.engine = engine
+        self.archive = archive  # keeps each finished job's record in storage too
 
     def start(self, machine_id: int, job_id: str, kind: str, source_machine_id: int | None = None) -> JobRecord:
         if kind not in KINDS or not job_id or len(job_id) > 32:
@@ -112,7 +114,10 @@ class JobBook:
                 status=status, ended_ns=time.time_ns(), mode=mode, point_id=point_id, files=files, bytes=nbytes,
                 failed=json.dumps((failed or [])[:MAX_FAILED_RECORDED]), message=message[:4000],
                 lease_key=None, lease_expires=None))
-        return self.get(job_id)
+        record = self.get(job_id)
+        if self.archive is not None:
+            self.archive(machine_id, record)
+        return record
 
     def _query(self) -> Any:
         me, src = aliased(cat.machines), aliased(cat.machines)

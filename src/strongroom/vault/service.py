@@ -2,7 +2,9 @@
 
 One service, two ways in: called in-process for an embedded vault, or behind the HTTP API
 for a served one. Every agent-facing call is made on behalf of a machine, authenticated by
-the token it got at registration.
+the token it got at registration. Storage first, catalog second: every record is written to
+storage (vault/records.py) before the catalog points at it, so that the catalog can always
+be rebuilt from storage (vault/rebuild.py).
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import json
 import mmap
 import os
 import secrets
+import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import blake3
 from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import DatabaseError
 
 from strongroom import packs as packfmt
 from strongroom.credentials import Credentials
@@ -33,25 +38,49 @@ from strongroom.errors import (
 from strongroom.fsutil import write_private
 from strongroom.policy import Policy
 from strongroom.vault import catalog as cat
-from strongroom.vault import protection
-from strongroom.vault.jobs import JobBook
+from strongroom.vault import protection, records
+from strongroom.vault import refs as reflist
+from strongroom.vault.jobs import JobBook, JobRecord
+from strongroom.vault.records import pack_object
 from strongroom.vault.storage.fs import FolderStorage
 
 VAULT_FILE = "vault.json"
+VAULT_FORMAT = 2  # storage-first records, refs by blob ID, blobs unique per machine
+CATALOG_FILE = "catalog.sqlite"
 ADMIN_TOKEN_FILE = "admin.token"
 SPOOL_DIR = "incoming"
 # The largest pack accepted: data packs are ~8 MiB, but one directory of a million entries
 # makes a tree blob of ~100 MB, and that travels in a pack of its own.
 MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # one batched read: bounded memory in the vault
+BLOB_PAGE = 262144  # blob IDs in one page of blob_ids_since: 8 MiB
 
 
 def _hash_secret(secret: str) -> str:
     return blake3.blake3(secret.encode()).hexdigest()
 
 
-def pack_object(name: str) -> str:
-    return f"packs/{name[:2]}/{name}"
+class CatalogUntrusted(VaultError):
+    """The catalog is missing, empty, unreadable or older than storage: nothing may be
+    served or deleted on its word until `vault rebuild-catalog` has run."""
+
+
+def rebuild_hint(root: Path) -> str:
+    return f"run `strongroom vault rebuild-catalog {root}` to rebuild it from the vault's storage"
+
+
+def read_vault_meta(root: Path) -> dict[str, Any]:
+    """vault.json, refused with one line when missing, unreadable or of another format."""
+    try:
+        meta = json.loads((root / VAULT_FILE).read_text())
+    except FileNotFoundError:
+        raise VaultError(f"no Strongroom vault at {root}") from None
+    except (OSError, ValueError) as exc:
+        raise VaultError(f"cannot read the vault at {root}: {getattr(exc, 'strerror', None) or exc}") from None
+    if meta.get("version") != VAULT_FORMAT:
+        raise VaultError(f"the vault at {root} has format {meta.get('version')!r}; this Strongroom reads format "
+                         f"{VAULT_FORMAT} only (make a new vault and back up again)")
+    return meta
 
 
 @dataclass(frozen=True)
@@ -75,18 +104,27 @@ class BlobLocation:
 
 class VaultService:
     def __init__(self, root: Path) -> None:
-        meta_path = root / VAULT_FILE
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise VaultError(f"no Strongroom vault at {root}") from None
-        except (OSError, ValueError) as exc:
-            raise VaultError(f"cannot read the vault at {root}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.meta = read_vault_meta(root)
         self.root = root
         self.id: str = self.meta["id"]
         self.storage = FolderStorage(root)
-        self.engine: Engine = cat.open_engine(f"sqlite:///{root / 'catalog.sqlite'}")
-        self.jobs = JobBook(self.engine)
+        catalog = root / CATALOG_FILE
+        if not catalog.exists():
+            # Never a new empty catalog in place of a lost one: its word would be "nothing
+            # is needed", and a prune would delete every pack.
+            raise CatalogUntrusted(f"the vault's catalog {catalog} is missing; {rebuild_hint(root)}")
+        try:
+            self.engine: Engine = cat.open_engine(f"sqlite:///{catalog}")
+            with self.engine.connect() as db:
+                facts = dict(db.execute(select(cat.catalog_meta.c.key, cat.catalog_meta.c.value)).all())
+        except DatabaseError as exc:
+            raise CatalogUntrusted(f"the vault's catalog {catalog} is unreadable ({exc.orig}); "
+                                   f"{rebuild_hint(root)}") from None
+        if facts.get("vault_id") != self.id:
+            raise CatalogUntrusted(f"the vault's catalog {catalog} is empty or belongs to another vault; "
+                                   f"{rebuild_hint(root)}")
+        self.incarnation: str = facts["incarnation"]
+        self.jobs = JobBook(self.engine, self._archive_job)
         # token hash -> machine; machines are never renamed or removed while a vault runs
         self.known_tokens: dict[str, tuple[int, str]] = {}
 
@@ -97,8 +135,10 @@ class VaultService:
         root.mkdir(parents=True, exist_ok=True)
         (root / "packs").mkdir()
         write_private(root / ADMIN_TOKEN_FILE, (secrets.token_urlsafe(32) + "\n").encode())
-        meta = {"format": "strongroom-vault", "version": 1, "id": str(uuid.uuid4()), "created": int(time.time())}
+        meta = {"format": "strongroom-vault", "version": VAULT_FORMAT, "id": str(uuid.uuid4()),
+                "created": int(time.time())}
         write_private(root / VAULT_FILE, json.dumps(meta, indent=1).encode(), mode=0o644)
+        init_catalog(root / CATALOG_FILE, meta["id"])
         return cls(root)
 
     # -- credentials and registration ------------------------------------------------------
@@ -132,8 +172,10 @@ class VaultService:
                 raise CredentialsError("these vault credentials have expired; download new ones")
             if db.execute(select(cat.machines.c.id).where(cat.machines.c.name == machine)).first():
                 raise CredentialsError(f"a machine named {machine!r} is already registered with this vault")
-            db.execute(insert(cat.machines).values(name=machine, registered=int(time.time()),
-                                                   keyfile=keyfile, token_hash=_hash_secret(token)))
+            record = {"uid": secrets.token_hex(8), "name": machine, "registered": int(time.time()),
+                      "keyfile": keyfile, "token_hash": _hash_secret(token)}
+            self.storage.put(records.machine_object(record["uid"]), records.encode_json(record))
+            db.execute(insert(cat.machines).values(**record))
         return token
 
     def authenticate(self, token: str) -> tuple[int, str]:
@@ -164,13 +206,40 @@ class VaultService:
         with self.engine.connect() as db:
             return db.execute(select(cat.machines.c.keyfile).where(cat.machines.c.id == machine_id)).scalar_one()
 
+    def _archive_job(self, machine_id: int, job: JobRecord) -> None:
+        self.storage.put(records.job_object(self.machine_uid(machine_id), job.id), records.encode_json(job.to_dict()))
+
+    def machine_uid(self, machine_id: int) -> str:
+        with self.engine.connect() as db:
+            return db.execute(select(cat.machines.c.uid).where(cat.machines.c.id == machine_id)).scalar_one()
+
     # -- packs and blobs --------------------------------------------------------------------
 
-    def blob_ids(self, machine_id: int) -> set[bytes]:
-        q = (select(cat.blobs.c.blob_id).join(cat.packs, cat.packs.c.id == cat.blobs.c.pack_id)
-             .where(cat.packs.c.machine_id == machine_id))
+    def blob_epoch(self, machine_id: int) -> tuple[str, int]:
+        """(epoch, seq): the epoch changes when blobs of the machine are dropped or the catalog
+        is rebuilt; seq grows with every pack indexed."""
         with self.engine.connect() as db:
-            return {bytes(r[0]) for r in db.execute(q)}
+            row = db.execute(select(cat.machines.c.drops, cat.machines.c.pack_seq)
+                             .where(cat.machines.c.id == machine_id)).one()
+        return f"{self.incarnation}:{row.drops}", row.pack_seq
+
+    def blob_ids_since(self, machine_id: int, epoch: str | None, since: int, after: bytes = b"",
+                       limit: int = BLOB_PAGE) -> tuple[str, int, bytes]:
+        """A page of the machine's blob IDs in packs indexed after seq `since` of `epoch` (all of
+        them when the epoch is another), ascending from after `after`: (current epoch, current
+        seq, up to `limit` IDs back to back). A short page is the last.
+
+        An agent keeps the set on disk and asks only for what changed since its last backup,
+        so this work is bounded by the change, not by the size of the vault."""
+        current, seq = self.blob_epoch(machine_id)
+        newer = since if epoch == current else -1
+        with self.engine.connect() as db:
+            rows = db.execute(select(cat.blobs.c.blob_id)
+                              .join(cat.packs, cat.packs.c.id == cat.blobs.c.pack_id)
+                              .where(cat.blobs.c.machine_id == machine_id, cat.blobs.c.blob_id > after,
+                                     cat.packs.c.seq > newer)
+                              .order_by(cat.blobs.c.blob_id).limit(min(limit, BLOB_PAGE))).all()
+        return current, seq, b"".join(bytes(r[0]) for r in rows)
 
     def store_pack(self, machine_id: int, name: str, data: bytes | memoryview) -> None:
         """Verifies a pack's name and header, stores it durably, then indexes its blobs."""
@@ -204,18 +273,23 @@ class VaultService:
         return packfmt.read_header(data)
 
     def _index_pack(self, machine_id: int, name: str, size: int, refs: list[packfmt.BlobRef]) -> None:
+        """The pack's index record goes to storage, then its rows to the catalog."""
+        with self.engine.connect() as db:
+            owner = db.execute(select(cat.packs.c.machine_id).where(cat.packs.c.name == name)).first()
+        if owner is not None:
+            if owner.machine_id != machine_id:
+                raise VaultError(f"pack {name} belongs to another machine")
+            return  # a retried upload
+        rows = [(r.blob_id, r.kind, r.offset, r.length) for r in refs]
+        created = int(time.time())
+        self.storage.put(records.index_object(name),
+                         records.pack_index(name, self.machine_uid(machine_id), size, created, rows))
         with cat.write(self.engine) as db:
-            existing = db.execute(select(cat.packs.c.id).where(cat.packs.c.name == name)).first()
-            if existing:
-                return
-            pid = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=size,
-                                                      created=int(time.time()))).inserted_primary_key[0]
-            if refs:
-                cat.insert_blobs(db, pid, [(r.blob_id, r.kind, r.offset, r.length) for r in refs])
+            index_pack_rows(db, machine_id, name, size, created, rows)
 
-    def blob_locations(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
+    def blob_locations(self, machine_id: int, ids: list[bytes]) -> dict[bytes, BlobLocation]:
         with self.engine.begin() as db:
-            rows = cat.find_blobs(db, list(ids))
+            rows = cat.find_blobs(db, machine_id, list(ids))
         return {k: BlobLocation(r.pack, r.offset, r.length, r.kind) for k, r in rows.items()}
 
     def read_range(self, pack: str, offset: int, length: int) -> bytes:
@@ -233,33 +307,84 @@ class VaultService:
     # -- recovery points --------------------------------------------------------------------
 
     def add_point(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any],
-                  manifest: bytes, refs: list[bytes], point_id: str | None = None,
+                  manifest: bytes, refs: Iterable[bytes], point_id: str | None = None,
                   retain_until_ns: int | None = None) -> PointRecord:
         """Records a point after checking that every blob it references is this machine's and
-        in the vault. The agent may choose the ID, so that a retried request is harmless."""
+        in the vault. `refs` are the blob IDs, ascending, in pieces of any size (streamed:
+        a point has no size limit). The agent may choose the ID, so that a retried request
+        is harmless.
+
+        The refs are checked outside the catalog's write lock; the short transaction that
+        records the point checks that no prune dropped blobs of the machine meanwhile (else
+        it checks again, with the lock held)."""
         pid = point_id or secrets.token_hex(8)
-        if len(pid) > 32:
-            raise UsageError("point IDs are at most 32 characters")
-        with cat.write(self.engine) as db:
-            if point_id is not None:
-                done = db.execute(select(cat.points.c.machine_id).where(cat.points.c.id == pid)).first()
-                if done is not None:
-                    if done.machine_id != machine_id:
-                        raise VaultError(f"point {pid} belongs to another machine")
-                    return next(p for p in self.points(machine_id) if p.id == pid)
-            rows = cat.find_blobs(db, refs)
-            missing = len(set(refs)) - len(rows)
-            if missing:
-                raise VaultError(f"the point references {missing} blobs the vault does not have")
-            if any(r.machine_id != machine_id for r in rows.values()):
-                raise VaultError("a point may reference only its own machine's blobs")
-            created = time.time_ns()
-            db.execute(insert(cat.points).values(
-                id=pid, machine_id=machine_id, created_ns=created, kind=kind, mode=mode,
-                stats=json.dumps(stats), manifest=manifest, refs=cat.encode_refs(r.row_id for r in rows.values()),
-                retain_until_ns=retain_until_ns))
-            name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
+        if not pid or len(pid) > 32 or not all(c in "0123456789abcdef" for c in pid):
+            raise UsageError("point IDs are 1 to 32 lowercase hex digits")
+        done = self._point_row(pid)
+        if done is not None:
+            if done.machine_id != machine_id:
+                raise VaultError(f"point {pid} belongs to another machine")
+            return next(p for p in self.points(machine_id) if p.id == pid)
+        uid = self.machine_uid(machine_id)
+        drops = self._drops(machine_id)
+        fd, spool = tempfile.mkstemp(prefix=".refs-", dir=self.spool_dir())
+        try:
+            with os.fdopen(fd, "wb") as out:
+                count, checksum = reflist.write_refs(self._present(machine_id, refs), out)
+            self.storage.put_file(records.refs_object(uid, pid), Path(spool))
+        finally:
+            Path(spool).unlink(missing_ok=True)
+        created = time.time_ns()
+        record = {"id": pid, "machine": uid, "created_ns": created, "kind": kind, "mode": mode, "stats": stats,
+                  "manifest": manifest, "retain_until_ns": retain_until_ns,
+                  "refs": {"count": count, "blake3": checksum}}
+        self.storage.put(records.point_object(uid, pid), records.encode_binary(record))
+        try:
+            with cat.write(self.engine) as db:
+                if self._drops(machine_id, db) != drops:
+                    for _chunk in self._present(machine_id, self.point_refs(uid, pid, count, checksum), db):
+                        pass
+                insert_point_row(db, machine_id, record)
+                name = db.execute(select(cat.machines.c.name).where(cat.machines.c.id == machine_id)).scalar_one()
+        except StrongroomError:
+            self.storage.delete(records.point_object(uid, pid))  # never recorded: no trace left
+            self.storage.delete(records.refs_object(uid, pid))
+            raise
         return PointRecord(pid, name, created, kind, mode, stats, manifest)
+
+    def _point_row(self, point_id: str) -> Any:
+        with self.engine.connect() as db:
+            return db.execute(select(cat.points.c.machine_id).where(cat.points.c.id == point_id)).first()
+
+    def _drops(self, machine_id: int, db: Any = None) -> int:
+        if db is None:
+            with self.engine.connect() as conn:
+                return self._drops(machine_id, conn)
+        return db.execute(select(cat.machines.c.drops).where(cat.machines.c.id == machine_id)).scalar_one()
+
+    def _present(self, machine_id: int, refs: Iterable[bytes], db: Any = None) -> Iterator[bytes]:
+        """Passes the refs on in chunks, after checking that the machine has every blob."""
+        for chunk in reflist.rechunk(refs):
+            ids = list(reflist.ids([chunk]))
+            if db is None:
+                with self.engine.begin() as conn:
+                    found = cat.find_blobs(conn, machine_id, ids)
+            else:
+                found = cat.find_blobs(db, machine_id, ids)
+            if len(found) != len(ids):
+                raise VaultError(f"the point references {len(ids) - len(found)} blobs this machine does not "
+                                 "have in the vault (pruned since the agent last looked?); back up again")
+            yield chunk
+
+    def point_refs(self, uid: str, point_id: str, count: int | None = None,
+                   checksum: str | None = None) -> Iterator[bytes]:
+        """A point's refs from storage, in chunks, verified against its record's checksum."""
+        if count is None or checksum is None:
+            record = records.decode_binary(self.storage.get(records.point_object(uid, point_id)), f"point {point_id}")
+            count, checksum = record["refs"]["count"], record["refs"]["blake3"]
+        what = f"the refs of point {point_id}"
+        with self.storage.open(records.refs_object(uid, point_id)) as stream:
+            yield from reflist.verify_refs(reflist.read_refs(stream, what), count, checksum, what)
 
     def points(self, machine_id: int, deleted: bool = False) -> list[PointRecord]:
         """The machine's points, newest first; with `deleted`, the soft-deleted ones instead."""
@@ -274,6 +399,7 @@ class VaultService:
 
     def undelete_point(self, machine_id: int, point_id: str) -> None:
         with cat.write(self.engine) as db:
+            self.storage.delete(records.deleted_object(self.machine_uid(machine_id), point_id))
             done = db.execute(update(cat.points).where(cat.points.c.id == point_id,
                                                        cat.points.c.machine_id == machine_id,
                                                        cat.points.c.deleted_ns.is_not(None))
@@ -295,8 +421,11 @@ class VaultService:
             last = _latest_policy(db, machine_id)
             protection.guard_policy_change(self.engine, db, last[1] if last else None, doc, pin)
             version = (last[0] if last else 0) + 1
+            created = time.time_ns()
+            self.storage.put(records.policy_object(self.machine_uid(machine_id), version),
+                             records.encode_json({"version": version, "created_ns": created, "doc": doc}))
             db.execute(insert(cat.policies).values(machine_id=machine_id, version=version,
-                                                   created_ns=time.time_ns(), doc=json.dumps(doc)))
+                                                   created_ns=created, doc=json.dumps(doc)))
         return version
 
     def stop_protection(self, machine_id: int, delete_data: bool, pin: str | None = None) -> int:
@@ -329,23 +458,36 @@ class VaultService:
 
     # -- verification -----------------------------------------------------------------------
 
-    def check_structure(self) -> list[dict[str, Any]]:
-        """Problems found without the key: missing or mis-sized packs, dangling point refs."""
+    def check_structure(self, machine_id: int | None) -> list[dict[str, Any]]:
+        """Problems found without the key: missing or mis-sized packs, point refs that are
+        damaged or name blobs the catalog does not have (one machine's, or all)."""
         problems: list[dict[str, Any]] = []
+        mine = (lambda col: col == machine_id) if machine_id is not None else (lambda col: True)
         with self.engine.connect() as db:
-            known_blobs = {r[0] for r in db.execute(select(cat.blobs.c.id))}
-            for name, size in db.execute(select(cat.packs.c.name, cat.packs.c.size)):
-                try:
-                    actual = self.storage.size(pack_object(name))
-                except StrongroomError:
-                    problems.append({"pack": name, "error": "pack is missing from storage"})
-                    continue
-                if actual != size:
-                    problems.append({"pack": name, "error": f"pack is {actual} bytes, catalog says {size}"})
-            for pid, refs in db.execute(select(cat.points.c.id, cat.points.c.refs)):
-                lost = [r for r in cat.decode_refs(refs) if r not in known_blobs]
-                if lost:
-                    problems.append({"point": pid, "error": f"references {len(lost)} blobs missing from the catalog"})
+            packs = db.execute(select(cat.packs.c.name, cat.packs.c.size).where(mine(cat.packs.c.machine_id))).all()
+            points = db.execute(select(cat.points.c.id, cat.points.c.machine_id, cat.machines.c.uid)
+                                .join(cat.machines, cat.machines.c.id == cat.points.c.machine_id)
+                                .where(mine(cat.points.c.machine_id))).all()
+        for name, size in packs:
+            try:
+                actual = self.storage.size(pack_object(name))
+            except StrongroomError:
+                problems.append({"pack": name, "error": "pack is missing from storage"})
+                continue
+            if actual != size:
+                problems.append({"pack": name, "error": f"pack is {actual} bytes, catalog says {size}"})
+        for pid, mid, uid in points:
+            lost = 0
+            try:
+                for chunk in reflist.rechunk(self.point_refs(uid, pid)):
+                    ids = list(reflist.ids([chunk]))
+                    with self.engine.begin() as db:
+                        lost += len(ids) - len(cat.find_blobs(db, mid, ids))
+            except StrongroomError as exc:
+                problems.append({"point": pid, "error": f"refs unreadable: {exc}"})
+                continue
+            if lost:
+                problems.append({"point": pid, "error": f"references {lost} blobs missing from the catalog"})
         return problems
 
     def orphan_packs(self) -> list[str]:
@@ -362,6 +504,35 @@ class VaultService:
             q = q.where(cat.packs.c.machine_id == machine_id)
         with self.engine.connect() as db:
             return [r[0] for r in db.execute(q)]
+
+
+def init_catalog(path: Path, vault_id: str) -> Engine:
+    """A new catalog for the vault: its tables and the facts that say whose it is."""
+    engine = cat.open_engine(f"sqlite:///{path}")
+    with cat.write(engine) as db:
+        db.execute(insert(cat.catalog_meta), [{"key": "vault_id", "value": vault_id},
+                                              {"key": "incarnation", "value": secrets.token_hex(8)}])
+    return engine
+
+
+def index_pack_rows(db: Any, machine_id: int, name: str, size: int, created: int,
+                    rows: list[tuple[bytes, int, int, int]]) -> int:
+    """Catalog rows for an indexed pack; the machine's pack sequence moves on."""
+    seq = db.execute(update(cat.machines).where(cat.machines.c.id == machine_id)
+                     .values(pack_seq=cat.machines.c.pack_seq + 1)
+                     .returning(cat.machines.c.pack_seq)).scalar_one()
+    pack_id = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=size, created=created,
+                                                  seq=seq)).inserted_primary_key[0]
+    cat.insert_blobs(db, machine_id, pack_id, rows)
+    return pack_id
+
+
+def insert_point_row(db: Any, machine_id: int, record: dict[str, Any], deleted_ns: int | None = None) -> None:
+    """The catalog row of a point whose record is in storage."""
+    db.execute(insert(cat.points).values(
+        id=record["id"], machine_id=machine_id, created_ns=record["created_ns"], kind=record["kind"],
+        mode=record["mode"], stats=json.dumps(record["stats"]), manifest=record["manifest"],
+        refs_count=record["refs"]["count"], retain_until_ns=record["retain_until_ns"], deleted_ns=deleted_ns))
 
 
 def _latest_policy(db: Any, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:

@@ -16,6 +16,8 @@ from strongroom.errors import (
 MSGPACK = "application/x-msgpack"
 ID_SIZE = 32  # a blob ID: keyed BLAKE3
 MAX_LOCATE = 65536  # blob IDs in one location query
+REFS_PART_IDS = 262144  # blob IDs in one part of a point's refs upload: 8 MiB
+MAX_REFS_PARTS = 1_000_000  # parts of one point: 262 G blob IDs, far beyond any machine
 # One-line errors travel by class name, so that the agent raises what it would have raised
 # in-process and prints the same message whether its vault is embedded or served.
 ERROR_STATUS: dict[type[StrongroomError], int] = {

@@ -1,5 +1,10 @@
 """The catalog: machines, credentials, packs, blobs and recovery points, in SQL.
 
+The catalog is an index of the vault's storage, never its only memory: every record that
+matters is written to storage first (see vault/records.py), and `vault rebuild-catalog`
+rebuilds this database from storage alone. Nothing here names a row id that a rebuild would
+not reproduce: points reference blobs by their IDs (kept in storage, vault/refs.py).
+
 SQL goes through SQLAlchemy Core so that the same code serves SQLite (embedded) and,
 later, PostgreSQL (many vault servers). Blob IDs are keyed hashes and point manifests are
 sealed, so nothing here needs or reveals the key.
@@ -7,11 +12,8 @@ sealed, so nothing here needs or reveals the key.
 
 from __future__ import annotations
 
-import array
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import zstandard
 from sqlalchemy import (
     Column,
     Connection,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -37,13 +40,25 @@ credentials = Table(
     Column("issued", Integer, nullable=False),
     Column("expires", Integer, nullable=False),
 )
+# The catalog's own facts: its format, and an incarnation that changes with every rebuild,
+# so that agents know their cached view of the vault's blobs is void.
+catalog_meta = Table(
+    "catalog_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
 machines = Table(
     "machines", metadata,
     Column("id", Integer, primary_key=True),
+    Column("uid", String(32), nullable=False, unique=True),  # its name in storage
     Column("name", String(255), nullable=False, unique=True),
     Column("registered", Integer, nullable=False),
     Column("keyfile", Text, nullable=False),
     Column("token_hash", String(64), nullable=False),
+    # Raised with every pack indexed (packs.seq) and every blob dropped (drops): what an
+    # agent needs to bring its cached set of this machine's blob IDs up to date.
+    Column("pack_seq", Integer, nullable=False, default=0),
+    Column("drops", Integer, nullable=False, default=0),
 )
 packs = Table(
     "packs", metadata,
@@ -52,15 +67,19 @@ packs = Table(
     Column("machine_id", Integer, ForeignKey("machines.id"), nullable=False, index=True),
     Column("size", Integer, nullable=False),
     Column("created", Integer, nullable=False),
+    Column("seq", Integer, nullable=False, default=0),  # machines.pack_seq when it was indexed
 )
 blobs = Table(
     "blobs", metadata,
     Column("id", Integer, primary_key=True),
-    Column("blob_id", LargeBinary(32), nullable=False, unique=True),
+    # Unique per machine, not vault-wide: one machine cannot squat another's blob IDs.
+    Column("machine_id", Integer, ForeignKey("machines.id"), nullable=False),
+    Column("blob_id", LargeBinary(32), nullable=False),
     Column("pack_id", Integer, ForeignKey("packs.id"), nullable=False, index=True),
     Column("kind", Integer, nullable=False),
     Column("offset", Integer, nullable=False),
     Column("length", Integer, nullable=False),
+    UniqueConstraint("machine_id", "blob_id", name="blobs_machine_blob"),
 )
 points = Table(
     "points", metadata,
@@ -71,9 +90,7 @@ points = Table(
     Column("mode", String(16), nullable=False),
     Column("stats", Text, nullable=False),
     Column("manifest", LargeBinary, nullable=False),
-    # Sorted blob row ids, delta-coded and compressed: the vault's key-free view of what
-    # the point keeps alive, for retention and garbage collection.
-    Column("refs", LargeBinary, nullable=False),
+    Column("refs_count", Integer, nullable=False),  # the refs themselves live in storage
     Column("deleted_ns", Integer),  # soft-deleted then; the refs keep its data until purged
     Column("retain_until_ns", Integer),  # an on-demand backup's own retention
 )
@@ -160,33 +177,21 @@ def write(engine: Engine) -> Any:
     return engine.execution_options(write=True).begin()
 
 
-def encode_refs(row_ids: Iterable[int]) -> bytes:
-    ordered = sorted(set(row_ids))
-    deltas = array.array("Q", (b - a for a, b in zip([0, *ordered], ordered)))
-    return zstandard.ZstdCompressor(level=3).compress(deltas.tobytes())
+_INSERT_BATCH = 10_000  # rows per executemany: bounded memory for a pack of many blobs
 
 
-def decode_refs(data: bytes) -> list[int]:
-    deltas = array.array("Q")
-    deltas.frombytes(zstandard.ZstdDecompressor().decompress(data))
-    out, total = [], 0
-    for d in deltas:
-        total += d
-        out.append(total)
-    return out
-
-
-def insert_blobs(db: Connection, pack_id: int, rows: list[tuple[bytes, int, int, int]]) -> None:
-    """Indexes a pack's blobs (id, kind, offset, length); a blob already indexed keeps its place.
+def insert_blobs(db: Connection, machine_id: int, pack_id: int, rows: list[tuple[bytes, int, int, int]]) -> None:
+    """Indexes a pack's blobs (id, kind, offset, length); a blob the machine has indexed
+    already keeps its place.
 
     Straight to the driver's executemany: SQLAlchemy's per-row processing cost more than
     the rest of a backup's catalog work together (measured on 50,000 blobs).
     """
     mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
-    conflict = "ON CONFLICT (blob_id) DO NOTHING"
-    sql = (f"INSERT INTO blobs (blob_id, pack_id, kind, \"offset\", length) "
-           f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) {conflict}")
-    db.exec_driver_sql(sql, [(b, pack_id, k, o, n) for b, k, o, n in rows])
+    sql = (f"INSERT INTO blobs (machine_id, blob_id, pack_id, kind, \"offset\", length) "
+           f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (machine_id, blob_id) DO NOTHING")
+    for start in range(0, len(rows), _INSERT_BATCH):
+        db.exec_driver_sql(sql, [(machine_id, b, pack_id, k, o, n) for b, k, o, n in rows[start:start + _INSERT_BATCH]])
 
 
 class BlobRow(NamedTuple):
@@ -195,12 +200,11 @@ class BlobRow(NamedTuple):
     offset: int
     length: int
     kind: int
-    machine_id: int
 
 
-def find_blobs(db: Connection, ids: list[bytes]) -> dict[bytes, BlobRow]:
-    """Where the given blob IDs are (those present), through a temporary table: a point
-    references tens of thousands of blobs, too many for IN lists."""
+def find_blobs(db: Connection, machine_id: int, ids: list[bytes]) -> dict[bytes, BlobRow]:
+    """Where the given blob IDs of one machine are (those present), through a temporary
+    table: a point references tens of thousands of blobs, too many for IN lists."""
     mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
     db.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BLOB PRIMARY KEY)"
                        if db.dialect.name == "sqlite" else
@@ -211,8 +215,9 @@ def find_blobs(db: Connection, ids: list[bytes]) -> dict[bytes, BlobRow]:
     rows = db.exec_driver_sql(
         # IN (subquery), not a join: SQLite's planner, without statistics, would scan all
         # blobs for each lookup; this way it probes the blob_id index per wanted ID.
-        "SELECT b.blob_id, b.id, p.name, b.\"offset\", b.length, b.kind, p.machine_id FROM blobs b "
-        "JOIN packs p ON p.id = b.pack_id WHERE b.blob_id IN (SELECT blob_id FROM wanted_blobs)")
+        f"SELECT b.blob_id, b.id, p.name, b.\"offset\", b.length, b.kind FROM blobs b "
+        f"JOIN packs p ON p.id = b.pack_id WHERE b.machine_id = {mark} "
+        "AND b.blob_id IN (SELECT blob_id FROM wanted_blobs)", (machine_id,))
     found = {bytes(blob_id): BlobRow(*rest) for blob_id, *rest in rows}
     db.exec_driver_sql("DELETE FROM wanted_blobs")
     return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 
 class Storage(Protocol):
@@ -14,6 +14,7 @@ class Storage(Protocol):
     def put_file(self, name: str, path: Path) -> None: ...  # takes a local file over (moved, or uploaded then removed)
     def get(self, name: str) -> bytes: ...
     def get_range(self, name: str, offset: int, length: int) -> bytes: ...
+    def open(self, name: str) -> IO[bytes]: ...  # a stream of the whole object, for records too large to hold
     def size(self, name: str) -> int: ...
     def modified(self, name: str) -> float: ...  # Unix time of the write
     def delete(self, name: str) -> None: ...

@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from strongroom.errors import VaultError
 
@@ -64,6 +65,12 @@ class FolderStorage:
     def get(self, name: str) -> bytes:
         try:
             return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise VaultError(f"object {name} is missing from the vault") from None
+
+    def open(self, name: str) -> IO[bytes]:
+        try:
+            return open(self._path(name), "rb")
         except FileNotFoundError:
             raise VaultError(f"object {name} is missing from the vault") from None
 

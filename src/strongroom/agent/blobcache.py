@@ -1,0 +1,115 @@
+"""The agent's on-disk index of its blobs in the vault, and the spool of a backup's refs.
+
+A backup must know which blobs the vault has already, so as not to upload them again. The
+set lives in SQLite in the cache folder, not in memory, and each backup asks the vault only
+for the blobs indexed since the last one (vault epoch and pack sequence); when the vault
+dropped blobs (a prune) or was rebuilt, the epoch differs and the set is fetched anew. A
+missing or damaged cache is rebuilt from the vault: slower, never wrong. The set may only
+ever claim too little, never too much: a blob the cache wrongly believes present would make
+the point fail the vault's own check, after which the cache is dropped (`forget`).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from strongroom.vault.interface import Vault
+from strongroom.vault.refs import ID_SIZE
+
+CACHE_FILE = "blobs.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS known (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS facts (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last change costs a re-fetch
+    db.executescript(_SCHEMA)
+    db.execute("PRAGMA quick_check").fetchall()
+    return db
+
+
+class KnownBlobs:
+    """The machine's blob IDs the vault holds, plus those this backup has claimed to upload."""
+
+    def __init__(self, cache: Path) -> None:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = cache / CACHE_FILE
+        self.lock = threading.Lock()
+        try:
+            self.db = _connect(self.path)
+        except sqlite3.DatabaseError:  # damaged: start again from the vault
+            self._remove()
+            self.db = _connect(self.path)
+        self.db.execute("CREATE TEMP TABLE claimed (id BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def _remove(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def sync(self, vault: Vault) -> None:
+        """Brings the set up to date with the vault: only what changed, when it can."""
+        facts = dict(self.db.execute("SELECT key, value FROM facts").fetchall())
+        epoch, since = facts.get("epoch"), int(facts.get("seq", 0))
+        current, seq, page = vault.blob_ids_since(epoch, since)
+        self.db.execute("BEGIN")
+        if current != epoch:
+            self.db.execute("DELETE FROM known")
+        while page:
+            self.db.executemany("INSERT OR IGNORE INTO known (id) VALUES (?)",
+                                ((page[i:i + ID_SIZE],) for i in range(0, len(page), ID_SIZE)))
+            last = page[-ID_SIZE:]
+            _epoch, _seq, page = vault.blob_ids_since(epoch if current == epoch else None, since, last)
+        self.db.executemany("INSERT OR REPLACE INTO facts (key, value) VALUES (?, ?)",
+                            [("epoch", current), ("seq", str(seq))])
+        self.db.execute("COMMIT")
+
+    def claim(self, blob_id: bytes) -> bool:
+        """True if the caller is the one to store this blob (not in the vault, not on its way)."""
+        with self.lock:
+            if self.db.execute("SELECT 1 FROM known WHERE id = ? UNION ALL SELECT 1 FROM claimed WHERE id = ?",
+                               (blob_id, blob_id)).fetchone():
+                return False
+            self.db.execute("INSERT INTO claimed (id) VALUES (?)", (blob_id,))
+            return True
+
+    def forget(self) -> None:
+        """Drops the set: the next backup fetches it whole from the vault."""
+        self.close()
+        self._remove()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class RefSpool:
+    """The blob IDs a backup's point references, gathered on disk, read back sorted."""
+
+    def __init__(self, cache: Path) -> None:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = cache / f"refs-{os.getpid()}.sqlite"
+        Path(self.path).unlink(missing_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")  # scratch: a crash leaves nothing to recover
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute("BEGIN")
+
+    def add(self, ids: list[bytes]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO refs (id) VALUES (?)", ((i,) for i in ids))
+
+    def sorted_chunks(self, per_chunk: int = 32768) -> Iterator[bytes]:
+        rows = self.db.execute("SELECT id FROM refs ORDER BY id")
+        while batch := rows.fetchmany(per_chunk):
+            yield b"".join(r[0] for r in batch)
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)

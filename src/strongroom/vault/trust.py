@@ -1,0 +1,80 @@
+"""Whether the catalog may be trusted with destructive work: it must know what storage holds.
+
+A catalog that is missing, empty or of another vault is refused when the service opens it
+(VaultService). Before prune or serve, this module also reads the catalog whole (SQLite's
+quick check, for damaged pages) and compares it with storage's own records: a machine, a
+point or a pack index that storage holds and the catalog does not know means the catalog is
+older than storage (a restored copy, a lost write), and its word that "nothing needs this
+pack" cannot be taken. Records younger than IN_FLIGHT_S may be a write in progress (storage
+first, catalog second) and are not held against it; a point whose purge was interrupted
+(its records still in storage, its catalog row gone, deleted long enough ago) is purged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from strongroom.errors import StrongroomError
+from strongroom.vault import catalog as cat
+from strongroom.vault import protection, records
+from strongroom.vault.service import CatalogUntrusted, VaultService, rebuild_hint
+
+IN_FLIGHT_S = 900
+
+
+def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
+    """Raises CatalogUntrusted, naming `vault rebuild-catalog`, unless the catalog is whole
+    and knows every record of storage older than IN_FLIGHT_S."""
+    now_s = (now_ns or time.time_ns()) / 1e9
+    with service.engine.connect() as db:
+        damage = [r[0] for r in db.exec_driver_sql("PRAGMA quick_check").all() if r[0] != "ok"]
+        if damage:
+            raise CatalogUntrusted(f"the vault's catalog is damaged ({damage[0]}); {rebuild_hint(service.root)}")
+        machines = set(db.execute(select(cat.machines.c.uid)).scalars())
+        points = {(uid, pid) for uid, pid in db.execute(
+            select(cat.machines.c.uid, cat.points.c.id).join(cat.points, cat.points.c.machine_id == cat.machines.c.id))}
+        packs = set(db.execute(select(cat.packs.c.name)).scalars())
+    grace_s = protection.settings(service.engine)["soft_delete_days"] * 86400
+
+    def settled(name: str) -> bool:
+        try:
+            return now_s - service.storage.modified(name) > IN_FLIGHT_S
+        except StrongroomError:
+            return False  # gone meanwhile: a write or delete in progress
+
+    unknown: dict[str, int] = {"machines": 0, "points": 0, "pack indexes": 0}
+    for name, _size in service.storage.list(records.MACHINES):
+        if records.last_part(name).removesuffix(".json") not in machines and settled(name):
+            unknown["machines"] += 1
+    for name, _size in service.storage.list(records.POINTS):
+        uid, pid = name.split("/")[-2:]
+        if (uid, pid) not in points and settled(name):
+            if _purge_leftover(service, uid, pid, now_s, grace_s):
+                delete_point_records(service, uid, pid)
+            else:
+                unknown["points"] += 1
+    for name, _size in service.storage.list(records.INDEX):
+        if records.last_part(name) not in packs and settled(name):
+            unknown["pack indexes"] += 1
+    if any(unknown.values()):
+        found = ", ".join(f"{n} {what}" for what, n in unknown.items() if n)
+        raise CatalogUntrusted(f"the vault's catalog is older than its storage (storage holds {found} it does "
+                               f"not know); {rebuild_hint(service.root)}")
+
+
+def _purge_leftover(service: VaultService, uid: str, pid: str, now_s: float, grace_s: float) -> bool:
+    try:
+        mark: dict[str, Any] = records.decode_json(service.storage.get(records.deleted_object(uid, pid)), "mark")
+    except StrongroomError:
+        return False
+    return now_s - mark["deleted_ns"] / 1e9 > grace_s
+
+
+def delete_point_records(service: VaultService, uid: str, pid: str) -> None:
+    """A purged point's records, the point first: what a crash leaves never looks like a point."""
+    service.storage.delete(records.point_object(uid, pid))
+    service.storage.delete(records.refs_object(uid, pid))
+    service.storage.delete(records.deleted_object(uid, pid))
