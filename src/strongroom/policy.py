@@ -1,18 +1,24 @@
 """A machine's protection policy: what, when, how long, how fast. Stored in the vault, versioned.
 
 The vault reads only the retention and the time zone from it (to prune without the key);
-the agent's daemon reads the rest. Parsed from the command line's forms here, so that the
-CLI and the vault agree on one document.
+the agent's daemon reads the rest. What to protect (includes and excludes) names the
+machine's files, so it travels and rests sealed with the machine's key: the vault keeps
+the sealed bytes and their counts, and only a holder of the key reads the paths. Parsed
+from the command line's forms here, so that the CLI and the vault agree on one document.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from strongroom.errors import UsageError
+from strongroom.crypto import MasterKey, sealed_size
+from strongroom.errors import IntegrityError, UsageError
 from strongroom.vault.retention import Retention
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -78,6 +84,64 @@ class Policy:
                       "work_days": tuple(doc["work_days"]), "work_hours": tuple(doc["work_hours"]),
                       "schedule": Schedule(tuple(sched["times"]), tuple(sched["days"]), sched["every_weeks"])
                       if sched else None, "retention": Retention(**doc["retention"])})
+
+
+PATHS_AAD = b"strongroom policy paths v1"
+MAX_SEALED_PATHS = 256 * 1024  # base64 characters: thousands of paths
+_PATH_FIELDS = ("includes", "excludes")
+_SEALED_FIELDS = ("sealed_paths", "include_count", "exclude_count")
+
+
+def seal_doc(policy: Policy, key: MasterKey) -> dict[str, Any]:
+    """The document the vault keeps: the policy with its paths sealed under the machine's key."""
+    doc = policy.to_doc()
+    paths = json.dumps({f: doc.pop(f) for f in _PATH_FIELDS}).encode()
+    return {**doc, "sealed_paths": base64.b64encode(key.seal(PATHS_AAD, paths)).decode(),
+            "include_count": len(policy.includes), "exclude_count": len(policy.excludes)}
+
+
+def open_doc(doc: dict[str, Any], key: MasterKey) -> dict[str, Any]:
+    """The vault's document with its paths opened (a document stored before paths were
+    sealed has them in the clear already)."""
+    if "sealed_paths" not in doc:
+        return doc
+    try:
+        paths = json.loads(key.open(PATHS_AAD, base64.b64decode(doc["sealed_paths"])))
+        paths = {f: [str(p) for p in paths[f]] for f in _PATH_FIELDS}
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise IntegrityError("the policy's sealed paths are damaged") from None
+    rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
+    return {**rest, **{f: paths[f] for f in _PATH_FIELDS}}
+
+
+def view(doc: dict[str, Any], key: MasterKey | None) -> dict[str, Any]:
+    """The document as shown: paths opened with the key (without it: null) and counted."""
+    if key is not None:
+        doc = open_doc(doc, key)
+    if "sealed_paths" in doc:
+        return {**{k: v for k, v in doc.items() if k != "sealed_paths"}, "includes": None, "excludes": None}
+    return {**doc, "include_count": len(doc["includes"]), "exclude_count": len(doc["excludes"])}
+
+
+def check_vault_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """The vault's check of a document it is asked to store: every plaintext field as the
+    agent checks it, and paths only sealed (the vault refuses to learn them)."""
+    if any(doc.get(f) is not None for f in _PATH_FIELDS):
+        raise UsageError("policy paths must reach the vault sealed with the machine's key "
+                         "(this agent is older than the vault: upgrade it)")
+    try:
+        sealed, counts = doc["sealed_paths"], (int(doc["include_count"]), int(doc["exclude_count"]))
+        if not isinstance(sealed, str) or len(sealed) > MAX_SEALED_PATHS:
+            raise ValueError
+        if len(base64.b64decode(sealed, validate=True)) < sealed_size(2) or counts[0] < 1 or counts[1] < 0:
+            raise ValueError
+        rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS + _PATH_FIELDS}
+        plain = Policy.from_doc({**rest, "includes": ["/"], "excludes": []}).to_doc()
+    except (TypeError, KeyError, ValueError, AttributeError, binascii.Error):
+        raise UsageError("malformed policy document") from None
+    for f in _PATH_FIELDS:
+        del plain[f]
+    return {**plain, "sealed_paths": sealed, "include_count": counts[0], "exclude_count": counts[1]}
 
 
 def parse_rate(text: str) -> int | None:

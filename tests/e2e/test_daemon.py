@@ -16,7 +16,9 @@ def test_daemon_runs_the_schedule_and_records_its_jobs(registered, tmp_path):
     src.mkdir()
     (src / "a.txt").write_text("first")
     now = datetime.now(timezone.utc)
-    times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (10, 20)]
+    # Far enough ahead for `policy set` and the daemon to unwrap the key (Argon2id) first,
+    # which takes seconds on a loaded machine: a daemon that starts late skips the first run.
+    times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (25, 35)]
     if times[1] < times[0]:  # the two runs would straddle midnight (UTC): keep the test simple
         times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (80, 90)]
     sr.run("policy", "set", "--include", src, "--daily", ",".join(times), "--keep-daily", "7",

@@ -87,7 +87,7 @@ def test_policy_is_versioned_in_the_vault_and_checked(registered, tmp_path):
     refused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", check=False)
     assert_clean_failure(refused, 1)
     assert "needs a PIN" in refused.stderr
-    pin = sr.run("vault", "pin", sr.vault).stdout.strip()
+    pin = sr.run("vault", "pin", sr.vault, "--machine", sr.machine, "--act", "shorten-retention").stdout.strip()
     assert len(pin) == 8 and pin.isdigit()
     assert sr.json("policy", "set", "--include", "/srv", "--daily", "09:00", "--pin", pin)["version"] == 2
     reused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", "--keep-daily", "7", "--pin", pin,
@@ -139,12 +139,13 @@ def test_immutable_vault_refuses_deletion_and_shortening_and_retain_until_outliv
         "soft_delete_days": 30, "immutable": True}
     for args in (["vault", "settings", vault, "--soft-delete-days", "14"],):
         assert_clean_failure(sr.run(*args, check=False), 1)
-    pin = sr.run("vault", "pin", vault).stdout.strip()
+    pin = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "shorten-retention").stdout.strip()
     res = sr.run("policy", "set", "--include", src, "--keep-daily", "7", "--keep-weekly", "4", check=False)
     assert res.returncode == 0  # lengthening is always allowed
     res = sr.run("policy", "set", "--include", src, "--keep-daily", "7", "--pin", pin, check=False)
     assert_clean_failure(res, 1)
     assert "immutable" in res.stderr
+    pin = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "delete-data").stdout.strip()
     res = sr.run("protection", "stop", "--delete-data", "--pin", pin, check=False)
     assert_clean_failure(res, 1)
     assert "immutable" in res.stderr
@@ -161,6 +162,6 @@ def test_protection_stop_with_delete_needs_a_pin_and_soft_deletes(registered, tm
     (src / "f").write_text("x")
     sr.backup(src)
     assert_clean_failure(sr.run("protection", "stop", "--delete-data", check=False), 1)
-    pin = sr.run("vault", "pin", vault).stdout.strip()
+    pin = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "delete-data").stdout.strip()
     sr.run("protection", "stop", "--delete-data", "--pin", pin)
     assert sr.points() == [] and len(sr.json("points", "--deleted")) == 1

@@ -1,7 +1,8 @@
 """The agent daemon: carries out this machine's policy schedule, one backup at a time.
 
-It reads the policy from the vault before each wait (falling back on this machine's copy
-while the vault is unreachable), runs a backup when one is due, and remembers when it last
+It reads the policy from the vault before each wait and opens its sealed paths with the
+machine's key (falling back on this machine's copy while the vault is unreachable or sends
+what the key does not open), runs a backup when one is due, and remembers when it last
 ran in the agent home, so that backups missed while the machine was off run once at start.
 """
 
@@ -21,7 +22,7 @@ from strongroom.agent.schedule import missed, next_run
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError
 from strongroom.fsutil import write_private
-from strongroom.policy import Policy
+from strongroom.policy import Policy, open_doc
 
 log = logging.getLogger("strongroom.agent")
 STATE_FILE = "daemon.json"
@@ -48,10 +49,11 @@ class Daemon:
     def _policy(self) -> Policy | None:
         try:
             found = self.vault.policy()
+            version, doc = found if found else (None, None)
+            doc = open_doc(doc, self.key) if doc else None  # its paths are sealed with our key
         except StrongroomError as exc:
             log.warning("cannot read the policy from the vault (%s); using this machine's copy", exc)
             return self.agent.policy()
-        version, doc = found if found else (None, None)
         had = self.agent.policy_copy_doc()["version"]
         if version != had:
             log.warning("the vault's policy is version %s; this machine had version %s: following the vault's",

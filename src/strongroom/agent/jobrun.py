@@ -1,11 +1,16 @@
 """Recording a backup or restore as a job in the vault, with the lease kept alive while it runs.
 
 The vault refuses a second backup of the same machine while the first one's lease is
-renewed; if this process dies, the lease lapses and the vault marks the job failed.
+renewed; if this process dies, the lease lapses and the vault marks the job failed. The
+files a job could not handle reach the vault sealed with the key of the data the job
+handled (their paths are that machine's file names); `open_failed` reads them back.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 import secrets
 import threading
@@ -18,13 +23,35 @@ from typing import Any
 from strongroom.agent.backup import Backup, BackupResult
 from strongroom.agent.home import AgentHome
 from strongroom.crypto import MasterKey
+from strongroom.errors import IntegrityError
 from strongroom.fsutil import write_private
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
 from strongroom.vault.interface import Vault
-from strongroom.vault.jobs import LEASE_SECONDS
+from strongroom.vault.jobs import LEASE_SECONDS, MAX_FAILED_RECORDED, MAX_SEALED_FAILED
 
 _RENEW_EVERY = LEASE_SECONDS / 4
+_FAILED_AAD = b"strongroom job failed v1\0"
+
+
+def seal_failed(key: MasterKey, job_id: str, failed: list[dict[str, str]]) -> str | None:
+    """The first failures, sealed for the vault (base64), as many as fit its bound."""
+    listed = failed[:MAX_FAILED_RECORDED]
+    while listed:
+        sealed = base64.b64encode(key.seal(_FAILED_AAD + job_id.encode(), json.dumps(listed).encode())).decode()
+        if len(sealed) <= MAX_SEALED_FAILED:
+            return sealed
+        listed = listed[:len(listed) // 2]  # very long paths: fewer of them
+    return None
+
+
+def open_failed(key: MasterKey, job_id: str, sealed: str) -> list[dict[str, str]]:
+    """The list `seal_failed` sealed; IntegrityError if this key did not seal it."""
+    try:
+        return [{"path": str(f["path"]), "error": str(f["error"])} for f in
+                json.loads(key.open(_FAILED_AAD + job_id.encode(), base64.b64decode(sealed)))]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise IntegrityError(f"the failed files of job {job_id} are damaged") from None
 
 
 @dataclass
@@ -38,18 +65,21 @@ class Outcome:
     failed: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # problems recording the job, for the user
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self, key: MasterKey, job_id: str) -> dict[str, Any]:
         return {"mode": self.mode, "point_id": self.point_id, "files": self.files, "bytes": self.bytes,
-                "failed": self.failed}
+                "failed_count": len(self.failed),
+                "failed_sealed": seal_failed(key, job_id, self.failed) if self.failed else None}
 
 
 @contextmanager
-def recorded_job(vault: Vault, marker: Path, kind: str, source_machine: str | None = None) -> Iterator[Outcome]:
-    """Records the body as a job. `marker` is a file in the agent home that names the job
-    while it runs; the caller holds the home's lock, so a marker left behind names a job
-    whose agent died, and the vault is told at once instead of when its lease lapses."""
+def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
+                 source_machine: str | None = None) -> Iterator[Outcome]:
+    """Records the body as a job; `key` is the key of the data it handles (another machine's
+    for a restore from it). `marker` is a file in the agent home that names the job while
+    it runs; the caller holds the home's lock, so a marker left behind names a job whose
+    agent died, and the vault is told at once instead of when its lease lapses."""
     if marker.exists():
-        _finish(vault, marker.read_text().strip(), "failed", Outcome(), "the agent stopped before the job ended")
+        _finish(vault, key, marker.read_text().strip(), "failed", Outcome(), "the agent stopped before the job ended")
         marker.unlink()
     job_id = secrets.token_hex(8)
     vault.start_job(job_id, kind, source_machine)
@@ -69,22 +99,22 @@ def recorded_job(vault: Vault, marker: Path, kind: str, source_machine: str | No
     try:
         yield outcome
     except KeyboardInterrupt:
-        _finish(vault, job_id, "cancelled", outcome, "interrupted")
+        _finish(vault, key, job_id, "cancelled", outcome, "interrupted")
         raise
     except BaseException as exc:
-        _finish(vault, job_id, "failed", outcome, str(exc) or type(exc).__name__)
+        _finish(vault, key, job_id, "failed", outcome, str(exc) or type(exc).__name__)
         raise
     else:
-        _finish(vault, job_id, "completed_with_warnings" if outcome.failed else "completed", outcome, "")
+        _finish(vault, key, job_id, "completed_with_warnings" if outcome.failed else "completed", outcome, "")
     finally:
         stop.set()
         marker.unlink(missing_ok=True)
 
 
-def _finish(vault: Vault, job_id: str, status: str, outcome: Outcome, message: str) -> None:
+def _finish(vault: Vault, key: MasterKey, job_id: str, status: str, outcome: Outcome, message: str) -> None:
     """Records the end; a vault that cannot be told must not hide what happened to the job."""
     try:
-        vault.finish_job(job_id, status, message=message, **outcome.fields())
+        vault.finish_job(job_id, status, message=message, **outcome.fields(key, job_id))
     except Exception as exc:  # noqa: BLE001
         outcome.notes.append(f"the vault did not record the end of job {job_id}: {exc}")
 
@@ -92,7 +122,7 @@ def _finish(vault: Vault, job_id: str, status: str, outcome: Outcome, message: s
 def run_backup_job(agent: AgentHome, vault: Vault, run: Backup) -> tuple[BackupResult, list[dict[str, str]], list[str]]:
     """Runs a prepared backup as a job of this home (its lock held): the result, the files
     it could not back up as they were, and notes about recording the job."""
-    with agent.lock(), recorded_job(vault, agent.job_marker, "backup") as job:
+    with agent.lock(), recorded_job(vault, run.key, agent.job_marker, "backup") as job:
         result = run.run()
         s = result.stats
         warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]

@@ -14,7 +14,9 @@ from strongroom.vault.interface import Vault
 from strongroom.vault.service import BlobLocation
 
 _LOCATE_BATCH = 4096
-_TREE_CACHE = 1024
+# Decoded trees kept, by the size of their blobs: a tree of a million entries is ~100 MB,
+# so a bound by count would be no bound at all.
+_TREE_CACHE_BYTES = 32 * 1024 * 1024
 # Blobs fetched ahead in one request each: a served vault answers a directory's trees or
 # small files in one round trip instead of one each. Bounded, since prefetched blobs wait
 # in memory until read.
@@ -27,7 +29,8 @@ class BlobReader:
         self.vault, self.key = vault, key
         self.machine = machine  # whose blobs: this machine's unless restoring another's
         self.locations: dict[bytes, BlobLocation] = {}
-        self.trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self.trees: OrderedDict[bytes, tuple[list[Entry], int]] = OrderedDict()
+        self.tree_bytes = 0
         self.prefetched: dict[bytes, bytes | memoryview] = {}  # blob id -> sealed envelope, until read once
         self.held = 0
         self.lock = threading.Lock()
@@ -107,12 +110,15 @@ class BlobReader:
         with self.lock:
             if tree_id in self.trees:
                 self.trees.move_to_end(tree_id)
-                return self.trees[tree_id]
-        entries = decode_tree(self.read(tree_id))
+                return self.trees[tree_id][0]
+        raw = self.read(tree_id)
+        entries = decode_tree(raw)
         with self.lock:
-            self.trees[tree_id] = entries
-            if len(self.trees) > _TREE_CACHE:
-                self.trees.popitem(last=False)
+            if tree_id not in self.trees:
+                self.trees[tree_id] = (entries, len(raw))
+                self.tree_bytes += len(raw)
+            while self.tree_bytes > _TREE_CACHE_BYTES and len(self.trees) > 1:
+                self.tree_bytes -= self.trees.popitem(last=False)[1][1]
         return entries
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from rich.progress import (
 )
 
 from strongroom.agent.home import AgentHome
+from strongroom.agent.passphrase import ENV_VAR as PASSPHRASE_ENV
 from strongroom.agent.passphrase import read_passphrase
 from strongroom.agent.reader import BlobReader
 from strongroom.crypto import MasterKey, unwrap_key
@@ -71,6 +73,14 @@ def open_agent(ctx: click.Context, passphrase_file: Path | None,
     else:
         key = agent.master_key(read_passphrase(passphrase_file))
     return agent, vault, key, BlobReader(vault, key, machine)
+
+
+def key_if_given(agent: AgentHome, passphrase_file: Path | None) -> MasterKey | None:
+    """This machine's key when a passphrase is given (file or environment), else None: for
+    commands that show more with the key but never ask for it (`jobs`, `policy show`)."""
+    if passphrase_file is None and not os.environ.get(PASSPHRASE_ENV):
+        return None
+    return agent.master_key(read_passphrase(passphrase_file))
 
 
 def human_bytes(n: float) -> str:

@@ -1,11 +1,21 @@
-"""`strongroom jobs` and `strongroom machines`: what the vault recorded, no passphrase needed."""
+"""`strongroom jobs` and `strongroom machines`: what the vault recorded, no passphrase needed.
+
+The files a job could not handle are sealed in the vault: with the passphrase given (file
+or environment) `jobs` opens and lists them; without it, it counts them."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+
+from typing import Any
 
 import click
 from rich.table import Table
+
+from strongroom.agent.jobrun import open_failed
+from strongroom.crypto import MasterKey
+from strongroom.errors import IntegrityError
 
 from strongroom.cli.common import (
     emit_json,
@@ -13,7 +23,9 @@ from strongroom.cli.common import (
     human_bytes,
     iso,
     json_option,
+    key_if_given,
     out_console,
+    passphrase_option,
 )
 
 
@@ -27,14 +39,31 @@ def _duration(job: dict) -> str:
     return f"{(job['ended_ns'] - job['started_ns']) / 1e9:.1f} s"
 
 
+def _shown(job: dict[str, Any], key: MasterKey | None) -> dict[str, Any]:
+    """The job as printed: `failed` opened with the key, or null where it cannot be (no key,
+    or the data of another machine, as a restore from it handled)."""
+    sealed = job.pop("failed_sealed")
+    failed: list[dict[str, str]] | None = [] if job["failed_count"] == 0 else None
+    if key is not None and sealed is not None:
+        try:
+            failed = open_failed(key, job["id"], sealed)
+        except IntegrityError:
+            pass
+    return {**job, "failed": failed}
+
+
 @click.command("jobs")
-@click.option("--machine", metavar="NAME", help="Only this machine's jobs (default: every machine's).")
+@click.option("--machine", metavar="NAME", help="Only this machine's jobs (default: every job this machine may see).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@passphrase_option
 @json_option
 @click.pass_context
-def jobs(ctx: click.Context, machine: str | None, limit: int, as_json: bool) -> None:
-    """Backup and restore jobs as the vault recorded them, newest first."""
-    rows = [j.to_dict() for j in home(ctx).vault().jobs(machine, limit)]
+def jobs(ctx: click.Context, machine: str | None, limit: int, passphrase_file: Path | None, as_json: bool) -> None:
+    """This machine's backup and restore jobs, and restores of its data made elsewhere, as the
+    vault recorded them, newest first."""
+    agent = home(ctx)
+    key = key_if_given(agent, passphrase_file)
+    rows = [_shown(j.to_dict(), key) for j in agent.vault().jobs(machine, limit)]
     if as_json:
         emit_json(rows)
         return
@@ -43,13 +72,15 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, as_json: bool) -> 
         table.add_column(name, no_wrap=name in ("Job", "Started"))
     for j in rows:
         kind = j["kind"] + (f" from {j['source_machine']}" if j["source_machine"] else "")
-        status = j["status"].replace("_", " ") + (f" ({len(j['failed'])} failed)" if j["failed"] else "")
+        status = j["status"].replace("_", " ") + (f" ({j['failed_count']} failed)" if j["failed_count"] else "")
         table.add_row(j["id"], j["machine"], kind, status, _short_time(j["started_ns"]), _duration(j),
                       str(j["files"]), human_bytes(j["bytes"]))
     out_console.print(table)
     for j in rows:
         if j["message"]:
             click.echo(f"{j['id']}: {j['message']}")
+        for f in j["failed"] or ():
+            click.echo(f"{j['id']}: {f['path']}: {f['error']}")
 
 
 @click.command("machines")

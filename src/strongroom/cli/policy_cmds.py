@@ -7,8 +7,17 @@ from pathlib import Path
 
 import click
 
-from strongroom.cli.common import emit_json, home, json_option, warn_line
-from strongroom.policy import Policy, Schedule, parse_days, parse_rate, parse_work_hours
+from strongroom.agent.passphrase import read_passphrase
+from strongroom.cli.common import emit_json, home, json_option, key_if_given, passphrase_option, warn_line
+from strongroom.policy import (
+    Policy,
+    Schedule,
+    parse_days,
+    parse_rate,
+    parse_work_hours,
+    seal_doc,
+    view,
+)
 from strongroom.vault.retention import Retention
 
 
@@ -42,14 +51,17 @@ def policy_group() -> None:
 @click.option("--throttle-off", default="0", show_default=True, help="Bandwidth outside work hours.")
 @click.option("--work-hours", default="mon-fri,08:00-18:00", show_default=True)
 @click.option("--timezone", default=None, help="IANA time zone of the schedule (default: this machine's).")
-@click.option("--pin", help="Shortening retention needs a PIN from `strongroom vault pin`.")
+@click.option("--pin", help="Shortening retention needs a PIN from `strongroom vault pin --act shorten-retention`.")
+@passphrase_option
 @json_option
 @click.pass_context
 def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[str, ...], daily_times: str | None,
                weekly_days: str | None, weekly_times: str | None, every_weeks: int, keep_daily: int | None,
                keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, throttle_work: str,
-               throttle_off: str, work_hours: str, timezone: str | None, pin: str | None, as_json: bool) -> None:
-    """Set this machine's policy; the vault keeps every version and prunes by the newest."""
+               throttle_off: str, work_hours: str, timezone: str | None, pin: str | None,
+               passphrase_file: Path | None, as_json: bool) -> None:
+    """Set this machine's policy; the vault keeps every version and prunes by the newest.
+    The paths are sealed with this machine's key, so the passphrase is needed."""
     if daily_times and weekly_days:
         raise click.UsageError("--daily and --weekly exclude each other")
     if weekly_days and not weekly_times:
@@ -66,20 +78,25 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
                     parse_rate(throttle_work), parse_rate(throttle_off), work_days, hours,
                     timezone or local_timezone())
     agent = home(ctx)
-    version = agent.vault().set_policy(policy.to_doc(), pin)
+    key = agent.master_key(read_passphrase(passphrase_file))
+    version = agent.vault().set_policy(seal_doc(policy, key), pin)
     agent.save_policy_copy(version, policy.to_doc())
     if as_json:
-        emit_json({"version": version, "policy": policy.to_doc()})
+        emit_json({"version": version, "policy": view(policy.to_doc(), None)})
     else:
         click.echo(f"Policy version {version} stored in the vault.")
 
 
 @policy_group.command("show")
+@passphrase_option
 @json_option
 @click.pass_context
-def show_policy(ctx: click.Context, as_json: bool) -> None:
-    """The policy the vault applies to this machine (and whether this machine's copy differs)."""
+def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool) -> None:
+    """The policy the vault applies to this machine (and whether this machine's copy differs).
+    Its paths are sealed: they are shown when the passphrase is given (file or environment),
+    else only counted."""
     agent = home(ctx)
+    key = key_if_given(agent, passphrase_file)
     found = agent.vault().policy()
     if found is None:
         if as_json:
@@ -88,6 +105,8 @@ def show_policy(ctx: click.Context, as_json: bool) -> None:
             click.echo("No policy: backups run only on demand, and the vault prunes nothing.")
         return
     version, doc = found
+    if doc is not None:
+        doc = view(doc, key)
     if doc is None:
         if as_json:
             emit_json({"version": version, "policy": None})
@@ -107,12 +126,18 @@ def show_policy(ctx: click.Context, as_json: bool) -> None:
         f"{','.join(s['days'])} at {','.join(s['times'])}" + (f", every {s['every_weeks']} weeks"
                                                              if s["every_weeks"] > 1 else ""))
     click.echo(f"Policy version {version}")
-    click.echo(f"  protect:   {', '.join(doc['includes'])}" + (f" (except {', '.join(doc['excludes'])})"
-                                                              if doc["excludes"] else ""))
+    click.echo(f"  protect:   {_paths(doc)}")
     click.echo(f"  schedule:  {when} ({doc['timezone']})")
     click.echo("  retention: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None))
     click.echo(f"  bandwidth: work {_rate(doc['throttle_work'])}, off {_rate(doc['throttle_off'])} "
                f"(work hours {','.join(doc['work_days'])} {'-'.join(doc['work_hours'])})")
+
+
+def _paths(doc: dict) -> str:
+    if doc["includes"] is None:
+        return (f"{doc['include_count']} path(s), {doc['exclude_count']} exclusion(s) "
+                "(sealed: give the passphrase to see them)")
+    return ", ".join(doc["includes"]) + (f" (except {', '.join(doc['excludes'])})" if doc["excludes"] else "")
 
 
 def _rate(value: int | None) -> str:
@@ -128,7 +153,7 @@ def protection_group() -> None:
 @click.option("--keep-data", "mode", flag_value="keep", help="Stop backups; keep every point until deleted.")
 @click.option("--delete-data", "mode", flag_value="delete",
               help="Stop backups and delete every point (recoverable for the vault's soft-delete period).")
-@click.option("--pin", help="Deleting data needs a PIN from `strongroom vault pin`.")
+@click.option("--pin", help="Deleting data needs a PIN from `strongroom vault pin --act delete-data`.")
 @click.pass_context
 def stop(ctx: click.Context, mode: str | None, pin: str | None) -> None:
     """Stop scheduled backups of this machine, keeping or deleting its data."""

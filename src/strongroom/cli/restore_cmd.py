@@ -59,7 +59,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     total = selected_bytes(reader, selections) if interactive else 0  # a tree walk: only for the bar
     source = machine if machine and machine != vault.machine else None
     try:
-        with (agent.lock(), recorded_job(vault, agent.job_marker, "restore", source) as job,
+        with (agent.lock(), recorded_job(vault, key, agent.job_marker, "restore", source) as job,
               progress_bar(interactive, "Restoring", total, lambda: run.result.bytes_written)):
             job.point_id = record.id
             result = run.run(root_fd, selections)

@@ -14,7 +14,7 @@ import click
 from strongroom.cli.common import emit_json, human_bytes, json_option, warn_line
 from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
 from strongroom.errors import UsageError, VaultError
-from strongroom.vault import protection, server
+from strongroom.vault import privacy, protection, server
 from strongroom.vault.client import HttpVault
 from strongroom.vault.embedded import folder_url
 from strongroom.vault.server import last_served
@@ -25,6 +25,7 @@ from strongroom.vault.tls import fingerprint_of, normalise_fingerprint, presente
 @click.group("vault")
 def vault_group() -> None:
     """Manage a vault (embedded: a folder with packs and an SQLite catalog)."""
+    privacy.private_umask()  # all a vault command creates is its owner's alone
 
 
 @vault_group.command("create")
@@ -94,11 +95,11 @@ class _LocalAdmin:
         from strongroom.vault.prune import prune
         return prune(self.service, dry_run=dry_run, repack_below=repack_below).to_dict()
 
-    def make_pin(self) -> str:
-        return protection.make_pin(self.service.engine)
+    def make_pin(self, machine: str, act: str) -> str:
+        return protection.make_pin(self.service, machine, act)
 
     def change_settings(self, soft_delete_days: int | None, immutable: bool | None) -> dict[str, Any]:
-        return protection.change_settings(self.service.engine, soft_delete_days, immutable)
+        return protection.change_settings(self.service, soft_delete_days, immutable)
 
 
 def _admin(vault: str, admin_token_file: Path | None, fingerprint: str | None) -> _LocalAdmin | HttpVault:
@@ -179,9 +180,12 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
 
 @vault_group.command("pin")
 @_admin_options
-def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None) -> None:
-    """Make a PIN for one destructive act (deleting data, shortening retention), valid 5 minutes."""
-    click.echo(_admin(vault, admin_token_file, fingerprint).make_pin())
+@click.option("--machine", required=True, metavar="NAME", help="The machine that may use the PIN.")
+@click.option("--act", required=True, type=click.Choice(sorted(protection.ACTS)),
+              help="What the PIN allows: `protection stop --delete-data`, or a policy that shortens retention.")
+def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, machine: str, act: str) -> None:
+    """Make a PIN for one machine and one destructive act, valid 5 minutes."""
+    click.echo(_admin(vault, admin_token_file, fingerprint).make_pin(machine, act))
 
 
 @vault_group.command("settings")

@@ -30,6 +30,7 @@ from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
 from strongroom.fsutil import write_private
 from strongroom.vault import protection
+from strongroom.vault.jobs import MAX_SEALED_FAILED
 from strongroom.vault.service import (
     ADMIN_TOKEN_FILE,
     MAX_PACK_BYTES,
@@ -131,6 +132,11 @@ class StopRequest(BaseModel):
     pin: str | None = None
 
 
+class PinRequest(BaseModel):
+    machine: str = Field(max_length=255)
+    act: str = Field(max_length=32)
+
+
 class SettingsRequest(BaseModel):
     soft_delete_days: int | None = None
     immutable: bool | None = None
@@ -153,7 +159,8 @@ class JobFinish(BaseModel):
     point_id: str | None = None
     files: int = 0
     bytes: int = 0
-    failed: list[dict[str, str]] = []
+    failed_count: int = Field(0, ge=0, le=2**31)
+    failed_sealed: str | None = Field(None, max_length=MAX_SEALED_FAILED)
     message: str = ""
 
 
@@ -198,10 +205,11 @@ def make_app(service: VaultService) -> FastAPI:
         if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
             raise HTTPException(401, {"error": "VaultError", "detail": "the vault refused the admin token"})
 
-    async def reader(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        """A machine or the admin: both may see what the vault holds (never plaintext)."""
-        if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
-            await machine(auth)
+    async def reader(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine | None:
+        """A machine or the admin (None): both may see what the vault holds (never plaintext)."""
+        if hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
+            return None
+        return await machine(auth)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -260,16 +268,18 @@ def make_app(service: VaultService) -> FastAPI:
         return {"deleted": service.stop_protection(m.id, req.delete_data, req.pin)}
 
     @app.post("/api/v1/admin/pin", dependencies=[Depends(admin)])
-    def make_pin() -> dict[str, str]:
-        return {"pin": protection.make_pin(service.engine)}
+    def make_pin(req: PinRequest) -> dict[str, str]:
+        return {"pin": protection.make_pin(service, req.machine, req.act)}
 
     @app.put("/api/v1/admin/settings", dependencies=[Depends(admin)])
     def change_settings(req: SettingsRequest) -> dict[str, Any]:
-        return protection.change_settings(service.engine, req.soft_delete_days, req.immutable)
+        return protection.change_settings(service, req.soft_delete_days, req.immutable)
 
     @app.get("/api/v1/machines/{name}/policy")
     def policy(name: str, m: Machine = Depends(machine)) -> dict[str, Any] | None:
-        found = service.policy(other(name, m))
+        if name != m.name:  # its schedule, retention and sealed paths are that machine's business
+            raise VaultError("a machine may read only its own policy")
+        found = service.policy(m.id)
         return {"version": found[0], "policy": found[1]} if found else None
 
     @app.post("/api/v1/admin/prune", dependencies=[Depends(admin)])
@@ -405,13 +415,14 @@ def make_app(service: VaultService) -> FastAPI:
     @app.post("/api/v1/jobs/{job_id}/finish")
     def finish_job(job_id: str, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
         return service.jobs.finish(m.id, job_id, req.status, req.mode, req.point_id, req.files, req.bytes,
-                                   req.failed, req.message).to_dict()
+                                   req.failed_count, req.failed_sealed, req.message).to_dict()
 
-    @app.get("/api/v1/jobs", dependencies=[Depends(reader)])
-    def jobs(machine_name: str | None = Query(None, alias="machine"),
-             limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
+    @app.get("/api/v1/jobs")
+    def jobs(machine_name: str | None = Query(None, alias="machine"), limit: int = Query(100, ge=1, le=10000),
+             viewer: Machine | None = Depends(reader)) -> list[dict[str, Any]]:
+        """The admin sees every job; a machine its own and restores of its data elsewhere."""
         mid = service.machine_id(machine_name) if machine_name else None
-        return [j.to_dict() for j in service.jobs.list(mid, limit)]
+        return [j.to_dict() for j in service.jobs.list(mid, limit, viewer.id if viewer else None)]
 
     app.add_middleware(BodyLimitMiddleware)
     return app

@@ -253,8 +253,8 @@ class HttpVault:
     def prune(self, dry_run: bool, repack_below: float) -> dict[str, Any]:
         return self._json("POST", "/api/v1/admin/prune", json={"dry_run": dry_run, "repack_below": repack_below})
 
-    def make_pin(self) -> str:
-        return self._json("POST", "/api/v1/admin/pin")["pin"]
+    def make_pin(self, machine: str, act: str) -> str:
+        return self._json("POST", "/api/v1/admin/pin", json={"machine": machine, "act": act})["pin"]
 
     def change_settings(self, soft_delete_days: int | None, immutable: bool | None) -> dict[str, Any]:
         return self._json("PUT", "/api/v1/admin/settings",

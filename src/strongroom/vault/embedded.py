@@ -113,4 +113,4 @@ class EmbeddedVault:
         return self.service.jobs.finish(self._me(), job_id, status, nbytes=nbytes, **fields)
 
     def jobs(self, machine: str | None = None, limit: int = 100) -> list[JobRecord]:
-        return self.service.jobs.list(self.service.machine_id(machine) if machine else None, limit)
+        return self.service.jobs.list(self.service.machine_id(machine) if machine else None, limit, self._me())

@@ -1,5 +1,10 @@
 """The vault's record of backup and restore jobs, and the lease that allows one backup per machine.
 
+The files a job could not handle are named by the machine's paths, so they reach the vault
+sealed with the key of the machine whose data the job handled: the vault keeps the sealed
+bytes and their count, and shows a machine only its own jobs and restores of its data
+made elsewhere.
+
 A backup holds a lease row (a unique key in the catalog) that its agent renews while it
 runs; an agent that dies stops renewing, and the next backup takes the expired lease over
 and marks the dead job failed. The agent chooses job IDs, so a retried request after a
@@ -10,11 +15,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as DuplicateRow
 from sqlalchemy.orm import aliased
 
@@ -26,6 +31,7 @@ STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled")
 KINDS = ("backup", "restore", "prune")
 LEASED = ("backup", "prune")  # they change a machine's data: one at a time
 MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
+MAX_SEALED_FAILED = 512 * 1024  # base64 characters of the sealed list: well within a request
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class JobRecord:
     point_id: str | None = None
     files: int = 0
     bytes: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
+    failed_count: int = 0
+    failed_sealed: str | None = None  # base64 of the sealed list of {path, error}, opened by the agent
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,10 +108,12 @@ class JobBook:
             raise VaultError(f"job {job_id} is no longer running in the vault (its lease expired)")
 
     def finish(self, machine_id: int, job_id: str, status: str, mode: str = "", point_id: str | None = None,
-               files: int = 0, nbytes: int = 0, failed: list[dict[str, str]] | None = None,
+               files: int = 0, nbytes: int = 0, failed_count: int = 0, failed_sealed: str | None = None,
                message: str = "") -> JobRecord:
         if status not in STATUSES:
             raise UsageError(f"invalid job status {status!r}")
+        if failed_count < 0 or (failed_sealed is not None and len(failed_sealed) > MAX_SEALED_FAILED):
+            raise UsageError("invalid list of failed files")
         with cat.write(self.engine) as db:
             owner = db.execute(select(cat.jobs.c.machine_id).where(cat.jobs.c.id == job_id)).scalar()
             if owner != machine_id:
@@ -112,7 +121,7 @@ class JobBook:
             # A job that has ended keeps its record: a retried finish changes nothing.
             db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id, cat.jobs.c.status == "running").values(
                 status=status, ended_ns=time.time_ns(), mode=mode, point_id=point_id, files=files, bytes=nbytes,
-                failed=json.dumps((failed or [])[:MAX_FAILED_RECORDED]), message=message[:4000],
+                failed=json.dumps({"count": failed_count, "sealed": failed_sealed}), message=message[:4000],
                 lease_key=None, lease_expires=None))
         record = self.get(job_id)
         if self.archive is not None:
@@ -127,8 +136,11 @@ class JobBook:
 
     @staticmethod
     def _record(r: Any) -> JobRecord:
+        failed = json.loads(r.failed)
+        if isinstance(failed, list):  # recorded before lists were sealed: shown as a count only
+            failed = {"count": len(failed), "sealed": None}
         return JobRecord(r.id, r.machine_name, r.kind, r.status, r.started_ns, r.ended_ns, r.source_name,
-                         r.mode, r.point_id, r.files, r.bytes, json.loads(r.failed), r.message)
+                         r.mode, r.point_id, r.files, r.bytes, failed["count"], failed["sealed"], r.message)
 
     def get(self, job_id: str) -> JobRecord:
         with self.engine.connect() as db:
@@ -137,11 +149,14 @@ class JobBook:
             raise VaultError(f"no job {job_id}")
         return self._record(row)
 
-    def list(self, machine_id: int | None = None, limit: int = 100) -> list[JobRecord]:
-        """Newest first; running jobs whose lease expired are shown as failed."""
+    def list(self, machine_id: int | None = None, limit: int = 100, viewer: int | None = None) -> list[JobRecord]:
+        """Newest first; running jobs whose lease expired are shown as failed. For a `viewer`
+        machine, only its own jobs and restores of its data by other machines."""
         q = self._query().order_by(cat.jobs.c.started_ns.desc()).limit(limit)
         if machine_id is not None:
             q = q.where(cat.jobs.c.machine_id == machine_id)
+        if viewer is not None:
+            q = q.where(or_(cat.jobs.c.machine_id == viewer, cat.jobs.c.source_machine_id == viewer))
         with cat.write(self.engine) as db:
             _expire_stale(db, time.time_ns())
             return [self._record(r) for r in db.execute(q)]

@@ -121,8 +121,7 @@ def _prune_machine(service: VaultService, mid: int, uid: str, report: PruneRepor
                    repack_below: float, lease: Lease, dangling: set[bytes]) -> None:
     expired_now = _expire(service, mid, now_ns)
     if expired_now and not report.dry_run:
-        for pid in expired_now:  # storage first: a rebuilt catalog knows they were deleted
-            service.storage.put(records.deleted_object(uid, pid), records.encode_json({"deleted_ns": now_ns}))
+        protection.mark_deleted(service, mid, expired_now, now_ns)
         with cat.write(service.engine) as db:
             db.execute(update(cat.points).where(cat.points.c.id.in_(expired_now)).values(deleted_ns=now_ns))
     report.points_expired += expired_now

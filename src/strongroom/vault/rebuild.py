@@ -252,6 +252,6 @@ def _jobs(storage: FolderStorage, engine: Any, uids: dict[str, int], report: Reb
         for mid, doc in _machine_records(storage, records.JOBS, uids, report):
             row = {k: v for k, v in doc.items() if k in cat.jobs.c and k not in ("machine_id", "source_machine_id")}
             row.update(machine_id=mid, source_machine_id=by_name.get(doc.get("source_machine")),
-                       failed=json.dumps(doc.get("failed", [])))
+                       failed=json.dumps({"count": doc.get("failed_count", 0), "sealed": doc.get("failed_sealed")}))
             db.execute(insert(cat.jobs).values(**row))
             report.jobs += 1

@@ -36,9 +36,9 @@ from strongroom.errors import (
     VaultError,
 )
 from strongroom.fsutil import write_private
-from strongroom.policy import Policy
+from strongroom.policy import check_vault_doc
 from strongroom.vault import catalog as cat
-from strongroom.vault import protection, records
+from strongroom.vault import privacy, protection, records
 from strongroom.vault import refs as reflist
 from strongroom.vault.jobs import JobBook, JobRecord
 from strongroom.vault.records import pack_object
@@ -106,6 +106,7 @@ class VaultService:
     def __init__(self, root: Path) -> None:
         self.meta = read_vault_meta(root)
         self.root = root
+        privacy.lock_down(root)
         self.id: str = self.meta["id"]
         self.storage = FolderStorage(root)
         catalog = root / CATALOG_FILE
@@ -132,12 +133,13 @@ class VaultService:
     def create(cls, root: Path) -> "VaultService":
         if root.exists() and any(root.iterdir()):
             raise UsageError(f"{root} exists and is not empty")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "packs").mkdir()
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / "packs").mkdir(mode=0o700)
         write_private(root / ADMIN_TOKEN_FILE, (secrets.token_urlsafe(32) + "\n").encode())
+        protection.make_pin_secret(root)
         meta = {"format": "strongroom-vault", "version": VAULT_FORMAT, "id": str(uuid.uuid4()),
                 "created": int(time.time())}
-        write_private(root / VAULT_FILE, json.dumps(meta, indent=1).encode(), mode=0o644)
+        write_private(root / VAULT_FILE, json.dumps(meta, indent=1).encode())
         init_catalog(root / CATALOG_FILE, meta["id"])
         return cls(root)
 
@@ -413,32 +415,22 @@ class VaultService:
         """Stores a new version of the machine's policy (checked here too) and returns it.
         None stops protection and keeps the data. Shortening retention needs a PIN."""
         if doc is not None:
-            try:
-                doc = Policy.from_doc(doc).to_doc()
-            except (TypeError, KeyError, ValueError, AttributeError):
-                raise UsageError("malformed policy document") from None
-        with cat.write(self.engine) as db:
-            last = _latest_policy(db, machine_id)
-            protection.guard_policy_change(self.engine, db, last[1] if last else None, doc, pin)
-            version = (last[0] if last else 0) + 1
-            created = time.time_ns()
-            self.storage.put(records.policy_object(self.machine_uid(machine_id), version),
-                             records.encode_json({"version": version, "created_ns": created, "doc": doc}))
-            db.execute(insert(cat.policies).values(machine_id=machine_id, version=version,
-                                                   created_ns=created, doc=json.dumps(doc)))
-        return version
+            doc = check_vault_doc(doc)
+        with protection.guarded_write(self.engine) as db:
+            protection.guard_policy_change(self, db, machine_id, doc, pin)
+            return protection.store_policy(self, db, machine_id, doc)
 
     def stop_protection(self, machine_id: int, delete_data: bool, pin: str | None = None) -> int:
         """Stops scheduled backups (a policy version without one); with `delete_data`, also
         soft-deletes every point. Returns how many points were deleted."""
-        with cat.write(self.engine) as db:
-            deleted = protection.delete_machine_points(self.engine, db, machine_id, pin) if delete_data else 0
-        self.set_policy(machine_id, None)
+        with protection.guarded_write(self.engine) as db:
+            deleted = protection.delete_machine_points(self, db, machine_id, pin) if delete_data else 0
+            protection.store_policy(self, db, machine_id, None)
         return deleted
 
     def policy(self, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:
         with self.engine.connect() as db:
-            return _latest_policy(db, machine_id)
+            return protection.latest_policy(db, machine_id)
 
     def machines(self) -> list[dict[str, Any]]:
         """Every registered machine with its points, last backup and the bytes its packs hold."""
@@ -533,11 +525,3 @@ def insert_point_row(db: Any, machine_id: int, record: dict[str, Any], deleted_n
         id=record["id"], machine_id=machine_id, created_ns=record["created_ns"], kind=record["kind"],
         mode=record["mode"], stats=json.dumps(record["stats"]), manifest=record["manifest"],
         refs_count=record["refs"]["count"], retain_until_ns=record["retain_until_ns"], deleted_ns=deleted_ns))
-
-
-def _latest_policy(db: Any, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:
-    """(version, document) of the machine's newest policy; a None document: protection stopped."""
-    row = db.execute(select(cat.policies.c.version, cat.policies.c.doc)
-                     .where(cat.policies.c.machine_id == machine_id)
-                     .order_by(cat.policies.c.version.desc()).limit(1)).first()
-    return (row.version, json.loads(row.doc)) if row else None
