@@ -39,6 +39,26 @@ class Phase(enum.Enum):
     IDLE = "idle"  # between requests (uvicorn's keep-alive timeout closes it)
 
 
+class _QuietLog:
+    """A line per refusal, but at most one every few seconds: a flood of dawdlers must not
+    fill the server's log (and disk) with its own account."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s, self.last, self.skipped = every_s, -every_s, 0
+
+    def warning(self, line: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            self.skipped += 1
+            return
+        more = f" ({self.skipped} more refusals since the last line)" if self.skipped else ""
+        log.warning("%s%s", line, more)
+        self.last, self.skipped = now, 0
+
+
+_quiet_log = _QuietLog()
+
+
 class _Refused(Exception):
     """Raised inside the parser's callbacks: the request broke a limit (see `_refusal`)."""
 
@@ -87,8 +107,10 @@ class GuardedProtocol(HttpToolsProtocol):
                 self._refuse(503, "the vault has too many connections open; try again shortly")
                 return False
             victim = min(waiting, key=lambda c: c.since)
-            victim._refuse(503, "connection closed to make room for another") if victim.phase is Phase.HEADERS \
-                else victim.transport.close()
+            if victim.phase is Phase.HEADERS:
+                victim._refuse(503, "connection closed to make room for another")
+            else:
+                victim.transport.close()
         return True
 
     # -- headers ----------------------------------------------------------------------------
@@ -178,16 +200,15 @@ class GuardedProtocol(HttpToolsProtocol):
                     and self._body_bytes < limits.body_min_rate * self._body_reading_s:
                 return self._refuse(408, f"request body slower than {limits.body_min_rate} bytes/s")
         if self._write_stalled_since is not None and now - self._write_stalled_since > limits.send_stall_s:
-            log.warning("%s: closed a connection that read nothing of its answer for %g s",
-                        self._peer(), limits.send_stall_s)
+            _quiet_log.warning(f"{self._peer()}: closed a connection that read nothing of its answer for "
+                               f"{limits.send_stall_s:g} s")
             self.transport.close()
             return
         self._ticker = self.loop.call_later(_TICK_S, self._tick)
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answers one line of JSON (unless an answer has begun) and closes the connection."""
-        if status != 503 or self.phase is not Phase.HEADERS:
-            log.warning("%s: %s", self._peer(), detail)
+        _quiet_log.warning(f"{self._peer()}: {detail}")
         if not (self.cycle and self.cycle.response_started):
             body = json.dumps({"error": "UsageError" if status != 503 else "VaultError", "detail": detail}).encode()
             head = b"".join([STATUS_LINE[status], b"content-type: application/json\r\n",

@@ -27,7 +27,7 @@ class Limits:
     body_grace_s: float = 20.0  # any body may take this long ...
     body_min_rate: int = 4 * 1024  # ... after which it must have averaged this many bytes per second
     send_stall_s: float = 60.0  # a client that reads none of its answer for this long is cut off
-    keepalive_s: int = 15  # an idle connection between requests (uvicorn's timeout_keep_alive)
+    keepalive_s: int = 5  # an idle connection between requests (uvicorn's timeout_keep_alive)
     max_connections: int = 1024  # open connections per server process
     max_connections_per_client: int = 128  # per client address (an agent uses up to 32)
     # -- rates per client address, and per machine where one is known (vault/ratelimit.py) -------
