@@ -4,6 +4,7 @@ tokens, registration secrets and PINs at speed."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import time
@@ -280,3 +281,30 @@ def test_pin_attempts_are_limited_per_address_and_per_machine(rated, tmp_path):
         assert web1_elsewhere.put("/api/v1/policy", json={"policy": None, "pin": pin}).status_code == 429
     with _client(rated, tokens["web-02"], source="127.0.0.3") as web2:  # another machine, another address
         assert web2.post("/api/v1/protection/stop", json={"delete_data": False, "pin": pin}).status_code == 200
+
+
+def test_a_client_that_reads_nothing_of_its_answer_is_cut_off(tmp_path):
+    server = _serve(tmp_path, send_stall_s=2)
+    try:
+        machine = Strongroom(tmp_path / "home").register(server.credentials(tmp_path / "cred"), "web-01")
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+        machine.backup(tmp_path / "src")
+        token = (machine.home / "token").read_text().strip()
+        with _client(server, token) as c:
+            packs = c.get("/api/v1/packs", params={"machine": "web-01"}).json()
+            sizes = {p: len(c.get(f"/api/v1/packs/{p}").content) for p in packs}
+        name, size = max(sizes.items(), key=lambda item: item[1])
+        context = ssl.create_default_context(cafile=str(server.folder / "tls" / "cert.pem"))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server must wait on us
+        raw.connect(("127.0.0.1", server.port))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(f"GET /api/v1/packs/{name} HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer {token}\r\n"
+                         f"\r\n".encode())
+            time.sleep(10)  # reading nothing: the stall allowed, and the kernel's probes backing off
+            answer, _ = _answer(sock, within=10)
+        assert _status(answer) == 200 and len(answer) < size, \
+            f"{len(answer)} bytes of a {size}-byte pack reached a client that read none for 10 s"
+    finally:
+        server.stop()

@@ -6,7 +6,7 @@ dawdlers hold the slots. This protocol adds, per connection (numbers in vault/li
 headers must end within `header_s` and stay under `header_bytes` and `header_count`; a body
 must average `body_min_rate` once `body_grace_s` has passed (time the server itself stopped
 reading does not count); a client that reads nothing of its answer for `send_stall_s` is
-cut off. When a client address, or the whole server, is at its connection cap, a new
+cut off (by the kernel, with TCP_USER_TIMEOUT). When a client address, or the whole server, is at its connection cap, a new
 connection evicts the one that has waited longest without a request in progress (a
 dawdler, or an idle keep-alive), so that a flood of unfinished connections cannot lock
 out a client that sends its requests promptly; if every connection is busy, the new one
@@ -19,6 +19,7 @@ import asyncio
 import enum
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,7 +76,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._body_reading_s = 0.0  # time the body phase lasted while the server was reading
         self._last_tick = self.since
-        self._write_stalled_since: float | None = None
         self._refusal: tuple[int, str] | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -86,6 +86,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.since = self._last_tick = time.monotonic()
         if not self._admit():
             return
+        self._bound_unread_answers(transport)
         self._ticker = self.loop.call_later(_TICK_S, self._tick)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -97,12 +98,14 @@ class GuardedProtocol(HttpToolsProtocol):
     def _admit(self) -> bool:
         """Makes room under the caps by evicting a dawdler, or refuses this connection."""
         host = self.client[0] if self.client else None
-        others = [c for c in self.connections if isinstance(c, GuardedProtocol) and c is not self]
+        # a closing connection no longer counts (TLS may keep it a few seconds for the shutdown)
+        others = [c for c in self.connections
+                  if isinstance(c, GuardedProtocol) and c is not self and not c.transport.is_closing()]
         same = [c for c in others if c.client and c.client[0] == host]
         for crowd, cap in ((same, self.limits.max_connections_per_client), (others, self.limits.max_connections)):
             if len(crowd) < cap:
                 continue
-            waiting = [c for c in crowd if c.phase in (Phase.HEADERS, Phase.IDLE) and not c.transport.is_closing()]
+            waiting = [c for c in crowd if c.phase in (Phase.HEADERS, Phase.IDLE)]
             if not waiting:
                 self._refuse(503, "the vault has too many connections open; try again shortly")
                 return False
@@ -112,6 +115,19 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 victim.transport.close()
         return True
+
+    def _bound_unread_answers(self, transport: asyncio.Transport) -> None:
+        """A client that stops reading (a zero TCP window) is dropped by the kernel after
+        `send_stall_s`: over TLS the transport takes whatever is written without ever pausing
+        the writer, so the protocol cannot see the stall itself."""
+        sock = transport.get_extra_info("socket")
+        if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT") or sock.family not in (socket.AF_INET,
+                                                                                             socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.limits.send_stall_s * 1000))
+        except OSError:
+            log.warning("cannot bound unread answers on this system (TCP_USER_TIMEOUT)")
 
     # -- headers ----------------------------------------------------------------------------
 
@@ -169,14 +185,6 @@ class GuardedProtocol(HttpToolsProtocol):
             self._enter(Phase.IDLE)
         super().on_response_complete()
 
-    def pause_writing(self) -> None:
-        self._write_stalled_since = time.monotonic()
-        super().pause_writing()
-
-    def resume_writing(self) -> None:
-        self._write_stalled_since = None
-        super().resume_writing()
-
     # -- deadlines --------------------------------------------------------------------------
 
     def _enter(self, phase: Phase) -> None:
@@ -199,11 +207,6 @@ class GuardedProtocol(HttpToolsProtocol):
             if self._body_reading_s > limits.body_grace_s \
                     and self._body_bytes < limits.body_min_rate * self._body_reading_s:
                 return self._refuse(408, f"request body slower than {limits.body_min_rate} bytes/s")
-        if self._write_stalled_since is not None and now - self._write_stalled_since > limits.send_stall_s:
-            _quiet_log.warning(f"{self._peer()}: closed a connection that read nothing of its answer for "
-                               f"{limits.send_stall_s:g} s")
-            self.transport.close()
-            return
         self._ticker = self.loop.call_later(_TICK_S, self._tick)
 
     def _refuse(self, status: int, detail: str) -> None:
@@ -227,13 +230,15 @@ def protocol_class(limits: Limits) -> type[GuardedProtocol]:
 
 def loop_class(handshake_s: float) -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop uvicorn runs (its `loop=` option): uvloop, whose servers bound the TLS
-    handshake (uvloop's default is 60 s, and a connection still in its handshake is not yet
-    one the protocol can see or evict)."""
+    handshake and shutdown (uvloop's defaults are 60 and 30 s: a connection still in its
+    handshake is not yet one the protocol can see or evict, and one being shut down still
+    reads, and throws away, whatever the client sends until the client says goodbye)."""
 
     class Loop(uvloop.Loop):  # type: ignore[misc, name-defined]
         async def create_server(self, *args: Any, **kwargs: Any) -> Any:
             if kwargs.get("ssl") is not None:
                 kwargs.setdefault("ssl_handshake_timeout", handshake_s)
+                kwargs.setdefault("ssl_shutdown_timeout", handshake_s)
             return await super().create_server(*args, **kwargs)
 
     return Loop

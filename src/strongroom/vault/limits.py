@@ -20,7 +20,7 @@ LIMITS_ENV = "STRONGROOM_VAULT_LIMITS"
 @dataclass(frozen=True)
 class Limits:
     # -- connections (vault/guard.py) --------------------------------------------------------
-    tls_handshake_s: float = 10.0  # accepted to TLS handshake done
+    tls_handshake_s: float = 10.0  # accepted to TLS handshake done; also closed to TLS shutdown done
     header_s: float = 10.0  # connection made, or a request's first byte, to the end of its headers
     header_bytes: int = 32 * 1024  # request line and headers of one request
     header_count: int = 64  # header lines of one request
