@@ -110,6 +110,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 self._refuse(503, "the vault has too many connections open; try again shortly")
                 return False
             victim = min(waiting, key=lambda c: c.since)
+            others.remove(victim)  # room made under both caps at once, if it is the same room
             if victim.phase is Phase.HEADERS:
                 victim._refuse(503, "connection closed to make room for another")
             else:
