@@ -75,14 +75,15 @@ def test_inputs_that_gave_server_errors_get_a_one_line_4xx(fuzzed, machine_token
     creds = {"vault_id": vault_id, "credential_id": 1, "secret": "s", "issued": 0, "expires": 1, "machine": "m",
              "keyfile": "{}"}
     msgpack_body = {"headers": {"Content-Type": "application/x-msgpack"}}
-    point = {"id": "p1", "kind": "files", "mode": "unoptimized", "stats": {}, "manifest": b"m", "refs": b""}
+    point = {"id": "ab12", "kind": "files", "mode": "unoptimized", "stats": {}, "manifest": b"m", "refs_parts": 0}
     cases = [
         ("POST", "/api/v1/blobs/locate", {"content": b""}),  # empty
-        ("POST", "/api/v1/points", {"content": msgpack.packb(point), **msgpack_body}),  # empty refs
-        ("POST", "/api/v1/points", {"content": msgpack.packb({**point, "refs": b"x" * 32, "stats": {"a": b"b"}}),
+        ("POST", "/api/v1/points", {"content": msgpack.packb({**point, "stats": {"a": b"b"}}),
                                     **msgpack_body}),  # stats that JSON cannot hold
-        ("POST", "/api/v1/points", {"content": msgpack.packb({**point, "refs": b"x" * 32,
-                                                              "retain_until_ns": 2**64 - 1}), **msgpack_body}),
+        ("POST", "/api/v1/points", {"content": msgpack.packb({**point, "retain_until_ns": 2**64 - 1}),
+                                    **msgpack_body}),  # beyond the catalog's integers
+        ("POST", "/api/v1/points", {"content": msgpack.packb({**point, "refs_parts": "many"}), **msgpack_body}),
+        ("PUT", "/api/v1/points/ab12/refs/99999999999999999999999", {"content": b"x" * 32}),
         ("POST", "/api/v1/register", {"json": {**creds, "credential_id": 10**30}}),  # huge credential_id
         ("POST", "/api/v1/register", {"json": {**creds, "issued": -10**40}}),  # oversized integers
         ("POST", "/api/v1/register", {"json": {**creds, "machine": ["not", "a", "name"]}}),  # wrong types
