@@ -23,17 +23,20 @@ def free_port() -> int:
 class VaultServer:
     """One served vault folder; start/stop/restart keep the same port and certificate."""
 
-    def __init__(self, admin: Strongroom, folder: Path, port: int | None = None) -> None:
-        self.admin, self.folder = admin, folder
+    def __init__(self, admin: Strongroom, folder: Path, port: int | None = None, *extra_args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.admin, self.folder, self.extra_args, self.extra_env = admin, folder, list(extra_args), env
         self.port = port or free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.tls = "--no-tls" not in self.extra_args
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = folder.parent / f"serve-{self.port}.log"
 
     def start(self) -> "VaultServer":
         log = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.admin.cmd + ["vault", "serve", str(self.folder), "--port", str(self.port)],
-                                     env=self.admin.env(), stdout=log, stderr=log)
+        self.proc = subprocess.Popen(self.admin.cmd + ["vault", "serve", str(self.folder), "--port", str(self.port),
+                                                       *self.extra_args],
+                                     env=self.admin.env(self.extra_env), stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -64,9 +67,11 @@ class VaultServer:
 
     def client(self, token: str | None = None) -> httpx.Client:
         """A plain HTTP client trusting exactly this vault's certificate, as a test's own eyes."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if not self.tls:
+            return httpx.Client(base_url=self.url, headers=headers, timeout=30)
         context = ssl.create_default_context(cafile=str(self.folder / "tls" / "cert.pem"))
         context.check_hostname = False
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, verify=context, headers=headers, timeout=30)
 
     def get(self, path: str, token: str | None = None) -> httpx.Response:

@@ -48,13 +48,15 @@ class AgentHome:
         return self.config_path.exists()
 
     def save_registration(self, vault_url: str, machine: str, token: str, keyfile: str,
-                          fingerprint: str | None = None) -> None:
+                          fingerprint: str | None = None, insecure_http: bool = False) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cache.mkdir(exist_ok=True, mode=0o700)
         write_private(self.token_path, token.encode())
         write_private(self.keyfile_path, keyfile.encode())
-        write_private(self.config_path, json.dumps({"vault": vault_url, "machine": machine, "fingerprint": fingerprint},
-                                                         indent=1).encode())
+        config = {"vault": vault_url, "machine": machine, "fingerprint": fingerprint}
+        if insecure_http:  # chosen at registration; every later command keeps to it
+            config["insecure_http"] = True
+        write_private(self.config_path, json.dumps(config, indent=1).encode())
 
     def config(self) -> dict:
         try:
@@ -66,7 +68,7 @@ class AgentHome:
     def vault(self) -> Vault:
         """The vault this machine is registered with, bound to this machine's token."""
         config = self.config()
-        vault = connect(config["vault"], config.get("fingerprint"))
+        vault = connect(config["vault"], config.get("fingerprint"), config.get("insecure_http") is True)
         vault.bind(self.token_path.read_text().strip())
         if self.policy() is None:
             return vault

@@ -12,6 +12,7 @@ from strongroom.cli.common import home, passphrase_option
 from strongroom.credentials import Credentials
 from strongroom.crypto import MasterKey, wrap_key
 from strongroom.errors import UsageError
+from strongroom.vault.client import check_plain_http
 from strongroom.vault.connect import connect
 
 
@@ -19,20 +20,25 @@ from strongroom.vault.connect import connect
 @click.option("--credentials", "cred_file", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="The vault credentials file.")
 @click.option("--machine", default=None, help="This machine's name in the vault (default: the host name).")
+@click.option("--insecure-http", is_flag=True,
+              help="Allow a plain http:// vault URL that is not on this machine (secrets then cross the "
+                   "network unencrypted); kept for every later command.")
 @passphrase_option
 @click.pass_context
-def register(ctx: click.Context, cred_file: Path, machine: str | None, passphrase_file: Path | None) -> None:
+def register(ctx: click.Context, cred_file: Path, machine: str | None, insecure_http: bool,
+             passphrase_file: Path | None) -> None:
     """Register this machine with a vault and set the encryption passphrase."""
     agent = home(ctx)
     if agent.registered:
         raise UsageError(f"this agent home ({agent.path}) is already registered; use another --home")
     creds = Credentials.load(cred_file)
+    check_plain_http(creds.vault_url, insecure_http)  # before the passphrase is asked for
     name = machine or socket.gethostname()
     passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New encryption passphrase (16+ characters): ")
     keyfile = wrap_key(MasterKey.generate(), passphrase)
-    vault = connect(creds.vault_url, creds.fingerprint)
+    vault = connect(creds.vault_url, creds.fingerprint, insecure_http)
     token = vault.register(creds, name, keyfile)
-    agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint)
+    agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint, insecure_http)
     click.echo(f"Registered machine {name!r} with vault {creds.vault_id}.")
     click.echo("Keep the passphrase safe: it never leaves this machine, and without it the "
                "backups cannot be restored by anyone.", err=True)

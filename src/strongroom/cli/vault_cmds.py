@@ -15,7 +15,7 @@ from strongroom.cli.common import emit_json, human_bytes, json_option, warn_line
 from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
 from strongroom.errors import UsageError, VaultError
 from strongroom.vault import privacy, protection, server
-from strongroom.vault.client import HttpVault
+from strongroom.vault.client import HttpVault, check_plain_http, is_loopback
 from strongroom.vault.embedded import folder_url
 from strongroom.vault.server import last_served
 from strongroom.vault.service import VaultService
@@ -26,6 +26,9 @@ from strongroom.vault.tls import fingerprint_of, normalise_fingerprint, presente
 def vault_group() -> None:
     """Manage a vault (embedded: a folder with packs and an SQLite catalog)."""
     privacy.private_umask()  # all a vault command creates is its owner's alone
+
+
+_INSECURE_HELP = "With an http:// URL that is not loopback: send the admin token unencrypted anyway."
 
 
 @vault_group.command("create")
@@ -54,12 +57,13 @@ def create(folder: Path, as_json: bool) -> None:
               help="With a URL: the vault's admin token (admin.token in the vault folder).")
 @click.option("--fingerprint", help="The SHA-256 fingerprint of the vault's certificate, as "
               "`vault serve` prints it (needed for a self-signed certificate).")
+@click.option("--insecure-http", is_flag=True, help=_INSECURE_HELP)
 @json_option
 def credentials(vault: str, out: Path, valid_days: int, url: str | None, admin_token_file: Path | None,
-                fingerprint: str | None, as_json: bool) -> None:
+                fingerprint: str | None, insecure_http: bool, as_json: bool) -> None:
     """Issue vault credentials for registering machines; they supersede older ones."""
     if "://" in vault:
-        creds = _remote_admin(vault, admin_token_file, fingerprint).issue_credentials(valid_days)
+        creds = _remote_admin(vault, admin_token_file, fingerprint, insecure_http).issue_credentials(valid_days)
     else:
         creds = _credentials_from_folder(Path(vault), url, fingerprint, valid_days)
     creds.dump(out)
@@ -102,15 +106,18 @@ class _LocalAdmin:
         return protection.change_settings(self.service, soft_delete_days, immutable)
 
 
-def _admin(vault: str, admin_token_file: Path | None, fingerprint: str | None) -> _LocalAdmin | HttpVault:
+def _admin(vault: str, admin_token_file: Path | None, fingerprint: str | None,
+           insecure_http: bool) -> _LocalAdmin | HttpVault:
     """The vault's admin side: in-process for a folder, over HTTPS for a URL."""
     if "://" in vault:
-        return _remote_admin(vault, admin_token_file, fingerprint)
+        return _remote_admin(vault, admin_token_file, fingerprint, insecure_http)
     return _LocalAdmin(Path(vault))
 
 
-def _remote_admin(url: str, admin_token_file: Path | None, fingerprint: str | None) -> HttpVault:
+def _remote_admin(url: str, admin_token_file: Path | None, fingerprint: str | None,
+                  insecure_http: bool = False) -> HttpVault:
     """A client of the served vault at `url` acting as its admin."""
+    check_plain_http(url, insecure_http)  # before the admin token is read, let alone sent
     if admin_token_file is None:
         raise UsageError("a vault URL needs --admin-token-file (admin.token in the vault folder)")
     try:
@@ -120,7 +127,7 @@ def _remote_admin(url: str, admin_token_file: Path | None, fingerprint: str | No
     pin = normalise_fingerprint(fingerprint) if fingerprint else None
     if url.startswith("https:") and pin is None:
         pin = _confirm_fingerprint(url)
-    vault = HttpVault(url, pin)
+    vault = HttpVault(url, pin, insecure_http=insecure_http)
     vault.headers["Authorization"] = f"Bearer {token}"
     return vault
 
@@ -146,6 +153,7 @@ _admin_args = [
     click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
                  help="With a URL: the vault's admin token."),
     click.option("--fingerprint", help="With an https URL: the certificate fingerprint to pin."),
+    click.option("--insecure-http", is_flag=True, help=_INSECURE_HELP),
 ]
 
 
@@ -161,11 +169,11 @@ def _admin_options(func: Any) -> Any:
 @click.option("--repack-below", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Rewrite a pack when less than this share of its bytes is still needed.")
 @json_option
-def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, dry_run: bool,
-              repack_below: float, as_json: bool) -> None:
+def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, insecure_http: bool,
+              dry_run: bool, repack_below: float, as_json: bool) -> None:
     """Apply retention and reclaim space, without any key: expire points by each machine's
     policy, purge points deleted longer ago than the soft-delete period, delete and repack packs."""
-    report = _admin(vault, admin_token_file, fingerprint).prune(dry_run, repack_below)
+    report = _admin(vault, admin_token_file, fingerprint, insecure_http).prune(dry_run, repack_below)
     if as_json:
         emit_json(report)
         return
@@ -183,9 +191,10 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
 @click.option("--machine", required=True, metavar="NAME", help="The machine that may use the PIN.")
 @click.option("--act", required=True, type=click.Choice(sorted(protection.ACTS)),
               help="What the PIN allows: `protection stop --delete-data`, or a policy that shortens retention.")
-def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, machine: str, act: str) -> None:
+def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, insecure_http: bool,
+            machine: str, act: str) -> None:
     """Make a PIN for one machine and one destructive act, valid 5 minutes."""
-    click.echo(_admin(vault, admin_token_file, fingerprint).make_pin(machine, act))
+    click.echo(_admin(vault, admin_token_file, fingerprint, insecure_http).make_pin(machine, act))
 
 
 @vault_group.command("settings")
@@ -194,10 +203,10 @@ def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, 
 @click.option("--immutable", is_flag=True, default=None,
               help="From now on no point may be deleted or shortened before it expires, by anyone. For good.")
 @json_option
-def settings_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, soft_delete_days: int | None,
-                 immutable: bool | None, as_json: bool) -> None:
+def settings_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, insecure_http: bool,
+                 soft_delete_days: int | None, immutable: bool | None, as_json: bool) -> None:
     """Show or change the vault's soft-delete period and immutability."""
-    result = _admin(vault, admin_token_file, fingerprint).change_settings(soft_delete_days, immutable)
+    result = _admin(vault, admin_token_file, fingerprint, insecure_http).change_settings(soft_delete_days, immutable)
     if as_json:
         emit_json(result)
     else:
@@ -237,14 +246,24 @@ def rebuild_catalog_cmd(folder: Path, as_json: bool) -> None:
               help="Certificate (PEM); without one the vault makes and keeps a self-signed one.")
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="The certificate's private key (PEM).")
-@click.option("--no-tls", is_flag=True, help="Plain HTTP, for behind a proxy that terminates TLS.")
+@click.option("--no-tls", is_flag=True, help="Plain HTTP on a loopback address, for behind a proxy on this "
+              "machine that terminates TLS.")
+@click.option("--insecure-http", is_flag=True, help="With --no-tls: allow an address that is not loopback "
+              "(registration secrets, tokens and wrapped keys then cross the network unencrypted).")
 @click.option("--prune-every", type=click.FloatRange(0, 24 * 365), default=24.0, show_default=True,
               metavar="HOURS", help="Prune at start and then every HOURS (0: never; `vault prune` still works).")
 def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Path | None, no_tls: bool,
-          prune_every: float) -> None:
+          insecure_http: bool, prune_every: float) -> None:
     """Serve the vault in FOLDER to many machines over HTTPS, until stopped."""
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
+    if insecure_http and not no_tls:
+        raise UsageError("--insecure-http goes with --no-tls")
+    if no_tls and not insecure_http and not is_loopback(host):
+        raise UsageError(f"refusing to serve plain HTTP on {host}: registration secrets, machine tokens and "
+                         "wrapped keys would cross the network unencrypted; serve TLS (the default), keep --no-tls "
+                         "to a loopback address behind a TLS proxy, or add --insecure-http")
+    server.load_limits()  # a mistake in $STRONGROOM_VAULT_LIMITS is reported before anything starts
     service = VaultService(folder)
     from strongroom.vault.trust import ensure_trusted
     ensure_trusted(service)  # never serve (nor prune at start) on a catalog older than storage

@@ -10,30 +10,38 @@ bytes; pack uploads are streamed to a spool file, never held whole in memory.
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from strongroom import __version__
 from strongroom.credentials import Credentials
-from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.errors import CredentialsError, StrongroomError, UsageError, VaultError
 from strongroom.fsutil import write_private
 from strongroom.vault import protection
 from strongroom.vault.jobs import MAX_SEALED_FAILED
+from strongroom.vault.limits import Limits
+from strongroom.vault.ratelimit import Buckets, RateLimited
 from strongroom.vault.service import (
     ADMIN_TOKEN_FILE,
     MAX_PACK_BYTES,
+    MAX_READ_BYTES,
     BlobLocation,
     PointRecord,
     VaultService,
@@ -44,9 +52,34 @@ MAX_JSON_BYTES = 1024 * 1024
 # A point's manifest (its refs travel apart, in parts); a location query; a batched read.
 MAX_POINT_BYTES = 16 * 1024 * 1024
 MAX_REFS_PART_BYTES = REFS_PART_IDS * ID_SIZE
+MAX_READ_RANGES = 131072  # ranges in one batched read: 2 MiB of the smallest envelopes (16 bytes)
+INT64 = 2**63 - 1  # what the catalog's integer columns hold
 _PACK_NAME = re.compile(r"^[0-9a-f]{64}$")
 _POINT_ID = re.compile(r"^[0-9a-f]{1,32}$")
-_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+_RANGE = re.compile(r"^bytes=(\d{1,12})-(\d{1,12})$")
+# Names and tokens: no control characters (they would reach terminals and logs, and
+# PostgreSQL refuses NUL)
+TEXT = r"^[^\x00-\x1f\x7f]*$"
+NAME = r"^[^\x00-\x1f\x7f/]+$"
+
+
+MachineName = Annotated[str, PathParam(min_length=1, max_length=255, pattern=NAME)]
+MachineQuery = Annotated[str | None, Query(alias="machine", min_length=1, max_length=255, pattern=NAME)]
+ShortId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=NAME)]  # point and job IDs
+PackName = Annotated[str, PathParam(pattern=_PACK_NAME.pattern)]
+# The bodies FastAPI does not parse itself, described for the OpenAPI document (and its fuzzers)
+BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
+RANGES_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "array", "items": [
+    {"type": "string"}, {"type": "integer"}, {"type": "integer"}], "minItems": 3, "maxItems": 3}}
+POINT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id", "kind", "mode", "stats", "manifest", "refs_parts"],
+                                "properties": {"id": {"type": "string"}, "kind": {"type": "string"},
+                                               "mode": {"type": "string"}, "stats": {"type": "object"},
+                                               "manifest": BINARY, "refs_parts": {"type": "integer"},
+                                               "retain_until_ns": {"type": ["integer", "null"]}}}
+
+
+def _body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
 
 
 class BodyTooLarge(Exception):
@@ -98,6 +131,8 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started:
                 await _too_large(send, limit)
+        except ClientDisconnect:
+            pass  # the client went, or the connection guard cut a body that trickled: no one to answer
 
 
 async def _too_large(send: Callable, limit: int) -> None:
@@ -108,28 +143,31 @@ async def _too_large(send: Callable, limit: int) -> None:
 
 
 class RegisterRequest(BaseModel):
-    vault_id: str
-    credential_id: int
-    secret: str = Field(max_length=200)
-    issued: int
-    expires: int
-    machine: str = Field(max_length=255)
-    keyfile: str = Field(max_length=16384)
+    vault_id: str = Field(max_length=64, pattern=TEXT)
+    credential_id: int = Field(ge=1, le=INT64)
+    secret: str = Field(max_length=200, pattern=TEXT)
+    issued: int = Field(ge=0, le=INT64)
+    expires: int = Field(ge=0, le=INT64)
+    machine: str = Field(min_length=1, max_length=255, pattern=NAME)
+    keyfile: str = Field(max_length=16384, pattern=r"^[^\x00]*$")  # JSON, over several lines
 
 
 class CredentialsRequest(BaseModel):
-    url: str = Field(max_length=2000)
+    url: str = Field(max_length=2000, pattern=TEXT)
     valid_days: int = Field(ge=1, le=365)
+
+
+PIN = Field(None, max_length=64, pattern=TEXT)
 
 
 class PolicyRequest(BaseModel):
     policy: dict[str, Any] | None
-    pin: str | None = None
+    pin: str | None = PIN
 
 
 class StopRequest(BaseModel):
     delete_data: bool
-    pin: str | None = None
+    pin: str | None = PIN
 
 
 class PinRequest(BaseModel):
@@ -138,7 +176,7 @@ class PinRequest(BaseModel):
 
 
 class SettingsRequest(BaseModel):
-    soft_delete_days: int | None = None
+    soft_delete_days: int | None = Field(None, ge=0, le=100000)
     immutable: bool | None = None
 
 
@@ -148,20 +186,20 @@ class PruneRequest(BaseModel):
 
 
 class JobStart(BaseModel):
-    id: str = Field(min_length=1, max_length=32)
-    kind: str
-    source_machine: str | None = None
+    id: str = Field(min_length=1, max_length=32, pattern=NAME)
+    kind: str = Field(max_length=32)
+    source_machine: str | None = Field(None, min_length=1, max_length=255, pattern=NAME)
 
 
 class JobFinish(BaseModel):
-    status: str
-    mode: str = ""
-    point_id: str | None = None
-    files: int = 0
-    bytes: int = 0
+    status: str = Field(max_length=32)
+    mode: str = Field("", max_length=32)
+    point_id: str | None = Field(None, max_length=32, pattern=NAME)
+    files: int = Field(0, ge=0, le=INT64)
+    bytes: int = Field(0, ge=0, le=INT64)
     failed_count: int = Field(0, ge=0, le=2**31)
     failed_sealed: str | None = Field(None, max_length=MAX_SEALED_FAILED)
-    message: str = ""
+    message: str = Field("", max_length=65536)
 
 
 class Machine:
@@ -177,42 +215,67 @@ def point_doc(p: PointRecord) -> dict[str, Any]:
     return asdict(p)
 
 
-def make_app(service: VaultService) -> FastAPI:
+def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="Strongroom vault", version=__version__,
                   description="One vault for many machines: packs, recovery points, jobs.")
     admin_token = (service.root / ADMIN_TOKEN_FILE).read_text().strip()
     bearer = HTTPBearer(auto_error=False)
+    limits = limits or Limits()
+    failed_auth = Buckets("refused tokens or registration secrets from this address",
+                          limits.failed_auth_burst, limits.failed_auth_per_s)
+    registrations = Buckets("registrations from this address", limits.register_burst, limits.register_per_s)
+    pins = Buckets("PIN attempts", limits.pin_burst, limits.pin_per_s)
 
     @app.exception_handler(StrongroomError)
     async def strongroom_error(_request: Request, exc: StrongroomError) -> JSONResponse:
         status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
 
+    @app.exception_handler(RateLimited)
+    async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse({"error": "VaultError", "detail": f"the vault refused: {exc}"}, status_code=429,
+                            headers={"Retry-After": str(exc.wait_s)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "UsageError", "detail": _first_problem(exc)}, status_code=400)
+
     def _token(auth: HTTPAuthorizationCredentials | None) -> str:
         if auth is None or auth.scheme.lower() != "bearer":
             raise HTTPException(401, {"error": "VaultError", "detail": "no token: this call needs a machine's token"})
         return auth.credentials
 
-    async def machine(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine:
+    async def machine(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine:
         # async: a known token is a dictionary lookup, not worth a hop to the thread pool
         token = _token(auth)
+        failed_auth.check(_address(request))  # before the token is looked at: no guess is answered
         try:
             return Machine(*service.authenticate(token))
         except VaultError as exc:
+            failed_auth.spend(_address(request))
             raise HTTPException(401, {"error": "VaultError", "detail": str(exc)}) from None
 
-    async def admin(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if not hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
+    async def admin(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        token = _token(auth)
+        failed_auth.check(_address(request))
+        if not hmac.compare_digest(token.encode(), admin_token.encode()):
+            failed_auth.spend(_address(request))
             raise HTTPException(401, {"error": "VaultError", "detail": "the vault refused the admin token"})
 
-    async def reader(auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine | None:
+    async def reader(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine | None:
         """A machine or the admin (None): both may see what the vault holds (never plaintext)."""
         if hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
             return None
-        return await machine(auth)
+        return await machine(request, auth)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    def pin_attempt(request: Request, pin: str | None, m: Machine) -> None:
+        """A call that carries a PIN is a guess at it: few per address and per machine."""
+        if pin:
+            pins.spend(f"address {_address(request)}")
+            pins.spend(f"machine {m.id}")
+
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and routing's 404 and 405
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, dict) else {"error": "VaultError", "detail": str(exc.detail)}
         return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
 
@@ -226,9 +289,15 @@ def make_app(service: VaultService) -> FastAPI:
         return {"id": service.id, "version": __version__}
 
     @app.post("/api/v1/register")
-    def register(req: RegisterRequest) -> dict[str, str]:
+    def register(req: RegisterRequest, request: Request) -> dict[str, str]:
+        failed_auth.check(_address(request))
+        registrations.spend(_address(request))
         creds = Credentials("", req.vault_id, req.credential_id, req.secret, req.issued, req.expires)
-        return {"token": service.register(creds, req.machine, req.keyfile), "machine": req.machine}
+        try:
+            return {"token": service.register(creds, req.machine, req.keyfile), "machine": req.machine}
+        except CredentialsError:
+            failed_auth.spend(_address(request))
+            raise
 
     @app.post("/api/v1/admin/credentials", dependencies=[Depends(admin)])
     def issue_credentials(req: CredentialsRequest) -> dict[str, Any]:
@@ -243,28 +312,30 @@ def make_app(service: VaultService) -> FastAPI:
         return service.machines()
 
     @app.get("/api/v1/machines/{name}/keyfile")
-    def keyfile(name: str, m: Machine = Depends(machine)) -> dict[str, str]:
+    def keyfile(name: MachineName, m: Machine = Depends(machine)) -> dict[str, str]:
         return {"keyfile": service.keyfile(other(name, m))}
 
     # -- recovery points --------------------------------------------------------------------
 
     @app.get("/api/v1/machines/{name}/points", response_class=Response)
-    def points(name: str, deleted: bool = False, m: Machine = Depends(machine)) -> Response:
+    def points(name: MachineName, deleted: bool = False, m: Machine = Depends(machine)) -> Response:
         return msgpack_response([point_doc(p) for p in service.points(other(name, m), deleted)])
 
     @app.post("/api/v1/points/{point_id}/undelete")
-    def undelete(point_id: str, m: Machine = Depends(machine)) -> dict[str, str]:
+    def undelete(point_id: ShortId, m: Machine = Depends(machine)) -> dict[str, str]:
         service.undelete_point(m.id, point_id)
         return {"point": point_id}
 
     # -- policy -----------------------------------------------------------------------------
 
     @app.put("/api/v1/policy")
-    def set_policy(req: PolicyRequest, m: Machine = Depends(machine)) -> dict[str, int]:
+    def set_policy(req: PolicyRequest, request: Request, m: Machine = Depends(machine)) -> dict[str, int]:
+        pin_attempt(request, req.pin, m)
         return {"version": service.set_policy(m.id, req.policy, req.pin)}
 
     @app.post("/api/v1/protection/stop")
-    def stop_protection(req: StopRequest, m: Machine = Depends(machine)) -> dict[str, int]:
+    def stop_protection(req: StopRequest, request: Request, m: Machine = Depends(machine)) -> dict[str, int]:
+        pin_attempt(request, req.pin, m)
         return {"deleted": service.stop_protection(m.id, req.delete_data, req.pin)}
 
     @app.post("/api/v1/admin/pin", dependencies=[Depends(admin)])
@@ -276,7 +347,7 @@ def make_app(service: VaultService) -> FastAPI:
         return protection.change_settings(service, req.soft_delete_days, req.immutable)
 
     @app.get("/api/v1/machines/{name}/policy")
-    def policy(name: str, m: Machine = Depends(machine)) -> dict[str, Any] | None:
+    def policy(name: MachineName, m: Machine = Depends(machine)) -> dict[str, Any] | None:
         if name != m.name:  # its schedule, retention and sealed paths are that machine's business
             raise VaultError("a machine may read only its own policy")
         found = service.policy(m.id)
@@ -287,7 +358,8 @@ def make_app(service: VaultService) -> FastAPI:
         from strongroom.vault.prune import prune
         return prune(service, dry_run=req.dry_run, repack_below=req.repack_below).to_dict()
 
-    @app.put("/api/v1/points/{point_id}/refs/{part}", status_code=201)
+    @app.put("/api/v1/points/{point_id}/refs/{part}", status_code=201,
+             openapi_extra=_body("application/octet-stream", BINARY))
     async def put_refs_part(point_id: str, part: int, request: Request, m: Machine = Depends(machine)) -> dict:
         """One part of a point's refs (blob IDs, ascending, back to back), before the point."""
         _check_point_id(point_id)
@@ -300,7 +372,7 @@ def make_app(service: VaultService) -> FastAPI:
         await run_in_threadpool(_write_part, folder, part, body)
         return {"point": point_id, "part": part}
 
-    @app.post("/api/v1/points", response_class=Response, status_code=201)
+    @app.post("/api/v1/points", response_class=Response, status_code=201, openapi_extra=_body(MSGPACK, POINT_SCHEMA))
     async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:
         doc = _unpack(await request.body(), dict)
         try:
@@ -311,7 +383,8 @@ def make_app(service: VaultService) -> FastAPI:
         except (KeyError, TypeError, ValueError):
             raise UsageError("malformed point") from None
         _check_point_id(point_id)
-        if not 0 <= parts <= MAX_REFS_PARTS:
+        if not 0 <= parts <= MAX_REFS_PARTS or not _json_fits(args[3]) \
+                or (retain_until is not None and not 0 <= retain_until <= INT64):
             raise UsageError("malformed point")
         folder = _refs_spool(m, point_id)
         refs = _read_parts(folder, parts)
@@ -334,8 +407,8 @@ def make_app(service: VaultService) -> FastAPI:
         return Response(ids, media_type="application/octet-stream",
                         headers={"X-Blob-Epoch": current, "X-Blob-Seq": str(seq)})
 
-    @app.post("/api/v1/blobs/locate", response_class=Response)
-    async def locate(request: Request, machine_name: str | None = Query(None, alias="machine", max_length=255),
+    @app.post("/api/v1/blobs/locate", response_class=Response, openapi_extra=_body("application/octet-stream", BINARY))
+    async def locate(request: Request, machine_name: MachineQuery = None,
                      m: Machine = Depends(machine)) -> Response:
         """Where one machine's blobs lie (this machine's unless named): the body is IDs back to
         back; the answer maps the present ones."""
@@ -347,25 +420,23 @@ def make_app(service: VaultService) -> FastAPI:
         found: dict[bytes, BlobLocation] = await run_in_threadpool(service.blob_locations, owner, ids)
         return msgpack_response({k: [v.pack, v.offset, v.length, v.kind] for k, v in found.items()})
 
-    @app.post("/api/v1/blobs/read", response_class=Response, dependencies=[Depends(machine)])
+    @app.post("/api/v1/blobs/read", response_class=Response, dependencies=[Depends(machine)],
+              openapi_extra=_body(MSGPACK, RANGES_SCHEMA))
     async def read_ranges(request: Request) -> Response:
         """Many ranges in one request (body: msgpack [[pack, offset, length], ...]); the answer
         is their bytes back to back: one round trip for a directory's trees or small files."""
-        try:
-            ranges = [(str(p), int(o), int(n)) for p, o, n in _unpack(await request.body(), list)]
-        except (TypeError, ValueError):
-            raise UsageError("send [[pack, offset, length], ...]") from None
-        if any(not _PACK_NAME.match(p) or o < 0 or n < 1 for p, o, n in ranges):
-            raise UsageError("invalid range")
+        ranges = _unpack(await request.body(), list)
+        if not 1 <= len(ranges) <= MAX_READ_RANGES or not all(map(_is_range, ranges)):
+            raise UsageError(f"send 1 to {MAX_READ_RANGES} ranges [pack, offset, length] within packs")
         parts = await run_in_threadpool(service.read_ranges, ranges)
         return Response(b"".join(parts), media_type="application/octet-stream")
 
     @app.get("/api/v1/packs", dependencies=[Depends(reader)])
-    def pack_names(machine_name: str | None = Query(None, alias="machine")) -> list[str]:
+    def pack_names(machine_name: MachineQuery = None) -> list[str]:
         return service.pack_names(service.machine_id(machine_name) if machine_name else None)
 
-    @app.put("/api/v1/packs/{name}", status_code=201)
-    async def put_pack(name: str, request: Request, m: Machine = Depends(machine)) -> dict[str, str]:
+    @app.put("/api/v1/packs/{name}", status_code=201, openapi_extra=_body("application/octet-stream", BINARY))
+    async def put_pack(name: PackName, request: Request, m: Machine = Depends(machine)) -> dict[str, str]:
         _check_pack_name(name)
         spool = service.spool_dir() / f".{name}.{secrets.token_hex(6)}"
         try:
@@ -378,12 +449,12 @@ def make_app(service: VaultService) -> FastAPI:
         return {"pack": name}
 
     @app.get("/api/v1/packs/{name}", response_class=Response, dependencies=[Depends(reader)])
-    def get_pack(name: str, range_: str | None = Header(None, alias="Range")) -> Response:
+    def get_pack(name: PackName, range_: str | None = Header(None, alias="Range", max_length=64)) -> Response:
         _check_pack_name(name)
         if range_ is None:
             return Response(service.read_pack(name), media_type="application/octet-stream")
         match = _RANGE.match(range_)
-        if not match or int(match[2]) < int(match[1]):
+        if not match or not 0 <= int(match[2]) - int(match[1]) < MAX_PACK_BYTES:
             raise HTTPException(416, {"error": "UsageError", "detail": f"unsupported range {range_!r}"})
         start, end = int(match[1]), int(match[2])
         data = service.read_range(name, start, end - start + 1)
@@ -408,17 +479,17 @@ def make_app(service: VaultService) -> FastAPI:
         return service.jobs.start(m.id, req.id, req.kind, source).to_dict()
 
     @app.post("/api/v1/jobs/{job_id}/renew")
-    def renew_job(job_id: str, m: Machine = Depends(machine)) -> dict[str, str]:
+    def renew_job(job_id: ShortId, m: Machine = Depends(machine)) -> dict[str, str]:
         service.jobs.renew(m.id, job_id)
         return {"job": job_id}
 
     @app.post("/api/v1/jobs/{job_id}/finish")
-    def finish_job(job_id: str, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
+    def finish_job(job_id: ShortId, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
         return service.jobs.finish(m.id, job_id, req.status, req.mode, req.point_id, req.files, req.bytes,
                                    req.failed_count, req.failed_sealed, req.message).to_dict()
 
     @app.get("/api/v1/jobs")
-    def jobs(machine_name: str | None = Query(None, alias="machine"), limit: int = Query(100, ge=1, le=10000),
+    def jobs(machine_name: MachineQuery = None, limit: int = Query(100, ge=1, le=10000),
              viewer: Machine | None = Depends(reader)) -> list[dict[str, Any]]:
         """The admin sees every job; a machine its own and restores of its data elsewhere."""
         mid = service.machine_id(machine_name) if machine_name else None
@@ -446,9 +517,43 @@ def _read_parts(folder: Path, parts: int) -> Iterator[bytes]:
             raise UsageError(f"part {part} of the point's refs was not received") from None
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _first_problem(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors, as one line about the first."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query", "header"))
+    problem = "has characters that are not allowed" if first.get("type") == "string_pattern_mismatch" \
+        else str(first.get("msg", "is invalid")).lower()
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"invalid {where or 'request'}: {problem}{more}"
+
+
 def _check_pack_name(name: str) -> None:
     if not _PACK_NAME.match(name):
         raise UsageError("a pack name is 64 lowercase hex digits")
+
+
+def _is_range(item: Any) -> bool:
+    return (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and _PACK_NAME.match(item[0])
+            and _is_int(item[1], 0, MAX_PACK_BYTES) and _is_int(item[2], 1, MAX_READ_BYTES)) is True
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _json_fits(stats: dict[str, Any]) -> bool:
+    """Whether a point's stats can be stored (as JSON: no bytes, no 100-bit integers, bounded)."""
+    try:
+        return len(json.dumps(stats)) <= MAX_JSON_BYTES
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def _unpack(body: bytes, kind: type) -> Any:

@@ -8,6 +8,7 @@ content, and points and jobs carry IDs the agent chose.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import sys
@@ -46,15 +47,39 @@ def _retry_seconds() -> float:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback (by address, or the name `localhost`);
+    other names are not resolved: a resolver may answer anything."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plain_http(url: str, insecure_http: bool) -> None:
+    """Refuses a plain http:// vault URL off loopback unless asked for by name: the
+    registration secret, the machine's token and its wrapped key would cross the network
+    unencrypted (readable, and a token replayable, by anyone on the path)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "http" and not insecure_http and not is_loopback(parsed.hostname or ""):
+        raise UsageError(f"refusing plain http:// to {parsed.hostname}: tokens, the registration secret and the "
+                         "wrapped key would cross the network unencrypted; use the vault's https:// URL, or pass "
+                         "--insecure-http if the network between is trusted")
+
+
 class _Transient(Exception):
     """A failure worth retrying: the vault unreachable, restarting or overloaded."""
 
 
 class HttpVault:
-    def __init__(self, url: str, pin: str | None = None, retry_seconds: float | None = None) -> None:
+    def __init__(self, url: str, pin: str | None = None, retry_seconds: float | None = None,
+                 insecure_http: bool = False) -> None:
         parsed = urlparse(url)
         if parsed.scheme not in ("https", "http") or not parsed.hostname:
             raise UsageError(f"not a vault URL: {url}")
+        check_plain_http(url, insecure_http)
         self.url = url.rstrip("/")
         self.host, self.port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
         self.pin = pin

@@ -6,8 +6,9 @@ from strongroom.errors import UsageError
 from strongroom.vault.interface import Vault
 
 
-def connect(url: str, pin: str | None = None) -> Vault:
-    """The vault at `url`; `pin` is the certificate fingerprint a served vault must present."""
+def connect(url: str, pin: str | None = None, insecure_http: bool = False) -> Vault:
+    """The vault at `url`; `pin` is the certificate fingerprint a served vault must present;
+    `insecure_http` allows a plain http:// URL off loopback."""
     if url.startswith("file:"):
         from strongroom.vault.embedded import EmbeddedVault
         return EmbeddedVault(url)
@@ -15,5 +16,5 @@ def connect(url: str, pin: str | None = None) -> Vault:
         from strongroom.vault.client import (
             HttpVault,  # httpx only where a served vault is used
         )
-        return HttpVault(url, pin)
+        return HttpVault(url, pin, insecure_http=insecure_http)
     raise UsageError(f"unsupported vault URL {url!r} (file://, https:// or http://)")

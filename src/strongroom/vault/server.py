@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from strongroom.fsutil import write_private
+from strongroom.vault.limits import Limits
+from strongroom.vault.limits import load as load_limits
 from strongroom.vault.service import VaultService
 from strongroom.vault.tls import ensure_self_signed, fingerprint_of
 
@@ -49,15 +52,36 @@ def last_served(root: Path) -> dict[str, str | None]:
 def run(service: VaultService, host: str, port: int, listener: Listener, prune_every_s: float) -> None:
     import uvicorn  # the server's libraries load only in the server
 
+    from strongroom.vault import guard
     from strongroom.vault.api import clean_spool, make_app
 
+    limits = load_limits()
     clean_spool(service)
     if prune_every_s > 0:
         threading.Thread(target=_prune_loop, args=(service, prune_every_s), name="prune", daemon=True).start()
-    uvicorn.run(make_app(service), host=host, port=port, log_level="warning", access_log=False,
+    _raise_open_files(limits)
+    # httptools, guarded (vault/guard.py); X-Forwarded-For is not trusted, so that rate
+    # limits count the address that really connected
+    uvicorn.run(make_app(service, limits), host=host, port=port, log_level="warning", access_log=False,
                 ssl_certfile=str(listener.cert) if listener.cert else None,
                 ssl_keyfile=str(listener.key) if listener.key else None,
+                http=guard.protocol_class(limits), loop=guard.loop_class(limits.tls_handshake_s),
+                timeout_keep_alive=limits.keepalive_s, proxy_headers=False, server_header=False,
                 timeout_graceful_shutdown=10)
+
+
+def _raise_open_files(limits: Limits) -> None:
+    """Every connection is a file descriptor: the soft limit (often 1024) must leave room
+    for the connection cap and the vault's own files, up to what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard),
+                                                    hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("only %d open files allowed (ulimit -n): fewer than the %d connections the limits allow",
+                    soft, limits.max_connections)
 
 
 def _prune_loop(service: VaultService, every_s: float) -> None:
