@@ -123,13 +123,13 @@ def _attacker_owned_lead(target: Path, src: Path) -> Path:
 
 
 def _restore(sr, target: Path, conflict: str, cmd: list[str] | None = None,
-             env: dict[str, str] | None = None) -> tuple[int, list[dict]]:
+             env: dict[str, str] | None = None, paths: tuple[Path, ...] = ()) -> tuple[int, list[dict]]:
     """Runs a restore that may be raced: it ends with success or a list of errors, never a crash."""
     if cmd is not None:
         sr = copy.copy(sr)
         sr.cmd = cmd
     pythonpath = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
-    res = sr.run("restore", "latest", "--target", target, "--conflict", conflict, "--json", check=False,
+    res = sr.run("restore", "latest", *paths, "--target", target, "--conflict", conflict, "--json", check=False,
                  env_extra={"PYTHONPATH": pythonpath, **(env or {})})
     assert res.returncode in (0, 3), f"exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     assert "Traceback" not in res.stderr, res.stderr
@@ -272,7 +272,9 @@ real = {f: getattr(os, f) for f in ("mkfifo", "mknod", "symlink", "mkdir")}
 
 def swap(name, dir_fd, kind):
     os.rename(name, name + b".taken", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    if kind == "dir":
+    if kind == "dir" and plan["dir_to"] == "symlink":
+        real["symlink"](victims["dir"], name, dir_fd=dir_fd)
+    elif kind == "dir":
         real["mkdir"](name, 0o755, dir_fd=dir_fd)
         os.chown(name, plan["uid"], plan["uid"], dir_fd=dir_fd)
     elif plan["how"] == "hardlink" and kind != "file":
@@ -291,7 +293,7 @@ def wrap(f, kind_of):
             return
         name = os.fsencode(args[1] if f == "symlink" else args[0])
         kind = kind_of(name, *args)
-        if kind == "dir":
+        if kind == "dir" and plan["first_link"]:
             while True:  # hl-a is written by a pool thread (it has hardlinks): wait until it is there
                 try:
                     os.stat(b"hl-a", dir_fd=dir_fd, follow_symlinks=False)
@@ -326,7 +328,7 @@ def test_node_replaced_right_after_creation_is_left_alone(point, tmp_path, confl
     launcher.write_text(LAUNCHER)
     log = tmp_path / "swapped"
     plan = {"lead": str(lead), "victims": {k: str(v) for k, v in victims.items()}, "how": how,
-            "uid": ATTACKER, "log": str(log)}
+            "uid": ATTACKER, "log": str(log), "dir_to": "own", "first_link": True}
     code, errors = _restore(registered, target, conflict, cmd=[sys.executable, str(launcher)],
                             env={"RACE_PLAN": json.dumps(plan)})
 
@@ -382,3 +384,25 @@ def test_metadata_goes_to_the_node_made_not_to_what_its_name_became(tmp_path):
     for st in (fifo, link):
         assert (st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns) == (OWNER, GROUP, MTIME, MTIME)
     assert os.getxattr(folder / "link.taken", b"trusted.tag", follow_symlinks=False) == b"link"
+
+
+def test_folder_replaced_again_after_the_restore_cleared_its_name_is_reported(point, tmp_path):
+    """--conflict overwrite where the point has a folder and the target a symlink: the restore
+    removes the symlink and makes the folder, which the attacker swaps for a symlink again. The
+    folder (a parent of the restored path) is reported and the restore goes on: no crash."""
+    registered, src, _ = point
+    victims = _victims(tmp_path / "victims")
+    target = tmp_path / "target"
+    lead = _attacker_owned_lead(target, src)
+    (lead / "sub").symlink_to(victims["dir"])
+    before = _fingerprints(victims)
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER)
+    plan = {"lead": str(lead), "victims": {k: str(v) for k, v in victims.items()}, "how": "symlink",
+            "uid": ATTACKER, "log": str(tmp_path / "swapped"), "dir_to": "symlink", "first_link": False}
+    code, errors = _restore(registered, target, "overwrite", cmd=[sys.executable, str(launcher)],
+                            env={"RACE_PLAN": json.dumps(plan)}, paths=(src / "sub" / "hl-b", src / "hl-a"))
+    assert (tmp_path / "swapped").read_text().split() == ["sub"]
+    assert code == 3 and [e["path"] for e in errors] == [str(src / "sub")], errors
+    assert _fingerprints(victims) == before and list(victims["dir"].iterdir()) == []
+    assert (lead / "hl-a").read_bytes() == LINK_DATA  # the other path given was restored

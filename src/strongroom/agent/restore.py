@@ -143,28 +143,36 @@ class Restore:
     # -- directories ------------------------------------------------------------------------
 
     def _enter_dir(self, dfd: int, name: bytes, path: bytes) -> tuple[int | None, bool]:
-        """(fd of the directory `name` in `dfd`, whether it was made), fd None if it cannot be had."""
+        """(fd of the directory `name` in `dfd`, whether it was made), fd None if it cannot be had
+        (reported)."""
+        fd = None
         try:
-            os.mkdir(name, 0o700, dir_fd=dfd)
-            created = True
-        except FileExistsError:
-            created = False
-        try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or self.conflict != "overwrite":
-                self._error(path, "a non-directory is in the way (not followed, not replaced)")
-                return None, False
-            os.unlink(name, dir_fd=dfd)  # a file or symlink where the point has a directory
-            os.mkdir(name, 0o700, dir_fd=dfd)
-            created = True
-            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
-        if created and not made_dir(fd):
-            # swapped between mkdir and open: filled like a folder that was there, no metadata
-            self._error(path, "replaced while restoring by a folder the restore did not make "
-                              "(restored into it as an existing folder)")
-            created = False
-        return fd, created
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or self.conflict != "overwrite":
+                    self._error(path, "a non-directory is in the way (not followed, not replaced)")
+                    return None, False
+                os.unlink(name, dir_fd=dfd)  # a file or symlink where the point has a directory
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                created = True
+                fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            if created and not made_dir(fd):
+                # swapped between mkdir and open: filled like a folder that was there, no metadata
+                self._error(path, "replaced while restoring by a folder the restore did not make "
+                                  "(restored into it as an existing folder)")
+                created = False
+            return fd, created
+        except OSError as exc:  # e.g. swapped again after the unlink: reported, the rest goes on
+            if fd is not None:
+                os.close(fd)
+            self._error(path, exc.strerror or str(exc))
+            return None, False
 
     def _dir_meta(self, fd: int, entry: Entry, path: bytes) -> None:
         try:
