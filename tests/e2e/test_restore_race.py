@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -249,7 +250,7 @@ def _empty(folder: Path) -> None:
         for name in names:
             path = folder / name
             if path.is_dir() and not path.is_symlink():
-                subprocess.run(["rm", "-rf", "--", path], check=True)
+                shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
     raise AssertionError(f"{folder} could not be emptied: {os.listdir(folder)}")
