@@ -1,7 +1,10 @@
 """File metadata: from a stat result to a tree entry, and from a tree entry back to disk.
 
 Everything is done relative to open directory descriptors, never by full path, so that
-paths deeper than PATH_MAX work and no symlink on the way is ever followed.
+paths deeper than PATH_MAX work and no symlink on the way is ever followed. Metadata is
+written only through a descriptor of the node itself, never by name: whoever can write the
+target folder could swap a name for a symlink or a hardlink to another file between the
+moment the restore makes it and the moment its owner and mode are set.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pwd
 import stat
 from functools import lru_cache
 
+from strongroom.errors import StrongroomError
 from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry
 
 _TYPES = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO,
@@ -20,6 +24,16 @@ _TYPES = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_I
 _MODES = {v: k for k, v in _TYPES.items()}
 # Opening a directory to work inside it: never through a symlink.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A descriptor of a node itself (FIFO, device, socket, symlink: nothing that opening could
+# trigger), to check it and set its metadata through /proc/self/fd.
+NODE_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class NodeReplaced(StrongroomError):
+    """What is at the name is not the node the restore just made there."""
+
+    def __init__(self) -> None:
+        super().__init__("replaced while restoring by something the restore did not make (left alone)")
 
 
 def entry_type(st: os.stat_result) -> str:
@@ -89,41 +103,62 @@ def read_xattrs(target: int | bytes) -> dict[bytes, bytes]:
     return out
 
 
-def apply_xattrs(target: int | bytes, xattrs: dict[bytes, bytes]) -> list[str]:
-    """Sets each attribute; returns the ones the target filesystem refused."""
-    follow = isinstance(target, int)
+def fd_path(fd: int) -> bytes:
+    """A path to an open descriptor's own inode: calls by path go through the /proc link to that
+    inode and no further (an O_PATH descriptor of a symlink gives the link, not its target).
+    For O_PATH descriptors, on which fchmod, fchown, fsetxattr and futimens fail."""
+    return b"/proc/self/fd/%d" % fd
+
+
+def open_made(dir_fd: int, name: bytes, entry: Entry) -> int:
+    """An O_PATH descriptor of the node that the restore has just made as `name` for `entry`.
+
+    Checked before anything is changed through it: the entry's type (and device numbers), our
+    own owner, a single link. Anything else was put there by someone who can write the folder
+    (a symlink, a hardlink to another file, a node of theirs): NodeReplaced."""
+    fd = os.open(name, NODE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        kind = entry["t"]
+        if (stat.S_IFMT(st.st_mode) != type_mode(kind) or st.st_uid != os.geteuid() or st.st_nlink != 1
+                or (kind in (CHAR, BLOCK) and st.st_rdev != entry.get("r", 0))):
+            raise NodeReplaced()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def made_dir(fd: int) -> bool:
+    """Whether an open folder is the empty one the restore just made: ours and empty. A folder
+    of another user, or one moved in with contents, gets no owner, mode or times from the point."""
+    if os.fstat(fd).st_uid != os.geteuid():
+        return False
+    with os.scandir(fd) as it:
+        return next(it, None) is None
+
+
+def apply_xattrs(node: int | bytes, xattrs: dict[bytes, bytes]) -> list[str]:
+    """Sets each attribute on an open fd or fd_path(); returns the ones the filesystem refused."""
     refused: list[str] = []
     for name, value in xattrs.items():
         try:
-            if follow:
-                os.setxattr(target, name, value)
-            else:
-                os.setxattr(target, name, value, follow_symlinks=False)
+            os.setxattr(node, name, value)
         except OSError as exc:
             refused.append(f"{name.decode('utf-8', 'backslashreplace')}: {exc.strerror}")
     return refused
 
 
-def apply_ownership_and_mode(entry: Entry, dir_fd: int, name: bytes, fd: int | None) -> None:
-    """Owner first (chown clears setuid/setgid), then mode; owner only when root."""
-    uid, gid = entry.get("u", -1), entry.get("g", -1)
+def apply_metadata(entry: Entry, node: int | bytes) -> list[str]:
+    """Owner (only as root), mode, attributes (POSIX ACLs among them), times, on an open fd or
+    on fd_path() of an O_PATH one: never by name. Returns the attributes the filesystem refused.
+
+    Owner first: chown clears setuid, setgid and file capabilities, which mode and attributes
+    then set back."""
     if os.geteuid() == 0:
-        if fd is not None:
-            os.fchown(fd, uid, gid)
-        else:
-            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-    if entry["t"] == SYMLINK:
-        return  # Linux has no symlink modes
-    if fd is not None:
-        os.fchmod(fd, entry["m"])
-    else:
-        # Linux has no lchmod; only FIFOs and device nodes just made by the restore get here.
-        os.chmod(name, entry["m"], dir_fd=dir_fd)
-
-
-def apply_times(entry: Entry, dir_fd: int, name: bytes, fd: int | None) -> None:
-    times = (entry.get("at", entry["mt"]), entry["mt"])
-    if fd is not None:
-        os.utime(fd, ns=times)
-    else:
-        os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+        os.chown(node, entry.get("u", -1), entry.get("g", -1))
+    if entry["t"] != SYMLINK:  # Linux has no symlink modes
+        os.chmod(node, entry["m"])
+    refused = apply_xattrs(node, entry.get("x", {}))
+    os.utime(node, ns=(entry.get("at", entry["mt"]), entry["mt"]))
+    return refused

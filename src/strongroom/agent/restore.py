@@ -3,6 +3,9 @@
 Everything is created relative to open directory descriptors with O_NOFOLLOW/O_EXCL, and
 every name is checked, so a point (even a hostile one) cannot write outside the target:
 names with `/`, `.` or `..` are refused and no symlink in the target is ever followed.
+Metadata goes through a descriptor of each node the restore made (checked to be that node
+first), never by name, so a user who can write the target and races the restore cannot make
+it change another file (fsmeta).
 Files are written by a thread pool; a directory's own metadata is set once its contents
 are in place. An entry that cannot be restored is reported and the rest goes on.
 """
@@ -13,6 +16,8 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,10 +25,11 @@ from strongroom import chunker
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
     DIR_FLAGS,
-    apply_ownership_and_mode,
-    apply_times,
-    apply_xattrs,
-    proc_path,
+    NODE_FLAGS,
+    apply_metadata,
+    fd_path,
+    made_dir,
+    open_made,
     type_mode,
 )
 from strongroom.agent.reader import BlobReader
@@ -44,6 +50,20 @@ from strongroom.model import (
 CONFLICTS = ("copy", "overwrite", "skip")
 _SMALL_WINDOW = 256  # small files whose content is fetched in one go
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextmanager
+def _made(dfd: int, name: bytes, fd: int) -> Iterator[int]:
+    """The node just made as `name`, open as `fd`: closed at the end, and removed if restoring
+    it fails, so that no half-restored node is left looking complete."""
+    try:
+        yield fd
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(name, dir_fd=dfd)
+        raise
+    finally:
+        os.close(fd)
 
 
 def _inline(entry: Entry) -> bool:
@@ -77,7 +97,8 @@ class Restore:
             raise UsageError(f"--conflict must be one of {', '.join(CONFLICTS)}")
         self.reader, self.created_ns, self.conflict = reader, created_ns, conflict
         self.result = RestoreResult()
-        self.links: dict[tuple[int, int], bytes] = {}  # hardlink group -> where its first file went
+        # hardlink group -> where its first file went, and its (st_dev, st_ino)
+        self.links: dict[tuple[int, int], tuple[bytes, tuple[int, int]]] = {}
         self.first_links: dict[tuple[int, int], Future | Finished] = {}
 
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
@@ -122,29 +143,40 @@ class Restore:
     # -- directories ------------------------------------------------------------------------
 
     def _enter_dir(self, dfd: int, name: bytes, path: bytes) -> tuple[int | None, bool]:
-        """(fd of the directory `name` in `dfd`, whether it was made), fd None if it cannot be had."""
+        """(fd of the directory `name` in `dfd`, whether it was made), fd None if it cannot be had
+        (reported)."""
+        fd = None
         try:
-            os.mkdir(name, 0o700, dir_fd=dfd)
-            created = True
-        except FileExistsError:
-            created = False
-        try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or self.conflict != "overwrite":
-                self._error(path, "a non-directory is in the way (not followed, not replaced)")
-                return None, False
-            os.unlink(name, dir_fd=dfd)  # a file or symlink where the point has a directory
-            os.mkdir(name, 0o700, dir_fd=dfd)
-            created = True
-            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
-        return fd, created
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or self.conflict != "overwrite":
+                    self._error(path, "a non-directory is in the way (not followed, not replaced)")
+                    return None, False
+                os.unlink(name, dir_fd=dfd)  # a file or symlink where the point has a directory
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                created = True
+                fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            if created and not made_dir(fd):
+                # swapped between mkdir and open: filled like a folder that was there, no metadata
+                self._error(path, "replaced while restoring by a folder the restore did not make "
+                                  "(restored into it as an existing folder)")
+                created = False
+            return fd, created
+        except OSError as exc:  # e.g. swapped again after the unlink: reported, the rest goes on
+            if fd is not None:
+                os.close(fd)
+            self._error(path, exc.strerror or str(exc))
+            return None, False
 
     def _dir_meta(self, fd: int, entry: Entry, path: bytes) -> None:
         try:
-            apply_ownership_and_mode(entry, fd, b"", fd)
-            refused = apply_xattrs(fd, entry.get("x", {}))
-            apply_times(entry, fd, b"", fd)
+            refused = apply_metadata(entry, fd)
         except OSError as exc:
             self._error(path, f"metadata not restored: {exc.strerror}")
             return
@@ -229,10 +261,12 @@ class Restore:
                 if group and first is None:
                     self.first_links[group] = job
                 return job
-            self._make_special(dfd, tmp or final, entry)
+            refused = self._make_special(dfd, tmp or final, entry)
             if tmp:
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
             self._count(final != name, 0)
+            if refused:
+                self._error(path, "attributes not restored: " + "; ".join(refused))
         except (OSError, StrongroomError) as exc:
             self._error(path, getattr(exc, "strerror", None) or str(exc))
         return None
@@ -259,21 +293,21 @@ class Restore:
             return None
         return name, b".strongroom-restore-" + os.urandom(6).hex().encode()
 
-    def _make_special(self, dfd: int, name: bytes, entry: Entry) -> None:
+    def _make_special(self, dfd: int, name: bytes, entry: Entry) -> list[str]:
+        """Makes a symlink, FIFO, device or socket; returns the attributes refused."""
         kind = entry["t"]
+        mode = entry["m"] & 0o777  # its permissions from the start; setuid and the like once owned
         if kind == SYMLINK:
             os.symlink(entry["l"], name, dir_fd=dfd)
         elif kind == FIFO:
-            os.mkfifo(name, 0o600, dir_fd=dfd)
+            os.mkfifo(name, mode, dir_fd=dfd)
         elif kind in (CHAR, BLOCK, SOCKET):
-            os.mknod(name, 0o600 | type_mode(kind), entry.get("r", 0), dir_fd=dfd)
+            os.mknod(name, mode | type_mode(kind), entry.get("r", 0), dir_fd=dfd)
         else:
             raise StrongroomError(f"unknown entry type {kind!r}")
-        apply_ownership_and_mode(entry, dfd, name, None)
-        refused = apply_xattrs(proc_path(dfd, name), entry.get("x", {}))
-        apply_times(entry, dfd, name, None)
-        if refused:
-            raise StrongroomError("attributes not restored: " + "; ".join(refused))
+        # NodeReplaced: what is there now is not ours to touch
+        with _made(dfd, name, open_made(dfd, name, entry)) as fd:
+            return apply_metadata(entry, fd_path(fd))
 
     # -- files (pool threads) ---------------------------------------------------------------
 
@@ -284,43 +318,52 @@ class Restore:
             name = tmp or final
             if first_link is not None:
                 first_link.exception()  # the group's first file must be in place before linking
+            inode = None
             if self._link(dfd, name, entry):
                 written = 0
             else:
-                fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)
-                try:
+                # O_EXCL: the descriptor is of the file made here, and metadata goes through it
+                with _made(dfd, name, os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)) as fd:
                     written = self._write_content(fd, entry)
-                    apply_ownership_and_mode(entry, dfd, name, fd)
-                    refused = apply_xattrs(fd, entry.get("x", {}))
-                    apply_times(entry, dfd, name, fd)
-                except BaseException:
-                    os.unlink(name, dir_fd=dfd)  # no half-restored file is left looking complete
-                    raise
-                finally:
-                    os.close(fd)
+                    refused = apply_metadata(entry, fd)
+                    if "h" in entry:
+                        st = os.fstat(fd)
+                        inode = (st.st_dev, st.st_ino)
                 if refused:
                     self._error(path, "attributes not restored: " + "; ".join(refused))
-                if "h" in entry:
-                    self.links.setdefault(tuple(entry["h"]), self._where(dfd, name))
             if tmp:
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            if inode is not None:
+                self.links.setdefault(tuple(entry["h"]), (self._where(dfd, final), inode))
             return final != entry["n"], written
         finally:
             os.close(dfd)
 
     @staticmethod
     def _where(dfd: int, name: bytes) -> bytes:
-        return os.path.join(os.readlink(b"/proc/self/fd/%d" % dfd), name)
+        return os.path.join(os.readlink(fd_path(dfd)), name)
 
     def _link(self, dfd: int, name: bytes, entry: Entry) -> bool:
+        """Links the group's first file here: the inode the restore wrote, found by its path but
+        checked (the path may have been swapped since), and linked through its descriptor."""
         first = self.links.get(tuple(entry["h"])) if "h" in entry else None
         if first is None:
             return False
+        where, inode = first
         try:
-            os.link(first, name, dst_dir_fd=dfd, follow_symlinks=False)
+            fd = os.open(where, NODE_FLAGS)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != inode:
+                return False  # moved or replaced since: write the content instead
+            os.link(fd_path(fd), name, dst_dir_fd=dfd, follow_symlinks=True)  # to the inode behind fd
             return True
         except OSError:
             return False  # e.g. across filesystems: write the content instead
+        finally:
+            os.close(fd)
 
     def _write_content(self, fd: int, entry: Entry) -> int:
         extents = entry.get("sp")
