@@ -14,7 +14,7 @@ from typing import Any
 
 from strongroom import blobs, packs
 from strongroom.agent.browse import walk
-from strongroom.agent.points import open_manifest
+from strongroom.agent.pointbook import OpenedPoint
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError
 from strongroom.model import display_path
@@ -33,14 +33,15 @@ class CheckReport:
         return not self.errors
 
 
-def check(reader: BlobReader, read_data: bool) -> CheckReport:
+def check(reader: BlobReader, points: list[OpenedPoint], read_data: bool) -> CheckReport:
+    """`points`: this machine's, already checked against their seals and this home's record."""
     vault, key = reader.vault, reader.key
     report = CheckReport(errors=list(vault.check_structure()), orphan_packs=vault.orphan_packs())
     users: dict[bytes, list[str]] = defaultdict(list)  # blob id -> "point:path" of files using it
-    for point in vault.points():
+    for point in points:
         report.points_checked += 1
         try:
-            for path, entry in walk(reader, open_manifest(key, point)["tree"]):
+            for path, entry in walk(reader, point.manifest["tree"]):
                 for blob_id in entry.get("c", ()):
                     users[blob_id].append(f"{point.id}:{display_path(path)}")
         except StrongroomError as exc:
