@@ -42,8 +42,8 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
             machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
     """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given."""
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
-    chosen = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
-    manifest = chosen.manifest
+    record = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
+    manifest = record.manifest
     selections = select_entries(reader, manifest["tree"], [os.fsencode(p) for p in paths], manifest["sources"])
     if target == "original":
         root = b"/"
@@ -52,7 +52,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
         if os.path.lexists(root) and not os.path.isdir(root):
             raise UsageError(f"--target {target} exists and is not a directory")
         os.makedirs(root, exist_ok=True)
-    run = Restore(reader, chosen.created_ns, conflict)
+    run = Restore(reader, record.created_ns, conflict)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     interactive = not as_json and err_console.is_terminal
@@ -61,7 +61,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     try:
         with (agent.lock(), recorded_job(vault, agent.job_marker, "restore", source) as job,
               progress_bar(interactive, "Restoring", total, lambda: run.result.bytes_written)):
-            job.point_id = chosen.id
+            job.point_id = record.id
             result = run.run(root_fd, selections)
             errors = [{"path": display_path(p), "error": m} for p, m in result.errors]
             job.files, job.bytes, job.failed = result.files_restored, result.bytes_written, errors
@@ -70,12 +70,12 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     for note in job.notes:
         warn_line(note)
     if as_json:
-        emit_json({"point": chosen.id, "target": target, "files_restored": result.files_restored,
+        emit_json({"point": record.id, "target": target, "files_restored": result.files_restored,
                    "files_skipped": result.files_skipped, "files_copied": result.files_copied,
                    "bytes_written": result.bytes_written, "errors": errors})
     else:
         click.echo(f"Restored {result.files_restored} files ({human_bytes(result.bytes_written)}) from point "
-                   f"{chosen.id}; {result.files_skipped} skipped, {result.files_copied} written as copies.")
+                   f"{record.id}; {result.files_skipped} skipped, {result.files_copied} written as copies.")
     exit_if_incomplete(ctx, errors, as_json, "could not be restored")
 
 
