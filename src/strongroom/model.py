@@ -15,7 +15,14 @@ import msgpack
 
 from strongroom.errors import IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of trees
+# Of point manifests. 2: sealed to their machine and point ID, holding their own creation
+# time, kind and mode and their parent's ID and creation time (1 had none of these).
+MANIFEST_VERSION = 2
+# What a manifest must hold, and of which types (a manifest is written by this machine's key
+# holder only, so this guards against bugs and old formats, not forgery).
+_MANIFEST_FIELDS = {"created": int, "kind": str, "mode": str, "tree": bytes, "sources": list,
+                    "parent": (str, type(None)), "parent_created": (int, type(None))}
 
 # Entry types.
 FILE, DIR, SYMLINK, FIFO, CHAR, BLOCK, SOCKET = "f", "d", "l", "p", "c", "b", "s"
@@ -47,7 +54,7 @@ def is_safe_name(name: bytes) -> bool:
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
-    return msgpack.packb({"v": FORMAT_VERSION, **manifest}, use_bin_type=True)
+    return msgpack.packb({**manifest, "v": MANIFEST_VERSION}, use_bin_type=True)
 
 
 def decode_manifest(data: bytes) -> dict[str, Any]:
@@ -55,8 +62,13 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
         doc = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"point manifest does not decode: {exc}") from None
-    if doc.get("v") != FORMAT_VERSION:
-        raise IntegrityError("point manifest has an unknown version")
+    if not isinstance(doc, dict) or doc.get("v") != MANIFEST_VERSION:
+        version = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"point manifest has format {version!r}; this version of Strongroom "
+                             f"reads format {MANIFEST_VERSION} only")
+    wrong = [name for name, kind in _MANIFEST_FIELDS.items() if not isinstance(doc.get(name), kind)]
+    if wrong:
+        raise IntegrityError(f"point manifest lacks or mistypes {', '.join(wrong)}")
     return doc
 
 

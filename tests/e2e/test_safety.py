@@ -15,7 +15,7 @@ from treeutil import assert_trees_equal
 from strongroom.agent.blobcache import KnownBlobs
 from strongroom.agent.home import AgentHome
 from strongroom.agent.packer import Packer
-from strongroom.agent.points import seal_manifest
+from strongroom.agent.pointbook import PointBook
 from strongroom.model import encode_tree
 from strongroom.packs import KIND_DATA, KIND_TREE, read_header
 
@@ -44,10 +44,12 @@ def _plant_point(home: Path, root_entries_of) -> None:
 
     root = tree(root_entries_of(blob, tree))
     packer.close()
-    manifest = seal_manifest(key, {"tree": root, "sources": [b"/"], "excludes": [], "host": "evil",
-                                   "parent": None, "warnings": []})
+    book = PointBook(agent, vault, key)
+    manifest = book.new_manifest(None, kind="files", mode="unoptimized", tree=root, sources=[b"/"], excludes=[],
+                                 warnings=[])
     vault.add_point("files", "unoptimized", {"files_new": 1, "files_changed": 0, "files_unchanged": 0,
-                                              "bytes_added": 0}, manifest, [b"".join(sorted(set(refs)))])
+                                              "bytes_added": 0}, book.seal("0bad0bad0bad0bad", manifest),
+                    [b"".join(sorted(set(refs)))], point_id="0bad0bad0bad0bad")
 
 
 def test_hostile_point_cannot_escape_the_target(registered, tmp_path):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import secrets
-import socket
 import threading
 import time
 from collections import deque
@@ -36,7 +35,7 @@ from strongroom.agent.fsmeta import (
     read_xattrs,
 )
 from strongroom.agent.packer import Packer
-from strongroom.agent.points import open_manifest, seal_manifest
+from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
@@ -128,8 +127,8 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
 
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
-                 skip_dirs: list[bytes], cache: Path) -> None:
-        self.vault, self.key = vault, key
+                 skip_dirs: list[bytes], cache: Path, *, book: PointBook) -> None:
+        self.vault, self.key, self.book = vault, key, book
         self.cache = cache  # the agent's cache folder: the known-blob index, the refs spool
         self.sources = normalise_sources(sources)
         self.excludes = [os.fsencode(e) for e in excludes]
@@ -153,17 +152,18 @@ class Backup:
 
     def run(self) -> BackupResult:
         started = time.monotonic()
-        points = self.vault.points()
-        parent_root = self._parent_root(points[0]) if points else None
+        points = self.book.live()  # checked: a swapped or rolled-back parent is refused here
+        parent = points[0] if points else None
+        parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
         self.refs = RefSpool(self.cache)
         try:
-            return self._run(started, points, parent_root, known)
+            return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()
             known.close()
 
-    def _run(self, started: float, points: list[PointRecord], parent_root: bytes | None,
+    def _run(self, started: float, parent: OpenedPoint | None, parent_root: bytes | None,
              known: KnownBlobs) -> BackupResult:
         self.packer = Packer(self.vault, self.key, known)
         workers = min(8, os.cpu_count() or 2)
@@ -182,21 +182,21 @@ class Backup:
                  "bytes_total": c.bytes_total, "bytes_added": self.packer.bytes_added,
                  "blobs_added": self.packer.blobs_added, "packs_added": self.packer.packs_uploaded,
                  "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings)}
-        manifest = seal_manifest(self.key, {
-            "tree": root.tree_id, "sources": self.sources, "excludes": self.excludes,
-            "host": socket.gethostname(), "parent": points[0].id if points else None,
-            "warnings": [[p, m] for p, m in self.warnings]})
-        # The ID is chosen here so that a retried request (the answer lost) records one point.
+        # The ID is chosen here, so that the manifest is sealed to it and a retried request
+        # (the answer lost) records one point.
+        point_id = secrets.token_hex(8)
+        manifest = self.book.new_manifest(
+            parent, kind="files", mode="unoptimized", tree=root.tree_id, sources=self.sources,
+            excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings], retain_until=self.retain_until_ns)
         try:
-            point = self.vault.add_point("files", "unoptimized", stats, manifest, self.refs.sorted_chunks(),
-                                         point_id=secrets.token_hex(8), retain_until_ns=self.retain_until_ns)
+            point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, self.book.seal(point_id, manifest),
+                                         self.refs.sorted_chunks(), point_id=point_id,
+                                         retain_until_ns=self.retain_until_ns)
         except VaultError:
             known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
             raise
+        self.book.made(point_id, manifest)
         return BackupResult(point, stats, self.warnings)
-
-    def _parent_root(self, point: PointRecord) -> bytes | None:
-        return open_manifest(self.key, point)["tree"]
 
     def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
         if not tree_id:

@@ -19,11 +19,10 @@ from typing import Any
 
 from strongroom import blobs, packs
 from strongroom.agent.browse import walk
-from strongroom.agent.points import open_manifest
+from strongroom.agent.pointbook import OpenedPoint
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError
 from strongroom.model import display_path
-from strongroom.vault.service import PointRecord
 
 _LOOKUP_BATCH = 4096
 _FILES_LISTED = 1000  # per error: the first files say what was hit
@@ -42,12 +41,12 @@ class CheckReport:
         return not self.errors
 
 
-def _contents(reader: BlobReader, points: list[PointRecord], report: CheckReport | None) -> Iterator[tuple[str, list[bytes]]]:
+def _contents(reader: BlobReader, points: list[OpenedPoint], report: CheckReport | None) -> Iterator[tuple[str, list[bytes]]]:
     """("POINT:PATH", content blob IDs) of every file of every point; unreadable trees are
     reported (when a report is given) and skipped."""
     for point in points:
         try:
-            for path, entry in walk(reader, open_manifest(reader.key, point)["tree"]):
+            for path, entry in walk(reader, point.manifest["tree"]):
                 if entry.get("c"):
                     yield f"{point.id}:{display_path(path)}", entry["c"]
         except StrongroomError as exc:
@@ -60,10 +59,10 @@ def _absent(reader: BlobReader, ids: list[bytes]) -> set[bytes]:
     return {i for i in ids if i not in found}
 
 
-def check(reader: BlobReader, read_data: bool) -> CheckReport:
-    vault, key = reader.vault, reader.key
+def check(reader: BlobReader, points: list[OpenedPoint], read_data: bool) -> CheckReport:
+    """`points`: this machine's, already checked against their seals and this home's record."""
+    vault = reader.vault
     report = CheckReport(errors=list(vault.check_structure()), orphan_packs=vault.orphan_packs())
-    points = vault.points()
     report.points_checked = len(points)
     missing: set[bytes] = set()
     batch: list[bytes] = []
@@ -109,7 +108,7 @@ def _read_packs(reader: BlobReader, report: CheckReport, errors: list[dict[str, 
                 errors.append({"pack": name, "blob": ref.blob_id.hex(), "error": str(exc)})
 
 
-def _name_files(reader: BlobReader, points: list[PointRecord], errors: list[dict[str, Any]],
+def _name_files(reader: BlobReader, points: list[OpenedPoint], errors: list[dict[str, Any]],
                 bad_blobs: dict[int, set[bytes]], bad_packs: dict[int, str]) -> None:
     """A second walk, only when something is damaged: which files each problem hits."""
     hits: dict[int, list[str]] = {i: [] for i in (*bad_blobs, *bad_packs)}

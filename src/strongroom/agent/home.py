@@ -12,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import UsageError
@@ -22,6 +22,14 @@ from strongroom.vault.connect import connect
 from strongroom.vault.interface import Vault
 
 ENV_VAR = "STRONGROOM_HOME"
+
+
+class SeenPoint(NamedTuple):
+    """The newest point of a machine that this home has seen (times from its sealed manifest)."""
+
+    id: str
+    created_ns: int
+    retain_until_ns: int | None = None  # its own retention floor, if an on-demand backup set one
 
 
 def default_home() -> Path:
@@ -42,6 +50,8 @@ class AgentHome:
         self.job_marker = self.path / "job"  # the job this home's agent is running, while it runs
         self.policy_copy = self.path / "policy.json"  # the last policy version this machine saw
         self._policy_read: tuple[float, Policy | None] | None = None
+        # Per machine, the newest point seen here: a vault presenting an older "latest" is caught.
+        self.newest_points = self.path / "newest-points.json"
 
     @property
     def registered(self) -> bool:
@@ -97,6 +107,40 @@ class AgentHome:
     def save_policy_copy(self, version: int | None, doc: dict | None) -> None:
         write_private(self.policy_copy, json.dumps({"version": version, "policy": doc}).encode())
         self._policy_read = None
+
+    def newest_point(self, machine: str) -> SeenPoint | None:
+        """The newest point of `machine` seen here (None: none yet, or its points were deleted here)."""
+        seen = self._newest_points().get(machine)
+        return SeenPoint(*seen) if seen else None
+
+    def note_point(self, machine: str, point: SeenPoint | None, replace: bool = False) -> None:
+        """Records `point` as the newest of `machine` if it is newer than the one recorded (or
+        always, with `replace`: when the recorded one is known to be gone for good)."""
+        with self._newest_points_lock():
+            doc = self._newest_points()
+            known = doc.get(machine)
+            if not replace and (point is None or (known and known[1] >= point.created_ns)):
+                return
+            if point is None:
+                doc.pop(machine, None)
+            else:
+                doc[machine] = list(point)
+            write_private(self.newest_points, json.dumps(doc, indent=1).encode())
+
+    def _newest_points(self) -> dict[str, list]:
+        try:
+            return json.loads(self.newest_points.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            raise UsageError(f"{self.newest_points} is damaged; remove it to trust the vault's newest "
+                             "points afresh") from None
+
+    def _newest_points_lock(self) -> IO[bytes]:
+        """Blocking and short: two processes updating the record must not lose each other's."""
+        handle = open(self.path / "newest-points.lock", "wb", opener=lambda path, flags: os.open(path, flags, 0o600))
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return handle
 
     def master_key(self, passphrase: str) -> MasterKey:
         return unwrap_key(self.keyfile_path.read_text(), passphrase)

@@ -22,6 +22,7 @@ from typing import Any
 
 from strongroom.agent.backup import Backup, BackupResult
 from strongroom.agent.home import AgentHome
+from strongroom.agent.pointbook import PointBook
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 from strongroom.fsutil import write_private
@@ -138,4 +139,4 @@ def prepare_backup(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[b
     skip = [os.fsencode(agent.path)]
     if vault.url.startswith("file:"):
         skip.append(os.fsencode(folder_of(vault.url)))
-    return Backup(vault, key, paths, excludes, skip, agent.cache)
+    return Backup(vault, key, paths, excludes, skip, agent.cache, book=PointBook(agent, vault, key))

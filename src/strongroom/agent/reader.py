@@ -15,8 +15,9 @@ from strongroom.vault.service import BlobLocation
 
 _LOCATE_BATCH = 4096
 # Decoded trees kept, by the size of their blobs: a tree of a million entries is ~100 MB,
-# so a bound by count would be no bound at all.
-_TREE_CACHE_BYTES = 32 * 1024 * 1024
+# so a bound by count would be no bound at all. Decoded, a tree takes several times its
+# blob (a 1000-file folder: ~1 MB of dicts); a walk needs few trees twice.
+_TREE_CACHE_BYTES = 4 * 1024 * 1024
 # Blobs fetched ahead in one request each: a served vault answers a directory's trees or
 # small files in one round trip instead of one each. Bounded, since prefetched blobs wait
 # in memory until read.

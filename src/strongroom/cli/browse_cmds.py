@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from strongroom.agent.browse import list_path
-from strongroom.agent.points import find_point, open_manifest
+from strongroom.agent.pointbook import PointBook
 from strongroom.cli.common import (
     emit_json,
     from_machine_option,
@@ -36,12 +36,13 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
     """List this machine's recovery points (or another's), newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    _agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
+    agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
+    book = PointBook(agent, vault, key, machine)
     rows = []
-    for p in vault.points(machine, deleted):
-        manifest = open_manifest(key, p)
-        rows.append({"id": p.id, "created": iso(p.created_ns), "kind": p.kind, "mode": p.mode,
-                     "sources": [display_path(s) for s in manifest["sources"]], "stats": p.stats})
+    for p in book.deleted() if deleted else book.live():
+        m = p.manifest  # the sealed time, kind and mode (checked to agree with the vault's copies)
+        rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
+                     "sources": [display_path(s) for s in m["sources"]], "stats": p.record.stats})
     if as_json:
         emit_json(rows)
         return
@@ -78,9 +79,8 @@ def undelete(ctx: click.Context, point_id: str) -> None:
 def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, passphrase_file: Path | None,
        as_json: bool) -> None:
     """List the entries of POINT (id, unique id prefix, or "latest"), under PATH if given."""
-    _agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
-    record = find_point(vault.points(machine), point)
-    root = open_manifest(key, record)["tree"]
+    agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    root = PointBook(agent, vault, key, machine).find(point).manifest["tree"]
     rows = []
     for full, e in list_path(reader, root, os.fsencode(path) if path else None):
         row = {"path": display_path(full), "type": TYPE_NAMES.get(e["t"], e["t"]), "mode": e["m"],

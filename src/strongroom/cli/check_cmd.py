@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from strongroom.agent.check import check
+from strongroom.agent.pointbook import PointBook
 from strongroom.cli.common import (
     emit_json,
     json_option,
@@ -24,9 +25,9 @@ from strongroom.errors import EXIT_FAILURE
 @click.pass_context
 def check_cmd(ctx: click.Context, read_data: bool, passphrase_file: Path | None, as_json: bool) -> None:
     """Verify this machine's backups in the vault."""
-    _agent, _vault, _key, reader = open_agent(ctx, passphrase_file)
+    agent, vault, key, reader = open_agent(ctx, passphrase_file)
     with live_status(not as_json, lambda: "Checking..."):
-        report = check(reader, read_data)
+        report = check(reader, PointBook(agent, vault, key).live(), read_data)
     if as_json:
         emit_json({"ok": report.ok, "points_checked": report.points_checked, "packs_checked": report.packs_checked,
                    "blobs_checked": report.blobs_checked, "orphan_packs": len(report.orphan_packs),

@@ -161,6 +161,8 @@ def stop(ctx: click.Context, mode: str | None, pin: str | None) -> None:
         raise click.UsageError("say --keep-data or --delete-data")
     agent = home(ctx)
     deleted = agent.vault().stop_protection(mode == "delete", pin)
+    if mode == "delete":  # gone by this machine's own act: no newer point is expected now
+        agent.note_point(agent.config()["machine"], None, replace=True)
     agent.policy_copy.unlink(missing_ok=True)
     click.echo("Protection stopped; " + (f"{deleted} point(s) deleted (recoverable with `points undelete` "
                                          "until the soft-delete period ends)." if mode == "delete"

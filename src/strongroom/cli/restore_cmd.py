@@ -9,7 +9,7 @@ import click
 
 from strongroom.agent.browse import selected_bytes
 from strongroom.agent.jobrun import recorded_job
-from strongroom.agent.points import find_point, open_manifest
+from strongroom.agent.pointbook import PointBook
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.cli.common import (
     emit_json,
@@ -42,8 +42,8 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
             machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
     """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given."""
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
-    record = find_point(vault.points(machine), point)
-    manifest = open_manifest(key, record)
+    record = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
+    manifest = record.manifest
     selections = select_entries(reader, manifest["tree"], [os.fsencode(p) for p in paths], manifest["sources"])
     if target == "original":
         root = b"/"

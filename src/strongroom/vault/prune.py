@@ -226,6 +226,7 @@ def _reclaim(service: VaultService, mid: int, uid: str, point_ids: list[str], re
             wanted = next(live, None)
         packs = {p.id: p for p in db.execute(select(cat.packs.c.id, cat.packs.c.name, cat.packs.c.size)
                                              .where(cat.packs.c.machine_id == mid))}
+        db.commit()  # no read transaction held while packs drop: the WAL can be checkpointed
         for pack_id, pack in packs.items():
             lease.keep()
             counts = use.get(pack_id, _PackUse())
@@ -238,6 +239,7 @@ def _reclaim(service: VaultService, mid: int, uid: str, point_ids: list[str], re
                 if not report.dry_run:
                     needed = db.execute(select(cat.blobs).where(
                         cat.blobs.c.pack_id == pack_id, cat.blobs.c.id.in_(select(_LIVE_ROWS.c.id)))).all()
+                    db.commit()
                     _repack(service, mid, uid, pack, needed, start_ns, report)
         db.exec_driver_sql("DELETE FROM live_rows")
 
