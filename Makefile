@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-test bench
+.PHONY: demo test setup setup-test bench bench-scale
 
 $(BIN)/strongroom: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ test: setup-test
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# Issue 8's scale figures (agent at 200 k and 2 M files, vault at 2 M and 20 M blob rows): bench/README.md
+bench-scale: setup
+	$(BIN)/python bench/scale.py
