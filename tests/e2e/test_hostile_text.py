@@ -5,7 +5,10 @@ escaped (an OSC 52 sequence in a name once wrote to the clipboard of whoever lis
 from __future__ import annotations
 
 import os
-import pytest
+import shutil
+import tempfile
+from pathlib import Path
+
 from conftest import assert_clean_failure
 from test_safety import _entry, _plant_point
 
@@ -47,16 +50,20 @@ def test_a_job_message_is_printed_escaped(registered):
     assert f"0123456789abcdef: failed: {SHOWN}\n" in res.stdout
 
 
-def test_file_names_are_printed_escaped_by_points_and_ls(registered, tmp_path):
-    src = tmp_path / "src"
-    folder = src / ("d" + HOSTILE)
-    folder.mkdir(parents=True)
-    (folder / ("f" + HOSTILE)).write_text("x\n")
-    registered.backup(folder)
-    listing = registered.run("ls", "latest", folder)
+def test_file_names_are_printed_escaped_by_points_and_ls(registered):
+    # Under /tmp with a short name: the points table folds a long Sources cell across lines.
+    src = Path(tempfile.mkdtemp(prefix="sr-", dir="/tmp"))
+    try:
+        folder = src / ("d" + HOSTILE)
+        folder.mkdir()
+        (folder / ("f" + HOSTILE)).write_text("x\n")
+        registered.backup(folder)
+        listing = registered.run("ls", "latest", folder)
+        table = registered.run("points")
+    finally:
+        shutil.rmtree(src)
     assert_escaped(listing.stdout)
     assert listing.stdout.count(SHOWN) == 3  # the folder, and the file's path (folder + name)
-    table = registered.run("points")
     assert_escaped(table.stdout)
 
 

@@ -9,6 +9,7 @@ trees and `check --read-data` is clean.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -61,8 +62,8 @@ def _assert_restores(sr, src: Path, copies: Path, ids: list[str], tmp: Path) -> 
         assert_trees_equal(copies / pid, target / str(src).lstrip("/"))
 
 
-def _refused(res, *words: str) -> None:
-    assert_clean_failure(res, 1)
+def _refused(res, first: str, *words: str) -> None:
+    assert_clean_failure(res, 1, re.escape(first))
     for word in words:
         assert word in res.stderr, res.stderr
 

@@ -217,12 +217,12 @@ def rebuild_catalog_cmd(folder: Path, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
         return
-    click.echo(f"Rebuilt the catalog of {folder}: {report.machines} machines, {report.points} points "
-               f"({report.points_deleted} soft-deleted), {report.packs} packs ({report.blobs} blobs), "
-               f"{report.policies} policy versions, {report.jobs} jobs.")
+    echo(f"Rebuilt the catalog of {folder}: {report.machines} machines, {report.points} points "
+         f"({report.points_deleted} soft-deleted), {report.packs} packs ({report.blobs} blobs), "
+         f"{report.policies} policy versions, {report.jobs} jobs.")
     if report.previous_catalog:
-        click.echo(f"The catalog it replaces is kept as {report.previous_catalog}.")
-    click.echo("Credentials are not kept in storage: issue new ones to register more machines.")
+        echo(f"The catalog it replaces is kept as {report.previous_catalog}.")
+    echo("Credentials are not kept in storage: issue new ones to register more machines.")
     for problem in report.problems:
         what = next(f"{k} {v}" for k, v in problem.items() if k != "error")
         warn_line(f"{what}: {problem['error']}")
