@@ -191,6 +191,11 @@ def assert_clean_failure(res: subprocess.CompletedProcess, code: int, message: s
     assert re.search(message, lines[0]), f"the error does not say {message!r}\n" + context
 
 
+def saying(*words: str) -> str:
+    """A message pattern for assert_clean_failure: every one of `words`, in any order."""
+    return "^" + "".join(f"(?=.*{re.escape(w)})" for w in words)
+
+
 def packs_in(vault: Path) -> list[Path]:
     return sorted(p for p in (vault / "packs").glob("*/*") if not p.name.startswith("."))
 
