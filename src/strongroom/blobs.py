@@ -3,6 +3,10 @@
 Envelope: 1 byte codec, then nonce ‖ AES-256-GCM ciphertext ‖ tag. The associated data is
 blob ID ‖ codec byte, so a blob cannot be moved under another ID or re-flagged unnoticed,
 and every read checks both the tag and the keyed hash of the plaintext.
+
+Decompression is bounded: a data blob holds at most one chunk (`chunker.MAX_SIZE`), a tree
+blob at most `MAX_TREE_BYTES`. Whoever holds a machine's key (its owner, when another machine
+restores from it) could otherwise seal a 16 KiB blob that expands to gigabytes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 import zstandard
 
+from strongroom import chunker
 from strongroom.crypto import MasterKey, sealed_size
 from strongroom.errors import IntegrityError
 
@@ -22,6 +27,12 @@ ZSTD_LEVEL = 3
 _PROBE_BYTES = 64 * 1024
 _PROBE_RATIO = 0.97
 _MIN_GAIN = 0.98
+
+# The largest plaintext of each kind of blob. Data blobs are chunks (a small file is one
+# chunk of at most chunker.MIN_SIZE + 1 bytes). A tree lists one directory: 256 MiB is about
+# a million entries, and a backup refuses a directory whose tree would be larger.
+MAX_DATA_BYTES = chunker.MAX_SIZE
+MAX_TREE_BYTES = 256 * 1024 * 1024
 
 _local = threading.local()
 
@@ -90,22 +101,42 @@ def encode(key: MasterKey, blob_id: bytes, data: bytes | memoryview) -> bytes:
     return bytes(encode_into(key, blob_id, data, bytearray()))
 
 
-def decode(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview) -> bytes:
-    """The verified plaintext of a blob; raises IntegrityError on any mismatch."""
+def decode(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview, limit: int = MAX_DATA_BYTES) -> bytes:
+    """The verified plaintext of a blob of at most `limit` bytes (MAX_DATA_BYTES or
+    MAX_TREE_BYTES); raises IntegrityError on any mismatch."""
     if len(envelope) < 1:
         raise IntegrityError("empty blob envelope")
     codec = envelope[0]
     payload = key.open(blob_id + bytes((codec,)), envelope[1:])
     if codec == CODEC_ZSTD:
-        _compressor()
-        try:
-            data = _local.dctx.decompress(payload)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"blob does not decompress: {exc}") from None
+        data = _decompress(payload, limit)
     elif codec == CODEC_RAW:
         data = payload
     else:
         raise IntegrityError(f"unknown blob codec {codec}")
+    if len(data) > limit:
+        raise IntegrityError(f"blob holds {len(data)} bytes, more than the {limit} a blob of its kind may hold")
     if key.blob_id(data) != blob_id:
         raise IntegrityError("blob content does not match its ID")
+    return data
+
+
+def _decompress(payload: bytes, limit: int) -> bytes:
+    _compressor()
+    try:
+        declared = zstandard.frame_content_size(payload)
+        if declared > limit:
+            raise IntegrityError(f"blob would decompress to {declared} bytes, more than the {limit} "
+                                 "a blob of its kind may hold")
+        if declared >= 0:
+            # zstd writes into a buffer of the declared size and fails if the frame holds more.
+            return _local.dctx.decompress(payload)
+        # The frame header need not carry a size (a streaming compressor leaves it out): read
+        # one byte past the limit at most, so a bomb costs no more than an honest blob.
+        with _local.dctx.stream_reader(payload) as reader:
+            data = reader.read(limit + 1)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"blob does not decompress: {exc}") from None
+    if len(data) > limit:
+        raise IntegrityError(f"blob decompresses to more than the {limit} bytes a blob of its kind may hold")
     return data

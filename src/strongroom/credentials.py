@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from strongroom.errors import CredentialsError
+from strongroom.errors import CredentialsError, UsageError
 
 DEFAULT_VALID_DAYS = 10  # as MARS
 
@@ -35,7 +35,7 @@ class Credentials:
                 raise ValueError
             creds = cls(**doc)
         except FileNotFoundError:
-            raise CredentialsError(f"credentials file {path} does not exist") from None
+            raise UsageError(f"credentials file {path} does not exist") from None
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             raise CredentialsError(f"{path} is not a Strongroom credentials file") from None
         if creds.expires <= time.time():

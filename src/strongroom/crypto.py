@@ -10,6 +10,7 @@ import base64
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 from argon2.low_level import Type, hash_secret_raw
@@ -26,6 +27,11 @@ ID_BYTES = 32
 _KEYFILE_AAD = b"strongroom keyfile v1"
 # Argon2id at 64 MiB and 3 passes: about 0.12 s here, costly enough for an offline guesser.
 _KDF_PARAMS = {"time_cost": 3, "memory_cost": 65536, "parallelism": 2}
+# The only parameter sets a key file may ask for. The file comes from the vault (restores from
+# another machine) and Argon2 cannot be interrupted: a time cost of 10^7 once held an agent
+# for ten minutes, deaf to SIGTERM. A future version that raises the cost adds its set here.
+KNOWN_KDF_PARAMS = ({"time_cost": 3, "memory_cost": 65536, "parallelism": 2},)
+_SALT_BYTES = 16
 
 
 def check_passphrase_strength(passphrase: str) -> None:
@@ -87,7 +93,7 @@ def _kdf(passphrase: str, salt: bytes, params: dict) -> bytes:
 def wrap_key(key: MasterKey, passphrase: str) -> str:
     """The key file: the master key sealed under an Argon2id-derived key, as JSON text."""
     check_passphrase_strength(passphrase)
-    salt, nonce = os.urandom(16), os.urandom(NONCE_BYTES)
+    salt, nonce = os.urandom(_SALT_BYTES), os.urandom(NONCE_BYTES)
     wrapped = AESGCM(_kdf(passphrase, salt, _KDF_PARAMS)).encrypt(nonce, key.secret, _KEYFILE_AAD)
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     return json.dumps({"version": 1, "kdf": "argon2id", **_KDF_PARAMS, "salt": b64(salt),
@@ -95,13 +101,32 @@ def wrap_key(key: MasterKey, passphrase: str) -> str:
 
 
 def unwrap_key(keyfile: str, passphrase: str) -> MasterKey:
-    doc = json.loads(keyfile)
-    if doc.get("version") != 1 or doc.get("kdf") != "argon2id":
-        raise IntegrityError("the key file has a format this version does not know")
-    dec = base64.b64decode
-    kek = _kdf(passphrase, dec(doc["salt"]), doc)
+    """The master key from its key file; refuses files this version did not write before
+    spending any time on the KDF."""
+    doc, salt, nonce, wrapped = _parse_keyfile(keyfile)
+    kek = _kdf(passphrase, salt, doc)
     try:
-        secret = AESGCM(kek).decrypt(dec(doc["nonce"]), dec(doc["wrapped"]), _KEYFILE_AAD)
+        secret = AESGCM(kek).decrypt(nonce, wrapped, _KEYFILE_AAD)
     except InvalidTag:
         raise WrongPassphrase("wrong passphrase: it does not unlock this machine's key") from None
     return MasterKey(secret)
+
+
+def _parse_keyfile(keyfile: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    try:
+        doc = json.loads(keyfile)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        salt, nonce, wrapped = (base64.b64decode(doc[k], validate=True) for k in ("salt", "nonce", "wrapped"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"the key file is malformed ({exc})") from None
+    if doc.get("version") != 1 or doc.get("kdf") != "argon2id" or doc.get("cipher") != "aes-256-gcm":
+        raise IntegrityError("the key file has a format this version does not know")
+    params = {k: doc.get(k) for k in _KDF_PARAMS}
+    if params not in KNOWN_KDF_PARAMS:
+        shown = ", ".join(f"{k} {v!r}" for k, v in params.items())
+        raise IntegrityError(f"the key file asks for Argon2id parameters this version does not use ({shown}); "
+                             "refused, as unknown parameters could stall this machine")
+    if len(salt) != _SALT_BYTES or len(nonce) != NONCE_BYTES or len(wrapped) != MASTER_KEY_BYTES + TAG_BYTES:
+        raise IntegrityError("the key file is malformed (salt, nonce or wrapped key of the wrong length)")
+    return doc, salt, nonce, wrapped

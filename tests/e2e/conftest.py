@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,19 +173,27 @@ def registered_factory():
     return setup_registered
 
 
-def assert_clean_failure(res: subprocess.CompletedProcess, code: int | tuple[int, ...] | None = None) -> None:
-    """A refused command: non-zero exit, one line on stderr, no traceback."""
+def assert_clean_failure(res: subprocess.CompletedProcess, code: int, message: str) -> None:
+    """A refused command: exit `code`, and on stderr one line, the error, in which the regular
+    expression `message` is found. A crash is not a refusal: an internal error or a traceback
+    fails, whatever the exit code."""
     context = f"exit {res.returncode}\n--- stdout ---\n{res.stdout[-2000:]}\n--- stderr ---\n{res.stderr[-3000:]}"
     assert res.returncode != 0, "command unexpectedly succeeded\n" + context
-    if code is not None:
-        codes = (code,) if isinstance(code, int) else code
-        assert res.returncode in codes, f"expected exit code {codes}\n" + context
     assert "Traceback" not in res.stderr, "traceback on stderr\n" + context
+    assert "internal error" not in res.stderr, "a crash, not a refusal\n" + context
+    assert res.returncode == code, f"expected exit code {code}\n" + context
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     if res.returncode == 2:
         # a usage error may come with click's standard "Usage: ..." / "Try '... --help'" hint lines
         lines = [line for line in lines if not line.startswith(("Usage: ", "Try '"))]
     assert len(lines) == 1, f"expected exactly one line (the error) on stderr, got {len(lines)}\n" + context
+    assert lines[0].startswith(("strongroom: error: ", "Error: ")), "not an error line\n" + context
+    assert re.search(message, lines[0]), f"the error does not say {message!r}\n" + context
+
+
+def saying(*words: str) -> str:
+    """A message pattern for assert_clean_failure: every one of `words`, in any order."""
+    return "^" + "".join(f"(?=.*{re.escape(w)})" for w in words)
 
 
 def packs_in(vault: Path) -> list[Path]:

@@ -145,25 +145,24 @@ def test_copy_name_uses_local_time_of_point(setup):
     assert new == {copy_prefix(setup.point["created"], tz) + "a.txt"}, sorted(new)
 
 
-def test_second_copy_does_not_overwrite_first(setup):
-    f = setup.src / "a.txt"
+@pytest.mark.parametrize("name,second", [("a.txt", "a (2).txt"), ("report.final.txt", "report.final (2).txt"),
+                                         ("noext", "noext (2)")])
+def test_second_copy_does_not_overwrite_first(setup, name, second):
+    f = setup.src / name
     local_edit(f)
     before = listing(setup.src)
     setup.sr.restore(setup.id, f, target="original", conflict="copy")
     first = listing(setup.src) - before
-    assert len(first) == 1
+    prefix = copy_prefix(setup.point["created"])
+    assert first == {prefix + name}
     (first_name,) = first
     (setup.src / first_name).write_bytes(b"first copy, edited\n")
 
     res = setup.sr.restore(setup.id, f, target="original", conflict="copy")
     assert res["files_copied"] == 1
-    second = listing(setup.src) - before - first
-    assert len(second) == 1, f"expected one more file, got {sorted(second)}"
-    (second_name,) = second
-    prefix = copy_prefix(setup.point["created"])
-    assert second_name.startswith(prefix), second_name
-    assert " (2)" in second_name, second_name
-    assert (setup.src / second_name).read_bytes() == ORIGINAL["a.txt"]
+    # " (2)" goes before the extension (the last dot), as Windows names copies
+    assert listing(setup.src) - before - first == {prefix + second}
+    assert (setup.src / (prefix + second)).read_bytes() == ORIGINAL[name]
     assert (setup.src / first_name).read_bytes() == b"first copy, edited\n", "first copy was overwritten"
     assert f.read_bytes() == b"local edit, not in the backup\n"
 

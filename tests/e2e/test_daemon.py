@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from treeutil import assert_trees_equal
+
+from strongroom.agent.daemon import STATE_FILE
+
+# A zone that is neither UTC nor, surely, the machine's (UTC+12:45 or +13:45): a daemon that
+# read the times in another zone would run hours off, not within the test.
+ZONE = "Pacific/Chatham"
+# A point is recorded after its backup ran: a few seconds late, a minute under heavy load
+# (two test workers on two busy cores). Early, never.
+LATE_S = 60
 
 
 def test_daemon_runs_the_schedule_and_records_its_jobs(registered, tmp_path):
@@ -15,18 +26,19 @@ def test_daemon_runs_the_schedule_and_records_its_jobs(registered, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("first")
-    now = datetime.now(timezone.utc)
-    # Far enough ahead for `policy set` and the daemon to unwrap the key (Argon2id) first,
-    # which takes seconds on a loaded machine: a daemon that starts late skips the first run.
-    times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (25, 35)]
-    if times[1] < times[0]:  # the two runs would straddle midnight (UTC): keep the test simple
-        times = [(now + timedelta(seconds=s)).strftime("%H:%M:%S") for s in (80, 90)]
-    sr.run("policy", "set", "--include", src, "--daily", ",".join(times), "--keep-daily", "7",
-           "--timezone", "UTC")
+    now = datetime.now(ZoneInfo(ZONE)).replace(microsecond=0)
+    runs = [now + timedelta(seconds=s) for s in (15, 45)]
+    if runs[1].date() != runs[0].date():  # the two runs would straddle midnight: keep the test simple
+        runs = [now + timedelta(seconds=s) for s in (105, 135)]
+    # As if the daemon had been running until now: a daemon slow to start under load then runs
+    # the first time late, as a missed backup, instead of skipping it as a first start does.
+    (sr.home / STATE_FILE).write_text(json.dumps({"last_run": now.timestamp()}))
+    sr.run("policy", "set", "--include", src, "--daily", ",".join(t.strftime("%H:%M:%S") for t in runs),
+           "--keep-daily", "7", "--timezone", ZONE)
     daemon = subprocess.Popen(sr.cmd + ["agent", "run"], env=sr.env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         seen = 0
         while seen < 2 and time.monotonic() < deadline and daemon.poll() is None:
             time.sleep(0.5)
@@ -41,6 +53,9 @@ def test_daemon_runs_the_schedule_and_records_its_jobs(registered, tmp_path):
         _out, err = daemon.communicate(timeout=60)
     assert daemon.returncode == 0, err.decode()
     assert "scheduled backup: point" in err.decode()
+    made = sorted(datetime.fromisoformat(p["created"]) for p in sr.points())
+    for run, created in zip(runs, made, strict=True):
+        assert run <= created < run + timedelta(seconds=LATE_S), f"scheduled at {run}, made at {created}"
     jobs = sr.json("jobs")
     assert [(j["kind"], j["status"]) for j in jobs] == [("backup", "completed")] * 2
     target = tmp_path / "r"

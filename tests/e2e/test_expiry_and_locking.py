@@ -25,8 +25,7 @@ def test_expired_credentials_file_is_refused(tmp_path):
     doc["expires"] = int(time.time()) - 60
     cred.write_text(json.dumps(doc))
     res = sr.run("register", "--credentials", cred, "--machine", "m1", check=False)
-    assert_clean_failure(res, 1)
-    assert "expired" in res.stderr
+    assert_clean_failure(res, 1, "these vault credentials expired on")
     assert not (tmp_path / "home" / "config.json").exists()
 
 
@@ -37,8 +36,7 @@ def test_credentials_the_vault_considers_expired_are_refused(tmp_path):
     with sqlite3.connect(vault / "catalog.sqlite") as db:  # ten days pass
         db.execute("UPDATE credentials SET expires = ?", (int(time.time()) - 60,))
     res = sr.run("register", "--credentials", cred, "--machine", "m1", check=False)
-    assert_clean_failure(res, 1)
-    assert "expired" in res.stderr
+    assert_clean_failure(res, 1, "these vault credentials have expired")
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         assert db.execute("SELECT count(*) FROM machines").fetchone()[0] == 0
 
@@ -50,8 +48,8 @@ def test_second_backup_on_the_same_home_is_refused_while_one_runs(registered, tm
     with open(registered.home / "lock", "wb") as held:  # what a running backup holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         res = registered.run("backup", src, check=False)
-    assert_clean_failure(res, 2)
-    assert "running" in res.stderr
+    # exit 1, as when the vault's lease refuses a second home of the machine (test_served)
+    assert_clean_failure(res, 1, "another backup or restore of this machine is running")
     assert registered.points() == []
 
 

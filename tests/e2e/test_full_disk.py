@@ -32,7 +32,7 @@ def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path
         (src / f"r{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
 
     res = sr.run("backup", src, check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "the vault's disk is full")
     assert "space" in res.stderr.lower() or "full" in res.stderr.lower()
     assert sr.points() == []
     assert sr.json("check")["ok"]

@@ -53,7 +53,7 @@ def test_prune_expires_soft_deletes_purges_and_reclaims(registered, tmp_path):
     sr.restore(ids[0], target=target)
     assert (target / str(src).lstrip("/") / "shared.bin").read_bytes() == (src / "shared.bin").read_bytes()
     assert sr.json("vault", "prune", vault)["points_expired"] == [ids[0]]
-    assert_clean_failure(sr.run("points", "undelete", ids[2], check=False), 2)
+    assert_clean_failure(sr.run("points", "undelete", ids[2], check=False), 2, "no deleted point")
 
     # After the grace period the deleted points are purged and their space reclaimed.
     with sqlite3.connect(vault / "catalog.sqlite") as db:
@@ -85,41 +85,47 @@ def test_policy_is_versioned_in_the_vault_and_checked(registered, tmp_path):
     assert doc["policy"]["throttle_work"] == 4 * 1024 * 1024
     # Dropping the weekly and yearly tiers shortens retention: that needs a PIN, used once.
     refused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", check=False)
-    assert_clean_failure(refused, 1)
+    assert_clean_failure(refused, 1, "shortening retention needs a PIN")
     assert "needs a PIN" in refused.stderr
     pin = sr.run("vault", "pin", sr.vault, "--machine", sr.machine, "--act", "shorten-retention").stdout.strip()
     assert len(pin) == 8 and pin.isdigit()
     assert sr.json("policy", "set", "--include", "/srv", "--daily", "09:00", "--pin", pin)["version"] == 2
     reused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", "--keep-daily", "7", "--pin", pin,
                     check=False)
-    assert_clean_failure(reused, 1)
+    assert_clean_failure(reused, 1, "that PIN is wrong, used already or older than 5 minutes")
     assert "used already" in reused.stderr
     assert sr.json("policy", "show")["version"] == 2
-    for bad in (["--keep-daily", "3"], ["--daily", "09:00,10:00,11:00,12:00"], ["--throttle-work", "10KiB/s"],
-                ["--weekly", "someday", "--at", "09:00"], ["--timezone", "Mars/Olympus"]):
-        assert_clean_failure(sr.run("policy", "set", "--include", "/srv", *bad, check=False), 2)
+    for bad, message in ((["--keep-daily", "3"], "daily retention must be 7 to 9999, not 3"),
+                         (["--daily", "09:00,10:00,11:00,12:00"], "a schedule has 1 to 3 times a day"),
+                         (["--throttle-work", "10KiB/s"], "a bandwidth limit is 512 Kbit/s or more"),
+                         (["--weekly", "someday", "--at", "09:00"], "'someday' is not a day"),
+                         (["--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'")):
+        assert_clean_failure(sr.run("policy", "set", "--include", "/srv", *bad, check=False), 2, message)
     assert sr.json("policy", "show")["version"] == 2
 
 
 def test_bandwidth_limit_holds_the_upload_rate(registered, tmp_path):
-    """Measured, with a generous tolerance: 6 MiB at 1 MiB/s cannot take under ~4 s."""
+    """6 MiB at 512 KiB/s: the bucket lets at most a second's worth through at once, so the
+    backup cannot take under 11 s however fast the machine, while the same backup without a
+    limit takes a second or two: a limit that does nothing fails, whatever the load."""
     import time
 
     sr = registered
+    limit = 512 * 1024
     src = tmp_path / "src"
     src.mkdir()
     (src / "r.bin").write_bytes(os.urandom(6 * 1024 * 1024))
-    sr.run("policy", "set", "--include", src, "--throttle-work", "1MiB/s", "--throttle-off", "1MiB/s")
+    sr.run("policy", "set", "--include", src, "--throttle-work", "512KiB/s", "--throttle-off", "512KiB/s")
     started = time.monotonic()
     stats = sr.backup(src)["stats"]
     took = time.monotonic() - started
-    rate = stats["bytes_added"] / took
-    assert 0.3 * 1024 * 1024 < rate < 1.5 * 1024 * 1024, f"{rate / 1024 / 1024:.2f} MiB/s in {took:.1f} s"
+    assert took >= (stats["bytes_added"] - limit) / limit, f"{stats['bytes_added']} bytes in {took:.1f} s"
+    assert stats["bytes_added"] / took > 0.3 * limit, f"{stats['bytes_added'] / took / 1024:.0f} KiB/s"
     sr.run("policy", "set", "--include", src)  # unlimited again
     (src / "r2.bin").write_bytes(os.urandom(6 * 1024 * 1024))
     started = time.monotonic()
     sr.backup(src)
-    assert time.monotonic() - started < took
+    assert time.monotonic() - started < took / 2
 
 
 def test_immutable_vault_refuses_deletion_and_shortening_and_retain_until_outlives_the_policy(registered, tmp_path):
@@ -138,17 +144,15 @@ def test_immutable_vault_refuses_deletion_and_shortening_and_retain_until_outliv
     assert sr.json("vault", "settings", vault, "--soft-delete-days", "30", "--immutable") == {
         "soft_delete_days": 30, "immutable": True}
     for args in (["vault", "settings", vault, "--soft-delete-days", "14"],):
-        assert_clean_failure(sr.run(*args, check=False), 1)
+        assert_clean_failure(sr.run(*args, check=False), 1, "the soft-delete period cannot be shortened")
     pin = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "shorten-retention").stdout.strip()
     res = sr.run("policy", "set", "--include", src, "--keep-daily", "7", "--keep-weekly", "4", check=False)
     assert res.returncode == 0  # lengthening is always allowed
     res = sr.run("policy", "set", "--include", src, "--keep-daily", "7", "--pin", pin, check=False)
-    assert_clean_failure(res, 1)
-    assert "immutable" in res.stderr
+    assert_clean_failure(res, 1, "this vault is immutable: retention cannot be shortened")
     pin = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "delete-data").stdout.strip()
     res = sr.run("protection", "stop", "--delete-data", "--pin", pin, check=False)
-    assert_clean_failure(res, 1)
-    assert "immutable" in res.stderr
+    assert_clean_failure(res, 1, "this vault is immutable: no point may be deleted before it expires")
     sr.run("protection", "stop", "--keep-data")
     assert "protection stopped" in sr.run("policy", "show").stdout
     _age(vault, "created_ns", 400, [p["id"] for p in sr.points()])
@@ -161,7 +165,8 @@ def test_protection_stop_with_delete_needs_a_pin_and_soft_deletes(registered, tm
     src.mkdir()
     (src / "f").write_text("x")
     sr.backup(src)
-    assert_clean_failure(sr.run("protection", "stop", "--delete-data", check=False), 1)
+    assert_clean_failure(sr.run("protection", "stop", "--delete-data", check=False), 1,
+                         "deleting backup data needs a PIN")
     pin = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "delete-data").stdout.strip()
     sr.run("protection", "stop", "--delete-data", "--pin", pin)
     assert sr.points() == [] and len(sr.json("points", "--deleted")) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 
-from conftest import assert_clean_failure, packs_in
+from conftest import assert_clean_failure, packs_in, saying
 from treeutil import assert_trees_equal
 
 DAY_NS = 86400 * 10**9
@@ -62,9 +62,7 @@ def _assert_restores(sr, src: Path, copies: Path, ids: list[str], tmp: Path) -> 
 
 
 def _refused(res, *words: str) -> None:
-    assert_clean_failure(res, 1)
-    for word in words:
-        assert word in res.stderr, res.stderr
+    assert_clean_failure(res, 1, saying(*words))
 
 
 def test_a_lost_catalog_is_refused_then_rebuilt_from_storage(registered, tmp_path):

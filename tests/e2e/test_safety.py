@@ -3,7 +3,9 @@ named, and a killed backup leaves the vault consistent and is completed by the n
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -82,6 +84,39 @@ def test_hostile_point_cannot_escape_the_target(registered, tmp_path):
     assert not (target / "trap").is_symlink() or not (outside / "payload").exists()
 
 
+def test_a_name_with_a_leading_slash_is_not_written_at_the_filesystem_root(registered, tmp_path):
+    # Opened relative to a directory descriptor, an absolute name ignores the descriptor: a
+    # restore that let "/x" through wrote /x, wherever the target was.
+    tag = os.urandom(6).hex()
+    at_root = [f"/strongroom-test-{tag}-file", f"/strongroom-test-{tag}-dir", f"/strongroom-test-{tag}-link"]
+
+    def entries(blob, tree):
+        evil = blob(b"evil\n")
+        return [_entry(os.fsencode(at_root[0]), s=5, c=[evil]),
+                _entry(os.fsencode(at_root[1]), "d", tree=tree([_entry(b"inner", s=5, c=[evil])])),
+                _entry(os.fsencode(at_root[2]), "l", l=b"/etc/passwd"),
+                _entry(b"fine", s=5, c=[evil])]
+
+    _plant_point(registered.home, entries)
+    target = tmp_path / "target"
+    try:
+        res = registered.run("restore", "latest", "--target", target, "--conflict", "overwrite", "--json",
+                             check=False)
+        written = [p for p in at_root if os.path.lexists(p)]
+    finally:
+        for p in at_root:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                os.unlink(p)
+    assert written == [], f"a restore wrote at the filesystem root: {written}"
+    assert res.returncode == 3, res.stderr
+    errors = json.loads(res.stdout)["errors"]
+    assert sorted(e["path"] for e in errors) == sorted("/" + p for p in at_root)
+    assert {e["error"] for e in errors} == {"refused: the name would leave its directory"}
+    assert (target / "fine").read_bytes() == b"evil\n"
+
+
 def test_symlink_in_target_is_not_followed(registered, tmp_path):
     src = tmp_path / "src"
     (src / "dir").mkdir(parents=True)
@@ -118,7 +153,6 @@ def test_corrupt_blob_is_named_and_the_rest_restores(registered, tmp_path):
 
     res = registered.run("check", "--read-data", "--json", check=False)
     assert res.returncode == 1
-    import json
     report = json.loads(res.stdout)
     assert not report["ok"]
     named = [e for e in report["errors"] if e.get("pack") == pack.name]
@@ -132,6 +166,32 @@ def test_corrupt_blob_is_named_and_the_rest_restores(registered, tmp_path):
     assert not (target / str(src).lstrip("/") / "big.bin").exists(), "a half-restored file was left behind"
     for i in range(5):
         assert (target / str(src).lstrip("/") / f"small-{i}.txt").read_text() == f"small file {i}\n" * 100
+
+
+def test_check_read_data_finds_an_altered_pack_whose_blobs_all_still_decode(registered, tmp_path):
+    # One byte of the pack header changes, the kind of a data blob (0) becomes tree (1): every
+    # blob still decrypts and matches its ID, the size is the same, so only the pack's hash
+    # (its name) shows that the pack is not what was uploaded.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(os.urandom(100_000))
+    registered.backup(src)
+    (pack,) = [p for p in packs_in(registered.vault) if any(r.kind == KIND_DATA for r in read_header(p.read_bytes()))]
+    data = bytearray(pack.read_bytes())
+    ref = next(r for r in read_header(bytes(data)) if r.kind == KIND_DATA)
+    at = bytes(data).rindex(b"\xc4\x20" + ref.blob_id) + 2 + 32  # msgpack: bin 32, the ID, then the kind
+    assert data[at] == KIND_DATA
+    data[at] = KIND_TREE
+    pack.write_bytes(bytes(data))
+    assert any(r.blob_id == ref.blob_id and r.kind == KIND_TREE for r in read_header(bytes(data)))
+
+    assert registered.json("check")["ok"]  # the structure is sound: only reading the data tells
+    res = registered.run("check", "--read-data", "--json", check=False)
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    assert [(e.get("pack"), e["error"]) for e in report["errors"]] == [
+        (pack.name, "pack content does not match its name (corrupt)")]
+    assert report["errors"][0]["files"] == [f"{registered.points()[0]['id']}:{src / 'f.bin'}"]
 
 
 def test_missing_pack_is_reported_by_check(registered, tmp_path):
@@ -175,7 +235,7 @@ def test_backup_while_vault_folder_is_unreadable_fails_cleanly(registered, tmp_p
     src.mkdir()
     (src / "f").write_text("x")
     os.rename(registered.vault, tmp_path / "vault-moved")
-    assert_clean_failure(registered.run("backup", src, check=False), 1)
+    assert_clean_failure(registered.run("backup", src, check=False), 1, "no Strongroom vault at")
 
 
 def test_unindexed_pack_is_noted_but_not_an_error(registered, tmp_path):

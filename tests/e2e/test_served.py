@@ -55,7 +55,7 @@ def test_two_machines_back_up_at_once_and_restore_each_other(served, served_mach
     # ... and not with its own.
     refused = web2.run("restore", "latest", "--from-machine", "web-01", "--target", tmp_path / "r2", check=False,
                        env_extra={"STRONGROOM_PASSPHRASE": OTHER_PASSPHRASE})
-    assert_clean_failure(refused, 1)
+    assert_clean_failure(refused, 1, "wrong passphrase")
     assert "passphrase" in refused.stderr
 
     target2 = tmp_path / "r3"
@@ -92,7 +92,7 @@ def test_wrong_token_is_refused_in_one_line(served, served_machine, tmp_path):
     (web1.home / "token").write_text("not-the-token")
     (tmp_path / "src").mkdir()
     res = web1.run("backup", tmp_path / "src", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "its token was refused")
     assert "token was refused" in res.stderr
     assert served.get("/api/v1/jobs", "not-the-token").status_code == 401
     assert served.get("/api/v1/jobs").status_code == 401
@@ -128,13 +128,13 @@ def test_expired_and_superseded_credentials_are_refused(served, tmp_path):
     new = served.credentials(tmp_path / "new.cred")
     sr = Strongroom(tmp_path / "h1")
     res = sr.run("register", "--credentials", old, "--machine", "m1", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "superseded by newer ones")
     assert "superseded" in res.stderr
     # Expired in the vault (the file itself still says it is valid).
     with sqlite3.connect(served.folder / "catalog.sqlite") as db:
         db.execute("UPDATE credentials SET expires = 1 WHERE id = (SELECT max(id) FROM credentials)")
     res = sr.run("register", "--credentials", new, "--machine", "m1", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "these vault credentials have expired")
     assert "expired" in res.stderr
     assert not (sr.home / "config.json").exists()
 
@@ -146,7 +146,7 @@ def test_wrong_fingerprint_is_refused_before_anything_is_sent(served, served_mac
     cred.write_text(json.dumps(doc))
     sr = Strongroom(tmp_path / "h1")
     res = sr.run("register", "--credentials", cred, "--machine", "m1", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, f"presented a certificate with fingerprint {served.fingerprint}")
     assert "fingerprint" in res.stderr and served.fingerprint in res.stderr
 
     web1 = served_machine("web-01")
@@ -154,7 +154,7 @@ def test_wrong_fingerprint_is_refused_before_anything_is_sent(served, served_mac
     config["fingerprint"] = "cd" * 32
     (web1.home / "config.json").write_text(json.dumps(config))
     res = web1.run("jobs", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "refusing to connect")
     assert "refusing to connect" in res.stderr
 
 
@@ -169,11 +169,11 @@ def test_credentials_from_the_url_need_the_admin_token(served, tmp_path):
     bad.write_text("nope")
     res = admin.run("vault", "credentials", served.url, "--out", tmp_path / "x.cred", "--admin-token-file", bad,
                     "--fingerprint", served.fingerprint, check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "the vault refused the admin token")
     assert "admin token" in res.stderr
     res = admin.run("vault", "credentials", served.url, "--out", tmp_path / "y.cred", "--admin-token-file",
                     token_file, check=False)
-    assert_clean_failure(res, 2)
+    assert_clean_failure(res, 2, "pass --fingerprint with the certificate fingerprint")
     assert Strongroom(tmp_path / "h").register(out, "from-url").json("machines")[0]["name"] == "from-url"
 
 
@@ -230,7 +230,7 @@ def test_vault_that_stays_down_fails_in_bounded_time_and_next_backup_resumes(ser
     started = time.monotonic()
     res = web1.run("backup", src, check=False, env_extra={"STRONGROOM_VAULT_RETRY_SECONDS": "3"})
     assert time.monotonic() - started < 30
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "is unreachable .*; gave up after 3 s")
     assert "unreachable" in res.stderr and "3 s" in res.stderr
     served.start()
     assert web1.backup(src)["stats"]["files_new"] == 2
@@ -252,7 +252,7 @@ def test_one_backup_at_a_time_per_machine(served, served_machine, tmp_path):
     proc.communicate(timeout=300)
     if proc.returncode == 0 and res.returncode == 0:
         pytest.skip("the first backup finished before the second started")
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, "another backup of this machine is running")
     assert "another backup of this machine is running" in res.stderr
     assert [j["status"] for j in web1.json("jobs")] == ["completed"]
 
@@ -315,7 +315,8 @@ def test_prune_through_the_server_needs_the_admin_token(served, served_machine, 
     with sqlite3.connect(served.folder / "catalog.sqlite") as db:
         db.execute("UPDATE points SET created_ns = created_ns - ? WHERE id = ?", (10 * 86400 * 10**9, old))
     args = ["vault", "prune", served.url, "--fingerprint", served.fingerprint]
-    assert_clean_failure(web1.run(*args, "--admin-token-file", web1.home / "token", check=False), 1)
+    assert_clean_failure(web1.run(*args, "--admin-token-file", web1.home / "token", check=False), 1,
+                         "the vault refused the admin token")
     report = web1.json(*args, "--admin-token-file", served.folder / "admin.token")
     assert report["points_expired"] == [old]
     assert [p["id"] for p in web1.json("points", "--deleted")] == [old]

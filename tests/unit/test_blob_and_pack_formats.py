@@ -2,14 +2,17 @@
 
 import io
 import struct
+import time
+import tracemalloc
 
+import blake3
 import msgpack
-
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strongroom import blobs, packs
+from strongroom import blobs, model, packs
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, UsageError
 from strongroom.vault import refs as reflist
@@ -141,3 +144,80 @@ def test_a_header_that_lies_about_the_pack_is_refused() -> None:
     many = [[bytes(32), 0, start, 29]] * 300_000
     with pytest.raises(IntegrityError, match="max_array_len|more blobs"):
         packs.read_header(_pack_with_header(bytes(4096), many))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=5000) | st.text(max_size=3000).map(str.encode), max_size=12))
+def test_batch_compression_gives_the_same_blobs(items: list[bytes]) -> None:
+    for data, (codec, payload) in zip(items, blobs.compress_many(items), strict=True):
+        blob_id = KEY.blob_id(data)
+        envelope = bytes(blobs.seal_into(KEY, blob_id, codec, payload, bytearray()))
+        assert blobs.decode(KEY, blob_id, envelope) == data
+        assert codec == blobs.compress(data)[0]
+
+
+# --- decompression bombs: a key holder seals a small blob that expands without bound -----------
+
+_MiB = 1024 * 1024
+
+
+def _sealed_bomb(size: int, declare_size: bool = True) -> tuple[bytes, bytes]:
+    """(blob id, sealed envelope) of `size` zero bytes compressed with zstd: about 16 KiB
+    for 512 MiB. Built a MiB at a time, so the test itself never holds the expanded data."""
+    zeros = bytes(_MiB)
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=declare_size).compressobj(
+        size=size if declare_size else -1)
+    hasher = blake3.blake3(key=KEY.id_key)
+    parts = []
+    for _ in range(size // _MiB):
+        parts.append(frame.compress(zeros))
+        hasher.update(zeros)
+    payload = b"".join(parts) + frame.flush()
+    blob_id = hasher.digest()
+    return blob_id, bytes(blobs.seal_into(KEY, blob_id, blobs.CODEC_ZSTD, payload, bytearray()))
+
+
+def _decode_measured(blob_id: bytes, envelope: bytes, limit: int) -> tuple[str, int, float]:
+    """The error decoding raised, the peak of Python allocations meanwhile, and the seconds."""
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(IntegrityError) as refused:
+            blobs.decode(KEY, blob_id, envelope, limit)
+        return str(refused.value), tracemalloc.get_traced_memory()[1], time.monotonic() - started
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("declare_size", [True, False], ids=["size-in-header", "no-size-in-header"])
+def test_a_zstd_bomb_is_refused_without_expanding_it(declare_size: bool) -> None:
+    blob_id, envelope = _sealed_bomb(512 * _MiB, declare_size)
+    assert len(envelope) < 64 * 1024  # the issue's bomb: ~16 KiB that expands to 512 MiB
+    message, peak, seconds = _decode_measured(blob_id, envelope, blobs.MAX_DATA_BYTES)
+    assert f"more than the {blobs.MAX_DATA_BYTES}" in message
+    assert peak < blobs.MAX_DATA_BYTES + 2 * _MiB and seconds < 2
+    message, peak, seconds = _decode_measured(blob_id, envelope, blobs.MAX_TREE_BYTES)
+    assert f"more than the {blobs.MAX_TREE_BYTES}" in message
+    assert peak < blobs.MAX_TREE_BYTES + 2 * _MiB
+
+
+def test_a_frame_that_understates_its_size_cannot_write_past_it() -> None:
+    # The frame header claims 4 KiB; the frame holds 64 MiB. zstd stops at the claim.
+    blob_id, envelope = _sealed_bomb(64 * _MiB)
+    payload = bytearray(KEY.open(blob_id + bytes((blobs.CODEC_ZSTD,)), envelope[1:]))
+    descriptor = payload[4]
+    assert descriptor >> 6 == 2 and not descriptor & 0x20  # a 4-byte size after a window byte
+    payload[6:10] = (4096).to_bytes(4, "little")
+    forged = bytes(blobs.seal_into(KEY, blob_id, blobs.CODEC_ZSTD, bytes(payload), bytearray()))
+    message, peak, _seconds = _decode_measured(blob_id, forged, blobs.MAX_DATA_BYTES)
+    assert "does not decompress" in message and peak < _MiB
+
+
+def test_a_tree_may_be_larger_than_a_chunk_but_not_a_data_blob() -> None:
+    tree = model.encode_tree([{"n": b"%08d" % i, "t": "f", "m": 0o644, "mt": i} for i in range(300_000)])
+    assert blobs.MAX_DATA_BYTES < len(tree) < blobs.MAX_TREE_BYTES
+    blob_id = KEY.blob_id(tree)
+    envelope = blobs.encode(KEY, blob_id, tree)
+    assert blobs.decode(KEY, blob_id, envelope, blobs.MAX_TREE_BYTES) == tree
+    with pytest.raises(IntegrityError, match="more than the"):
+        blobs.decode(KEY, blob_id, envelope)

@@ -1,5 +1,9 @@
 """Key wrapping and tree encoding."""
 
+import json
+import re
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +20,33 @@ def test_wrapped_key_opens_only_with_its_passphrase() -> None:
     assert key.secret.hex() not in keyfile
     with pytest.raises(WrongPassphrase):
         unwrap_key(keyfile, "another long passphrase")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"time_cost": 10**7}, "Argon2id parameters this version does not use (time_cost 10000000"),
+    ({"memory_cost": 2**31}, "memory_cost 2147483648"),
+    ({"parallelism": 255}, "parallelism 255"),
+    ({"time_cost": "3"}, "time_cost '3'"),
+    ({"time_cost": None}, "time_cost None"),
+    ({"kdf": "scrypt"}, "a format this version does not know"),
+    ({"salt": "AAAA"}, "wrong length"),
+    ({"wrapped": "not base64!"}, "the key file is malformed"),
+])
+def test_key_file_with_unknown_kdf_parameters_is_refused_at_once(change: dict, message: str) -> None:
+    # A hostile vault serves the key file that a restore from another machine unwraps: the
+    # refusal must come before any Argon2 work, which could otherwise run for hours.
+    doc = json.loads(wrap_key(MasterKey.generate(), "a long enough passphrase"))
+    doc.update(change)
+    started = time.monotonic()
+    with pytest.raises(IntegrityError, match=re.escape(message)):
+        unwrap_key(json.dumps(doc), "a long enough passphrase")
+    assert time.monotonic() - started < 0.05
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{", '{"version": 1}'])
+def test_garbage_key_file_is_an_integrity_error(text: str) -> None:
+    with pytest.raises(IntegrityError, match="key file"):
+        unwrap_key(text, "a long enough passphrase")
 
 
 def test_short_passphrase_is_refused() -> None:

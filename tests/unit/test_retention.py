@@ -94,3 +94,32 @@ def test_daylight_saving_days_are_whole_days():
 def test_out_of_range_policies_are_refused(tiers):
     with pytest.raises(UsageError):
         Retention(**tiers)
+
+
+def test_weekly_points_are_told_apart_by_iso_week_and_iso_year():
+    # Daily backups from Monday 2026-11-30 to 2029-01-10, kept weekly=104 (two years). ISO years
+    # and calendar years part around each new year: 2027-01-01 (a Friday) is in week 53 of
+    # 2026, 2028-01-01 (a Saturday) in week 52 of 2027, 2029-01-01 a Monday of week 1 of 2029.
+    # The weekly point is each week's first, a Monday; it stays 104 weeks (728 days).
+    # A week keyed by its number alone, or by calendar year and ISO week, keeps other days.
+    first, last = date(2026, 11, 30), date(2029, 1, 10)
+    assert first.weekday() == 0
+    kept = simulate(Retention(daily=7, weekly=104), first, last, set())
+    for day in (date(2027, 1, 3), date(2027, 1, 4), date(2028, 1, 2), date(2028, 12, 31), last):
+        mondays = {first + timedelta(weeks=w) for w in range(200)
+                   if day - timedelta(days=728) < first + timedelta(weeks=w) <= day}
+        recent = {day - timedelta(days=i) for i in range(7) if day - timedelta(days=i) >= first}
+        assert kept[day] == mondays | recent, f"after {day}: {sorted(kept[day] ^ (mondays | recent))} differ"
+    assert len([d for d in kept[last] if d.weekday() == 0]) == 104
+
+
+def test_at_most_9999_points_per_machine_the_soonest_to_expire_go_first():
+    # MARS keeps at most 9,999 recovery points per machine. Three backups a day for ten
+    # years, all of them within daily=9999 days: 10,950 points, the oldest 951 over the cap.
+    base = datetime(2027, 1, 1, 9, 0, tzinfo=BERLIN)
+    made = [base + timedelta(days=d, hours=h) for d in range(3650) for h in (0, 4, 8)]
+    points = {f"p{i:05d}": int(t.timestamp() * 1e9) for i, t in enumerate(made)}
+    now = made[-1] + timedelta(hours=1)
+    gone = expired(points, Retention(daily=9999), now)
+    assert len(points) - len(gone) == 9999
+    assert gone == {f"p{i:05d}" for i in range(len(points) - 9999)}

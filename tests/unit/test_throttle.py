@@ -22,17 +22,33 @@ class FakeClock:
         self.now += seconds
 
 
+# The clock is injected, so the times are exact: a bound wider than float rounding would let
+# a bucket that grants a free second at start, or none after idle time, pass.
+EXACT = 1e-9
+
+
 def test_bucket_holds_the_average_rate():
     clock = FakeClock()
     bucket = TokenBucket(lambda: MiB, clock, clock.sleep)
     for _ in range(80):
-        bucket.consume(MiB // 8)  # 10 MiB in pieces
-    assert 9.0 <= clock.now <= 10.5
+        bucket.consume(MiB // 8)  # 10 MiB in pieces, from an empty bucket: 10 s
+    assert abs(clock.now - 10.0) < EXACT
     clock.now += 100  # idle time earns at most a second's worth
     start = clock.now
     for _ in range(3):
         bucket.consume(MiB)
-    assert 1.9 <= clock.now - start <= 3.1
+    assert abs(clock.now - start - 2.0) < EXACT
+
+
+def test_the_rate_of_the_moment_applies():
+    clock = FakeClock()
+    rate = {"now": MiB}
+    bucket = TokenBucket(lambda: rate["now"], clock, clock.sleep)
+    bucket.consume(2 * MiB)
+    assert abs(clock.now - 2.0) < EXACT
+    rate["now"] = 4 * MiB  # off hours begin: four times faster
+    bucket.consume(2 * MiB)
+    assert abs(clock.now - 2.5) < EXACT
 
 
 def test_unlimited_never_waits_and_large_pieces_are_paid_off():
@@ -41,7 +57,7 @@ def test_unlimited_never_waits_and_large_pieces_are_paid_off():
     assert clock.now == 0
     bucket = TokenBucket(lambda: MiB, clock, clock.sleep)
     bucket.consume(8 * MiB)  # a whole pack at 1 MiB/s
-    assert 7.9 <= clock.now <= 8.1
+    assert abs(clock.now - 8.0) < EXACT
 
 
 def test_work_hours_in_the_policy_zone():

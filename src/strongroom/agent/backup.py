@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from strongroom import chunker
+from strongroom import blobs, chunker
 from strongroom.agent.blobcache import KnownBlobs, RefSpool
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
@@ -39,7 +39,7 @@ from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
-from strongroom.errors import UsageError, VaultError
+from strongroom.errors import StrongroomError, UsageError, VaultError
 from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
 from strongroom.packs import KIND_DATA, KIND_TREE
 from strongroom.vault.interface import Vault
@@ -431,6 +431,9 @@ class Backup:
             refs.extend(entry.get("c", ()))
             entries.append(entry)
         data = encode_tree(entries)
+        if len(data) > blobs.MAX_TREE_BYTES:  # a restore would refuse it: say so now
+            raise StrongroomError(f"a directory of {len(entries)} entries is too large to back up: its listing "
+                                  f"takes {len(data)} bytes, more than the {blobs.MAX_TREE_BYTES} a tree may hold")
         tree_id = self.key.blob_id(data)
         if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
             self.packer.add_later(tree_id, KIND_TREE, data)

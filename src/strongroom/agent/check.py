@@ -102,7 +102,8 @@ def _read_packs(reader: BlobReader, report: CheckReport, errors: list[dict[str, 
         for ref in refs:
             report.blobs_checked += 1
             try:
-                blobs.decode(reader.key, ref.blob_id, memoryview(data)[ref.offset:ref.offset + ref.length])
+                blobs.decode(reader.key, ref.blob_id, memoryview(data)[ref.offset:ref.offset + ref.length],
+                             blobs.MAX_TREE_BYTES if ref.kind == packs.KIND_TREE else blobs.MAX_DATA_BYTES)
             except StrongroomError as exc:
                 bad_blobs[len(errors)] = {ref.blob_id}
                 errors.append({"pack": name, "blob": ref.blob_id.hex(), "error": str(exc)})

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from strongroom.crypto import MasterKey, unwrap_key
-from strongroom.errors import UsageError
+from strongroom.errors import StrongroomError, UsageError
 from strongroom.fsutil import write_private
 from strongroom.policy import Policy
 from strongroom.vault.connect import connect
@@ -153,5 +153,8 @@ class AgentHome:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise UsageError("another backup or restore of this machine is running") from None
+            # A failure (exit 1), not a usage error: the vault's lease says the same of a second
+            # home of this machine, and a retry later succeeds with the same command line.
+            raise StrongroomError("another backup or restore of this machine is running "
+                                  "(this agent home is in use); one at a time") from None
         return handle

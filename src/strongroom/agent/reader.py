@@ -85,12 +85,12 @@ class BlobReader:
         for blob_id in ids:
             self._take(blob_id)
 
-    def read(self, blob_id: bytes) -> bytes:
+    def read(self, blob_id: bytes, limit: int = blobs.MAX_DATA_BYTES) -> bytes:
         loc = self.location(blob_id)
         envelope = self._take(blob_id)
         if envelope is None:
             envelope = self.vault.read_range(loc.pack, loc.offset, loc.length)
-        return self._decode(blob_id, loc, envelope)
+        return self._decode(blob_id, loc, envelope, limit)
 
     def read_in_order(self, ids: list[bytes]) -> Iterator[bytes]:
         """The blobs of one file, in order, fetched a few MiB per request."""
@@ -101,9 +101,10 @@ class BlobReader:
     def _envelopes(self, batch: list[tuple[bytes, BlobLocation]]) -> list[bytes] | list[memoryview]:
         return self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for _id, loc in batch])
 
-    def _decode(self, blob_id: bytes, loc: BlobLocation, envelope: bytes | memoryview) -> bytes:
+    def _decode(self, blob_id: bytes, loc: BlobLocation, envelope: bytes | memoryview,
+                limit: int = blobs.MAX_DATA_BYTES) -> bytes:
         try:
-            return blobs.decode(self.key, blob_id, envelope)
+            return blobs.decode(self.key, blob_id, envelope, limit)
         except IntegrityError as exc:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack}: {exc}") from None
 
@@ -112,7 +113,7 @@ class BlobReader:
             if tree_id in self.trees:
                 self.trees.move_to_end(tree_id)
                 return self.trees[tree_id][0]
-        raw = self.read(tree_id)
+        raw = self.read(tree_id, blobs.MAX_TREE_BYTES)
         entries = decode_tree(raw)
         with self.lock:
             if tree_id not in self.trees:

@@ -9,7 +9,7 @@ import click
 
 from strongroom.agent.daemon import Daemon
 from strongroom.agent.passphrase import read_passphrase
-from strongroom.cli.common import home, passphrase_option
+from strongroom.cli.common import PrintableFormatter, home, passphrase_option
 
 
 @click.group("agent")
@@ -25,7 +25,9 @@ def run(ctx: click.Context, passphrase_file: Path | None) -> None:
 
     The key is unwrapped once at start, from --passphrase-file (a systemd credential) or
     $STRONGROOM_PASSPHRASE: a daemon has nobody to ask."""
-    logging.basicConfig(format="strongroom agent: %(levelname)s %(message)s", level=logging.INFO)
+    log_output = logging.StreamHandler()
+    log_output.setFormatter(PrintableFormatter("strongroom agent: %(levelname)s %(message)s"))
+    logging.basicConfig(handlers=[log_output], level=logging.INFO)
     agent = home(ctx)
     key = agent.master_key(read_passphrase(passphrase_file))
     try:

@@ -10,6 +10,7 @@ import click
 
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.cli.common import (
+    echo,
     emit_json,
     exit_if_incomplete,
     human_bytes,
@@ -58,11 +59,11 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
                    "sources": [display_path(s) for s in run.sources], "stats": result.stats,
                    "warnings": warnings})
     else:
-        click.echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
-        click.echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
-                   f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
-        click.echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
-                   f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
+        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
+        echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
+             f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
+        echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
+             f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
     exit_if_incomplete(ctx, warnings, as_json, "were not backed up as they were")
 
 

@@ -12,6 +12,8 @@ from rich.table import Table
 from strongroom.agent.browse import list_path
 from strongroom.agent.pointbook import PointBook
 from strongroom.cli.common import (
+    cells,
+    echo,
     emit_json,
     from_machine_option,
     home,
@@ -55,8 +57,8 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
     for r in rows:
         s = r["stats"]
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
-        table.add_row(r["id"], r["created"], r["kind"], str(files), human_bytes(s["bytes_added"]),
-                      ", ".join(r["sources"]))
+        table.add_row(*cells(r["id"], r["created"], r["kind"], files, human_bytes(s["bytes_added"]),
+                             ", ".join(r["sources"])))
     out_console.print(table)
 
 
@@ -66,7 +68,7 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
 def undelete(ctx: click.Context, point_id: str) -> None:
     """Bring back a soft-deleted point of this machine (before it is purged)."""
     home(ctx).vault().undelete_point(point_id)
-    click.echo(f"Point {point_id} is back.")
+    echo(f"Point {point_id} is back.")
 
 
 @click.command("ls")
@@ -97,7 +99,7 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
         owner = f"{r['user'] or r['uid']}/{r['group'] or r['gid']}"
         link = f" -> {r['target']}" if "target" in r else ""
         size = str(r["size"]) if r["type"] == TYPE_NAMES[FILE] else "-"
-        click.echo(f"{mode} {owner:>16} {size:>12} {r['mtime']} {r['path']}{link}")
+        echo(f"{mode} {owner:>16} {size:>12} {r['mtime']} {r['path']}{link}")
 
 
 def add_to(cli: click.Group) -> None:

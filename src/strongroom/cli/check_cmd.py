@@ -9,6 +9,7 @@ import click
 from strongroom.agent.check import check
 from strongroom.agent.pointbook import PointBook
 from strongroom.cli.common import (
+    echo,
     emit_json,
     json_option,
     live_status,
@@ -35,18 +36,18 @@ def check_cmd(ctx: click.Context, read_data: bool, passphrase_file: Path | None,
     else:
         for e in report.errors:
             where = " ".join(f"{k} {e[k]}" for k in ("point", "pack", "blob") if k in e)
-            click.echo(f"error: {where + ': ' if where else ''}{e['error']}", err=True)
+            echo(f"error: {where + ': ' if where else ''}{e['error']}", err=True)
             for f in e.get("files", [])[:20]:
-                click.echo(f"  affects {f}", err=True)
+                echo(f"  affects {f}", err=True)
             if len(e.get("files", [])) > 20:
-                click.echo(f"  ... and {len(e['files']) - 20} more files", err=True)
+                echo(f"  ... and {len(e['files']) - 20} more files", err=True)
         if report.orphan_packs:
-            click.echo(f"note: {len(report.orphan_packs)} pack(s) in storage are not indexed (left by an "
-                       "interrupted backup); they hold no data of any point and will be reclaimed by pruning.")
+            echo(f"note: {len(report.orphan_packs)} pack(s) in storage are not indexed (left by an "
+                 "interrupted backup); they hold no data of any point and will be reclaimed by pruning.")
         status = "no errors found" if report.ok else f"{len(report.errors)} error(s) found"
-        click.echo(f"Checked {report.points_checked} points"
-                   + (f", {report.packs_checked} packs, {report.blobs_checked} blobs" if read_data else "")
-                   + f": {status}.")
+        echo(f"Checked {report.points_checked} points"
+             + (f", {report.packs_checked} packs, {report.blobs_checked} blobs" if read_data else "")
+             + f": {status}.")
     if not report.ok:
         ctx.exit(EXIT_FAILURE)
 

@@ -1,9 +1,15 @@
-"""What every command shares: the agent home, JSON output, one-line errors, progress."""
+"""What every command shares: the agent home, JSON output, one-line errors, progress, and
+the one way text reaches the terminal (`echo`, `cells`): names, paths and messages come from
+vaults, other machines and file systems, so control characters are shown as escapes and rich
+never reads them as markup.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from strongroom.agent.home import AgentHome
 from strongroom.agent.passphrase import ENV_VAR as PASSPHRASE_ENV
@@ -39,6 +46,39 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 passphrase_option = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
                                  help="Read the passphrase from this file "
                                  "(else $STRONGROOM_PASSPHRASE, else a prompt).")
+
+
+# What a terminal obeys instead of showing: C0 and C1 controls (ESC starts colour changes,
+# title changes and OSC 52 clipboard writes; CR and LF forge lines), Unicode line separators,
+# and the bidirectional marks and overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object) -> str:
+    """`value` as text a terminal shows as it is: what it would obey appears as \\xNN or \\uNNNN."""
+    return _UNPRINTABLE.sub(_escape, str(value))
+
+
+def echo(message: object, err: bool = False) -> None:
+    """Prints one line, through `printable`: every line the CLI prints goes through here."""
+    click.echo(printable(message), err=err)
+
+
+def cells(*values: object) -> list[Text]:
+    """A rich table row whose text is shown as it is: `[bold]` in a name stays `[bold]`."""
+    return [Text(printable(v)) for v in values]
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines through `printable` (the daemon logs vault messages and file names)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 def home(ctx: click.Context) -> AgentHome:
@@ -114,7 +154,8 @@ def live_status(enabled: bool, render: Callable[[], str]) -> Iterator[None]:
     if not enabled or not err_console.is_terminal:
         yield
         return
-    with err_console.status(render()) as status, _refreshing(lambda: status.update(render())):
+    with (err_console.status(Text(printable(render()))) as status,
+          _refreshing(lambda: status.update(Text(printable(render()))))):
         yield
 
 
@@ -133,11 +174,11 @@ def progress_bar(enabled: bool, label: str, total: int, done: Callable[[], int])
 
 
 def fail_line(message: str) -> None:
-    click.echo(f"strongroom: error: {message}", err=True)
+    echo(f"strongroom: error: {message}", err=True)
 
 
 def warn_line(message: str) -> None:
-    click.echo(f"strongroom: warning: {message}", err=True)
+    echo(f"strongroom: warning: {message}", err=True)
 
 
 def exit_if_incomplete(ctx: click.Context, problems: list[dict[str, str]], as_json: bool, what: str) -> None:

@@ -18,6 +18,8 @@ from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 
 from strongroom.cli.common import (
+    cells,
+    echo,
     emit_json,
     home,
     human_bytes,
@@ -73,14 +75,14 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, passphrase_file: P
     for j in rows:
         kind = j["kind"] + (f" from {j['source_machine']}" if j["source_machine"] else "")
         status = j["status"].replace("_", " ") + (f" ({j['failed_count']} failed)" if j["failed_count"] else "")
-        table.add_row(j["id"], j["machine"], kind, status, _short_time(j["started_ns"]), _duration(j),
-                      str(j["files"]), human_bytes(j["bytes"]))
+        table.add_row(*cells(j["id"], j["machine"], kind, status, _short_time(j["started_ns"]), _duration(j),
+                             j["files"], human_bytes(j["bytes"])))
     out_console.print(table)
     for j in rows:
         if j["message"]:
-            click.echo(f"{j['id']}: {j['message']}")
+            echo(f"{j['id']}: {j['message']}")
         for f in j["failed"] or ():
-            click.echo(f"{j['id']}: {f['path']}: {f['error']}")
+            echo(f"{j['id']}: {f['path']}: {f['error']}")
 
 
 @click.command("machines")
@@ -96,9 +98,9 @@ def machines(ctx: click.Context, as_json: bool) -> None:
     for name in ("Machine", "Registered", "Points", "Last backup", "Stored"):
         table.add_column(name)
     for r in rows:
-        table.add_row(r["name"], _short_time(r["registered"] * 10**9), str(r["points"]),
-                      _short_time(r["last_backup_ns"]) if r["last_backup_ns"] else "never",
-                      human_bytes(r["stored_bytes"]))
+        table.add_row(*cells(r["name"], _short_time(r["registered"] * 10**9), r["points"],
+                             _short_time(r["last_backup_ns"]) if r["last_backup_ns"] else "never",
+                             human_bytes(r["stored_bytes"])))
     out_console.print(table)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from strongroom.agent.passphrase import read_passphrase
-from strongroom.cli.common import emit_json, home, json_option, key_if_given, passphrase_option, warn_line
+from strongroom.cli.common import echo, emit_json, home, json_option, key_if_given, passphrase_option, warn_line
 from strongroom.policy import (
     Policy,
     Schedule,
@@ -84,7 +84,7 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
     if as_json:
         emit_json({"version": version, "policy": view(policy.to_doc(), None)})
     else:
-        click.echo(f"Policy version {version} stored in the vault.")
+        echo(f"Policy version {version} stored in the vault.")
 
 
 @policy_group.command("show")
@@ -102,7 +102,7 @@ def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool)
         if as_json:
             emit_json(None)
         else:
-            click.echo("No policy: backups run only on demand, and the vault prunes nothing.")
+            echo("No policy: backups run only on demand, and the vault prunes nothing.")
         return
     version, doc = found
     if doc is not None:
@@ -111,7 +111,7 @@ def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool)
         if as_json:
             emit_json({"version": version, "policy": None})
         else:
-            click.echo(f"Policy version {version}: protection stopped; the points kept stay until deleted.")
+            echo(f"Policy version {version}: protection stopped; the points kept stay until deleted.")
         return
     had = agent.policy_copy_doc()["version"]
     if had != version:
@@ -125,12 +125,12 @@ def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool)
     when = "on demand only" if not s else (
         f"{','.join(s['days'])} at {','.join(s['times'])}" + (f", every {s['every_weeks']} weeks"
                                                              if s["every_weeks"] > 1 else ""))
-    click.echo(f"Policy version {version}")
-    click.echo(f"  protect:   {_paths(doc)}")
-    click.echo(f"  schedule:  {when} ({doc['timezone']})")
-    click.echo("  retention: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None))
-    click.echo(f"  bandwidth: work {_rate(doc['throttle_work'])}, off {_rate(doc['throttle_off'])} "
-               f"(work hours {','.join(doc['work_days'])} {'-'.join(doc['work_hours'])})")
+    echo(f"Policy version {version}")
+    echo(f"  protect:   {_paths(doc)}")
+    echo(f"  schedule:  {when} ({doc['timezone']})")
+    echo("  retention: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None))
+    echo(f"  bandwidth: work {_rate(doc['throttle_work'])}, off {_rate(doc['throttle_off'])} "
+         f"(work hours {','.join(doc['work_days'])} {'-'.join(doc['work_hours'])})")
 
 
 def _paths(doc: dict) -> str:
@@ -164,9 +164,9 @@ def stop(ctx: click.Context, mode: str | None, pin: str | None) -> None:
     if mode == "delete":  # gone by this machine's own act: no newer point is expected now
         agent.note_point(agent.config()["machine"], None, replace=True)
     agent.policy_copy.unlink(missing_ok=True)
-    click.echo("Protection stopped; " + (f"{deleted} point(s) deleted (recoverable with `points undelete` "
-                                         "until the soft-delete period ends)." if mode == "delete"
-                                         else "the points are kept until deleted."))
+    echo("Protection stopped; " + (f"{deleted} point(s) deleted (recoverable with `points undelete` "
+                                   "until the soft-delete period ends)." if mode == "delete"
+                                   else "the points are kept until deleted."))
 
 
 def add_to(cli: click.Group) -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 import click
 
 from strongroom.agent.passphrase import read_passphrase
-from strongroom.cli.common import home, passphrase_option
+from strongroom.cli.common import echo, home, passphrase_option
 from strongroom.credentials import Credentials
 from strongroom.crypto import MasterKey, wrap_key
 from strongroom.errors import UsageError
 from strongroom.vault.client import check_plain_http
+from strongroom.names import check_machine_name
 from strongroom.vault.connect import connect
 
 
@@ -33,15 +34,15 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, insecure_
         raise UsageError(f"this agent home ({agent.path}) is already registered; use another --home")
     creds = Credentials.load(cred_file)
     check_plain_http(creds.vault_url, insecure_http)  # before the passphrase is asked for
-    name = machine or socket.gethostname()
+    name = check_machine_name(machine or socket.gethostname())
     passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New encryption passphrase (16+ characters): ")
     keyfile = wrap_key(MasterKey.generate(), passphrase)
     vault = connect(creds.vault_url, creds.fingerprint, insecure_http)
     token = vault.register(creds, name, keyfile)
     agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint, insecure_http)
-    click.echo(f"Registered machine {name!r} with vault {creds.vault_id}.")
-    click.echo("Keep the passphrase safe: it never leaves this machine, and without it the "
-               "backups cannot be restored by anyone.", err=True)
+    echo(f"Registered machine {name!r} with vault {creds.vault_id}.")
+    echo("Keep the passphrase safe: it never leaves this machine, and without it the "
+         "backups cannot be restored by anyone.", err=True)
 
 
 def add_to(cli: click.Group) -> None:

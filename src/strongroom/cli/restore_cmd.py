@@ -12,6 +12,7 @@ from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.cli.common import (
+    echo,
     emit_json,
     err_console,
     exit_if_incomplete,
@@ -74,8 +75,8 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
                    "files_skipped": result.files_skipped, "files_copied": result.files_copied,
                    "bytes_written": result.bytes_written, "errors": errors})
     else:
-        click.echo(f"Restored {result.files_restored} files ({human_bytes(result.bytes_written)}) from point "
-                   f"{record.id}; {result.files_skipped} skipped, {result.files_copied} written as copies.")
+        echo(f"Restored {result.files_restored} files ({human_bytes(result.bytes_written)}) from point "
+             f"{record.id}; {result.files_skipped} skipped, {result.files_copied} written as copies.")
     exit_if_incomplete(ctx, errors, as_json, "could not be restored")
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import click
 
-from strongroom.cli.common import emit_json, human_bytes, json_option, warn_line
+from strongroom.cli.common import echo, emit_json, human_bytes, json_option, warn_line
 from strongroom.credentials import DEFAULT_VALID_DAYS, Credentials
 from strongroom.errors import UsageError, VaultError
 from strongroom.vault import privacy, protection, server
@@ -41,8 +41,8 @@ def create(folder: Path, as_json: bool) -> None:
     if as_json:
         emit_json({"id": service.id, "url": url, "path": str(folder.resolve())})
     else:
-        click.echo(f"Created vault {service.id} at {folder.resolve()}")
-        click.echo(f"Next: strongroom vault credentials {folder} --out vault.cred")
+        echo(f"Created vault {service.id} at {folder.resolve()}")
+        echo(f"Next: strongroom vault credentials {folder} --out vault.cred")
 
 
 @vault_group.command("credentials")
@@ -71,8 +71,8 @@ def credentials(vault: str, out: Path, valid_days: int, url: str | None, admin_t
         emit_json({"file": str(out), "vault_id": creds.vault_id, "url": creds.vault_url,
                    "fingerprint": creds.fingerprint, "expires": creds.expires})
     else:
-        click.echo(f"Wrote {out} for {creds.vault_url}: valid {valid_days} days; it supersedes any earlier "
-                   "credentials. Keep it secret: it lets a machine register.")
+        echo(f"Wrote {out} for {creds.vault_url}: valid {valid_days} days; it supersedes any earlier "
+             "credentials. Keep it secret: it lets a machine register.")
 
 
 def _credentials_from_folder(folder: Path, url: str | None, fingerprint: str | None,
@@ -142,7 +142,8 @@ def _confirm_fingerprint(url: str) -> str:
     if not sys.stdin.isatty():
         raise UsageError("pass --fingerprint with the certificate fingerprint that `strongroom vault serve` "
                          "printed: it is how machines will know they reach this vault and no other")
-    click.echo(f"The vault at {url} presents a certificate with SHA-256 fingerprint\n  {seen}", err=True)
+    echo(f"The vault at {url} presents a certificate with SHA-256 fingerprint", err=True)
+    echo(f"  {seen}", err=True)
     if not click.confirm("Is this the fingerprint `strongroom vault serve` printed?", err=True):
         raise UsageError("certificate not trusted; nothing was issued")
     return seen
@@ -178,10 +179,10 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
         emit_json(report)
         return
     verb = "would be" if dry_run else "were"
-    click.echo(f"{len(report['points_expired'])} points expired (soft-deleted), "
-               f"{len(report['points_purged'])} purged; {report['packs_deleted']} packs {verb} deleted, "
-               f"{report['packs_repacked']} repacked; vault {human_bytes(report['bytes_before'])} -> "
-               f"{human_bytes(report['bytes_after'])}.")
+    echo(f"{len(report['points_expired'])} points expired (soft-deleted), "
+         f"{len(report['points_purged'])} purged; {report['packs_deleted']} packs {verb} deleted, "
+         f"{report['packs_repacked']} repacked; vault {human_bytes(report['bytes_before'])} -> "
+         f"{human_bytes(report['bytes_after'])}.")
     for name in report["busy_machines"]:
         warn_line(f"machine {name} was busy (a backup running) and was left for the next prune")
 
@@ -194,7 +195,7 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
 def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, insecure_http: bool,
             machine: str, act: str) -> None:
     """Make a PIN for one machine and one destructive act, valid 5 minutes."""
-    click.echo(_admin(vault, admin_token_file, fingerprint, insecure_http).make_pin(machine, act))
+    echo(_admin(vault, admin_token_file, fingerprint, insecure_http).make_pin(machine, act))
 
 
 @vault_group.command("settings")
@@ -210,8 +211,8 @@ def settings_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | N
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"Soft-delete period {result['soft_delete_days']} days; "
-                   f"{'immutable' if result['immutable'] else 'not immutable'}.")
+        echo(f"Soft-delete period {result['soft_delete_days']} days; "
+             f"{'immutable' if result['immutable'] else 'not immutable'}.")
 
 
 @vault_group.command("rebuild-catalog")
@@ -225,12 +226,12 @@ def rebuild_catalog_cmd(folder: Path, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
         return
-    click.echo(f"Rebuilt the catalog of {folder}: {report.machines} machines, {report.points} points "
-               f"({report.points_deleted} soft-deleted), {report.packs} packs ({report.blobs} blobs), "
-               f"{report.policies} policy versions, {report.jobs} jobs.")
+    echo(f"Rebuilt the catalog of {folder}: {report.machines} machines, {report.points} points "
+         f"({report.points_deleted} soft-deleted), {report.packs} packs ({report.blobs} blobs), "
+         f"{report.policies} policy versions, {report.jobs} jobs.")
     if report.previous_catalog:
-        click.echo(f"The catalog it replaces is kept as {report.previous_catalog}.")
-    click.echo("Credentials are not kept in storage: issue new ones to register more machines.")
+        echo(f"The catalog it replaces is kept as {report.previous_catalog}.")
+    echo("Credentials are not kept in storage: issue new ones to register more machines.")
     for problem in report.problems:
         what = next(f"{k} {v}" for k, v in problem.items() if k != "error")
         warn_line(f"{what}: {problem['error']}")
@@ -268,10 +269,10 @@ def serve(folder: Path, host: str, port: int, tls_cert: Path | None, tls_key: Pa
     from strongroom.vault.trust import ensure_trusted
     ensure_trusted(service)  # never serve (nor prune at start) on a catalog older than storage
     listener = server.prepare(service, host, port, tls_cert, tls_key, not no_tls)
-    click.echo(f"Serving vault {service.id} at {listener.url}", err=True)
+    echo(f"Serving vault {service.id} at {listener.url}", err=True)
     if listener.fingerprint:
-        click.echo(f"Certificate SHA-256 fingerprint: {listener.fingerprint}", err=True)
-    click.echo(f"Credentials for machines: strongroom vault credentials {folder} --out vault.cred", err=True)
+        echo(f"Certificate SHA-256 fingerprint: {listener.fingerprint}", err=True)
+    echo(f"Credentials for machines: strongroom vault credentials {folder} --out vault.cred", err=True)
     logging.basicConfig(format="strongroom vault: %(message)s", level=logging.WARNING)
     server.run(service, host, port, listener, prune_every * 3600)
 

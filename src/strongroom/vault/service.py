@@ -36,6 +36,7 @@ from strongroom.errors import (
     VaultError,
 )
 from strongroom.fsutil import write_private
+from strongroom.names import check_machine_name
 from strongroom.policy import check_vault_doc
 from strongroom.vault import catalog as cat
 from strongroom.vault import privacy, protection, records
@@ -160,8 +161,7 @@ class VaultService:
         """Registers a machine and returns its token; the newest unexpired credentials only."""
         if creds.vault_id != self.id:
             raise CredentialsError("these credentials belong to another vault")
-        if not machine or len(machine) > 255 or "/" in machine:
-            raise UsageError(f"invalid machine name {machine!r}")
+        check_machine_name(machine)
         token = secrets.token_urlsafe(32)
         with cat.write(self.engine) as db:
             newest = db.execute(select(cat.credentials).order_by(cat.credentials.c.id.desc()).limit(1)).first()
