@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Strongroom, assert_clean_failure
+from conftest import Strongroom, assert_clean_failure, saying
 
 # Short deadlines so that the tests take seconds; the defaults are in vault/limits.py.
 FAST = {"header_s": 2, "tls_handshake_s": 2, "keepalive_s": 2, "body_grace_s": 2, "body_min_rate": 4096}
@@ -248,7 +248,7 @@ def test_failed_tokens_are_limited_per_address_with_a_429_that_says_to_wait(rate
     with_wrong_token = Strongroom(tmp_path / "home")
     (with_wrong_token.home / "token").write_text("not-the-token")
     res = with_wrong_token.run("jobs", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, saying("too many refused tokens"))
     assert "too many refused tokens or registration secrets from this address: wait" in res.stderr
     assert "try again" in res.stderr
 
@@ -258,7 +258,7 @@ def test_registrations_are_limited_per_address(rated, tmp_path):
     for i in range(3):
         Strongroom(tmp_path / f"home{i}").register(cred, f"web-{i}")
     res = Strongroom(tmp_path / "home3").run("register", "--credentials", cred, "--machine", "web-3", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, saying("too many registrations"))
     assert "strongroom: error: the vault refused: too many registrations from this address: wait" in res.stderr
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import PASSPHRASE, assert_clean_failure
+from conftest import PASSPHRASE, assert_clean_failure, saying
 
 from strongroom.agent.home import AgentHome
 from strongroom.agent.points import manifest_aad, seal_manifest
@@ -62,9 +62,10 @@ def _points(sr, tmp_path, count: int = 3) -> tuple[Path, list[str]]:
 
 
 def _refused(sr, *args) -> str:
-    """Runs a command that must be refused with exit 1 and one line; its message."""
+    """Runs a command that must be refused with exit 1 and one line about a point; its message
+    (each caller checks what it says)."""
     res = sr.run(*args, check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, saying("point"))
     return res.stderr.strip()
 
 
@@ -225,7 +226,7 @@ def test_a_swapped_manifest_is_caught_when_restoring_from_another_machine(regist
     _src, ids = _points(other, tmp_path)
     _swap(registered.vault, ids[0], ids[2], "manifest")
     res = registered.run("restore", "latest", "--target", tmp_path / "t", "--from-machine", "test-02", check=False)
-    assert_clean_failure(res, 1)
+    assert_clean_failure(res, 1, saying("sealed manifest does not open as that point"))
     assert "as machine test-02's, but its sealed manifest does not open as that point" in res.stderr
 
 
