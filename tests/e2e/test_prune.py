@@ -92,7 +92,7 @@ def test_policy_is_versioned_in_the_vault_and_checked(registered, tmp_path):
     assert sr.json("policy", "set", "--include", "/srv", "--daily", "09:00", "--pin", pin)["version"] == 2
     reused = sr.run("policy", "set", "--include", "/srv", "--daily", "09:00", "--keep-daily", "7", "--pin", pin,
                     check=False)
-    assert_clean_failure(reused, 1, "that PIN is wrong, used already or older than 5 minutes")
+    assert_clean_failure(reused, 1, "that PIN is wrong, used already, older than 5 minutes")
     assert "used already" in reused.stderr
     assert sr.json("policy", "show")["version"] == 2
     for bad, message in ((["--keep-daily", "3"], "daily retention must be 7 to 9999, not 3"),
