@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import random
+import sqlite3
 import stat
 import struct
 from pathlib import Path
@@ -619,11 +620,23 @@ def snapshot(path: Path) -> dict[str, tuple]:
             rel = str(p.relative_to(path))
             if p.is_symlink():
                 out[rel] = ("symlink", os.readlink(p))
+            elif f.endswith(".sqlite"):
+                # Its rows, not its bytes: a reader closing the database may fold the WAL
+                # into the file (a checkpoint), which changes bytes and no row.
+                out[rel] = ("sqlite", _rows_digest(p))
             elif p.is_file():
                 out[rel] = ("file", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
             else:
                 out[rel] = ("other",)
     return out
+
+
+def _rows_digest(path: Path) -> str:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
+    finally:
+        db.close()
 
 
 def describe_snapshot_diff(before: dict, after: dict) -> str:
