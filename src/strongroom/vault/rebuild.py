@@ -222,16 +222,12 @@ def _check_refs(storage: FolderStorage, engine: Any, uid: str, pid: str, doc: di
         with storage.open(records.refs_object(uid, pid)) as stream:
             chunks = reflist.verify_refs(reflist.read_refs(stream, what), doc["refs"]["count"],
                                          doc["refs"]["blake3"], what)
-            for chunk in chunks:
-                ids = list(reflist.ids([chunk]))
-                with engine.begin() as db:
-                    found = cat.find_blobs(db, mid, ids)
-                for blob_id in ids:
-                    if blob_id not in found:
-                        if blob_id in by_blob:
-                            claims.add(by_blob[blob_id])
-                        else:
-                            missing += 1
+            for _chunk, absent in cat.absent_by_chunk(engine, mid, chunks):
+                for blob_id in absent:
+                    if blob_id in by_blob:
+                        claims.add(by_blob[blob_id])
+                    else:
+                        missing += 1
     except StrongroomError as exc:
         report.problems.append({"point": pid, "error": f"not rebuilt: {exc}"})
         return None, set()

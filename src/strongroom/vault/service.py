@@ -366,15 +366,10 @@ class VaultService:
 
     def _present(self, machine_id: int, refs: Iterable[bytes], db: Any = None) -> Iterator[bytes]:
         """Passes the refs on in chunks, after checking that the machine has every blob."""
-        for chunk in reflist.rechunk(refs):
-            ids = list(reflist.ids([chunk]))
-            if db is None:
-                with self.engine.begin() as conn:
-                    found = cat.find_blobs(conn, machine_id, ids)
-            else:
-                found = cat.find_blobs(db, machine_id, ids)
-            if len(found) != len(ids):
-                raise VaultError(f"the point references {len(ids) - len(found)} blobs this machine does not "
+        for chunk, missing in cat.absent_by_chunk(db if db is not None else self.engine, machine_id,
+                                                  reflist.rechunk(refs)):
+            if missing:
+                raise VaultError(f"the point references {len(missing)} blobs this machine does not "
                                  "have in the vault (pruned since the agent last looked?); back up again")
             yield chunk
 
@@ -469,12 +464,9 @@ class VaultService:
             if actual != size:
                 problems.append({"pack": name, "error": f"pack is {actual} bytes, catalog says {size}"})
         for pid, mid, uid in points:
-            lost = 0
             try:
-                for chunk in reflist.rechunk(self.point_refs(uid, pid)):
-                    ids = list(reflist.ids([chunk]))
-                    with self.engine.begin() as db:
-                        lost += len(ids) - len(cat.find_blobs(db, mid, ids))
+                lost = sum(len(missing) for _chunk, missing in
+                           cat.absent_by_chunk(self.engine, mid, reflist.rechunk(self.point_refs(uid, pid))))
             except StrongroomError as exc:
                 problems.append({"point": pid, "error": f"refs unreadable: {exc}"})
                 continue

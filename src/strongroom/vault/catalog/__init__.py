@@ -12,6 +12,7 @@ sealed, so nothing here needs or reveals the key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -30,6 +31,8 @@ from sqlalchemy import (
     event,
     inspect,
 )
+
+from strongroom.vault.wire import ID_SIZE
 
 metadata = MetaData()
 
@@ -192,6 +195,20 @@ def insert_blobs(db: Connection, machine_id: int, pack_id: int, rows: list[tuple
            f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (machine_id, blob_id) DO NOTHING")
     for start in range(0, len(rows), _INSERT_BATCH):
         db.exec_driver_sql(sql, [(machine_id, b, pack_id, k, o, n) for b, k, o, n in rows[start:start + _INSERT_BATCH]])
+
+
+def absent_by_chunk(where: Engine | Connection, machine_id: int,
+                    chunks: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:
+    """(chunk, its IDs the machine has no blob for) for chunks of 32-byte IDs back to back;
+    a transaction of its own per chunk when given the engine."""
+    for chunk in chunks:
+        ids = [chunk[i:i + ID_SIZE] for i in range(0, len(chunk), ID_SIZE)]
+        if isinstance(where, Engine):
+            with where.begin() as db:
+                found = find_blobs(db, machine_id, ids)
+        else:
+            found = find_blobs(where, machine_id, ids)
+        yield chunk, [i for i in ids if i not in found]
 
 
 class BlobRow(NamedTuple):
