@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test setup bench bench-scale
 
-$(BIN)/strongroom: pyproject.toml
+$(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
+	bash scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -16,7 +17,7 @@ setup: $(BIN)/strongroom
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-# No system packages: the tests set ACLs and xattrs through os.setxattr.
+# System packages (FUSE 3, btrfs-progs) come from scripts/system-packages.sh in setup.
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
 
