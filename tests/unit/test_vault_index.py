@@ -96,3 +96,39 @@ def test_a_point_recorded_after_prune_dropped_its_blobs_is_refused(service: Vaul
         service.storage.size(pack_object(name))
     assert service.points(mid) == []
     assert list(service.storage.list("points")) == [] and list(service.storage.list("refs")) == []
+
+
+def test_one_pack_uploaded_twice_at_once_is_indexed_once(tmp_path: Path) -> None:
+    """A retried upload racing its original (two vault processes, one catalog): both
+    succeed and the pack is indexed once; another machine sending the same bytes is refused
+    and does not rewrite the pack's index record in storage."""
+    import threading
+
+    first = VaultService.create(tmp_path / "vault")
+    owner, other = _machine(first, "owner"), _machine(first, "other")
+    second = VaultService(tmp_path / "vault")
+    builder = packs.PackBuilder()
+    for blob_id in _ids(50, 3):
+        builder.add(blob_id, packs.KIND_DATA, os.urandom(64))
+    name, data, _refs = builder.finish()
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def upload(service: VaultService) -> None:
+        start.wait()
+        try:
+            service.store_pack(owner, name, bytes(data))
+        except BaseException as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(s,)) for s in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    record = (tmp_path / "vault" / index_object(name)).read_bytes()
+    with pytest.raises(VaultError, match="belongs to another machine"):
+        first.store_pack(other, name, bytes(data))
+    assert (tmp_path / "vault" / index_object(name)).read_bytes() == record
+    assert len(first.blob_locations(owner, [r.blob_id for r in _refs])) == 50

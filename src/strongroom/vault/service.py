@@ -275,18 +275,21 @@ class VaultService:
         return packfmt.read_header(data)
 
     def _index_pack(self, machine_id: int, name: str, size: int, refs: list[packfmt.BlobRef]) -> None:
-        """The pack's index record goes to storage, then its rows to the catalog."""
-        with self.engine.connect() as db:
-            owner = db.execute(select(cat.packs.c.machine_id).where(cat.packs.c.name == name)).first()
-        if owner is not None:
-            if owner.machine_id != machine_id:
-                raise VaultError(f"pack {name} belongs to another machine")
-            return  # a retried upload
+        """The pack's index record goes to storage, then its rows to the catalog.
+
+        Both under the catalog's write lock, after the owner check: two uploads of one pack
+        (a retry racing its original, or another machine's copy of its bytes) then index it
+        once, and an index record in storage is never rewritten to name another owner."""
         rows = [(r.blob_id, r.kind, r.offset, r.length) for r in refs]
-        created = int(time.time())
-        self.storage.put(records.index_object(name),
-                         records.pack_index(name, self.machine_uid(machine_id), size, created, rows))
+        uid = self.machine_uid(machine_id)
         with cat.write(self.engine) as db:
+            owner = db.execute(select(cat.packs.c.machine_id).where(cat.packs.c.name == name)).first()
+            if owner is not None:
+                if owner.machine_id != machine_id:
+                    raise VaultError(f"pack {name} belongs to another machine")
+                return  # a retried upload
+            created = int(time.time())
+            self.storage.put(records.index_object(name), records.pack_index(name, uid, size, created, rows))
             index_pack_rows(db, machine_id, name, size, created, rows)
 
     def blob_locations(self, machine_id: int, ids: list[bytes]) -> dict[bytes, BlobLocation]:
