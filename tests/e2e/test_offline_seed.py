@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import assert_clean_failure, packs_in, saying, setup_registered, wait_for_packs
+from conftest import assert_clean_failure, killed_once_packs_land, packs_in, saying, setup_registered
 from treeutil import assert_trees_equal, make_tricky_tree, under
 
 MiB = 1024 * 1024
@@ -89,12 +86,7 @@ def test_killed_seed_backup_runs_again_and_reuses_what_landed(registered, tmp_pa
     for i in range(6):
         (src / f"part-{i}.bin").write_bytes(os.urandom(12 * MiB))
     seed = tmp_path / "seed"
-    proc = subprocess.Popen(registered.cmd + ["backup", str(src), "--offline-seed", str(seed)], env=registered.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_for_packs(seed, 2, proc):
-        pytest.skip("the seed backup finished before it could be killed")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_once_packs_land(registered, ["backup", src, "--offline-seed", seed], seed, 2)
     landed = {p.name for p in seed_packs(seed)}
     assert not (seed / "seed.json").exists()
 
@@ -220,12 +212,7 @@ def test_seed_imports_after_the_credentials_expired(tmp_path):
 
 def test_killed_import_shows_no_point_and_running_it_again_completes(tmp_path):
     sr, src, seed, first = seeded(tmp_path, megabytes=96)
-    proc = subprocess.Popen(sr.cmd + ["vault", "import-seed", str(sr.vault), str(seed)], env=sr.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_for_packs(sr.vault, 2, proc):
-        pytest.skip("the import finished before it could be killed")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_once_packs_land(sr, ["vault", "import-seed", sr.vault, seed], sr.vault, 2)
     assert sr.points() == []
     assert "Waiting for seed" in sr.run("points").stdout
     report = json.loads(sr.run("vault", "import-seed", sr.vault, seed, "--json").stdout)
@@ -249,3 +236,13 @@ def test_seed_through_a_served_vault(served, served_machine, tmp_path):
     sr.restore("latest", target=target)
     assert_trees_equal(src, under(target, src))
     assert sr.backup(src)["stats"]["bytes_added"] < 64 * 1024
+
+
+def test_unfinished_or_damaged_seed_index_is_refused(tmp_path):
+    sr, _src, seed, _first = seeded(tmp_path)
+    index = (seed / "seed.json").read_bytes()
+    (seed / "seed.json").write_bytes(index[: len(index) // 2])
+    assert_clean_failure(import_seed(sr, seed, check=False), 1, saying("seed.json is damaged"))
+    (seed / "seed.json").unlink()  # as a seed backup killed before its end leaves it
+    assert_clean_failure(import_seed(sr, seed, check=False), 2, saying("holds no finished seed", "again"))
+    assert sr.points() == []
