@@ -246,3 +246,17 @@ def test_unfinished_or_damaged_seed_index_is_refused(tmp_path):
     (seed / "seed.json").unlink()  # as a seed backup killed before its end leaves it
     assert_clean_failure(import_seed(sr, seed, check=False), 2, saying("holds no finished seed", "again"))
     assert sr.points() == []
+
+
+def test_blobs_of_the_import_reach_a_cache_filled_before_it(tmp_path):
+    """The agent's blob cache, brought up to date by an online backup before the import,
+    learns the imported packs (they are indexed after it) and does not send their data again."""
+    sr, src, seed, _first = seeded(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "other.txt").write_text("backed up online while the disk travels\n")
+    sr.backup(elsewhere)
+    import_seed(sr, seed)
+    later = sr.backup(src, elsewhere)["stats"]
+    assert later["bytes_read"] > 3 * MiB  # the newest point is the online one: the seed's files are read
+    assert later["bytes_added"] < 64 * 1024, "the imported blobs were sent again"
