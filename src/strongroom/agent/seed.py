@@ -43,7 +43,9 @@ from strongroom.vault.service import BLOB_PAGE, PointRecord, VaultService
 from strongroom.vault.storage.fs import FolderStorage
 
 WAITING = "waiting_for_seed"  # the job status of a seed backup until its import
-_TEMP = re.compile(r"\..+\.tmp-")  # FolderStorage's temp files, and the refs' (a killed write)
+# The temp files of a killed write (FolderStorage's `.NAME.tmp-…`, the refs'): of the seed's own
+# names only, so that nothing else is ever removed from the folder.
+_TEMP = re.compile(r"\.(seed\.json|point|refs|[0-9a-f]{64})\.tmp-")
 _PACK_NAME = re.compile(r"[0-9a-f]{64}")
 
 

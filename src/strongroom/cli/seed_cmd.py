@@ -11,7 +11,7 @@ from strongroom.cli.common import echo, emit_json, human_bytes, json_option
 
 @click.command("import-seed")
 @click.argument("vault", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @json_option
 def import_seed_cmd(vault: Path, folder: Path, as_json: bool) -> None:
     """Import the offline seed in DIR (a machine's first backup, written by `backup --offline-seed DIR`)
