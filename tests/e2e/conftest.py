@@ -6,6 +6,7 @@ import json as jsonlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -206,6 +207,18 @@ def wait_for_packs(vault: Path, count: int, proc: subprocess.Popen, timeout: flo
     while len(packs_in(vault)) < count and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     return proc.poll() is None
+
+
+def killed_once_packs_land(sr: Strongroom, args: list[str], folder: Path, count: int) -> None:
+    """Runs `strongroom ARGS` and SIGKILLs it once `count` packs landed in `folder`; skips the
+    test when the command finished first."""
+    proc = subprocess.Popen(sr.cmd + [str(a) for a in args], env=sr.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_for_packs(folder, count, proc):
+        proc.wait()
+        pytest.skip(f"strongroom {args[0]} finished before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="session")

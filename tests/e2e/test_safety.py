@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import PASSPHRASE, assert_clean_failure, packs_in, wait_for_packs
+from conftest import PASSPHRASE, assert_clean_failure, killed_once_packs_land, packs_in
 from treeutil import assert_trees_equal
 
 from strongroom.agent.blobcache import KnownBlobs
@@ -212,12 +209,7 @@ def test_killed_backup_leaves_vault_consistent_and_next_backup_resumes(registere
     for i in range(6):
         (src / f"part-{i}.bin").write_bytes(os.urandom(12 * 1024 * 1024))
     total = 6 * 12 * 1024 * 1024
-    proc = subprocess.Popen(registered.cmd + ["backup", str(src)], env=registered.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_for_packs(registered.vault, 2, proc):
-        pytest.skip("the backup finished before it could be killed")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_once_packs_land(registered, ["backup", src], registered.vault, 2)
     assert registered.points() == []
     assert registered.json("check", "--read-data")["ok"]
 

@@ -65,6 +65,7 @@ class Outcome:
     bytes: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # problems recording the job, for the user
+    ended_as: str | None = None  # a status other than completed when it ends well (an offline seed's)
 
     def fields(self, key: MasterKey, job_id: str) -> dict[str, Any]:
         return {"mode": self.mode, "point_id": self.point_id, "files": self.files, "bytes": self.bytes,
@@ -106,7 +107,8 @@ def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
         _finish(vault, key, job_id, "failed", outcome, str(exc) or type(exc).__name__)
         raise
     else:
-        _finish(vault, key, job_id, "completed_with_warnings" if outcome.failed else "completed", outcome, "")
+        done = outcome.ended_as or ("completed_with_warnings" if outcome.failed else "completed")
+        _finish(vault, key, job_id, done, outcome, "")
     finally:
         stop.set()
         marker.unlink(missing_ok=True)
@@ -120,10 +122,13 @@ def _finish(vault: Vault, key: MasterKey, job_id: str, status: str, outcome: Out
         outcome.notes.append(f"the vault did not record the end of job {job_id}: {exc}")
 
 
-def run_backup_job(agent: AgentHome, vault: Vault, run: Backup) -> tuple[BackupResult, list[dict[str, str]], list[str]]:
+def run_backup_job(agent: AgentHome, vault: Vault, run: Backup,
+                   ended_as: str | None = None) -> tuple[BackupResult, list[dict[str, str]], list[str]]:
     """Runs a prepared backup as a job of this home (its lock held): the result, the files
-    it could not back up as they were, and notes about recording the job."""
+    it could not back up as they were, and notes about recording the job. `ended_as`: the
+    job's status when it ends well, if not completed."""
     with agent.lock(), recorded_job(vault, run.key, agent.job_marker, "backup") as job:
+        job.ended_as = ended_as
         result = run.run()
         s = result.stats
         warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
@@ -136,7 +141,12 @@ def run_backup_job(agent: AgentHome, vault: Vault, run: Backup) -> tuple[BackupR
 def prepare_backup(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[bytes],
                    excludes: list[str]) -> Backup:
     """A backup of `paths` that never reads the agent home or an embedded vault into itself."""
+    return Backup(vault, key, paths, excludes, own_folders(agent, vault), agent.cache, book=PointBook(agent, vault, key))
+
+
+def own_folders(agent: AgentHome, vault: Vault) -> list[bytes]:
+    """The folders a backup must not read into itself: the agent home, an embedded vault."""
     skip = [os.fsencode(agent.path)]
     if vault.url.startswith("file:"):
         skip.append(os.fsencode(folder_of(vault.url)))
-    return Backup(vault, key, paths, excludes, skip, agent.cache, book=PointBook(agent, vault, key))
+    return skip

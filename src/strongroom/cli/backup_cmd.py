@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
+from strongroom.agent.seed import WAITING, prepare_seed
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -31,16 +32,23 @@ from strongroom.model import display_path
               help="Leave out matching paths (a pattern without / matches names). Repeatable.")
 @click.option("--retain-until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
               help="Keep this point at least until that day ends, whatever the policy says.")
+@click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="Write this first backup to DIR (a disk to ship to the vault's site, where "
+              "`strongroom vault import-seed` takes it in) instead of sending it.")
 @passphrase_option
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           passphrase_file: Path | None, as_json: bool) -> None:
+           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
     """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
-    run = prepare_backup(agent, vault, key, [os.fsencode(p) for p in paths], list(excludes))
+    sources = [os.fsencode(p) for p in paths]
+    if offline_seed is not None:
+        run = prepare_seed(agent, vault, key, sources, list(excludes), offline_seed)
+    else:
+        run = prepare_backup(agent, vault, key, sources, list(excludes))
     if retain_until is not None:  # to the end of that day, local time
         run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
@@ -50,14 +58,20 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
                 f"{human_bytes(c.bytes_read)} read")
 
     with live_status(not as_json, status):
-        result, warnings, notes = run_backup_job(agent, vault, run)
+        result, warnings, notes = run_backup_job(agent, vault, run, WAITING if offline_seed else None)
     for note in notes:
         warn_line(note)
     s = result.stats
     if as_json:
+        seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
                    "sources": [display_path(s) for s in run.sources], "stats": result.stats,
-                   "warnings": warnings})
+                   "warnings": warnings, **seed})
+    elif offline_seed is not None:
+        echo(f"Recovery point {result.point.id} written to the offline seed {offline_seed.absolute()}: "
+             f"{s['files_new']} files, {human_bytes(s['bytes_added'])} in {s['packs_added']} packs.")
+        echo("The vault waits for it: take the disk to the vault's host and run there "
+             f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
         echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
         echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from strongroom.agent.browse import list_path
 from strongroom.agent.pointbook import PointBook
+from strongroom.agent.seed import waiting_seeds
 from strongroom.cli.common import (
     cells,
     echo,
@@ -60,6 +61,11 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
         table.add_row(*cells(r["id"], r["created"], r["kind"], files, human_bytes(s["bytes_added"]),
                              ", ".join(r["sources"])))
     out_console.print(table)
+    if not deleted:
+        for job in waiting_seeds(vault) if machine is None else ():
+            echo(f"Waiting for seed: point {job.point_id}, written to an offline seed by job {job.id} on "
+                 f"{iso(job.ended_ns or job.started_ns)}; it appears here once `strongroom vault import-seed` "
+                 "has taken it into the vault.")
 
 
 @points.command("undelete")

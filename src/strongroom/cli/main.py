@@ -23,6 +23,7 @@ from strongroom.cli import (
     policy_cmds,
     register_cmd,
     restore_cmd,
+    seed_cmd,
     vault_cmds,
 )
 from strongroom.cli.common import fail_line
@@ -63,7 +64,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     ctx.obj = {"home": AgentHome(home)}
 
 
-for module in (vault_cmds, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
+for module in (vault_cmds, seed_cmd, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
                policy_cmds, agent_cmds):
     module.add_to(cli)
 

@@ -48,6 +48,9 @@ class EmbeddedVault:
     def _machine(self, name: str | None) -> int:
         return self._me() if name is None or name == self.machine else self.service.machine_id(name)
 
+    def vault_id(self) -> str:
+        return self.service.id
+
     def keyfile(self, machine: str | None = None) -> str:
         return self.service.keyfile(self._machine(machine))
 

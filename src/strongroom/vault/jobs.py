@@ -27,9 +27,11 @@ from strongroom.errors import UsageError, VaultError
 from strongroom.vault import catalog as cat
 
 LEASE_SECONDS = 90
-STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled")
-KINDS = ("backup", "restore", "prune")
-LEASED = ("backup", "prune")  # they change a machine's data: one at a time
+# waiting_for_seed: a backup written to an offline seed folder, not in the vault until
+# `vault import-seed` brings it in (then completed).
+STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled", "waiting_for_seed")
+KINDS = ("backup", "restore", "prune", "import")
+LEASED = ("backup", "prune", "import")  # they change a machine's data: one at a time
 MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
 MAX_SEALED_FAILED = 512 * 1024  # base64 characters of the sealed list: well within a request
 
@@ -127,6 +129,39 @@ class JobBook:
         if self.archive is not None:
             self.archive(machine_id, record)
         return record
+
+    def take_over(self, machine_id: int, job_id: str, kind: str) -> None:
+        """Starts the job, or runs it again when a killed run of the same work left it behind
+        (running, or failed when its lease lapsed): its lease is taken anew."""
+        with cat.write(self.engine) as db:
+            row = db.execute(select(cat.jobs.c.machine_id, cat.jobs.c.status).where(cat.jobs.c.id == job_id)).first()
+        if row is None:
+            self.start(machine_id, job_id, kind)
+            return
+        if row.machine_id != machine_id or row.status not in ("running", "failed", "cancelled"):
+            raise VaultError(f"job {job_id} cannot be run again")
+        now = time.time_ns()
+        lease = f"data:{machine_id}"
+        with cat.write(self.engine) as db:
+            _expire_stale(db, now, cat.jobs.c.lease_key == lease, cat.jobs.c.id != job_id)
+            try:
+                with db.begin_nested():
+                    db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id).values(
+                        status="running", ended_ns=None, message="", lease_key=lease,
+                        lease_expires=now // 10**9 + LEASE_SECONDS))
+            except DuplicateRow:
+                raise VaultError("another backup, prune or import of this machine is running; one at a time") from None
+
+    def seed_arrived(self, machine_id: int, point_id: str) -> None:
+        """The backup that wrote point `point_id` to a seed folder is complete: its point was imported."""
+        with cat.write(self.engine) as db:
+            ids = db.execute(select(cat.jobs.c.id).where(cat.jobs.c.machine_id == machine_id,
+                                                         cat.jobs.c.point_id == point_id,
+                                                         cat.jobs.c.status == "waiting_for_seed")).scalars().all()
+            db.execute(update(cat.jobs).where(cat.jobs.c.id.in_(ids)).values(status="completed"))
+        if self.archive is not None:
+            for job_id in ids:
+                self.archive(machine_id, self.get(job_id))
 
     def _query(self) -> Any:
         me, src = aliased(cat.machines), aliased(cat.machines)

@@ -67,13 +67,15 @@ class PruneReport:
 
 
 class Lease:
-    """The machine's data lease, held by a prune job and renewed as prune goes on."""
+    """The machine's data lease, held by a vault-side job (a prune; a seed's import, whose
+    job `job_id` a re-run takes over) and renewed as it goes on."""
 
-    def __init__(self, service: VaultService, machine_id: int, dry_run: bool) -> None:
-        self.service, self.machine_id, self.job = service, machine_id, secrets.token_hex(8)
+    def __init__(self, service: VaultService, machine_id: int, dry_run: bool, job_id: str | None = None,
+                 kind: str = "prune") -> None:
+        self.service, self.machine_id, self.job = service, machine_id, job_id or secrets.token_hex(8)
         self.active = not dry_run
         if self.active:
-            service.jobs.start(machine_id, self.job, "prune")
+            service.jobs.take_over(machine_id, self.job, kind)
         self.renewed = time.monotonic()
 
     def keep(self) -> None:
@@ -81,9 +83,9 @@ class Lease:
             self.service.jobs.renew(self.machine_id, self.job)
             self.renewed = time.monotonic()
 
-    def finish(self, status: str, message: str = "") -> None:
+    def finish(self, status: str, message: str = "", **fields: Any) -> None:
         if self.active:
-            self.service.jobs.finish(self.machine_id, self.job, status, message=message)
+            self.service.jobs.finish(self.machine_id, self.job, status, message=message, **fields)
 
 
 def prune(service: VaultService, *, dry_run: bool = False, now_ns: int | None = None,

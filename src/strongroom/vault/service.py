@@ -245,7 +245,7 @@ class VaultService:
 
     def store_pack(self, machine_id: int, name: str, data: bytes | memoryview) -> None:
         """Verifies a pack's name and header, stores it durably, then indexes its blobs."""
-        refs = self._verify_pack(name, data)
+        refs = self.verify_pack(name, data)
         self.storage.put(pack_object(name), data)
         self._index_pack(machine_id, name, len(data), refs)
 
@@ -262,12 +262,12 @@ class VaultService:
             if size == 0:
                 raise IntegrityError("empty pack")
             with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
-                refs = self._verify_pack(name, data)
+                refs = self.verify_pack(name, data)
         self.storage.put_file(pack_object(name), path)
         self._index_pack(machine_id, name, size, refs)
 
     @staticmethod
-    def _verify_pack(name: str, data: bytes | memoryview | mmap.mmap) -> list[packfmt.BlobRef]:
+    def verify_pack(name: str, data: bytes | memoryview | mmap.mmap) -> list[packfmt.BlobRef]:
         if len(data) > MAX_PACK_BYTES:
             raise UsageError(f"pack of {len(data)} bytes is larger than the vault accepts")
         if packfmt.pack_name(data) != name:
@@ -313,11 +313,12 @@ class VaultService:
 
     def add_point(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any],
                   manifest: bytes, refs: Iterable[bytes], point_id: str | None = None,
-                  retain_until_ns: int | None = None) -> PointRecord:
+                  retain_until_ns: int | None = None, created_ns: int | None = None) -> PointRecord:
         """Records a point after checking that every blob it references is this machine's and
         in the vault. `refs` are the blob IDs, ascending, in pieces of any size (streamed:
         a point has no size limit). The agent may choose the ID, so that a retried request
-        is harmless.
+        is harmless. `created_ns` is for an imported seed only (vault/seed_import.py): the
+        time the machine made it, so that the vault's order of points stays the sealed one.
 
         The refs are checked outside the catalog's write lock; the short transaction that
         records the point checks that no prune dropped blobs of the machine meanwhile (else
@@ -339,7 +340,7 @@ class VaultService:
             self.storage.put_file(records.refs_object(uid, pid), Path(spool))
         finally:
             Path(spool).unlink(missing_ok=True)
-        created = time.time_ns()
+        created = created_ns or time.time_ns()
         record = {"id": pid, "machine": uid, "created_ns": created, "kind": kind, "mode": mode, "stats": stats,
                   "manifest": manifest, "retain_until_ns": retain_until_ns,
                   "refs": {"count": count, "blake3": checksum}}
