@@ -55,9 +55,12 @@ def test_fuzzing_the_whole_api_finds_no_server_error(fuzzed, machine_token, tmp_
            "FUZZ_MACHINE_TOKEN": machine_token,
            "FUZZ_ADMIN_TOKEN": (served.folder / "admin.token").read_text().strip()}
     started = time.monotonic()
+    # One worker: with two, hypothesis parses lambda sources from two threads at once and
+    # CPython 3.11.7's ast raises "AST constructor recursion depth mismatch" (a CPython bug,
+    # not a finding), which failed a CI run.
     res = subprocess.run(_schemathesis() + [
         "run", f"{served.url}/openapi.json", "--checks", "not_a_server_error",
-        "--max-examples", str(MAX_EXAMPLES), "--workers", "2", "--seed", "1",
+        "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--seed", "1",
         "--tls-verify", str(served.folder / "tls" / "cert.pem"), "--request-timeout", "60",
         "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"],
         env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
