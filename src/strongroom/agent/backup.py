@@ -13,7 +13,6 @@ in the parent point is not read; its entry, content IDs and all, is carried over
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import secrets
 import threading
@@ -40,6 +39,7 @@ from strongroom.agent.reader import BlobReader
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.globmatch import compile_globs
 from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
 from strongroom.packs import KIND_DATA, KIND_TREE
 from strongroom.vault.interface import Vault
@@ -132,6 +132,7 @@ class Backup:
         self.cache = cache  # the agent's cache folder: the known-blob index, the refs spool
         self.sources = normalise_sources(sources)
         self.excludes = [os.fsencode(e) for e in excludes]
+        self.excluded = compile_globs(self.excludes)
         self.retain_until_ns: int | None = None  # an on-demand backup's own retention
         self.skip = set()
         for d in skip_dirs:  # never back up the vault or the agent home into themselves
@@ -257,17 +258,13 @@ class Backup:
         items = []
         for name in names:
             full = join(path, name) if path else b"/" + name
-            if self._excluded(full, name):
+            if self.excluded(full, name):
                 continue
             item = self._scan_entry(dfd, full, name, parent)
             if item is not None:
                 items.append(item)
         self.counters.dirs += 1
         return self._queue(items, parent_tree)
-
-    def _excluded(self, full: bytes, name: bytes) -> bool:
-        return bool(self.excludes) and any(
-            fnmatch.fnmatchcase(full if b"/" in pat else name, pat) for pat in self.excludes)
 
     def _warn(self, path: bytes, message: str) -> None:
         self.warnings.append((path, message))
