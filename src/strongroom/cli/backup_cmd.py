@@ -35,11 +35,13 @@ from strongroom.model import display_path
 @click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write this first backup to DIR (a disk to ship to the vault's site, where "
               "`strongroom vault import-seed` takes it in) instead of sending it.")
+@click.option("--unoptimized", is_flag=True,
+              help="Scan every file, whatever the change journal says (as the first backup does).")
 @passphrase_option
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+           offline_seed: Path | None, unoptimized: bool, passphrase_file: Path | None, as_json: bool) -> None:
     """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
@@ -49,6 +51,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
         run = prepare_seed(agent, vault, key, sources, list(excludes), offline_seed)
     else:
         run = prepare_backup(agent, vault, key, sources, list(excludes))
+    run.unoptimized = unoptimized
     if retain_until is not None:  # to the end of that day, local time
         run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
@@ -65,6 +68,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
+                   "mode_reason": result.mode_reason,
                    "sources": [display_path(s) for s in run.sources], "stats": result.stats,
                    "warnings": warnings, **seed})
     elif offline_seed is not None:
@@ -73,7 +77,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
         echo("The vault waits for it: take the disk to the vault's host and run there "
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
-        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
+        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode: {result.mode_reason}).")
         echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
              f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "

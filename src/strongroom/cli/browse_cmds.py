@@ -45,6 +45,7 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
     for p in book.deleted() if deleted else book.live():
         m = p.manifest  # the sealed time, kind and mode (checked to agree with the vault's copies)
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
+                     "mode_reason": m.get("mode_reason", ""),
                      "sources": [display_path(s) for s in m["sources"]], "stats": p.record.stats})
     if as_json:
         emit_json(rows)

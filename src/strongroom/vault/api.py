@@ -200,6 +200,7 @@ class JobFinish(BaseModel):
     failed_count: int = Field(0, ge=0, le=2**31)
     failed_sealed: str | None = Field(None, max_length=MAX_SEALED_FAILED)
     message: str = Field("", max_length=65536)
+    mode_reason: str = Field("", max_length=1000)
 
 
 class Machine:
@@ -486,7 +487,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     @app.post("/api/v1/jobs/{job_id}/finish")
     def finish_job(job_id: ShortId, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
         return service.jobs.finish(m.id, job_id, req.status, req.mode, req.point_id, req.files, req.bytes,
-                                   req.failed_count, req.failed_sealed, req.message).to_dict()
+                                   req.failed_count, req.failed_sealed, req.message, req.mode_reason).to_dict()
 
     @app.get("/api/v1/jobs")
     def jobs(machine_name: MachineQuery = None, limit: int = Query(100, ge=1, le=10000),
