@@ -95,13 +95,15 @@ def _all_files(src: Path) -> list[Path]:
     return [Path(p) / f for p, _d, fs in os.walk(src) for f in fs if not (Path(p) / f).is_symlink()]
 
 
-def mutate(src: Path, rng: random.Random, n: int) -> None:
-    """`n` random changes of every kind an optimized walk must not miss (no hard links)."""
+def mutate(src: Path, rng: random.Random, n: int, links: bool = False) -> None:
+    """`n` random changes of every kind an optimized walk must not miss (hard links only
+    with `links`: the daemon's journal sends a backup that meets one unoptimized)."""
     for _ in range(n):
         dirs = _all_dirs(src)
         files = _all_files(src)
         op = rng.choice(["new", "modify", "delete", "mkdir", "rmtree", "rename_file", "rename_dir",
-                         "dir_to_symlink", "chmod_dir", "chmod_file", "xattr", "same_size_same_mtime"])
+                         "dir_to_symlink", "chmod_dir", "chmod_file", "xattr", "same_size_same_mtime"]
+                        + ["hard_link", "write_linked"] * links)
         d = rng.choice(dirs)
         if op == "new":
             (d / f"n{rng.randrange(10**6)}").write_bytes(os.urandom(rng.randrange(1, 3000)))
@@ -131,6 +133,13 @@ def mutate(src: Path, rng: random.Random, n: int) -> None:
             rng.choice(files).chmod(rng.choice([0o600, 0o644, 0o640]))
         elif op == "xattr" and files:
             os.setxattr(rng.choice(files), "user.note", os.urandom(8))
+        elif op == "hard_link" and files:
+            os.link(rng.choice(files), d / f"link{rng.randrange(10**6)}")
+        elif op == "write_linked":
+            linked = [f for f in files if f.stat().st_nlink > 1]
+            if linked:
+                with open(rng.choice(linked), "ab") as f:
+                    f.write(b"through one of its names")
         elif op == "same_size_same_mtime" and files:
             f = rng.choice(files)
             st = f.stat()

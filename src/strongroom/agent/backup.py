@@ -101,11 +101,14 @@ def _unchanged(prev: Entry | None, st: os.stat_result) -> bool:
             and prev["mt"] == st.st_mtime_ns and prev["ct"] == st.st_ctime_ns and prev.get("i") == st.st_ino)
 
 
-def _dir_entry(name: bytes, st: os.stat_result) -> Entry:
+def _dir_entry(name: bytes, st: os.stat_result, xattrs_of: bytes | None = None) -> Entry:
     """A directory's entry without its atime: listing a directory moves it, and a tree that
-    changed with every backup would cost new tree blobs all the way up, day after day."""
+    changed with every backup would cost new tree blobs all the way up, day after day.
+    With `xattrs_of` (a proc path of it), its extended attributes too."""
     entry = entry_from_stat(name, st)
     del entry["at"]
+    if xattrs_of is not None and (xattrs := read_xattrs(xattrs_of)):
+        entry["x"] = xattrs
     return entry
 
 
@@ -328,12 +331,7 @@ class Backup:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
         if self.plan.carries(full, st, prev):  # optimized mode: the same directory, unchanged within
-            entry = _dir_entry(name, st)
-            xattrs = read_xattrs(proc_path(dfd, name))
-            if xattrs:
-                entry["x"] = xattrs
-            entry["tree"] = prev["tree"]  # type: ignore[index]
-            return entry
+            return {**_dir_entry(name, st, proc_path(dfd, name)), "tree": prev["tree"]}  # type: ignore[index]
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
             entry = _dir_entry(name, st)

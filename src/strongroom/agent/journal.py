@@ -209,7 +209,12 @@ class Keeper:
         self.seq += 1
         dirs: set[bytes] = set()
         for key in self.pending.dirs:
-            path = self.watcher.resolve(key)
+            try:
+                path = self.watcher.resolve(key)
+            except OSError as exc:  # a directory that cannot be named may be one of ours: trust nothing
+                log.warning("change journal: a changed directory cannot be named (%s)", exc.strerror)
+                self.pending.overflow = True
+                continue
             if path is not None and under(path, self.sources):
                 dirs.add(path)
         seg = _Segment(self.seq, self.seq, dirs, time.time_ns() if self.pending.overflow else None)

@@ -51,6 +51,7 @@ class Plan:
     mounts: list[bytes] = field(default_factory=list)  # mount points inside the sources: always listed
     record: dict[str, Any] = field(default_factory=dict)  # what last-good will hold if this ends well
     fallback: str | None = None  # set by the walk: why it must be done again unoptimized
+    links_followed: bool = False  # the journal names every directory linking a changed file (btrfs)
 
     @property
     def optimized(self) -> bool:
@@ -162,7 +163,7 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     dirs: set[bytes] | None = None
     how = ""
     old_gens = good.get("btrfs") or {}
-    if gens and set(gens) == set(old_gens) and all(
+    if gens and set(gens) == set(old_gens) == set(backup.sources) and all(
             gens[s][:2] == old_gens[s][:2] for s in gens):
         try:
             dirs = set()
@@ -187,7 +188,7 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     dirs = {d for d in dirs if any(d == s or d.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)
             and not _excluded(backup, d)}
     plan = Plan(OPTIMIZED, f"{how}: {len(dirs)} changed director{'y' if len(dirs) == 1 else 'ies'}",
-                dirty=dirs, record=record)
+                dirty=dirs, record=record, links_followed=how.startswith("btrfs"))
     plan.trie, plan.children = _trie(dirs)
     # A filesystem mounted inside a source (a bind mount of the same one among them) reports its
     # changes under other paths, or not at all: what lies there is listed whole every time.
@@ -244,7 +245,7 @@ def pass_through(backup: Backup, dfd: int, path: bytes, parent_tree: bytes) -> A
 
 def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
     """A changed file with other names: an optimized walk cannot know where they are."""
-    if backup.plan.optimized and backup.plan.fallback is None:
+    if backup.plan.optimized and not backup.plan.links_followed and backup.plan.fallback is None:
         # Said without the path: a mode reason reaches the vault in plain text.
         backup.plan.fallback = "a file with hard links changed: its other names are found only by a full scan"
 

@@ -143,10 +143,10 @@ class Fanotify:
         if fd < 0:
             return None
         try:
-            path = os.readlink(f"/proc/self/fd/{fd}".encode())
+            path = _path_of(fd)
         finally:
             os.close(fd)
-        if not path.startswith(b"/") or path.endswith(b" (deleted)"):
+        if path is None or not path.startswith(b"/") or path.endswith(b" (deleted)"):
             return None
         return os.path.dirname(path) if is_file else path
 
@@ -266,6 +266,34 @@ class Inotify:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _path_of(fd: int) -> bytes | None:
+    """The path of an open directory, also past PATH_MAX (where the kernel will not say it:
+    then its names are found upwards, one directory listing a level, until it will)."""
+    names: list[bytes] = []
+    cur = os.dup(fd)
+    try:
+        for _level in range(4096):
+            try:
+                top = os.readlink(f"/proc/self/fd/{cur}".encode())
+                return b"/".join([top.rstrip(b"/") or b""] + names[::-1]) if names else top
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    return None
+            st = os.fstat(cur)
+            parent = os.open(b"..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = parent
+            with os.scandir(cur) as it:
+                name = next((os.fsencode(de.name) for de in it
+                             if de.inode() == st.st_ino and de.is_dir(follow_symlinks=False)), None)
+            if name is None:
+                return None  # moved meanwhile: its new parent's event names it
+            names.append(name)
+        return None
+    finally:
+        os.close(cur)
 
 
 def wait_readable(fd: int, timeout_s: float) -> bool:
