@@ -205,10 +205,21 @@ class Backup:
         manifest = self.book.new_manifest(
             parent, kind="files", mode=self.plan.mode, mode_reason=self.plan.reason, tree=root.tree_id, sources=self.sources,
             excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings], retain_until=self.retain_until_ns)
+        sealed = self.book.seal(point_id, manifest)
         try:
-            point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, self.book.seal(point_id, manifest),
-                                         self.refs.sorted_chunks(), point_id=point_id,
-                                         retain_until_ns=self.retain_until_ns)
+            point = None
+            if self.plan.optimized and parent is not None:  # optimized mode: refs as a change to the parent's
+                try:
+                    point = self.vault.add_point_delta(
+                        manifest["kind"], manifest["mode"], stats, sealed, self.refs.added_chunks(),
+                        self.refs.removed_chunks(), parent.id, self.refs.count(), point_id=point_id,
+                        retain_until_ns=self.retain_until_ns)
+                except VaultError:
+                    point = None  # the parent gone meanwhile, or the counts disagree: all of them, checked
+            if point is None:
+                point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, sealed,
+                                             self.refs.sorted_chunks(), point_id=point_id,
+                                             retain_until_ns=self.retain_until_ns)
         except VaultError:
             known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
             raise

@@ -276,6 +276,9 @@ class RefCounts:
         self.db.execute("PRAGMA synchronous=NORMAL" if not fresh else "PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE IF NOT EXISTS refs (id BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        # An update notes each blob it touches with its count before, so that what the point
+        # gains and loses can be sent to the vault as a change to the parent point's refs.
+        self.db.execute("CREATE TEMP TABLE touched (id BLOB PRIMARY KEY, old INTEGER NOT NULL) WITHOUT ROWID")
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM meta WHERE k = 'point'")  # until committed: the old point's no more
 
@@ -295,6 +298,9 @@ class RefCounts:
         return row is not None and row[0] == point_id
 
     def _add(self, ids: list[bytes], delta: int) -> None:
+        if not self.fresh:
+            self.db.executemany("INSERT OR IGNORE INTO touched (id, old) "
+                                "SELECT ?, coalesce((SELECT n FROM refs WHERE id = ?), 0)", ((i, i) for i in ids))
         self.db.executemany("INSERT INTO refs (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = n + ?",
                             ((i, delta, delta) for i in ids))
 
@@ -319,10 +325,26 @@ class RefCounts:
             self._add(own_refs(tid, entries), -1)
             stack.extend(e["tree"] for e in entries if e["t"] == DIR and "tree" in e)
 
-    def sorted_chunks(self, per_chunk: int = 32768) -> Iterator[bytes]:
-        rows = self.db.execute("SELECT id FROM refs WHERE n > 0 ORDER BY id")
+    def sorted_chunks(self) -> Iterator[bytes]:
+        return self._chunks("SELECT id FROM refs WHERE n > 0 ORDER BY id")
+
+    def _chunks(self, sql: str, per_chunk: int = 32768) -> Iterator[bytes]:
+        rows = self.db.execute(sql)
         while batch := rows.fetchmany(per_chunk):
             yield b"".join(r[0] for r in batch)
+
+    def added_chunks(self) -> Iterator[bytes]:
+        """An update's blobs that the parent point did not reference, ascending."""
+        return self._chunks("SELECT t.id FROM touched t JOIN refs r ON r.id = t.id WHERE t.old <= 0 AND r.n > 0 "
+                            "ORDER BY t.id")
+
+    def removed_chunks(self) -> Iterator[bytes]:
+        """An update's blobs that the parent point referenced and this one does not, ascending."""
+        return self._chunks("SELECT t.id FROM touched t LEFT JOIN refs r ON r.id = t.id "
+                            "WHERE t.old > 0 AND coalesce(r.n, 0) <= 0 ORDER BY t.id")
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM refs WHERE n > 0").fetchone()[0]
 
     def commit(self, point_id: str) -> None:
         self.db.execute("DELETE FROM refs WHERE n <= 0")

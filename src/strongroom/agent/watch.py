@@ -26,6 +26,7 @@ import errno
 import os
 import select
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # fanotify (linux/fanotify.h)
@@ -102,16 +103,13 @@ class Fanotify:
 
     def drain(self, out: Drained) -> None:
         """Reads every queued event (non-blocking) into `out`."""
-        while True:
-            try:
-                buf = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return
+        for buf in _queued(self.fd):
             pos = 0
             while pos + _META.size <= len(buf):
                 event_len, _vers, _res, meta_len, mask, _fd, _pid = _META.unpack_from(buf, pos)
-                if event_len < _META.size:
-                    return
+                if event_len < _META.size:  # never from a sane kernel: trust nothing read
+                    out.overflow = True
+                    break
                 if mask & FAN_Q_OVERFLOW:
                     out.overflow = True
                 info = pos + meta_len
@@ -212,11 +210,7 @@ class Inotify:
                 pass
 
     def drain(self, out: Drained) -> None:
-        while True:
-            try:
-                buf = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return
+        for buf in _queued(self.fd):
             pos = 0
             while pos + _IN_EVENT.size <= len(buf):
                 wd, mask, cookie, nlen = _IN_EVENT.unpack_from(buf, pos)
@@ -266,6 +260,15 @@ class Inotify:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _queued(fd: int) -> Iterator[bytes]:
+    """What a non-blocking notification descriptor holds now, a read at a time."""
+    while True:
+        try:
+            yield os.read(fd, 65536)
+        except BlockingIOError:
+            return
 
 
 def _path_of(fd: int) -> bytes | None:
