@@ -2,7 +2,7 @@
 """Optimized backups (the change journal) against unoptimized ones and restic, on one corpus.
 
     python bench/journal.py [--workdir bench/work-journal] [--small 50000] [--scale 1.0]
-                            [--churn-seconds 10] [--keep]
+                            [--churn-seconds 10] [--tree N] [--keep]
     make bench-journal                      # the same with the defaults
     make bench-journal ARGS="--small 5000 --scale 0.02"   # a small corpus, in a minute
 
@@ -13,6 +13,8 @@ other on the same state: a no-change backup; `make_corpus.py mutate` (1 % of the
 rewritten, 100 added, 100 deleted, two large files changed); a backup after it. Wall time
 and peak RSS of each command come from os.wait4(). Last, the daemon's steady cost: its CPU
 and RSS while 1,000 files a second change under the source (--churn-seconds, 0 to skip).
+With --tree N, also a tree of N tiny files (bench/scale.py's): an optimized and an
+unoptimized backup after 10 of them changed.
 restic (Debian package `restic`) is installed here if missing.
 """
 from __future__ import annotations
@@ -146,12 +148,43 @@ def churn(daemon_pid: int, folder: str, seconds: float) -> dict:
             "rss_mib": round(peak, 1)}
 
 
+def big_tree(work: str, n: int) -> dict:
+    """An optimized and an unoptimized backup of N tiny files after 10 of them changed."""
+    sys.path.insert(0, HERE)
+    from scale import make_tree, remove_tree  # noqa: PLC0415 - the scale bench's tree
+
+    root = os.path.join(work, "tree")
+    log(f"tree of {n} files")
+    make_tree(__import__("pathlib").Path(root), n)
+    tools = {"optimized": Strongroom(work, "tree-opt", root, journal=True),
+             "unoptimized": Strongroom(work, "tree-unopt", root, journal=False)}
+    out: dict[str, dict] = {}
+    try:
+        for name, tool in tools.items():
+            out[name] = {"initial": tool.backup()}
+            log(f"tree initial {name}: {out[name]['initial']}")
+        folders = sorted(d for d, _s, files in os.walk(root) if files)
+        for i in range(10):  # 10 files in 10 folders spread over the tree
+            folder = folders[i * len(folders) // 10]
+            with open(os.path.join(folder, sorted(os.listdir(folder))[0]), "ab") as f:
+                f.write(b"changed\n")
+        for name, tool in tools.items():
+            out[name]["ten_changed"] = tool.backup()
+            log(f"tree 10 changed {name}: {out[name]['ten_changed']}")
+    finally:
+        for tool in tools.values():
+            tool.stop()
+        remove_tree(__import__("pathlib").Path(root))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=os.path.join(HERE, "work-journal"))
     ap.add_argument("--small", type=int, default=50_000, help="small files in the corpus")
     ap.add_argument("--scale", type=float, default=1.0, help="scale of the large files (1.0 = 1.5 GiB)")
     ap.add_argument("--churn-seconds", type=float, default=10.0)
+    ap.add_argument("--tree", type=int, default=0, help="files of the tree for the 10-file change (0: none)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     work = os.path.abspath(args.workdir)
@@ -182,8 +215,10 @@ def main() -> None:
         for tool in tools.values():
             if isinstance(tool, Strongroom):
                 tool.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    if args.tree:
+        results["tree"] = big_tree(work, args.tree)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print("| backup | optimized (s) | unoptimized (s) | restic (s) | optimized / restic |")
     print("| --- | --- | --- | --- | --- |")
     for step in ("initial", "nochange", "mutated"):
