@@ -21,6 +21,7 @@ from strongroom.cli import (
     check_cmd,
     jobs_cmds,
     policy_cmds,
+    read_cmds,
     register_cmd,
     restore_cmd,
     seed_cmd,
@@ -65,7 +66,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 for module in (vault_cmds, seed_cmd, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
-               policy_cmds, agent_cmds):
+               policy_cmds, agent_cmds, read_cmds):
     module.add_to(cli)
 
 
