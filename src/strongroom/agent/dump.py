@@ -11,6 +11,7 @@ xattrs (`SCHILY.xattr.*`, as GNU tar writes them) and names that are not UTF-8 (
 from __future__ import annotations
 
 import os
+import struct
 import tarfile
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -140,9 +141,7 @@ def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
             mtime = e.get("mt", 0)
             info.mtime = max(0, mtime // 10**9)
             info.pax_headers = {"mtime": _ns_text(mtime)}
-            for xname, value in (e.get("x") or {}).items():
-                if not xname.startswith(b"system.") and _utf8(xname):
-                    info.pax_headers["SCHILY.xattr." + xname.decode()] = value.decode("utf-8", "surrogateescape")
+            info.pax_headers.update(_xattr_headers(e.get("x") or {}))
             group = tuple(e["h"]) if e.get("h") and e["t"] != DIR else None
             if e["t"] == SYMLINK:
                 info.linkname = os.fsdecode(e.get("l", b""))
@@ -151,6 +150,8 @@ def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
             if group is not None and group in links:
                 info.type, info.linkname = tarfile.LNKTYPE, links[group]
                 tar.addfile(info)
+            elif e["t"] == FILE and e.get("sp") is not None:
+                _add_sparse(tar, info, reader, e, full)
             elif e["t"] == FILE:
                 info.size = e.get("s", 0)
                 stream = _Pieces(file_content(reader, e, full))
@@ -162,6 +163,71 @@ def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
                 links[group] = info.name
             count += 1
     return count
+
+
+def _add_sparse(tar: tarfile.TarFile, info: tarfile.TarInfo, reader: BlobReader, e: Entry, full: bytes) -> None:
+    """A sparse file as pax format 1.0 sparse (GNU tar and bsdtar restore its holes): the
+    member holds a text map ("count\\n" then "offset\\nlength\\n" per extent, padded to a
+    block), then the data extents back to back, as the blobs hold them."""
+    extents = [list(x) for x in e["sp"]]
+    if not extents or sum(extents[-1]) < e.get("s", 0):
+        extents.append([e.get("s", 0), 0])  # a hole at the end: as GNU tar marks it
+    lines = [str(len(extents))] + [str(n) for extent in extents for n in extent]
+    sparse_map = ("\n".join(lines) + "\n").encode()
+    sparse_map += bytes(-len(sparse_map) % tarfile.BLOCKSIZE)
+    data = sum(length for _offset, length in extents)  # the data stored, back to back
+    real = info.name
+    head, tail = os.path.split(real)
+    info.name = os.path.join(head, "GNUSparseFile.0", tail)
+    info.size = len(sparse_map) + data
+    info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": real,
+                             "GNU.sparse.realsize": str(e.get("s", 0))})
+    blobs = reader.read_in_order(e.get("c", []))
+    stream = _Pieces(_checked(iter([sparse_map]), blobs, data, full))
+    tar.addfile(info, stream)  # type: ignore[arg-type]
+    stream.finish()
+
+
+def _checked(first: Iterator[bytes], blobs: Iterator[bytes], expected: int, path: bytes) -> Iterator[bytes]:
+    yield from first
+    total = 0
+    for blob in blobs:
+        total += len(blob)
+        yield blob
+    if total != expected:
+        raise IntegrityError(f"{display_path(path)}: its content is {total} bytes, its extents {expected}")
+
+
+# POSIX ACLs, from the kernel's xattr form to the text GNU tar keeps in SCHILY.acl.* (and
+# sets again with `tar -x --acls`).
+_ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
+_ACL_XATTRS = {b"system.posix_acl_access": "SCHILY.acl.access", b"system.posix_acl_default": "SCHILY.acl.default"}
+
+
+def acl_text(raw: bytes) -> str | None:
+    """`user::rw-,user:1000:r--,...` for a binary POSIX ACL (version 2), or None if malformed."""
+    if len(raw) < 4 or (len(raw) - 4) % 8 or struct.unpack_from("<I", raw)[0] != 2:
+        return None
+    out = []
+    for tag, perm, qualifier in struct.iter_unpack("<HHI", raw[4:]):
+        name = _ACL_TAGS.get(tag)
+        if name is None or perm > 7:
+            return None
+        who = str(qualifier) if tag in (0x02, 0x08) else ""
+        out.append(f"{name}:{who}:{'r' if perm & 4 else '-'}{'w' if perm & 2 else '-'}{'x' if perm & 1 else '-'}")
+    return ",".join(out)
+
+
+def _xattr_headers(xattrs: dict[bytes, bytes]) -> dict[str, str]:
+    headers = {}
+    for xname, value in xattrs.items():
+        if xname in _ACL_XATTRS:
+            text = acl_text(value)
+            if text is not None:
+                headers[_ACL_XATTRS[xname]] = text
+        elif not xname.startswith(b"system.") and _utf8(xname) and b"=" not in xname:
+            headers["SCHILY.xattr." + xname.decode()] = value.decode("utf-8", "surrogateescape")
+    return headers
 
 
 def _utf8(raw: bytes) -> bool:
