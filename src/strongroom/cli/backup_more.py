@@ -74,6 +74,18 @@ def parse_tags(values: tuple[str, ...] | list[str]) -> list[str]:
     return tags
 
 
+def point_filter(tag_groups: tuple[str, ...], host: str | None) -> Callable[[dict[str, Any]], bool]:
+    """For `points --tag T --host H`: whether a point's (sealed) manifest is to be listed.
+    As restic: each --tag value is a comma list of tags a point must all carry, and a point
+    is listed when any one --tag value fits it."""
+    groups = [set(parse_tags([g])) for g in tag_groups]
+
+    def keep(manifest: dict[str, Any]) -> bool:
+        tags = set(manifest.get("tags", ()))
+        return (not groups or any(g <= tags for g in groups)) and (host is None or manifest.get("host") == host)
+    return keep
+
+
 @dataclass
 class Extras:
     dry_run: bool = False
