@@ -134,7 +134,9 @@ class Backup:
         self.sources = normalise_sources(sources)
         self.selection = selection or Selection()  # agent/selection.py: what the walk leaves out
         self.selection.sources = self.sources
-        self.manifest_extra: dict[str, Any] = {}  # more sealed manifest fields (tags, stdin)
+        self.manifest_extra: dict[str, Any] = {}  # more sealed manifest fields (tags, stdin, selection)
+        if self.selection.active:
+            self.manifest_extra["selection"] = self.selection.rules.to_doc()
         self.on_file: Any = None  # called (status, path, size) for each new or changed file: --verbose
         self.excludes = [os.fsencode(e) for e in excludes]
         self.excluded = compile_globs(self.excludes)

@@ -124,11 +124,9 @@ class Extras:
         return extra
 
     def apply(self, run: Backup, picked: Chosen, as_json: bool) -> None:
-        """Gives the prepared backup its tags, recorded rules, warnings and --verbose listing."""
+        """Gives the prepared backup its tags, warnings and --verbose listing."""
         if self.tags:
             run.manifest_extra["tags"] = self.tags
-        if picked.rules:
-            run.manifest_extra["selection"] = picked.rules.to_doc()
         run.warnings.extend(picked.missing)
         if self.verbose:
             run.on_file = _print_on_stderr
