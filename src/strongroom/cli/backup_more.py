@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.text import Text
 
 from strongroom.agent.backup import Backup
 from strongroom.agent.dryrun import DryRun
@@ -27,11 +26,10 @@ from strongroom.agent.stdin import StdinBackup, stdin_name
 from strongroom.cli.common import (
     echo,
     emit_json,
-    err_console,
     exit_if_incomplete,
     human_bytes,
     live_status,
-    printable,
+    progress_line,
 )
 from strongroom.cli.selection_opts import Chosen
 from strongroom.crypto import MasterKey
@@ -137,8 +135,7 @@ def _line(status: str, path: bytes, size: int) -> str:
 
 
 def _print_on_stderr(status: str, path: bytes, size: int) -> None:
-    # through rich's console, so that a progress line on the terminal is not torn
-    err_console.print(Text(printable(_line(status, path, size))), highlight=False, soft_wrap=True)
+    progress_line(_line(status, path, size))
 
 
 def prepare_stdin(agent: AgentHome, vault: Vault, key: MasterKey, extra: Extras, command: list[str]) -> Backup:
