@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from strongroom.agent.cachedir import space_note
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.agent.seed import WAITING, prepare_seed
 from strongroom.cli.common import (
@@ -44,6 +45,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
+    if short := space_note(agent.cache):  # said before the backup starts, not after it failed
+        warn_line(short)
     sources = [os.fsencode(p) for p in paths]
     if offline_seed is not None:
         run = prepare_seed(agent, vault, key, sources, list(excludes), offline_seed)
