@@ -196,6 +196,9 @@ def _why_live(src: bytes) -> str | None:
             return ""  # not btrfs: read live, as every other file system is, without a warning
         if os.path.realpath(src) != src:
             return "its path goes through a symbolic link"
+        if os.geteuid() != 0 and b"user_subvol_rm_allowed" not in _mount_of(src)[1]:
+            # Taken but never deleted, snapshots would pile up: take none.
+            return "deleting a snapshot needs root or the mount option user_subvol_rm_allowed"
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -229,18 +232,28 @@ def _note_mounts(view: View) -> None:
         with suppress(OSError):
             st = os.stat(os.path.join(snap, SNAPSHOT_DIR))
             view.hidden.add((st.st_dev, st.st_ino))
-    try:
-        lines = Path("/proc/self/mountinfo").read_bytes().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        fields = line.split(b" ")
-        if len(fields) < 5:
-            continue
-        point = _unescape(fields[4])
+    for point, _line in _mountinfo():
         for root, _snap in view._roots:
             if point.startswith(root.rstrip(b"/") + b"/"):
                 view.mounts.add(point)
+
+
+def _mountinfo() -> list[tuple[bytes, bytes]]:
+    """(mount point, its whole line) of each mount (/proc/self/mountinfo, field 5)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_bytes().splitlines()
+    except OSError:
+        return []
+    return [(_unescape(line.split(b" ")[4]), line) for line in lines if line.count(b" ") >= 5]
+
+
+def _mount_of(path: bytes) -> tuple[bytes, bytes]:
+    """The mount that holds `path` (the last of the longest mount points above it)."""
+    best = (b"/", b"")
+    for point, line in _mountinfo():
+        if (path == point or path.startswith(point.rstrip(b"/") + b"/")) and len(point) >= len(best[0]):
+            best = (point, line)
+    return best
 
 
 def _unescape(field: bytes) -> bytes:
