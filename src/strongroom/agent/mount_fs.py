@@ -31,7 +31,7 @@ from strongroom.agent.mount_content import BlobSource, FileContent
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError
-from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, is_safe_name
+from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, display_path, is_safe_name
 
 ROOT, BY_ID, BY_DATE, LATEST = pyfuse3.ROOT_INODE, 2, 3, 4
 _TOP_TIMEOUT = 1.0  # the top folders change as points come and go
@@ -49,10 +49,11 @@ def date_name(created_ns: int) -> bytes:
 class Node:
     """One inode: an entry of a point (or a synthetic folder or link of the top levels)."""
 
-    __slots__ = ("ino", "point", "entry", "kids", "target")
+    __slots__ = ("ino", "point", "entry", "kids", "target", "parent")
 
-    def __init__(self, ino: int, point: str | None, entry: Entry, target: bytes | None = None) -> None:
-        self.ino, self.point, self.entry, self.target = ino, point, entry, target
+    def __init__(self, ino: int, point: str | None, entry: Entry, target: bytes | None = None,
+                 parent: Node | None = None) -> None:
+        self.ino, self.point, self.entry, self.target, self.parent = ino, point, entry, target, parent
         self.kids: list[tuple[bytes, int]] | None = None  # a folder's children once listed, in order
 
 
@@ -123,8 +124,9 @@ class PointsFS(pyfuse3.Operations):
             ino = self.date_inos[p.id] = self._new_node(None, entry, b"../by-id/" + p.id.encode()).ino
         return ino
 
-    def _new_node(self, point: str | None, entry: Entry, target: bytes | None = None) -> Node:
-        node = Node(self.next_ino, point, entry, target)
+    def _new_node(self, point: str | None, entry: Entry, target: bytes | None = None,
+                  parent: Node | None = None) -> Node:
+        node = Node(self.next_ino, point, entry, target, parent)
         self.nodes[node.ino] = node
         self.next_ino += 1
         return node
@@ -145,11 +147,12 @@ class PointsFS(pyfuse3.Operations):
             self.reader.locate([c for e in entries if e.get("t") == FILE for c in e.get("c", ())])
             with self.lock:
                 if node.kids is None:
-                    node.kids = [(e["n"], self._child(node.point, e)) for e in entries
+                    node.kids = [(e["n"], self._child(node, e)) for e in entries
                                  if isinstance(e.get("n"), bytes) and is_safe_name(e["n"]) and e.get("t") in _TYPE_BITS]
         return node.kids
 
-    def _child(self, point: str | None, entry: Entry) -> int:
+    def _child(self, parent: Node, entry: Entry) -> int:
+        point = parent.point
         if "h" in entry and entry["t"] != DIR and point is not None:
             try:
                 key = (point, int(entry["h"][0]), int(entry["h"][1]))
@@ -158,9 +161,17 @@ class PointsFS(pyfuse3.Operations):
             if key is not None:
                 ino = self.links.get(key)
                 if ino is None:
-                    ino = self.links[key] = self._new_node(point, entry).ino
+                    ino = self.links[key] = self._new_node(point, entry, parent=parent).ino
                 return ino
-        return self._new_node(point, entry).ino
+        return self._new_node(point, entry, parent=parent).ino
+
+    def path_of(self, node: Node) -> str:
+        """Where a node shows in the mount (for messages): by-id/<point>/<path>."""
+        names = []
+        while node.parent is not None:
+            names.append(node.entry.get("n", b""))
+            node = node.parent
+        return f"by-id/{node.point}/" + display_path(b"/".join(reversed(names)))
 
     def _node(self, ino: int) -> Node:
         node = self.nodes.get(ino)
@@ -172,24 +183,28 @@ class PointsFS(pyfuse3.Operations):
         if node.point is not None and node.point not in self.points:
             raise pyfuse3.FUSEError(errno.ENOENT)  # pruned or deleted while mounted
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _blocking(self, node: Node, fn: Callable[..., T], *args: Any) -> T:
         """Runs vault work in a thread, so other requests go on; failures become EIO."""
         try:
             return await trio.to_thread.run_sync(fn, *args)
         except pyfuse3.FUSEError:
             raise
         except (StrongroomError, OSError, ValueError, KeyError, TypeError) as exc:
-            self._note(str(exc) or type(exc).__name__)
+            self._note(node, str(exc) or type(exc).__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _note(self, message: str) -> None:
+    def _note(self, node: Node, message: str) -> None:
+        """Says once per node and message why a request failed (the kernel retries reads)."""
+        line = f"{self.path_of(node)}: {message}" if node.point is not None else message
+        if line in self.stats.errors:
+            return
         if len(self.stats.errors) < 100:
-            self.stats.errors.append(message)
-        self.warn(message)
+            self.stats.errors.append(line)
+        self.warn(line)
 
     async def _top(self, node: Node) -> None:
         if node.point is None:
-            await self._blocking(self.refresh)
+            await self._blocking(node, self.refresh)
 
     # -- attributes -------------------------------------------------------------------------
 
@@ -229,7 +244,7 @@ class PointsFS(pyfuse3.Operations):
         self._check_live(parent)
         if name == b".":
             return self._attrs(parent)
-        for kid_name, ino in await self._blocking(self._kids, parent):
+        for kid_name, ino in await self._blocking(parent, self._kids, parent):
             if kid_name == name:
                 return self._attrs(self.nodes[ino])
         raise pyfuse3.FUSEError(errno.ENOENT)
@@ -254,7 +269,7 @@ class PointsFS(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         node = self._node(fh)
-        kids = await self._blocking(self._kids, node)
+        kids = await self._blocking(node, self._kids, node)
         for i in range(start_id, len(kids)):
             name, ino = kids[i]
             if not pyfuse3.readdir_reply(token, name, self._attrs(self.nodes[ino]), i + 1):
@@ -276,7 +291,7 @@ class PointsFS(pyfuse3.Operations):
             try:
                 self.contents[inode] = FileContent(node.entry)
             except StrongroomError as exc:
-                self._note(f"point {node.point}: {exc}")
+                self._note(node, str(exc))
                 raise pyfuse3.FUSEError(errno.EIO) from None
         self.open_count[inode] = self.open_count.get(inode, 0) + 1
         self.stats.files_opened += 1
@@ -286,7 +301,7 @@ class PointsFS(pyfuse3.Operations):
         content = self.contents.get(fh)
         if content is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        data = await self._blocking(content.read, self.source, off, size)
+        data = await self._blocking(self.nodes[fh], content.read, self.source, off, size)
         self.stats.bytes_read += len(data)
         return data
 
