@@ -109,6 +109,7 @@ def tricky(tmp_path_factory, registered_factory):
                            restored_deep=restored / str(deep).lstrip("/"))
 
 
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is missing (scripts/system-packages.sh installs it)")
 def test_cp_and_rsync_out_of_the_mount_equal_a_restore(tricky, tmp_path):
     mnt = tmp_path / "mnt"
     with mounted(tricky.sr, mnt) as proc:

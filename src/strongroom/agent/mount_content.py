@@ -19,20 +19,29 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from strongroom import blobs
 from strongroom.agent.reader import BlobReader
+from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 from strongroom.model import Entry
+from strongroom.vault.interface import Vault
+from strongroom.vault.service import BlobLocation
 
-MEMORY_BYTES = 48 * 1024 * 1024  # decoded blobs kept in memory: a few files read at once
+MEMORY_BYTES = 32 * 1024 * 1024  # decoded blobs kept in memory: a few files read at once
 DISK_BYTES = 2 * 1024**3  # default bound of the cache of sealed blobs on disk
 CACHE_FILE = "mount-blobs.sqlite"
+_BATCH_BYTES = 2 * 1024 * 1024  # sealed bytes asked for in one request
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, envelope BLOB NOT NULL, used INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS blobs_used ON blobs (used);
 """
+
+
+class _NotHere(Exception):
+    """A blob a read needs is not in memory (the read then goes to a thread)."""
 
 
 class DiskCache:
@@ -102,16 +111,67 @@ class DiskCache:
         self.db.close()
 
 
-class BlobSource:
-    """Verified plaintext blobs for reads: memory, then disk (if any), then the vault."""
+class CachingReader(BlobReader):
+    """A BlobReader that keeps what it fetches (trees and data) in a DiskCache, if given, and
+    counts the sealed bytes it fetched from the vault."""
 
-    def __init__(self, reader: BlobReader, disk: DiskCache | None) -> None:
-        self.reader, self.disk = reader, disk
+    def __init__(self, vault: Vault, key: MasterKey, machine: str | None, disk: DiskCache | None) -> None:
+        super().__init__(vault, key, machine)
+        self.disk = disk
+        self.fetched_bytes = 0
+        self.count_lock = threading.Lock()
+
+    def read(self, blob_id: bytes, limit: int = blobs.MAX_DATA_BYTES) -> bytes:
+        loc = self.location(blob_id)
+        envelope = self._take(blob_id)  # prefetched (from the disk cache or the vault)
+        if envelope is None:
+            envelope = self._envelopes([(blob_id, loc)])[0]
+        try:
+            return self._decode(blob_id, loc, envelope, limit)
+        except IntegrityError:
+            if self.disk is None:
+                raise
+            # Perhaps the copy on this disk was damaged: the vault's copy decides.
+            self.disk.drop(blob_id)
+            return self._decode(blob_id, loc, self._fetch([(blob_id, loc)])[0], limit)
+
+    def decode(self, blob_id: bytes, loc: BlobLocation, envelope: bytes | memoryview) -> bytes:
+        return self._decode(blob_id, loc, envelope)
+
+    def _envelopes(self, batch: list[tuple[bytes, BlobLocation]]) -> list[bytes | memoryview]:  # type: ignore[override]
+        """The sealed blobs of `batch`: from the disk cache where it has them, the rest in one
+        request (a damaged cached copy fails its decode and is then read from the vault)."""
+        found: dict[bytes, bytes] = {}
+        if self.disk is not None:
+            for blob_id, _loc in batch:
+                envelope = self.disk.get(blob_id)
+                if envelope is not None:
+                    found[blob_id] = envelope
+        missing = [(i, loc) for i, loc in batch if i not in found]
+        fetched = dict(zip((i for i, _loc in missing), self._fetch(missing))) if missing else {}
+        return [found.get(i) or fetched[i] for i, _loc in batch]
+
+    sealed_many = _envelopes
+
+    def _fetch(self, batch: list[tuple[bytes, BlobLocation]]) -> list[bytes] | list[memoryview]:
+        envelopes = super()._envelopes(batch)
+        with self.count_lock:
+            self.fetched_bytes += sum(len(e) for e in envelopes)
+        if self.disk is not None:
+            for (blob_id, _loc), envelope in zip(batch, envelopes):
+                self.disk.put(blob_id, bytes(envelope))
+        return envelopes
+
+
+class BlobSource:
+    """Verified plaintext blobs for reads: memory, then the reader (disk cache, vault)."""
+
+    def __init__(self, reader: CachingReader) -> None:
+        self.reader = reader
         self.memory: OrderedDict[bytes, bytes] = OrderedDict()
         self.held = 0
         self.lock = threading.Lock()
         self.fetching: dict[bytes, threading.Lock] = {}  # one fetch per blob, however many readers
-        self.fetched_bytes = 0  # from the vault: what the job records and the benchmark reports
 
     def get(self, blob_id: bytes, length: int) -> bytes:
         with self.lock:
@@ -124,13 +184,53 @@ class BlobSource:
             with self.lock:
                 data = self.memory.get(blob_id)
             if data is None:
-                data = self._load(blob_id)
+                data = self.reader.read(blob_id)
                 if len(data) != length:
                     raise IntegrityError(f"blob {blob_id.hex()[:16]} holds {len(data)} bytes; its tree lists {length}")
                 self._keep(blob_id, data)
         with self.lock:
             self.fetching.pop(blob_id, None)
         return data
+
+    def cached(self, blob_id: bytes, length: int) -> bytes:
+        """A blob already in memory, or _NotHere: what a read can answer without a thread."""
+        with self.lock:
+            data = self.memory.get(blob_id)
+            if data is None:
+                raise _NotHere
+            self.memory.move_to_end(blob_id)
+        return data
+
+    def fetch_many(self, wanted: list[tuple[bytes, int]]) -> None:
+        """Brings these blobs into memory, a few MiB per request (a folder's small files in one
+        round trip to a served vault). Blobs that fail are left for the read that needs them."""
+        with self.lock:
+            wanted = [(i, n) for i, n in wanted if i not in self.memory]
+        self.reader.locate([i for i, _n in wanted])
+        batch: list[tuple[bytes, BlobLocation]] = []
+        lengths: dict[bytes, int] = {}
+        size = 0
+        for blob_id, length in wanted:
+            loc = self.reader.locations.get(blob_id)
+            if loc is None:
+                continue
+            if batch and size + loc.length > _BATCH_BYTES:
+                self._fetch_batch(batch, lengths)
+                batch, size = [], 0
+            batch.append((blob_id, loc))
+            lengths[blob_id] = length
+            size += loc.length
+        if batch:
+            self._fetch_batch(batch, lengths)
+
+    def _fetch_batch(self, batch: list[tuple[bytes, BlobLocation]], lengths: dict[bytes, int]) -> None:
+        for (blob_id, loc), envelope in zip(batch, self.reader.sealed_many(batch)):
+            try:
+                data = self.reader.decode(blob_id, loc, envelope)
+            except IntegrityError:
+                continue  # the read of its file reports it
+            if len(data) == lengths[blob_id]:
+                self._keep(blob_id, data)
 
     def _keep(self, blob_id: bytes, data: bytes) -> None:
         with self.lock:
@@ -139,30 +239,6 @@ class BlobSource:
                 self.held += len(data)
             while self.held > MEMORY_BYTES and len(self.memory) > 1:
                 self.held -= len(self.memory.popitem(last=False)[1])
-
-    def _load(self, blob_id: bytes) -> bytes:
-        loc = self.reader.location(blob_id)
-        if self.disk is not None:
-            envelope = self.disk.get(blob_id)
-            if envelope is not None:
-                try:
-                    return self._decode(blob_id, envelope)
-                except IntegrityError:
-                    self.disk.drop(blob_id)  # damaged on this disk: the vault's copy decides
-        envelope = self.reader.vault.read_range(loc.pack, loc.offset, loc.length)
-        with self.lock:
-            self.fetched_bytes += len(envelope)
-        data = self._decode(blob_id, envelope)
-        if self.disk is not None:
-            self.disk.put(blob_id, bytes(envelope))
-        return data
-
-
-    def _decode(self, blob_id: bytes, envelope: bytes | memoryview) -> bytes:
-        try:
-            return blobs.decode(self.reader.key, blob_id, envelope, blobs.MAX_DATA_BYTES)
-        except IntegrityError as exc:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]}: {exc}") from None
 
 
 class FileContent:
@@ -195,7 +271,17 @@ class FileContent:
     def data_bytes(self) -> int:
         return self.starts[-1]
 
+    def read_cached(self, source: BlobSource, offset: int, size: int) -> bytes | None:
+        """The range if every blob it needs is in memory, else None."""
+        try:
+            return self._read(source.cached, offset, size)
+        except _NotHere:
+            return None
+
     def read(self, source: BlobSource, offset: int, size: int) -> bytes:
+        return self._read(source.get, offset, size)
+
+    def _read(self, get: Callable[[bytes, int], bytes], offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -203,15 +289,15 @@ class FileContent:
         for ext_off, ext_len, data_off in self.extents:
             lo, hi = max(offset, ext_off), min(end, ext_off + ext_len)
             if lo < hi:
-                out[lo - offset:hi - offset] = self._data(source, data_off + lo - ext_off, hi - lo)
+                out[lo - offset:hi - offset] = self._data(get, data_off + lo - ext_off, hi - lo)
         return bytes(out)
 
-    def _data(self, source: BlobSource, at: int, size: int) -> bytes:
+    def _data(self, get: Callable[[bytes, int], bytes], at: int, size: int) -> bytes:
         """`size` bytes of the blobs back to back, from `at`."""
         pieces = []
         i = bisect.bisect_right(self.starts, at) - 1
         while size > 0 and i < len(self.ids):
-            blob = source.get(self.ids[i], self.starts[i + 1] - self.starts[i])
+            blob = get(self.ids[i], self.starts[i + 1] - self.starts[i])
             piece = blob[at - self.starts[i]:at - self.starts[i] + size]
             pieces.append(piece)
             at, size, i = at + len(piece), size - len(piece), i + 1

@@ -16,6 +16,7 @@ Anything the vault or a blob cannot give is EIO for that read only.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import threading
@@ -37,6 +38,9 @@ ROOT, BY_ID, BY_DATE, LATEST = pyfuse3.ROOT_INODE, 2, 3, 4
 _TOP_TIMEOUT = 1.0  # the top folders change as points come and go
 _POINT_TIMEOUT = 3600.0  # a point's contents never change
 _REFRESH_SECONDS = 2.0
+_READ_AHEAD_BYTES = 4 * 1024 * 1024  # small files fetched with the first one read in a folder
+_READ_AHEAD_FILES = 256
+_SUBTREES_AHEAD = 64
 _TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO,
               CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
 T = TypeVar("T")
@@ -54,7 +58,7 @@ class Node:
     def __init__(self, ino: int, point: str | None, entry: Entry, target: bytes | None = None,
                  parent: Node | None = None) -> None:
         self.ino, self.point, self.entry, self.target, self.parent = ino, point, entry, target, parent
-        self.kids: list[tuple[bytes, int]] | None = None  # a folder's children once listed, in order
+        self.kids: dict[bytes, int] | None = None  # a folder's children (name -> inode) once listed, in order
 
 
 @dataclass
@@ -133,23 +137,30 @@ class PointsFS(pyfuse3.Operations):
 
     # -- folders ----------------------------------------------------------------------------
 
-    def _kids(self, node: Node) -> list[tuple[bytes, int]]:
-        """The children of a folder (name, inode), listed once from its tree (blocking)."""
+    def _kids(self, node: Node) -> dict[bytes, int]:
+        """The children of a folder (name -> inode, in order), listed once from its tree (blocking)."""
         if node.ino == ROOT:
-            return [(b"by-date", BY_DATE), (b"by-id", BY_ID)] + ([(b"latest", LATEST)] if self.points else [])
+            return {b"by-date": BY_DATE, b"by-id": BY_ID, **({b"latest": LATEST} if self.points else {})}
         if node.ino == BY_ID:
-            return [(pid.encode(), self.point_root[pid]) for pid in sorted(self.points)]
+            return {pid.encode(): self.point_root[pid] for pid in sorted(self.points)}
         if node.ino == BY_DATE:
-            return self.date_links
+            return dict(self.date_links)
         if node.kids is None:
             entries = self.reader.tree(node.entry["tree"]) if node.entry.get("tree") else []
-            # Where the files' blobs lie, in one question: opening them then costs no lookup.
-            self.reader.locate([c for e in entries if e.get("t") == FILE for c in e.get("c", ())])
-            with self.lock:
-                if node.kids is None:
-                    node.kids = [(e["n"], self._child(node, e)) for e in entries
-                                 if isinstance(e.get("n"), bytes) and is_safe_name(e["n"]) and e.get("t") in _TYPE_BITS]
-        return node.kids
+            # The subfolders' trees come along (one request to a served vault): `find`, `ls -R`
+            # and `cp -r` go there next, and then need no thread to list them.
+            subtrees = [e["tree"] for e in entries if e.get("t") == DIR and e.get("tree")][:_SUBTREES_AHEAD]
+            self.reader.prefetch(subtrees)
+            for tree_id in subtrees:
+                self.reader.tree(tree_id)
+            self._set_kids(node, entries)
+        return node.kids  # type: ignore[return-value]
+
+    def _set_kids(self, node: Node, entries: list[Entry]) -> None:
+        with self.lock:
+            if node.kids is None:
+                node.kids = {e["n"]: self._child(node, e) for e in entries
+                             if isinstance(e.get("n"), bytes) and is_safe_name(e["n"]) and e.get("t") in _TYPE_BITS}
 
     def _child(self, parent: Node, entry: Entry) -> int:
         point = parent.point
@@ -244,10 +255,22 @@ class PointsFS(pyfuse3.Operations):
         self._check_live(parent)
         if name == b".":
             return self._attrs(parent)
-        for kid_name, ino in await self._blocking(parent, self._kids, parent):
-            if kid_name == name:
-                return self._attrs(self.nodes[ino])
-        raise pyfuse3.FUSEError(errno.ENOENT)
+        ino = (await self._kids_of(parent)).get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(self.nodes[ino])
+
+    async def _kids_of(self, node: Node) -> dict[bytes, int]:
+        # A folder listed before needs no thread: most lookups and readdirs are of those.
+        if node.kids is not None:
+            return node.kids
+        if node.point is not None:
+            with self.reader.lock:
+                cached = self.reader.trees.get(node.entry.get("tree", b""))
+            if cached is not None:  # its tree came with its parent's: no thread, no fetch
+                self._set_kids(node, cached[0])
+                return node.kids  # type: ignore[return-value]
+        return await self._blocking(node, self._kids, node)
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         node = self._node(inode)
@@ -269,9 +292,8 @@ class PointsFS(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         node = self._node(fh)
-        kids = await self._blocking(node, self._kids, node)
-        for i in range(start_id, len(kids)):
-            name, ino = kids[i]
+        kids = await self._kids_of(node)
+        for i, (name, ino) in enumerate(itertools.islice(kids.items(), start_id, None), start_id):
             if not pyfuse3.readdir_reply(token, name, self._attrs(self.nodes[ino]), i + 1):
                 break
 
@@ -301,9 +323,33 @@ class PointsFS(pyfuse3.Operations):
         content = self.contents.get(fh)
         if content is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        data = await self._blocking(self.nodes[fh], content.read, self.source, off, size)
+        data = content.read_cached(self.source, off, size)  # no thread: most reads of a blob read
+        if data is None:
+            node = self.nodes[fh]
+            if len(content.ids) == 1 and node.parent is not None:
+                await self._blocking(node, self.source.fetch_many, self._small_files_from(node))
+            data = await self._blocking(node, content.read, self.source, off, size)
         self.stats.bytes_read += len(data)
         return data
+
+    def _small_files_from(self, node: Node) -> list[tuple[bytes, int]]:
+        """The blob of a one-blob file and those of the one-blob files after it in its folder,
+        up to a bound: `cp -r`, `rsync` and `cat *` read a folder's files in order, and a
+        served vault then answers them in one round trip instead of one each."""
+        wanted: list[tuple[bytes, int]] = []
+        total = 0
+        kids = list((node.parent.kids or {}).values()) if node.parent is not None else []
+        start = kids.index(node.ino) if node.ino in kids else len(kids)
+        for ino in [node.ino] + kids[start + 1:]:
+            entry = self.nodes[ino].entry
+            ids, lengths = entry.get("c", ()), entry.get("cl", ())
+            if entry["t"] != FILE or len(ids) != 1 or len(lengths) != 1:
+                continue
+            wanted.append((ids[0], lengths[0]))
+            total += lengths[0]
+            if total > _READ_AHEAD_BYTES or len(wanted) >= _READ_AHEAD_FILES:
+                break
+        return wanted
 
     async def release(self, fh: int) -> None:
         left = self.open_count.get(fh, 1) - 1

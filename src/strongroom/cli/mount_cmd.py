@@ -13,7 +13,7 @@ import click
 
 from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.mount import fuse_missing, marker_for, prepare_mountpoint, serve, unmount
-from strongroom.agent.mount_content import DISK_BYTES, BlobSource, DiskCache
+from strongroom.agent.mount_content import DISK_BYTES, BlobSource, CachingReader, DiskCache
 from strongroom.agent.mount_fs import PointsFS
 from strongroom.agent.pointbook import PointBook
 from strongroom.cli.common import (
@@ -59,11 +59,12 @@ def mount(ctx: click.Context, mountpoint: Path, unmount_after: str, cache_size: 
     missing = fuse_missing()
     if missing:
         raise StrongroomError(f"cannot mount: {missing}")
-    agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
     path = prepare_mountpoint(mountpoint)
     # An embedded vault is on a local disk already: a cache would only copy it.
     disk = DiskCache(agent.cache, cache_size * 2**20) if not vault.url.startswith("file:") and cache_size else None
-    source = BlobSource(reader, disk)
+    reader = CachingReader(vault, key, machine, disk)
+    source = BlobSource(reader)
     fs = PointsFS(PointBook(agent, vault, key, machine), reader, source, warn_line)
     fs.refresh(force=True)  # a vault that presents bad points is refused before anything is mounted
     ends = time.time() + seconds if seconds else None
@@ -94,10 +95,10 @@ def mount(ctx: click.Context, mountpoint: Path, unmount_after: str, cache_size: 
     if as_json:
         emit_json({"mountpoint": str(path), "points": len(fs.points), "ended": reason,
                    "files_opened": fs.stats.files_opened, "bytes_read": fs.stats.bytes_read,
-                   "bytes_fetched": source.fetched_bytes, "read_errors": len(fs.stats.errors)})
+                   "bytes_fetched": reader.fetched_bytes, "read_errors": len(fs.stats.errors)})
     else:
         echo(f"Unmounted {path} ({ended}): {fs.stats.files_opened} files opened, "
-             f"{human_bytes(fs.stats.bytes_read)} read, {human_bytes(source.fetched_bytes)} fetched from the vault.")
+             f"{human_bytes(fs.stats.bytes_read)} read, {human_bytes(reader.fetched_bytes)} fetched from the vault.")
 
 
 @click.command("unmount")
