@@ -171,7 +171,8 @@ def test_served_vault_and_its_blob_cache(served, served_machine, tmp_path):
     restored = tmp_path / "restored"
     sr.restore(point, target=restored)
     mnt = tmp_path / "mnt"
-    for round_ in range(2):
+    cache = sr.home / "cache" / "mount-blobs.sqlite"
+    for round_ in range(3):
         with mounted(sr, mnt) as proc:
             copy = tmp_path / f"cp{round_}"
             subprocess.run(["cp", "-a", str(in_point(mnt, point, src)), str(copy)], check=True)
@@ -179,9 +180,14 @@ def test_served_vault_and_its_blob_cache(served, served_machine, tmp_path):
         assert_trees_equal(restored / str(src).lstrip("/"), copy)
         if round_ == 0:
             assert summary["bytes_fetched"] > 3 * MiB
-            assert (sr.home / "cache" / "mount-blobs.sqlite").exists()
-        else:
+            assert cache.exists()
+        elif round_ == 1:
             assert summary["bytes_fetched"] == 0, "the second mount reads from the agent's cache"
+            with sqlite3.connect(cache) as db:  # a damaged cache: its copies fail, the vault's are read
+                db.execute("UPDATE blobs SET envelope = CAST(substr(envelope, 1, 40) || X'00' || "
+                           "substr(envelope, 42) AS BLOB)")
+        else:
+            assert summary["bytes_fetched"] > 3 * MiB and summary["read_errors"] == 0
 
 
 def test_writes_of_any_kind_are_refused_with_erofs(tricky, tmp_path):
