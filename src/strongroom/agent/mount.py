@@ -125,8 +125,8 @@ def _fusermount(path: Path, lazy: bool) -> None:
 
 def serve(fs: object, mountpoint: Path, seconds: float, on_ready: Callable[[], None]) -> str:
     """Mounts `fs` read only at `mountpoint` and serves it until `seconds` pass (0: no limit),
-    SIGINT or SIGTERM arrives, or it is unmounted from outside. Returns why it ended:
-    "time", "signal" or "unmounted". The mount is gone when this returns."""
+    SIGINT, SIGTERM or SIGHUP (its terminal closed) arrives, or it is unmounted from outside.
+    Returns why it ended: "time", "signal" or "unmounted". The mount is gone when this returns."""
     import pyfuse3
     import trio
 
@@ -144,7 +144,7 @@ def serve(fs: object, mountpoint: Path, seconds: float, on_ready: Callable[[], N
 
             async def signals() -> None:
                 nonlocal reason
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
                     async for _sig in received:
                         reason = "signal"
                         pyfuse3.terminate()

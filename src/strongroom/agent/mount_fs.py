@@ -153,6 +153,7 @@ class PointsFS(pyfuse3.Operations):
             self.reader.prefetch(subtrees)
             for tree_id in subtrees:
                 self.reader.tree(tree_id)
+            self.reader.drop(subtrees)  # any that another thread had decoded meanwhile: not held
             self._set_kids(node, entries)
         return node.kids  # type: ignore[return-value]
 
