@@ -18,10 +18,12 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+from strongroom.agent.cachedir import space_note
 from strongroom.agent.home import AgentHome
 from strongroom.agent.jobrun import own_folders, prepare_backup, run_backup_job
 from strongroom.agent.journal import Keeper
 from strongroom.agent.schedule import missed, next_run
+from strongroom.agent.selection import Selection, SelectionRules
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError
 from strongroom.fsutil import write_private
@@ -82,7 +84,8 @@ class Daemon:
         except StrongroomError as exc:
             sources = []
             log.warning("change journal: %s; backups run unoptimized", exc)
-        if self.keeper is not None and self.keeper.sources == sources:
+        cache = self.agent.cache  # `agent cache move` may have moved it: the journal moves along
+        if self.keeper is not None and self.keeper.sources == sources and self.keeper.cache == cache:
             return
         if self.keeper is not None:
             self.keeper.stop()
@@ -97,7 +100,7 @@ class Daemon:
             except OSError:
                 pass
         try:
-            self.keeper = Keeper(self.agent.cache, sources, skip)
+            self.keeper = Keeper(cache, sources, skip)
             self.keeper.start()
         except OSError as exc:
             log.warning("change journal: cannot watch the sources (%s); backups run unoptimized", exc)
@@ -122,8 +125,10 @@ class Daemon:
     def _backup(self, policy: Policy) -> None:
         started = time.monotonic()
         try:
+            if short := space_note(self.agent.cache):
+                log.warning("%s", short)
             run = prepare_backup(self.agent, self.vault, self.key, [os.fsencode(p) for p in policy.includes],
-                                 list(policy.excludes))
+                                 list(policy.excludes), Selection(SelectionRules.from_doc(policy.selection)))
             result, warnings, notes = run_backup_job(self.agent, self.vault, run)
         except StrongroomError as exc:  # recorded as a failed job; the schedule goes on
             log.error("scheduled backup failed: %s", exc)

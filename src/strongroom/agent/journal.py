@@ -125,7 +125,7 @@ class Keeper:
 
     def __init__(self, cache: Path, sources: list[bytes], skip: set[tuple[int, int]],
                  backend: str | None = None) -> None:
-        self.dir = journal_dir(cache)
+        self.cache, self.dir = cache, journal_dir(cache)
         self.sources = sources
         self.skip = skip
         self.run_id = secrets.token_hex(8)

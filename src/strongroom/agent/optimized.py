@@ -52,6 +52,7 @@ class Plan:
     record: dict[str, Any] = field(default_factory=dict)  # what last-good will hold if this ends well
     fallback: str | None = None  # set by the walk: why it must be done again unoptimized
     links_followed: bool = False  # the journal names every directory linking a changed file (btrfs)
+    keeps_records: bool = True  # False: a backup outside the chain of files points (standard input)
 
     @property
     def optimized(self) -> bool:
@@ -67,6 +68,14 @@ class Plan:
                 and "tree" in prev and prev.get("i") == st.st_ino and prev.get("ct") == st.st_ctime_ns
                 and prev.get("mt") == st.st_mtime_ns and st.st_dev in self.devices
                 and not any(path == m or path.startswith(m + b"/") for m in self.mounts))
+
+    def read_from(self, view: Any, sources: list[bytes]) -> None:
+        """The walk reads the sources where the view says (a btrfs snapshot: another device)."""
+        for src in sources:
+            try:
+                self.devices.add(os.stat(view[src] if view else src).st_dev)
+            except OSError:
+                pass
 
     def unoptimize(self, reason: str) -> None:
         self.mode, self.reason, self.dirty, self.trie, self.children = UNOPTIMIZED, reason, set(), set(), {}
@@ -106,8 +115,12 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     """The mode of this backup and, in optimized mode, the directories to look at. Also cuts
     the daemon's journal (whatever the mode), so that the next backup can start from here."""
     cache = backup.cache
+    if "stdin" in backup.manifest_extra or not backup.sources:
+        # Not a files backup: it neither uses nor moves the journal's records of the files chain.
+        return Plan(UNOPTIMIZED, "a backup of standard input reads it whole", keeps_records=False)
     last_good_path, attempt_path = _files(cache)
-    record: dict[str, Any] = {"sources": backup.sources, "excludes": backup.excludes}
+    record: dict[str, Any] = {"sources": backup.sources, "excludes": backup.excludes,
+                              "selection": backup.manifest_extra.get("selection")}
     journal_reason = None
     since: dict[str, Any] | None = None
     try:
@@ -153,7 +166,8 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     if good is None or good.get("point") != parent.id:
         return no("the cache folder holds no record of the last point (a new or emptied cache folder)")
     if [bytes(s) for s in good.get("sources", [])] != backup.sources or \
-            [bytes(e) for e in good.get("excludes", [])] != backup.excludes:
+            [bytes(e) for e in good.get("excludes", [])] != backup.excludes or \
+            good.get("selection") != record["selection"]:
         return no("the sources or excludes differ from the last point's")
     if not RefCounts.matches(cache, parent.id):
         return no("the cache folder's reference counts are not the last point's")
@@ -214,6 +228,8 @@ def _mount_points() -> list[bytes]:
 
 def record_success(cache: Path, plan: Plan, point_id: str) -> None:
     """The point is in the vault: the next backup may start from it."""
+    if not plan.keeps_records:
+        return
     last_good_path, attempt_path = _files(cache)
     jr.write_record(last_good_path, {**plan.record, "point": point_id, "mode": plan.mode})
     attempt_path.unlink(missing_ok=True)
@@ -263,11 +279,11 @@ class RefCounts:
     Fresh (unoptimized: built whole, replacing the old file when the point is recorded) or
     updated (optimized: the old file in one transaction, committed with the point)."""
 
-    def __init__(self, cache: Path, reader: Any, fresh: bool) -> None:
+    def __init__(self, cache: Path, reader: Any, fresh: bool, persist: bool = True) -> None:
         self.folder = jr.journal_dir(cache)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.final = self.folder / "refcounts.sqlite"
-        self.fresh, self.reader = fresh, reader
+        self.fresh, self.reader, self.persist = fresh, reader, persist
         self.path = self.folder / f"refcounts-{os.getpid()}.sqlite" if fresh else self.final
         if fresh:
             self.path.unlink(missing_ok=True)
@@ -351,8 +367,10 @@ class RefCounts:
         self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('point', ?)", (point_id,))
         self.db.execute("COMMIT")
         self.db.close()
-        if self.fresh:
+        if self.fresh and self.persist:
             os.replace(self.path, self.final)
+        elif self.fresh:
+            self.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Without a commit: an update is rolled back, a fresh file removed."""
