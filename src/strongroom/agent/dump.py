@@ -19,7 +19,7 @@ from typing import IO
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.treediff import find_entry
 from strongroom.errors import IntegrityError, UsageError
-from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, TYPE_NAMES, Entry, display_path, join
+from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, TYPE_NAMES, Entry, display_path, is_safe_name, join
 
 _ZEROS = bytes(1024 * 1024)
 _TAR_TYPES = {DIR: tarfile.DIRTYPE, FILE: tarfile.REGTYPE, SYMLINK: tarfile.SYMTYPE, FIFO: tarfile.FIFOTYPE,
@@ -112,11 +112,17 @@ def _name(path: bytes) -> str:
     return os.fsdecode(path.lstrip(b"/")) if path.strip(b"/") else "."
 
 
-def _walk(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[tuple[bytes, Entry]]:
+def _walk(reader: BlobReader, entry: Entry, path: bytes,
+          skipped: Callable[[bytes, str], None]) -> Iterator[tuple[bytes, Entry]]:
     yield path, entry
     if entry["t"] == DIR and entry.get("tree"):
         for child in reader.tree(entry["tree"]):
-            yield from _walk(reader, child, join(path, child["n"]) if path else b"/" + child["n"])
+            if not is_safe_name(child["n"]):
+                # `..` or a slash in a member name would let `tar -x` write outside its folder;
+                # a backup never records one, so only a damaged or forged tree can hold it.
+                skipped(join(path, child["n"]), "a name that would leave its folder; left out")
+                continue
+            yield from _walk(reader, child, join(path, child["n"]) if path else b"/" + child["n"], skipped)
 
 
 def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
@@ -126,7 +132,7 @@ def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
     count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                       errors="surrogateescape") as tar:
-        for full, e in _walk(reader, entry, path):
+        for full, e in _walk(reader, entry, path, skipped):
             if not full.strip(b"/"):
                 continue  # the root of a point: its children carry the paths
             kind = _TAR_TYPES.get(e["t"])
