@@ -139,6 +139,8 @@ def dump(ctx: click.Context, point: str, path: Path, archive: str | None, machin
 
     Every blob is verified as it is read; the bytes are streamed, never held whole.
     Example: strongroom dump latest /etc --archive tar | tar -t"""
+    if archive and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar stream to a terminal: pipe it (| tar -t) or redirect it (> FILE)")
     opened, (found,) = resolve(ctx, [point], passphrase_file, machine)
     raw = os.fsencode(path)
     entry = entry_at(opened.reader, found.manifest["tree"], raw)
