@@ -37,7 +37,9 @@ def file_content(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[byte
     """A file's bytes in order (holes of a sparse file as zeros), failing if the blobs do
     not add up to the size the tree records."""
     size = entry.get("s", 0)
-    blobs = reader.read_in_order(entry.get("c", []))
+    ids = entry.get("c", [])
+    # One blob: `read` takes it from what the folder's walk prefetched; more: a few MiB a request.
+    blobs = iter([reader.read(ids[0])]) if len(ids) == 1 else reader.read_in_order(ids)
     extents = entry.get("sp") or [[0, size]]
     done = 0
     pending = memoryview(b"")
@@ -116,7 +118,12 @@ def _walk(reader: BlobReader, entry: Entry, path: bytes,
           skipped: Callable[[bytes, str], None]) -> Iterator[tuple[bytes, Entry]]:
     yield path, entry
     if entry["t"] == DIR and entry.get("tree"):
-        for child in reader.tree(entry["tree"]):
+        children = reader.tree(entry["tree"])
+        # The folder's small files in as few requests as the reader's bound allows (one each
+        # would cost a round trip per file); hardlinked ones may not be read: not fetched.
+        reader.prefetch([e["c"][0] for e in children
+                         if e["t"] == FILE and len(e.get("c") or ()) == 1 and "h" not in e])
+        for child in children:
             if not is_safe_name(child["n"]):
                 # `..` or a slash in a member name would let `tar -x` write outside its folder;
                 # a backup never records one, so only a damaged or forged tree can hold it.
