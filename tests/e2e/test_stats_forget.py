@@ -77,6 +77,19 @@ def test_forget_needs_a_pin_and_is_undone_by_undelete(registered, tmp_path):
     assert sr.backup(src)["id"]  # and backups go on
 
 
+def test_a_forget_killed_before_or_after_the_vault_acts_leaves_listings_working(registered, tmp_path):
+    sr, src = registered, tmp_path / "src"
+    first, second = two_points(sr, src)
+    code = pin(sr, sr.vault)
+    before = sr.run("forget", "latest", "--pin", code, check=False, env_extra={"STRONGROOM_TEST_HOOK": "forget.noted=kill"})
+    assert before.returncode == -9
+    assert [p["id"] for p in sr.points()] == [second, first]  # nothing deleted; the newest is noted again
+    after = sr.run("forget", "latest", "--pin", code, check=False, env_extra={"STRONGROOM_TEST_HOOK": "forget.done=kill"})
+    assert after.returncode == -9
+    assert [p["id"] for p in sr.points()] == [first]  # deleted by this home: not taken for a rollback
+    assert [p["id"] for p in sr.json("points", "--deleted")] == [second]
+
+
 def test_forget_refusals_are_one_line(registered, tmp_path):
     sr, src = registered, tmp_path / "src"
     src.mkdir()
