@@ -182,12 +182,18 @@ def test_a_snapshot_left_by_a_killed_backup_is_deleted_by_the_next(registered, f
     for i in range(48):
         (src / f"f{i:02d}").write_bytes(os.urandom(2 * MiB))
     argv = registered.cmd + ["backup", str(src)]
-    proc = subprocess.Popen(argv, env=registered.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not _snapshots_left(fs) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def stopped_mid_backup(signum: int) -> None:
+        proc = subprocess.Popen(argv, env=registered.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not _snapshots_left(fs) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signum)
+        proc.wait()
+
+    stopped_mid_backup(signal.SIGTERM)  # a stopped service: cancelled, and its snapshot deleted
+    assert _snapshots_left(fs) == [] and not (fs.sub / SNAPSHOT_DIR).exists()
+    stopped_mid_backup(signal.SIGKILL)
     left = _snapshots_left(fs)
     assert len(left) == 1 and "strongroom-" in left[0], "the kill came too late to leave a snapshot"
     (src / "f00").write_bytes(b"changed after the kill")

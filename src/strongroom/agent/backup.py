@@ -36,7 +36,7 @@ from strongroom.agent.fsmeta import (
 from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
-from strongroom.agent.snapshot import View, consistent_view, home_tag, remove_stale
+from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError, VaultError
@@ -155,10 +155,8 @@ class Backup:
         parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
         self.refs = RefSpool(self.cache)
-        tag = home_tag(self.book.home.path)
-        remove_stale(self.sources, self.cache, tag, self._warn)  # left by a killed backup
         try:
-            with consistent_view(self.sources, self.cache, tag) as self.view:
+            with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
                 self._note_skips(self.view)
                 return self._run(started, parent, parent_root, known)

@@ -1,10 +1,14 @@
 """Consistent views of the sources: where a source lies on btrfs, a backup reads it from a
 read-only snapshot of its subvolume, so the point is one picture even while files change.
 
-    with consistent_view(sources, cache, tag) as view:
+    with consistent_view(sources, agent.cache, home_tag(agent.path)) as view:
         view[source]        # where to read that source from (itself when read live)
         view.kind           # "btrfs" (all from snapshots), "btrfs-partial", or None
-        view.warnings       # (path, why) for each source that fell back to live reading
+        view.warnings       # (path, why): sources read live after all, stale snapshots kept
+        view.translate(p)   # where any path under a source is read from
+
+The caller holds the agent home's lock (`AgentHome.lock()`): this home's snapshots that exist
+when the view opens are stale, and are deleted first.
 
 A snapshot lives in `.strongroom-snapshots/` at the root of its subvolume (a snapshot must
 be on the same file system), named `strongroom-<tag>-<pid>-<hex>`: the tag is one agent
@@ -141,8 +145,10 @@ def remove_stale(sources: list[bytes], cache: Path, tag: str, warn: Callable[[by
 
 @contextmanager
 def consistent_view(paths: list[bytes], cache: Path, tag: str) -> Iterator[View]:
-    """Snapshots of the btrfs subvolumes holding `paths`, deleted when the body ends."""
+    """Snapshots of the btrfs subvolumes holding `paths` (absolute, normalised), deleted when
+    the body ends; `cache` is the agent's cache folder, `tag` its home's (`home_tag`)."""
     view = View()
+    remove_stale(paths, cache, tag, lambda path, why: view.warnings.append((path, why)))
     record = _Record(cache)
     taken: list[tuple[bytes, bytes]] = []
     snapshotted = 0
@@ -213,14 +219,15 @@ def _take(root: bytes, tag: str, record: _Record, taken: list[tuple[bytes, bytes
             os.mkdir(folder, 0o700)
     # Noted before it exists: a kill between the two leaves a name to try, never a snapshot unknown.
     record.save([*record.load(), (folder, name)])
+    taken.append((folder, name))  # before: a SIGTERM just after the ioctl must find it to delete
     try:
         btrfs.create_snapshot(root, folder, name)
     except OSError:
+        taken.remove((folder, name))
         record.save([t for t in record.load() if t != (folder, name)])
         with suppress(OSError), _times_kept(root):
             os.rmdir(folder)
         raise
-    taken.append((folder, name))
     return os.path.join(folder, name)
 
 
