@@ -145,13 +145,27 @@ def test_nested_subvolume_and_mount_inside_a_source_are_backed_up(registered, fs
     (fs.sub / "mp").mkdir()
     fs.mount("-t", "tmpfs", "-o", "size=4m", "none", fs.sub / "mp")
     (fs.sub / "mp" / "m.txt").write_text("on another file system")
-    out = registered.backup(fs.sub)
-    assert out["snapshot"] == "btrfs" and out["warnings"] == []
+    _sh("btrfs", "subvolume", "create", fs.sub / "nested" / "deeper")  # a snapshot of its own, too
+    (fs.sub / "nested" / "deeper" / "d.txt").write_text("two levels down")
+    size = 8 * MiB
+    (fs.sub / "nested" / "hot.bin").write_bytes(b"\0" * size)
+    writer = _rewriter(fs.sub / "nested" / "hot.bin", size)
+    try:
+        out = registered.backup(fs.sub)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert out["snapshot"] == "btrfs" and out["warnings"] == []  # the nested subvolume: a snapshot too
     restored = under(tmp_path / "r", fs.sub)
     registered.restore("latest", target=tmp_path / "r")
     assert (restored / "nested" / "inner.txt").read_text() == "in a nested subvolume"
     assert (restored / "mp" / "m.txt").read_text() == "on another file system"
-    assert not (restored / SNAPSHOT_DIR).exists()
+    assert (restored / "nested" / "deeper" / "d.txt").read_text() == "two levels down"
+    assert len(set((restored / "nested" / "hot.bin").read_bytes())) <= 2
+    assert not (restored / SNAPSHOT_DIR).exists() and not (restored / "nested" / SNAPSHOT_DIR).exists()
+    os.remove(fs.sub / "nested" / "hot.bin")  # it went on changing after the snapshot
+    os.remove(restored / "nested" / "hot.bin")
+    os.utime(restored / "nested", ns=(0, os.stat(fs.sub / "nested").st_mtime_ns))
     assert_trees_equal(fs.sub, restored)
     assert _snapshots_left(fs) == []
 

@@ -158,6 +158,7 @@ class Backup:
         try:
             with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
+                self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
                 return self._run(started, parent, parent_root, known)
         finally:
@@ -331,15 +332,20 @@ class Backup:
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
-        if self.view and self.view.live_instead(full, st):  # a nested subvolume or a mount: read it live
-            st = os.stat(full, follow_symlinks=False)
+        where = self.view.read_instead(full, st) if self.view else None
+        if where is not None:  # a nested subvolume or a mount, which the snapshot does not hold
+            self.skip |= self.view.hidden  # type: ignore[union-attr]
+            st = os.stat(where, follow_symlinks=False)
             if entry_type(st) != DIR or (st.st_dev, st.st_ino) in self.skip:
                 return None
-            dfd, name = os.open(os.path.dirname(full), DIR_FLAGS), os.path.basename(full)
+            rfd = os.open(os.path.dirname(where), DIR_FLAGS)
             try:
-                return self._scan_subdir(dfd, full, name, st, prev)
+                sub = self._scan_subdir(rfd, full, os.path.basename(where), st, prev)
             finally:
-                os.close(dfd)
+                os.close(rfd)
+            if sub is not None:
+                sub.entry = {**sub.entry, "n": name}
+            return sub
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
             entry = _dir_entry(name, st)

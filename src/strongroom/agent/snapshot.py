@@ -19,7 +19,8 @@ the cache folder is gone. The snapshot folder is removed when empty, and the tim
 directory holding it are put back, so the backed-up tree shows nothing of this.
 
 Inside a snapshot, a nested subvolume is an empty directory (inode 2) and a mount point is the
-directory under the mount: `live_instead` names those, and the backup reads them live.
+directory under the mount: `read_instead` says where to read those (a snapshot of the nested
+subvolume, taken when the walk reaches it; the mount live).
 LVM snapshots need device-mapper, which the test machines lack: there is no LVM code.
 """
 
@@ -50,7 +51,7 @@ def home_tag(home: Path) -> str:
 class View(dict[bytes, bytes]):
     """Source path -> the path to read it from (the same path when it is read live)."""
 
-    def __init__(self) -> None:
+    def __init__(self, take: Callable[[bytes], bytes] | None = None) -> None:
         super().__init__()
         self.kind: str | None = None
         self.warnings: list[tuple[bytes, str]] = []
@@ -58,20 +59,47 @@ class View(dict[bytes, bytes]):
         self.snapshot_devs: set[int] = set()
         self.hidden: set[tuple[int, int]] = set()  # our snapshot folders, as seen inside snapshots
         self._roots: list[tuple[bytes, bytes]] = []  # (subvolume root, its snapshot)
+        self._take = take
 
     def translate(self, path: bytes) -> bytes:
-        """Where `path` (under a snapshotted subvolume or not) is read from."""
+        """Where `path` (under a snapshotted subvolume or not) is read from: the innermost
+        snapshotted subvolume holding it decides."""
+        best: tuple[bytes, bytes] | None = None
         for root, snap in self._roots:
-            if path == root or path.startswith(root.rstrip(b"/") + b"/"):
-                return snap + path[len(root.rstrip(b"/")):]
-        return path
+            if (path == root or path.startswith(root.rstrip(b"/") + b"/")) and (best is None or len(root) > len(best[0])):
+                best = (root, snap)
+        return path if best is None else best[1] + path[len(best[0].rstrip(b"/")):]
 
-    def live_instead(self, path: bytes, st: os.stat_result) -> bool:
-        """Whether the directory `path`, as the snapshot shows it (`st`), holds what is live
-        there: not for a nested subvolume (an empty stand-in) or a mount point."""
-        if st.st_ino == btrfs.EMPTY_SUBVOL_DIR_OBJECTID:  # the stand-in has a device of its own
-            return self.translate(path) != path
-        return st.st_dev in self.snapshot_devs and path in self.mounts
+    def add(self, root: bytes, snap: bytes) -> None:
+        if (root, snap) in self._roots:
+            return
+        self._roots.append((root, snap))
+        self.snapshot_devs.add(os.stat(snap).st_dev)
+        with suppress(OSError):
+            st = os.stat(os.path.join(snap, SNAPSHOT_DIR))
+            self.hidden.add((st.st_dev, st.st_ino))
+
+    def read_instead(self, path: bytes, st: os.stat_result) -> bytes | None:
+        """Where to read the directory `path` from when the snapshot (showing it as `st`) does
+        not hold it: a nested subvolume (an empty stand-in there) from a snapshot of its own,
+        taken now, else live; a mount point live. None: read it where it was found."""
+        if st.st_ino == btrfs.EMPTY_SUBVOL_DIR_OBJECTID and self.translate(path) != path:
+            try:
+                live = os.stat(path)
+            except OSError:
+                return None
+            # Inode 2 is also the root of an ext4 mounted here, read live already: not a stand-in.
+            if (live.st_dev, live.st_ino) != (st.st_dev, st.st_ino) and live.st_ino == btrfs.FIRST_FREE_OBJECTID:
+                if self._take is None:
+                    return path
+                try:
+                    self.add(path, self._take(path))
+                    return self.translate(path)
+                except OSError as exc:
+                    self.warnings.append((path, f"read live, not from a snapshot: cannot snapshot nested "
+                                                f"subvolume: {exc.strerror or exc}"))
+                    return path
+        return path if st.st_dev in self.snapshot_devs and path in self.mounts else None
 
 
 class _Record:
@@ -147,10 +175,10 @@ def remove_stale(sources: list[bytes], cache: Path, tag: str, warn: Callable[[by
 def consistent_view(paths: list[bytes], cache: Path, tag: str) -> Iterator[View]:
     """Snapshots of the btrfs subvolumes holding `paths` (absolute, normalised), deleted when
     the body ends; `cache` is the agent's cache folder, `tag` its home's (`home_tag`)."""
-    view = View()
-    remove_stale(paths, cache, tag, lambda path, why: view.warnings.append((path, why)))
     record = _Record(cache)
     taken: list[tuple[bytes, bytes]] = []
+    view = View(lambda root: _take(root, tag, record, taken))
+    remove_stale(paths, cache, tag, lambda path, why: view.warnings.append((path, why)))
     snapshotted = 0
     try:
         by_root: dict[bytes, bytes | str] = {}  # subvolume root -> its snapshot, or why there is none
@@ -177,8 +205,7 @@ def consistent_view(paths: list[bytes], cache: Path, tag: str) -> Iterator[View]
                 view[src] = src
                 continue
             assert root is not None
-            if (root, snap) not in view._roots:
-                view._roots.append((root, snap))
+            view.add(root, snap)
             view[src] = view.translate(src)
             snapshotted += 1
         _note_mounts(view)
@@ -232,13 +259,7 @@ def _take(root: bytes, tag: str, record: _Record, taken: list[tuple[bytes, bytes
 
 
 def _note_mounts(view: View) -> None:
-    """The snapshot devices, our folders as the snapshots show them, and the mount points
-    under snapshotted subvolumes (/proc/self/mountinfo, field 5, octal escapes)."""
-    for root, snap in view._roots:
-        view.snapshot_devs.add(os.stat(snap).st_dev)
-        with suppress(OSError):
-            st = os.stat(os.path.join(snap, SNAPSHOT_DIR))
-            view.hidden.add((st.st_dev, st.st_ino))
+    """The mount points under snapshotted subvolumes (/proc/self/mountinfo, field 5)."""
     for point, _line in _mountinfo():
         for root, _snap in view._roots:
             if point.startswith(root.rstrip(b"/") + b"/"):
