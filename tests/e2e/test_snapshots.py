@@ -190,6 +190,22 @@ def test_a_snapshot_that_cannot_be_taken_falls_back_to_live_with_a_warning(regis
     assert _snapshots_left(fs) == []
 
 
+def test_a_source_whose_subvolume_root_is_out_of_reach_is_read_live_with_a_warning(registered, fs, tmp_path):
+    (fs.sub / "inner").mkdir()
+    (fs.sub / "inner" / "f.txt").write_text("x")
+    bound = tmp_path / "bound"
+    bound.mkdir()
+    fs.mount("--bind", fs.sub / "inner", bound)  # the subvolume's root is not under any mount here
+    res = registered.run("backup", bound, "--json", check=False)
+    assert res.returncode == 3, res.stderr
+    out = json.loads(res.stdout)
+    assert out["snapshot"] is None
+    assert out["warnings"] == [{"path": str(bound), "error": "read live, not from a snapshot: its subvolume's "
+                                "root is not reachable here (a bind mount of a subdirectory?)"}]
+    registered.restore("latest", target=tmp_path / "r")
+    assert_trees_equal(bound, under(tmp_path / "r", bound))
+
+
 def test_a_snapshot_left_by_a_killed_backup_is_deleted_by_the_next(registered, fs, tmp_path):
     src = fs.sub / "big"
     src.mkdir()
