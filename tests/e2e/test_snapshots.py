@@ -252,3 +252,18 @@ def test_a_killed_backups_snapshot_is_found_without_the_cache_folder(registered,
     assert _snapshots_left(fs) == [f"sub/{SNAPSHOT_DIR}/strongroom-0000ffff-1-cafecafe"]
     registered.restore("latest", target=tmp_path / "r")
     assert_trees_equal(src, under(tmp_path / "r", src))
+
+
+def test_one_file_system_from_a_snapshot_keeps_the_source_and_leaves_mounts_empty(registered, fs, tmp_path):
+    src = fs.sub / "data"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "f.txt").write_text("on the source's file system")
+    (src / "mp").mkdir()
+    fs.mount("-t", "tmpfs", "-o", "size=4m", "none", src / "mp")
+    (src / "mp" / "m.txt").write_text("on another")
+    out = registered.backup(src, "--one-file-system")
+    assert out["snapshot"] == "btrfs" and out["warnings"] == []
+    registered.restore("latest", target=tmp_path / "r")
+    restored = under(tmp_path / "r", src)
+    assert (restored / "dir" / "f.txt").read_text() == "on the source's file system"
+    assert (restored / "mp").is_dir() and list((restored / "mp").iterdir()) == []

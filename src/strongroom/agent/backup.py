@@ -36,6 +36,7 @@ from strongroom.agent.fsmeta import (
 from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
+from strongroom.agent.selection import Selection, change_base
 from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
@@ -128,10 +129,16 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
 
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
-                 skip_dirs: list[bytes], cache: Path, *, book: PointBook) -> None:
+                 skip_dirs: list[bytes], cache: Path, *, book: PointBook, selection: Selection | None = None) -> None:
         self.vault, self.key, self.book = vault, key, book
         self.cache = cache  # the agent's cache folder: the known-blob index, the refs spool
         self.sources = normalise_sources(sources)
+        self.selection = selection or Selection()  # agent/selection.py: what the walk leaves out
+        self.selection.sources = self.sources
+        self.manifest_extra: dict[str, Any] = {}  # more sealed manifest fields (tags, stdin, selection)
+        if self.selection.active:
+            self.manifest_extra["selection"] = self.selection.rules.to_doc()
+        self.on_file: Any = None  # called (status, path, size) for each new or changed file: --verbose
         self.excludes = [os.fsencode(e) for e in excludes]
         self.excluded = compile_globs(self.excludes)
         self.retain_until_ns: int | None = None  # an on-demand backup's own retention
@@ -150,7 +157,7 @@ class Backup:
 
     def run(self) -> BackupResult:
         started = time.monotonic()
-        points = self.book.live()  # checked: a swapped or rolled-back parent is refused here
+        points = change_base(self.book.live())  # checked: a swapped or rolled-back parent is refused here
         parent = points[0] if points else None
         parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
@@ -160,6 +167,7 @@ class Backup:
                 self.warnings.extend(self.view.warnings)
                 self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
+                self.selection.read_at = self.view
                 return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()
@@ -201,7 +209,7 @@ class Backup:
         manifest = self.book.new_manifest(
             parent, kind="files", mode="unoptimized", tree=root.tree_id, sources=self.sources,
             excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings], retain_until=self.retain_until_ns,
-            snapshot=self.view.kind if self.view else None)
+            snapshot=self.view.kind if self.view else None, **self.manifest_extra)
         try:
             point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, self.book.seal(point_id, manifest),
                                          self.refs.sorted_chunks(), point_id=point_id,
@@ -283,10 +291,11 @@ class Backup:
             item = {**item, "n": name}
         return item
 
-    def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir:
+    def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir | None:
         parent = self._parent_entries(parent_tree)
         with os.scandir(dfd) as it:
             names = sorted(os.fsencode(de.name) for de in it)
+        names = self.selection.listing(dfd, path, names)
         items = []
         for name in names:
             full = join(path, name) if path else b"/" + name
@@ -295,6 +304,8 @@ class Backup:
             item = self._scan_entry(dfd, full, name, parent)
             if item is not None:
                 items.append(item)
+        if not items and path and self.selection.drops_empty(path):
+            return None
         self.counters.dirs += 1
         return self._queue(items, parent_tree)
 
@@ -310,6 +321,8 @@ class Backup:
             self._warn(full, exc.strerror or str(exc))
             return None
         kind = entry_type(st)
+        if self.selection.leaves_out(full, name, st, kind == DIR):
+            return None
         prev = parent.get(name)
         try:
             if kind == DIR:
@@ -355,6 +368,8 @@ class Backup:
             sub = self._scan_dir(fd, full, prev.get("tree") if prev and prev["t"] == DIR else None)
         finally:
             os.close(fd)
+        if sub is None:  # left out by the selection
+            return None
         sub.entry = entry
         return sub
 
@@ -368,6 +383,8 @@ class Backup:
             c.files_new += 1
         else:
             c.files_changed += 1
+        if self.on_file is not None:
+            self.on_file("new" if prev is None else "changed", full, st.st_size)
         link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if link_key in self.hardlinks:
             return _FileJob(self.hardlinks[link_key], name)
