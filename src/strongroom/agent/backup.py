@@ -144,6 +144,7 @@ class Backup:
         self.retain_until_ns: int | None = None  # an on-demand backup's own retention
         self.skip_dirs = skip_dirs
         self.skip: set[tuple[int, int]] = set()
+        self._note_skips(None)
         self.view: View | None = None  # where each source is read from (a snapshot or itself)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
@@ -173,11 +174,11 @@ class Backup:
             self.refs.close()
             known.close()
 
-    def _note_skips(self, view: View) -> None:
+    def _note_skips(self, view: View | None) -> None:
         # Never back up the vault or the agent home into themselves, nor our own snapshots.
-        self.skip = set(view.hidden)
+        self.skip |= view.hidden if view else set()
         for d in self.skip_dirs:
-            for where in {d, view.translate(d)}:
+            for where in {d, view.translate(d) if view else d}:
                 try:
                     st = os.stat(where)
                     self.skip.add((st.st_dev, st.st_ino))
