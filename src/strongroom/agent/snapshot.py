@@ -64,11 +64,12 @@ class View(dict[bytes, bytes]):
     def translate(self, path: bytes) -> bytes:
         """Where `path` (under a snapshotted subvolume or not) is read from: the innermost
         snapshotted subvolume holding it decides."""
-        best: tuple[bytes, bytes] | None = None
-        for root, snap in self._roots:
-            if (path == root or path.startswith(root.rstrip(b"/") + b"/")) and (best is None or len(root) > len(best[0])):
-                best = (root, snap)
-        return path if best is None else best[1] + path[len(best[0].rstrip(b"/")):]
+        holding = [(root, snap) for root, snap in self._roots
+                   if path == root or path.startswith(root.rstrip(b"/") + b"/")]
+        if not holding:
+            return path
+        root, snap = max(holding, key=lambda rs: len(rs[0]))
+        return snap + path[len(root.rstrip(b"/")):]
 
     def add(self, root: bytes, snap: bytes) -> None:
         if (root, snap) in self._roots:
