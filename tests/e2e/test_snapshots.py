@@ -267,3 +267,24 @@ def test_one_file_system_from_a_snapshot_keeps_the_source_and_leaves_mounts_empt
     restored = under(tmp_path / "r", src)
     assert (restored / "dir" / "f.txt").read_text() == "on the source's file system"
     assert (restored / "mp").is_dir() and list((restored / "mp").iterdir()) == []
+
+
+def test_a_planted_snapshot_folder_is_not_used(registered, fs, tmp_path):
+    """Someone who can write the subvolume's root makes `.strongroom-snapshots` a symbolic link
+    to a folder of theirs, or a folder others can write: no snapshot goes there."""
+    (fs.sub / "f.txt").write_text("x")
+    theirs = fs.mnt / "theirs"
+    theirs.mkdir()
+    (fs.sub / SNAPSHOT_DIR).symlink_to(theirs)
+    res = registered.run("backup", fs.sub, "--json", check=False)
+    assert res.returncode == 3, res.stderr
+    [warning] = json.loads(res.stdout)["warnings"]
+    assert "read live, not from a snapshot" in warning["error"]
+    assert "not a folder of this user's alone" in warning["error"]
+    assert list(theirs.iterdir()) == [] and _snapshots_left(fs) == []
+    (fs.sub / SNAPSHOT_DIR).unlink()
+    (fs.sub / SNAPSHOT_DIR).mkdir(mode=0o777)
+    os.chmod(fs.sub / SNAPSHOT_DIR, 0o777)
+    res = registered.run("backup", fs.sub, "--json", check=False)
+    assert res.returncode == 3 and "not a folder of this user's alone" in res.stdout
+    assert _snapshots_left(fs) == []

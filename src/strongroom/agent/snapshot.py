@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -153,6 +154,7 @@ def remove_stale(sources: list[bytes], cache: Path, tag: str, warn: Callable[[by
             if root is None:
                 continue
             folder = os.path.join(root, SNAPSHOT_DIR)
+            _check_ours(folder)
             for name in os.listdir(folder):
                 if name.startswith(mine):
                     found.add((folder, name))
@@ -245,6 +247,7 @@ def _take(root: bytes, tag: str, record: _Record, taken: list[tuple[bytes, bytes
     with _times_kept(root):
         with suppress(FileExistsError):
             os.mkdir(folder, 0o700)
+    _check_ours(folder)
     # Noted before it exists: a kill between the two leaves a name to try, never a snapshot unknown.
     record.save([*record.load(), (folder, name)])
     taken.append((folder, name))  # before: a SIGTERM just after the ioctl must find it to delete
@@ -257,6 +260,15 @@ def _take(root: bytes, tag: str, record: _Record, taken: list[tuple[bytes, bytes
             os.rmdir(folder)
         raise
     return os.path.join(folder, name)
+
+
+def _check_ours(folder: bytes) -> None:
+    """The snapshot folder must be a real folder of this user (root's, as a rule), not one
+    that someone who can write the subvolume's root made or swapped for a symbolic link."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{os.fsdecode(folder)} is not a folder of this user's alone; "
+                                   "move it away to let snapshots be taken")
 
 
 def _note_mounts(view: View) -> None:
