@@ -91,6 +91,7 @@ def test_a_btrfs_source_is_read_from_a_snapshot_deleted_after(registered, fs, tm
     assert out["snapshot"] == "btrfs" and out["warnings"] == []
     assert out["sources"] == [str(src)]  # the original path is recorded, not the snapshot's
     assert registered.points()[0]["snapshot"] == "btrfs"
+    assert "Snapshot" in (table := registered.run("points").stdout) and "btrfs" in table
     assert _snapshots_left(fs) == [] and not (fs.sub / SNAPSHOT_DIR).exists()
     assert os.stat(fs.sub).st_mtime_ns == root_before.st_mtime_ns, "the subvolume's root shows our folder"
     registered.restore("latest", target=tmp_path / "r")
