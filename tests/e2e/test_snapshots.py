@@ -289,3 +289,17 @@ def test_a_planted_snapshot_folder_is_not_used(registered, fs, tmp_path):
     res = registered.run("backup", fs.sub, "--json", check=False)
     assert res.returncode == 3 and "not a folder of this user's alone" in res.stdout
     assert _snapshots_left(fs) == []
+
+
+def test_sources_on_btrfs_and_elsewhere_make_a_partly_snapshotted_point(registered, fs, tmp_path):
+    on_btrfs, elsewhere = fs.sub / "b", tmp_path / "plain"
+    on_btrfs.mkdir()
+    elsewhere.mkdir()
+    (on_btrfs / "1").write_text("one")
+    (elsewhere / "2").write_text("two")
+    out = registered.backup(on_btrfs, elsewhere)
+    assert out["snapshot"] == "btrfs-partial" and out["warnings"] == []  # ext4 has no snapshots: no warning
+    assert registered.points()[0]["snapshot"] == "btrfs-partial"
+    registered.restore("latest", target=tmp_path / "r")
+    assert_trees_equal(on_btrfs, under(tmp_path / "r", on_btrfs))
+    assert_trees_equal(elsewhere, under(tmp_path / "r", elsewhere))
