@@ -374,18 +374,25 @@ class Backup:
         sub.entry = entry
         return sub
 
-    def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+    def _classify(self, prev: Entry | None, st: os.stat_result) -> str | None:
+        """Counts a file as new, changed or unchanged against the parent's entry; None if unchanged."""
         c = self.counters
         c.bytes_total += st.st_size
         if _unchanged(prev, st):
             c.files_unchanged += 1
-            return prev
+            return None
         if prev is None:
             c.files_new += 1
-        else:
-            c.files_changed += 1
+            return "new"
+        c.files_changed += 1
+        return "changed"
+
+    def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+        what = self._classify(prev, st)
+        if what is None:
+            return prev
         if self.on_file is not None:
-            self.on_file("new" if prev is None else "changed", full, st.st_size)
+            self.on_file(what, full, st.st_size)
         link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if link_key in self.hardlinks:
             return _FileJob(self.hardlinks[link_key], name)
