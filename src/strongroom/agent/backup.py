@@ -40,7 +40,7 @@ from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.selection import Selection, change_base
-from strongroom.agent.snapshot import View, consistent_view, home_tag, remove_stale
+from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError, VaultError
@@ -153,6 +153,7 @@ class Backup:
         self.plan = optimized.Plan(optimized.UNOPTIMIZED, "")
         self.skip_dirs = skip_dirs
         self.skip: set[tuple[int, int]] = set()
+        self._note_skips(None)
         self.view: View | None = None  # where each source is read from (a snapshot or itself)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
@@ -173,23 +174,23 @@ class Backup:
         self.plan = optimized.plan_backup(self, parent, self.unoptimized)
         self.refs = optimized.RefCounts(self.cache, self.reader, fresh=not self.plan.optimized,
                                         persist=self.plan.keeps_records)
-        tag = home_tag(self.book.home.path)
-        remove_stale(self.sources, self.cache, tag, self._warn)  # left by a killed backup
         try:
-            with consistent_view(self.sources, self.cache, tag) as self.view:
+            with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
+                self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
                 self.plan.read_from(self.view, self.sources)
+                self.selection.read_at = self.view
                 return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()
             known.close()
 
-    def _note_skips(self, view: View) -> None:
+    def _note_skips(self, view: View | None) -> None:
         # Never back up the vault or the agent home into themselves, nor our own snapshots.
-        self.skip = set(view.hidden)
+        self.skip |= view.hidden if view else set()
         for d in self.skip_dirs:
-            for where in {d, view.translate(d)}:
+            for where in {d, view.translate(d) if view else d}:
                 try:
                     st = os.stat(where)
                     self.skip.add((st.st_dev, st.st_ino))
@@ -389,15 +390,22 @@ class Backup:
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
-        if self.view and self.view.live_instead(full, st):  # a nested subvolume or a mount: read it live
-            st = os.stat(full, follow_symlinks=False)
+        where = self.view.read_instead(full, st) if self.view else None
+        if where is not None:  # a nested subvolume or a mount, which the snapshot does not hold
+            self.skip |= self.view.hidden  # type: ignore[union-attr]
+            st = os.stat(where, follow_symlinks=False)
             if entry_type(st) != DIR or (st.st_dev, st.st_ino) in self.skip:
                 return None
-            dfd, name = os.open(os.path.dirname(full), DIR_FLAGS), os.path.basename(full)
+            rfd = os.open(os.path.dirname(where), DIR_FLAGS)
             try:
-                return self._scan_subdir(dfd, full, name, st, prev)
+                sub = self._scan_subdir(rfd, full, os.path.basename(where), st, prev)
             finally:
-                os.close(dfd)
+                os.close(rfd)
+            if isinstance(sub, _PendingDir):
+                sub.entry = {**sub.entry, "n": name}
+            elif sub is not None:  # carried whole from the parent point (optimized mode)
+                sub = {**sub, "n": name}
+            return sub
         if self.plan.carries(full, st, prev):  # optimized mode: the same directory, unchanged within
             return {**_dir_entry(name, st, proc_path(dfd, name)), "tree": prev["tree"]}  # type: ignore[index]
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
