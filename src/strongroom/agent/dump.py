@@ -39,7 +39,8 @@ def file_content(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[byte
     size = entry.get("s", 0)
     ids = entry.get("c", [])
     # One blob: `read` takes it from what the folder's walk prefetched; more: a few MiB a request.
-    blobs = iter([reader.read(ids[0])]) if len(ids) == 1 else reader.read_in_order(ids)
+    blobs = _listed_lengths(iter([reader.read(ids[0])]) if len(ids) == 1 else reader.read_in_order(ids),
+                            entry.get("cl"), path)
     extents = entry.get("sp") or [[0, size]]
     done = 0
     pending = memoryview(b"")
@@ -65,6 +66,14 @@ def file_content(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[byte
         n = min(size - done, len(_ZEROS))
         yield memoryview(_ZEROS)[:n]
         done += n
+
+
+def _listed_lengths(blobs: Iterator[bytes], lengths: list[int] | None, path: bytes) -> Iterator[bytes]:
+    """The blobs, each checked against the length its tree lists (`cl`, tree format 2)."""
+    for i, blob in enumerate(blobs):
+        if lengths is not None and (i >= len(lengths) or len(blob) != lengths[i]):
+            raise IntegrityError(f"{display_path(path)}: blob {i} is not of the length its folder lists")
+        yield blob
 
 
 def dump_file(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes]) -> int:
@@ -195,7 +204,7 @@ def _add_sparse(tar: tarfile.TarFile, info: tarfile.TarInfo, reader: BlobReader,
     info.size = len(sparse_map) + data
     info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": real,
                              "GNU.sparse.realsize": str(e.get("s", 0))})
-    blobs = reader.read_in_order(e.get("c", []))
+    blobs = _listed_lengths(reader.read_in_order(e.get("c", [])), e.get("cl"), full)
     stream = _Pieces(_checked(iter([sparse_map]), blobs, data, full))
     tar.addfile(info, stream)  # type: ignore[arg-type]
     stream.finish()

@@ -6,10 +6,9 @@ each directory already counted live in a scratch SQLite file, not in Python sets
 directory's totals are remembered by its tree ID, so the unchanged part of the next point
 is not read again (equal tree IDs, equal content).
 
-A tree records a file's size and its chunk IDs, not each chunk's size. A file of one chunk
-gives that chunk's size exactly; the chunks of a larger file are each counted at an equal
-share of its size. The distinct total is therefore exact unless some large file shares only
-part of its chunks with another, and then it is an estimate (`unique_bytes_estimated`).
+Trees of format 2 list each content blob's plaintext length (`cl`), so the distinct total
+is exact. Should an entry lack `cl`, its chunks are counted at equal shares of the file's
+size and the total is flagged as an estimate (`unique_bytes_estimated`).
 """
 
 from __future__ import annotations
@@ -89,6 +88,9 @@ class Tally:
         ids = entry.get("c") or []
         if not ids:
             return []
+        lengths = entry.get("cl")
+        if isinstance(lengths, list) and len(lengths) == len(ids):
+            return list(zip(ids, lengths))
         data = sum(n for _o, n in entry["sp"]) if entry.get("sp") is not None else entry.get("s", 0)
         if len(ids) == 1:
             return [(ids[0], data)]
