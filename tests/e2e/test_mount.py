@@ -368,3 +368,19 @@ def test_a_point_pruned_while_mounted_disappears_without_wrong_data(registered, 
         f.close()
         sr.run("unmount", mnt)
     finish(proc)
+
+
+def test_another_machines_points_with_its_passphrase(registered, second_machine, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "theirs.txt").write_text("made on test-01\n")
+    point = registered.backup(src)["id"]
+    other = second_machine()
+    mnt = tmp_path / "mnt"
+    with mounted(other, mnt, "--from-machine", registered.machine) as proc:
+        assert os.listdir(mnt / "by-id") == [point]
+        assert in_point(mnt, point, src / "theirs.txt").read_text() == "made on test-01\n"
+        other.run("unmount", mnt)
+    finish(proc)
+    job = other.json("jobs")[0]
+    assert (job["kind"], job["source_machine"], job["status"]) == ("mount", registered.machine, "completed")

@@ -329,7 +329,9 @@ class PointsFS(pyfuse3.Operations):
             node = self.nodes[fh]
             if len(content.ids) == 1 and node.parent is not None:
                 await self._blocking(node, self.source.fetch_many, self._small_files_from(node))
-            data = await self._blocking(node, content.read, self.source, off, size)
+                data = content.read_cached(self.source, off, size)
+            if data is None:
+                data = await self._blocking(node, content.read, self.source, off, size)
         self.stats.bytes_read += len(data)
         return data
 
