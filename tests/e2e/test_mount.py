@@ -414,3 +414,16 @@ def test_a_hostile_point_shows_only_safe_names_and_malformed_entries_fail_alone(
     summary = finish(proc)
     assert summary["read_errors"] == 3, proc.err
     assert "the entry bad-mode is malformed; not shown" in proc.err
+
+
+def test_a_stdin_point_reads_through_the_mount(registered, tmp_path):
+    """`backup --stdin` writes its own tree entry: it must carry the per-blob lengths too."""
+    sr = registered
+    data = os.urandom(3 * MiB) + b"tail"
+    res = sr.run("backup", "--stdin", "db.sql", "--json", input=data)
+    point = json.loads(res.stdout)["id"]
+    mnt = tmp_path / "mnt"
+    with mounted(sr, mnt) as proc:
+        assert (mnt / "by-id" / point / "db.sql").read_bytes() == data
+        subprocess.run(sr.cmd + ["unmount", str(mnt)], env=sr.env(), check=True, capture_output=True)
+    finish(proc)
