@@ -5,6 +5,7 @@ options leave out (treeutil.assert_trees_equal)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -139,7 +140,6 @@ def test_files_from_with_missing_paths_warns_and_exits_3(registered, src, tmp_pa
                         + bytes(src / "a") + b"\n" + bytes(gone) + b"\n")
     res = registered.run("backup", "--files-from", listing, "--json", check=False)
     assert res.returncode == 3, res.stderr
-    import json
     doc = json.loads(res.stdout)
     assert doc["warnings"] == [{"path": str(gone), "error": "listed in --files-from but does not exist; "
                                 "not backed up"}]
@@ -161,11 +161,14 @@ def test_files_from_nul_separated_is_verbatim(registered, src, tmp_path):
     listing = tmp_path / "list0"
     listing.write_bytes(bytes(odd) + b"\0" + bytes(src / "notes.log") + b"\0")
     point = registered.backup("--files-from", listing, "-0")["id"]
-    target = tmp_path / "r"
-    registered.restore(point, target=target)
-    assert_trees_equal(odd, under(target, odd))
-    assert_trees_equal(src / "notes.log", under(target, src / "notes.log"))
-    assert sorted(os.listdir(under(target, src))) == sorted([odd.name, "notes.log"])
+    # `-` reads the list from standard input, as from `find -print0 |`
+    piped = json.loads(registered.run("backup", "--files-from", "-", "-0", "--json", input=listing.read_bytes()).stdout)
+    for pid in (point, piped["id"]):
+        target = tmp_path / f"r-{pid}"
+        registered.restore(pid, target=target)
+        assert_trees_equal(odd, under(target, odd))
+        assert_trees_equal(src / "notes.log", under(target, src / "notes.log"))
+        assert sorted(os.listdir(under(target, src))) == sorted([odd.name, "notes.log"])
 
 
 def test_files_from_bad_input(registered, src, tmp_path):

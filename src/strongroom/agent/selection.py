@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,13 @@ def parse_size(text: str) -> int:
 
 
 def _read_list(path: Path, what: str) -> bytes:
+    """The file's bytes; `-` is standard input (`find -print0 | strongroom backup --files-from - -0`)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LIST_BYTES + 1)
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(MAX_LIST_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_LIST_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_LIST_BYTES:
