@@ -80,7 +80,7 @@ def read_paths(path: Path, nul: bool) -> list[bytes]:
     out = []
     for raw in data.split(b"\n"):
         line = raw.rstrip(b"\r")
-        if line.strip() and not line.lstrip().startswith(b"#"):
+        if line.strip() and not line.startswith(b"#"):
             out.append(line)
     return out
 
