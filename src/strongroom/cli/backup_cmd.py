@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from strongroom.agent.cachedir import space_note
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.agent.seed import WAITING, prepare_seed
 from strongroom.agent.selection import Selection
@@ -52,6 +53,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     picked = chosen(excludes, pop_options(more))
     extra = Extras.from_options(more, paths, picked, offline_seed)
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
+    if short := space_note(agent.cache):  # said before the backup starts, not after it failed
+        warn_line(short)
     sources = [os.fsencode(p) for p in paths] + picked.listed
     selection = Selection(picked.rules)
     if extra.dry_run:
@@ -79,7 +82,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
-                   "sources": [display_path(s) for s in run.sources], "tags": extra.tags, "stats": result.stats,
+                   "snapshot": run.view.kind if run.view else None, "sources": [display_path(s) for s in run.sources],
+                   "tags": extra.tags, "stats": result.stats,
                    "warnings": warnings, **seed})
     elif offline_seed is not None:
         echo(f"Recovery point {result.point.id} written to the offline seed {offline_seed.absolute()}: "
@@ -87,7 +91,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
         echo("The vault waits for it: take the disk to the vault's host and run there "
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
-        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
+        snap = f", read from a {run.view.kind} snapshot" if run.view and run.view.kind else ""
+        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode{snap}).")
         echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
              f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "

@@ -53,21 +53,22 @@ def points(ctx: click.Context, deleted: bool, tags: tuple[str, ...], host: str |
             continue
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
                      "sources": [display_path(s) for s in m["sources"]], "tags": m.get("tags", []),
-                     "host": m.get("host"), "stats": p.record.stats})
+                     "host": m.get("host"), "stats": p.record.stats,
+                     "snapshot": m.get("snapshot")})  # "btrfs", "btrfs-partial", or None: read live
     if as_json:
         emit_json(rows)
         return
     table = Table()
     table.add_column("ID", no_wrap=True, min_width=16)  # ids are what people copy from here
     table.add_column("Created", no_wrap=True)
-    for name in ("Kind", "Files", "Added"):
+    for name in ("Kind", "Snapshot", "Files", "Added"):
         table.add_column(name)
     table.add_column("Sources", overflow="fold")
     table.add_column("Tags", overflow="fold")
     for r in rows:
         s = r["stats"]
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
-        table.add_row(*cells(r["id"], r["created"], r["kind"], files, human_bytes(s["bytes_added"]),
+        table.add_row(*cells(r["id"], r["created"], r["kind"], r["snapshot"] or "-", files, human_bytes(s["bytes_added"]),
                              ", ".join(r["sources"]), ",".join(r["tags"])))
     out_console.print(table)
     if not deleted:
