@@ -181,3 +181,23 @@ def test_files_from_bad_input(registered, src, tmp_path):
     assert_clean_failure(registered.run("backup", src, "-0", check=False), 2, saying("-0", "--files-from"))
     assert_clean_failure(registered.run("backup", check=False), 2, saying("give PATHS"))
     assert registered.points() == []
+
+
+def test_one_file_system_on_a_btrfs_snapshot(registered, tmp_path):
+    # the source is read from a snapshot (another device number than the live path): the walk
+    # stays in it, and a mount below the source is still left out
+    from test_snapshots import Btrfs, _why_no_btrfs
+    if _why_no_btrfs():
+        pytest.skip(_why_no_btrfs())
+    fs = Btrfs(tmp_path)
+    try:
+        src = make_files(fs.sub / "data", TREE)
+        (src / "mp").mkdir()
+        fs.mount("-t", "tmpfs", "-o", "size=1m", "none", src / "mp")
+        (src / "mp" / "elsewhere.txt").write_bytes(b"on tmpfs\n")
+        stamp(src)
+        out = registered.backup(src, "-x")
+        assert out["snapshot"] == "btrfs", out
+        restore_and_compare(registered, out["id"], src, tmp_path, ["mp/elsewhere.txt"])
+    finally:
+        fs.close()

@@ -169,8 +169,12 @@ class Selection:
         if not self.active:
             return names
         r = self.rules
-        if r.one_file_system and path and path not in self.sources and os.fstat(dfd).st_dev != self._dev_of(path):
-            return []  # a mount point: kept, empty
+        if r.one_file_system:
+            # Devices as the walk opens them: a source read from a snapshot has the snapshot's.
+            if (path or b"/") in self.sources:
+                self._source_dev[path or b"/"] = os.fstat(dfd).st_dev
+            elif os.fstat(dfd).st_dev != self._dev_of(path):
+                return []  # a mount point: kept, empty
         if r.exclude_caches and CACHEDIR_TAG in names and _is_cache_tag(dfd):
             return [CACHEDIR_TAG]
         present = [n for n in self.markers if n in names]
@@ -207,10 +211,11 @@ class Selection:
         return bool(stack)
 
     def _dev_of(self, path: bytes) -> int:
-        """The device of the source that holds `path` (the longest that does)."""
-        holders = [s for s in self.sources if s == b"/" or path == s or path.startswith(s + b"/")]
+        """The device of the source that holds `path` (the longest that does), as `listing`
+        saw it when the walk entered that source."""
+        holders = [s for s in self.sources if s == b"/" or path.startswith(s + b"/")]
         src = max(holders, key=len) if holders else b"/"
-        if src not in self._source_dev:
+        if src not in self._source_dev:  # not entered through `listing`: a source's own path
             self._source_dev[src] = os.stat(src).st_dev
         return self._source_dev[src]
 

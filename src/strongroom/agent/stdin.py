@@ -43,10 +43,12 @@ class StdinBackup(Backup):
                  command: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name, self.stream, self.command = name, stream, command
-        self.sources = [b"/" + name]
         self.manifest_extra["stdin"] = name
+        # No source until the walk begins: what a backup does to its sources first (btrfs
+        # snapshots, agent/snapshot.py) must not touch a path named /NAME on this machine.
 
     def _build_root(self, parent_root: bytes | None) -> _PendingDir:
+        self.sources = [b"/" + self.name]  # what the manifest records
         if self.command is None:
             entry = self._store(self.stream)  # type: ignore[arg-type]
         else:
