@@ -77,6 +77,7 @@ def test_exclude_caches_checks_the_signature_and_keeps_the_tag(registered, src, 
     (src / "build" / "CACHEDIR.TAG").write_bytes(CACHEDIR_SIGNATURE + b"\n# made by a build tool\n")
     fake = src / "a" / "b"
     (fake / "CACHEDIR.TAG").write_bytes(b"Signature: not the right one\n")  # not a cache: kept whole
+    os.mkfifo(src / "empty-dir" / "CACHEDIR.TAG")  # a FIFO is no tag, and must not block the walk
     stamp(src)
     point = registered.backup(src, "--exclude-caches")["id"]
     restore_and_compare(registered, point, src, tmp_path, ["build/out.bin", "build/sub"])
