@@ -414,7 +414,7 @@ class Backup:
             for _attempt in range(_READ_ATTEMPTS):
                 if entry_type(before) != FILE:
                     raise OSError(0, "replaced by something that is not a file while being read")
-                content, sparse = self._read_content(fd, before, inline)
+                content, lengths, sparse = self._read_content(fd, before, inline)
                 after = os.fstat(fd)
                 if _same_version(before, after):
                     break
@@ -423,6 +423,8 @@ class Backup:
                 self._warn(full, "changed while being read; the last version read was stored")
             entry = entry_from_stat(b"", before)
             entry["c"] = content
+            if content:
+                entry["cl"] = lengths  # lets a mount map a byte range to blobs without fetching them
             if sparse is not None:
                 entry["sp"] = sparse
             xattrs = read_xattrs(fd)
@@ -437,7 +439,8 @@ class Backup:
             if not inline:
                 self.in_flight.release()
 
-    def _read_content(self, fd: int, st: os.stat_result, inline: bool) -> tuple[list[bytes], list[list[int]] | None]:
+    def _read_content(self, fd: int, st: os.stat_result,
+                      inline: bool) -> tuple[list[bytes], list[int], list[list[int]] | None]:
         sparse = None
         if st.st_size and st.st_blocks * 512 < st.st_size:
             extents = data_extents(fd, st.st_size)
@@ -448,19 +451,21 @@ class Backup:
             data = os.pread(fd, st.st_size + 1, 0) if st.st_size else b""
             self.counters.read(len(data))
             if not data:
-                return [], None
+                return [], [], None
             blob_id = self.key.blob_id(data)
             (self.packer.add_later if inline else self.packer.add)(blob_id, KIND_DATA, data)
-            return [blob_id], None
+            return [blob_id], [len(data)], None
         os.lseek(fd, 0, os.SEEK_SET)
         stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
         ids: list[bytes] = []
+        lengths: list[int] = []
         for piece in chunker.chunks(self._chunker(), stream):
             blob_id = self.key.blob_id(piece)
             self.packer.add(blob_id, KIND_DATA, piece)
             ids.append(blob_id)
+            lengths.append(len(piece))
             self.counters.read(len(piece))
-        return ids, sparse
+        return ids, lengths, sparse
 
     # -- finalising trees -------------------------------------------------------------------
 
