@@ -40,13 +40,16 @@ from strongroom.model import display_path
 @click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write this first backup to DIR (a disk to ship to the vault's site, where "
               "`strongroom vault import-seed` takes it in) instead of sending it.")
+@click.option("--unoptimized", is_flag=True,
+              help="Scan every file, whatever the change journal says (as the first backup does).")
 @selection_options
 @more_options
 @passphrase_option
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool, **more: Any) -> None:
+           offline_seed: Path | None, unoptimized: bool, passphrase_file: Path | None, as_json: bool,
+           **more: Any) -> None:
     """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
@@ -66,6 +69,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     else:
         run = prepare_backup(agent, vault, key, sources, picked.excludes, selection)
     extra.apply(run, picked, as_json)
+    run.unoptimized = unoptimized
     if retain_until is not None:  # to the end of that day, local time
         run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
@@ -82,6 +86,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
+                   "mode_reason": result.mode_reason,
                    "snapshot": run.view.kind if run.view else None, "sources": [display_path(s) for s in run.sources],
                    "tags": extra.tags, "stats": result.stats,
                    "warnings": warnings, **seed})
@@ -92,7 +97,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
         snap = f", read from a {run.view.kind} snapshot" if run.view and run.view.kind else ""
-        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode{snap}).")
+        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode: {result.mode_reason}{snap}).")
         echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
              f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
