@@ -520,6 +520,11 @@ class Backup:
             return [blob_id], [len(data)], None
         os.lseek(fd, 0, os.SEEK_SET)
         stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
+        ids, lengths = self._store_stream(stream)
+        return ids, lengths, sparse
+
+    def _store_stream(self, stream: Any) -> tuple[list[bytes], list[int]]:
+        """Chunks a stream into data blobs for the packer: their IDs and lengths."""
         ids: list[bytes] = []
         lengths: list[int] = []
         for piece in chunker.chunks(self._chunker(), stream):
@@ -528,7 +533,7 @@ class Backup:
             ids.append(blob_id)
             lengths.append(len(piece))
             self.counters.read(len(piece))
-        return ids, lengths, sparse
+        return ids, lengths
 
     # -- finalising trees -------------------------------------------------------------------
 
