@@ -10,6 +10,7 @@ import click
 
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.agent.seed import WAITING, prepare_seed
+from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -27,7 +28,7 @@ from strongroom.model import display_path
 
 
 @click.command("backup")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
               help="Leave out matching paths (a pattern without / matches names). Repeatable.")
 @click.option("--retain-until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
@@ -35,17 +36,25 @@ from strongroom.model import display_path
 @click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write this first backup to DIR (a disk to ship to the vault's site, where "
               "`strongroom vault import-seed` takes it in) instead of sending it.")
+@kinds_cmds.backup_kind_options
 @passphrase_option
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
-    """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
+           offline_seed: Path | None, volume: Path | None, allow_tmpfs: bool, system_state: bool,
+           image: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+    """Back up PATHS now (on demand, outside the schedule) and record a recovery point; or, with
+    --volume, --system-state or --image, a point of that kind."""
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
+    kind = kinds_cmds.chosen_kind(paths, volume, system_state, image)
+    if kind != "files" and offline_seed is not None:
+        raise UsageError("--offline-seed takes files only")
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
     sources = [os.fsencode(p) for p in paths]
-    if offline_seed is not None:
+    if kind != "files":
+        run = kinds_cmds.prepare_kind_backup(agent, vault, key, kind, list(excludes), volume, allow_tmpfs, image)
+    elif offline_seed is not None:
         run = prepare_seed(agent, vault, key, sources, list(excludes), offline_seed)
     else:
         run = prepare_backup(agent, vault, key, sources, list(excludes))
@@ -64,16 +73,17 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     s = result.stats
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
-        emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
-                   "sources": [display_path(s) for s in run.sources], "stats": result.stats,
-                   "warnings": warnings, **seed})
+        emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "kind": result.point.kind,
+                   "mode": result.point.mode, "sources": [display_path(s) for s in run.sources],
+                   "stats": result.stats, "warnings": warnings, **kinds_cmds.kind_fields(run.manifest_extra), **seed})
     elif offline_seed is not None:
         echo(f"Recovery point {result.point.id} written to the offline seed {offline_seed.absolute()}: "
              f"{s['files_new']} files, {human_bytes(s['bytes_added'])} in {s['packs_added']} packs.")
         echo("The vault waits for it: take the disk to the vault's host and run there "
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
-        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
+        echo(f"Recovery point {result.point.id} created ({result.point.kind}, {result.point.mode} mode).")
+        kinds_cmds.echo_summary(run.manifest_extra)
         echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
              f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "

@@ -12,6 +12,7 @@ from rich.table import Table
 from strongroom.agent.browse import list_path
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.seed import waiting_seeds
+from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
     cells,
     echo,
@@ -45,7 +46,8 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
     for p in book.deleted() if deleted else book.live():
         m = p.manifest  # the sealed time, kind and mode (checked to agree with the vault's copies)
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
-                     "sources": [display_path(s) for s in m["sources"]], "stats": p.record.stats})
+                     "sources": [display_path(s) for s in m["sources"]], "stats": p.record.stats,
+                     **kinds_cmds.kind_fields(m)})
     if as_json:
         emit_json(rows)
         return
@@ -58,7 +60,7 @@ def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_fi
     for r in rows:
         s = r["stats"]
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
-        table.add_row(*cells(r["id"], r["created"], r["kind"], files, human_bytes(s["bytes_added"]),
+        table.add_row(*cells(r["id"], r["created"], kinds_cmds.kind_cell(r), files, human_bytes(s["bytes_added"]),
                              ", ".join(r["sources"])))
     out_console.print(table)
     if not deleted:
@@ -88,7 +90,8 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
        as_json: bool) -> None:
     """List the entries of POINT (id, unique id prefix, or "latest"), under PATH if given."""
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
-    root = PointBook(agent, vault, key, machine).find(point).manifest["tree"]
+    manifest = PointBook(agent, vault, key, machine).find(point).manifest
+    root = manifest["tree"]
     rows = []
     for full, e in list_path(reader, root, os.fsencode(path) if path else None):
         row = {"path": display_path(full), "type": TYPE_NAMES.get(e["t"], e["t"]), "mode": e["m"],
@@ -100,6 +103,7 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
     if as_json:
         emit_json(rows)
         return
+    kinds_cmds.echo_summary(manifest)
     for r in rows:
         mode = stat.filemode(r["mode"] | {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r["type"], stat.S_IFREG))
         owner = f"{r['user'] or r['uid']}/{r['group'] or r['gid']}"

@@ -11,6 +11,7 @@ from strongroom.agent.browse import selected_bytes
 from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
+from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -35,17 +36,24 @@ from strongroom.model import display_path
               help="`original` puts files back where they were; a folder restores under it, keeping their paths.")
 @click.option("--conflict", type=click.Choice(CONFLICTS), default="copy", show_default=True,
               help="What to do when a file is already there.")
+@kinds_cmds.restore_kind_options
 @from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
 def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str, conflict: str,
-            machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
-    """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given."""
+            volume: Path | None, image: bool, force: bool, machine: str | None, passphrase_file: Path | None,
+            as_json: bool) -> None:
+    """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given; with
+    --volume or --image, a point of that kind."""
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
     record = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
     manifest = record.manifest
-    selections = select_entries(reader, manifest["tree"], [os.fsencode(p) for p in paths], manifest["sources"])
+    if image or force:
+        kinds_cmds.restore_image(ctx, agent, vault, key, reader, record, target, image, force, machine, as_json)
+        return
+    wanted = kinds_cmds.restore_paths(manifest, [os.fsencode(p) for p in paths], volume, target)
+    selections = select_entries(reader, manifest["tree"], wanted, manifest["sources"])
     if target == "original":
         root = b"/"
     else:
@@ -70,8 +78,9 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
         os.close(root_fd)
     for note in job.notes:
         warn_line(note)
+    extra = kinds_cmds.after_restore(manifest, root, target)
     if as_json:
-        emit_json({"point": record.id, "target": target, "files_restored": result.files_restored,
+        emit_json({"point": record.id, "kind": manifest["kind"], "target": target, **extra, "files_restored": result.files_restored,
                    "files_skipped": result.files_skipped, "files_copied": result.files_copied,
                    "bytes_written": result.bytes_written, "errors": errors})
     else:

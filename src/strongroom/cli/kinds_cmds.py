@@ -1,0 +1,159 @@
+"""The kinds of recovery point beyond files: the options `backup` and `restore` take for them
+(`--volume`, `--system-state`, `--image`), how their results are shown, and the commands of
+their own (`export`, `system-state apply`).
+
+backup_cmd.py and restore_cmd.py call in here through a few hooks, so that each kind's
+logic stays in agent/volume.py, agent/system_state.py and agent/image.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from strongroom.agent.backup import Backup
+from strongroom.agent.home import AgentHome
+from strongroom.agent.jobrun import prepare_backup
+from strongroom.agent.pointbook import OpenedPoint
+from strongroom.agent.reader import BlobReader
+from strongroom.agent.volume import VolumeInfo, check_volume, make_volume_backup, mount_at
+from strongroom.cli.common import echo, human_bytes
+from strongroom.crypto import MasterKey
+from strongroom.errors import UsageError
+from strongroom.model import display_path
+from strongroom.vault.interface import Vault
+
+KINDS = ("files", "volume", "system-state", "image")
+
+
+def backup_kind_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of `backup` that choose another kind of point than files."""
+    for option in reversed((
+        click.option("--volume", type=click.Path(path_type=Path, file_okay=False), metavar="MOUNTPOINT",
+                     help="Back up the whole filesystem mounted there (kind volume), staying on it."),
+        click.option("--allow-tmpfs", is_flag=True, help="With --volume: accept a tmpfs (gone at reboot)."),
+        click.option("--system-state", is_flag=True,
+                     help="Back up what makes this machine itself (kind system-state): /etc, boot "
+                     "configuration, package selections, units, partition tables, ..."),
+        click.option("--image", type=click.Path(path_type=Path, dir_okay=False), metavar="DEVICE|FILE",
+                     help="Back up a block device or image file block by block (kind image)."),
+    )):
+        f = option(f)
+    return f
+
+
+def chosen_kind(paths: tuple[Path, ...], volume: Path | None, system_state: bool, image: Path | None) -> str:
+    """The kind a `backup` command line asks for; exactly one kind per point."""
+    asked = [k for k, v in (("volume", volume), ("system-state", system_state), ("image", image)) if v]
+    if len(asked) > 1:
+        raise UsageError(f"--{asked[0]} and --{asked[1]} make different kinds of point: run them one at a time")
+    if asked and paths:
+        raise UsageError(f"--{asked[0]} takes no PATHS (a point holds one kind)")
+    if not asked and not paths:
+        raise UsageError("give PATHS to back up, or --volume, --system-state or --image")
+    return asked[0] if asked else "files"
+
+
+def prepare_kind_backup(agent: AgentHome, vault: Vault, key: MasterKey, kind: str, excludes: list[str],
+                        volume: Path | None, allow_tmpfs: bool, image: Path | None) -> Backup:
+    """A prepared backup of a kind other than files."""
+    if kind == "volume":
+        assert volume is not None
+        mount, info = check_volume(os.fsencode(volume), allow_tmpfs)
+        return make_volume_backup(prepare_backup(agent, vault, key, [info.mount], excludes), mount, info)
+    raise UsageError(f"unknown kind {kind}")
+
+
+def kind_fields(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A point's kind-specific fields, for JSON (points, backup)."""
+    out: dict[str, Any] = {}
+    if "volume" in manifest:
+        out["volume"] = VolumeInfo.shown(manifest["volume"])
+        out["not_crossed"] = [display_path(p) for p in manifest.get("not_crossed", ())]
+    return out
+
+
+def kind_cell(row: dict[str, Any]) -> str:
+    """The Kind column of `points`: the kind, and what a volume or image point is of."""
+    if "volume" in row:
+        v = row["volume"]
+        return f"volume ({v['fstype']}, UUID {v['uuid'] or '-'}, label {v['label'] or '-'}, {human_bytes(v['size'])})"
+    return row["kind"]
+
+
+def kind_summary(manifest: dict[str, Any]) -> list[str]:
+    """Lines that say what a point of this kind holds, for people."""
+    lines = []
+    if "volume" in manifest:
+        v = manifest["volume"]
+        lines.append(f"Volume {display_path(v['mount'])}: {v['fstype']} on {v['device']}, "
+                     f"UUID {v['uuid'] or '-'}, label {v['label'] or '-'}, {human_bytes(v['size'])} "
+                     f"({human_bytes(v['used'])} used).")
+        crossed = manifest.get("not_crossed", ())
+        lines.append("Stayed on this filesystem; nested mounts not crossed: "
+                     + (", ".join(display_path(p) for p in crossed) if crossed else "none") + ".")
+    return lines
+
+
+def echo_summary(manifest: dict[str, Any]) -> None:
+    for line in kind_summary(manifest):
+        echo(line)
+
+
+def restore_kind_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of `restore` for points of other kinds."""
+    for option in reversed((
+        click.option("--volume", type=click.Path(path_type=Path, file_okay=False), metavar="MOUNTPOINT",
+                     help="Restore a volume point of the filesystem mounted there (PATHS: folders of it)."),
+        click.option("--image", is_flag=True, help="Restore an image point to the device or file --target names."),
+        click.option("--force", is_flag=True, help="With --image: write over an existing unmounted device or file."),
+    )):
+        f = option(f)
+    return f
+
+
+def restore_paths(manifest: dict[str, Any], paths: list[bytes], volume: Path | None, target: str) -> list[bytes]:
+    """The paths a files-like restore selects: for a volume, PATHS are inside it (relative to
+    it, or absolute under it) and the whole volume by default."""
+    kind = manifest["kind"]
+    if kind == "image":
+        raise UsageError("this is an image point: restore it with --image --target DEVICE|FILE, or export it")
+    if volume is None:
+        return paths
+    if kind != "volume":
+        raise UsageError(f"--volume restores a volume point; this point is of kind {kind}")
+    recorded = manifest["volume"]["mount"]
+    asked = os.path.realpath(os.path.abspath(os.fsencode(volume))) if os.path.exists(volume) \
+        else os.path.normpath(os.path.abspath(os.fsencode(volume)))
+    if asked != recorded:
+        raise UsageError(f"this point is of the volume mounted at {display_path(recorded)}, "
+                         f"not {display_path(asked)}")
+    if target == "original" and mount_at(recorded) is None:
+        raise UsageError(f"no volume is mounted at {display_path(recorded)}: mount it (or its replacement) "
+                         "there first, or restore to a folder")
+    out = []
+    for p in paths:
+        full = os.path.normpath(p if p.startswith(b"/") else os.path.join(recorded, p))
+        if full != recorded and not full.startswith(recorded.rstrip(b"/") + b"/"):
+            raise UsageError(f"{display_path(p)} is not on the volume {display_path(recorded)}")
+        out.append(full)
+    return out or [recorded]
+
+
+def after_restore(manifest: dict[str, Any], root: bytes, target: str) -> dict[str, Any]:
+    """What a restore of this kind adds once its files are in place (JSON fields)."""
+    return {}
+
+
+def restore_image(ctx: click.Context, agent: AgentHome, vault: Vault, key: MasterKey, reader: BlobReader,
+                  point: OpenedPoint, target: str, image: bool, force: bool, machine: str | None,
+                  as_json: bool) -> None:
+    raise UsageError("not yet")
+
+
+def add_to(cli: click.Group) -> None:
+    """Commands of their own (export, system-state) come here."""
