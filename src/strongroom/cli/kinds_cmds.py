@@ -9,6 +9,7 @@ logic stays in agent/volume.py, agent/system_state.py and agent/image.py.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,24 @@ import click
 
 from strongroom.agent.backup import Backup
 from strongroom.agent.home import AgentHome
-from strongroom.agent.jobrun import prepare_backup
-from strongroom.agent.pointbook import OpenedPoint
+from strongroom.agent.image import ImageBackup, ImageWriter, check_device_target, image_entry
+from strongroom.agent.jobrun import own_folders, prepare_backup, recorded_job
+from strongroom.agent.pointbook import OpenedPoint, PointBook
+from strongroom.vhd import vhd_footer, vhd_size
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.volume import VolumeInfo, check_volume, make_volume_backup, mount_at
-from strongroom.cli.common import echo, human_bytes
+from strongroom.cli.common import (
+    echo,
+    emit_json,
+    err_console,
+    from_machine_option,
+    human_bytes,
+    json_option,
+    open_agent,
+    passphrase_option,
+    progress_bar,
+    warn_line,
+)
 from strongroom.crypto import MasterKey
 from strongroom.errors import UsageError
 from strongroom.model import display_path
@@ -65,6 +79,12 @@ def prepare_kind_backup(agent: AgentHome, vault: Vault, key: MasterKey, kind: st
         assert volume is not None
         mount, info = check_volume(os.fsencode(volume), allow_tmpfs)
         return make_volume_backup(prepare_backup(agent, vault, key, [info.mount], excludes), mount, info)
+    if kind == "image":
+        assert image is not None
+        if excludes:
+            raise UsageError("--exclude does not apply to an image")
+        return ImageBackup(vault, key, [os.fsencode(image)], [], own_folders(agent, vault), agent.cache,
+                           book=PointBook(agent, vault, key))
     raise UsageError(f"unknown kind {kind}")
 
 
@@ -74,6 +94,8 @@ def kind_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     if "volume" in manifest:
         out["volume"] = VolumeInfo.shown(manifest["volume"])
         out["not_crossed"] = [display_path(p) for p in manifest.get("not_crossed", ())]
+    if "image" in manifest:
+        out["image"] = {**manifest["image"], "source": display_path(manifest["image"]["source"])}
     return out
 
 
@@ -82,6 +104,8 @@ def kind_cell(row: dict[str, Any]) -> str:
     if "volume" in row:
         v = row["volume"]
         return f"volume ({v['fstype']}, UUID {v['uuid'] or '-'}, label {v['label'] or '-'}, {human_bytes(v['size'])})"
+    if "image" in row:
+        return f"image ({human_bytes(row['image']['size'])})"
     return row["kind"]
 
 
@@ -96,6 +120,10 @@ def kind_summary(manifest: dict[str, Any]) -> list[str]:
         crossed = manifest.get("not_crossed", ())
         lines.append("Stayed on this filesystem; nested mounts not crossed: "
                      + (", ".join(display_path(p) for p in crossed) if crossed else "none") + ".")
+    if "image" in manifest:
+        i = manifest["image"]
+        lines.append(f"Image of {'device' if i['device'] else 'file'} {display_path(i['source'])}: "
+                     f"{human_bytes(i['size'])}.")
     return lines
 
 
@@ -152,8 +180,118 @@ def after_restore(manifest: dict[str, Any], root: bytes, target: str) -> dict[st
 def restore_image(ctx: click.Context, agent: AgentHome, vault: Vault, key: MasterKey, reader: BlobReader,
                   point: OpenedPoint, target: str, image: bool, force: bool, machine: str | None,
                   as_json: bool) -> None:
-    raise UsageError("not yet")
+    """`restore POINT --image --target DEVICE|FILE`."""
+    if not image:
+        raise UsageError("--force goes with --image (a volume or files restore has --conflict)")
+    entry = image_entry(reader, point.manifest)
+    size = entry["s"]
+    path = os.fsencode(os.path.abspath(target))
+    device = os.path.lexists(path) and not os.path.isdir(path) and stat.S_ISBLK(os.lstat(path).st_mode)
+    if path.startswith(b"/dev/") and not device:
+        raise UsageError(f"{target} is not a block device (a file under /dev is refused: a mistyped device name)")
+    writer = ImageWriter(reader, entry)
+    source = machine if machine and machine != vault.machine else None
+    with (agent.lock(), recorded_job(vault, key, agent.job_marker, "restore", source) as job,
+          progress_bar(not as_json and err_console.is_terminal, "Restoring the image", size,
+                       lambda: writer.written)):
+        job.point_id = point.id
+        if device:
+            fd = check_device_target(path, size, force)
+            try:
+                writer.to_device(fd)
+            except BaseException:
+                warn_line(f"the restore of {target} did not finish: the device is incomplete (its first MiB "
+                          "is zeroed, so it does not look whole); run the restore again")
+                raise
+            finally:
+                os.close(fd)
+        else:
+            write_file_atomically(path, force, writer.to_file)
+        job.files, job.bytes = 1, writer.written
+    for note in job.notes:
+        warn_line(note)
+    if as_json:
+        emit_json({"point": point.id, "kind": "image", "target": target, "device": bool(device), "size": size,
+                   "bytes_written": writer.written})
+    else:
+        echo(f"Restored the image of point {point.id} ({human_bytes(size)}) to "
+             f"{'device' if device else 'file'} {target}; {human_bytes(writer.written)} written.")
+
+
+def write_file_atomically(path: bytes, force: bool, fill: Callable[[int], None]) -> None:
+    """Writes a new file through `fill(fd)` under a temporary name in its folder, then renames it
+    into place: an interrupted write leaves only a file named as incomplete."""
+    shown = display_path(path)
+    if os.path.lexists(path):
+        if os.path.isdir(path) or os.path.islink(path):
+            raise UsageError(f"{shown} is a folder or a symlink: give a file name")
+        if not force:
+            raise UsageError(f"{shown} exists: add --force to replace it")
+    folder, name = os.path.split(path)
+    if not os.path.isdir(folder):
+        raise UsageError(f"the folder of {shown} does not exist")
+    tmp = os.path.join(folder, b"." + name + b".strongroom-incomplete-" + os.urandom(4).hex().encode())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fill(fd)
+        os.fsync(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@click.command("export")
+@click.argument("point")
+@click.option("--vhd", "vhd", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Write the image as a fixed VHD (the format MARS builds its backups in).")
+@click.option("--raw", "raw", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Write the image as a raw disk image (sparse where the image has holes).")
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@from_machine_option
+@passphrase_option
+@json_option
+@click.pass_context
+def export(ctx: click.Context, point: str, vhd: Path | None, raw: Path | None, force: bool, machine: str | None,
+           passphrase_file: Path | None, as_json: bool) -> None:
+    """Write image POINT (id, unique id prefix, or "latest") to a file: --vhd or --raw."""
+    if (vhd is None) == (raw is None):
+        raise UsageError("give one of --vhd FILE or --raw FILE")
+    agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    opened = PointBook(agent, vault, key, machine).find(point)
+    entry = image_entry(reader, opened.manifest)
+    writer = ImageWriter(reader, entry)
+    out = vhd or raw
+    assert out is not None
+    size = entry["s"]
+
+    def fill(fd: int) -> None:
+        writer.to_file(fd)
+        if vhd is not None:
+            padded = vhd_size(size)
+            os.ftruncate(fd, padded)
+            os.pwrite(fd, vhd_footer(padded), padded)
+
+    source = machine if machine and machine != vault.machine else None
+    with (agent.lock(), recorded_job(vault, key, agent.job_marker, "restore", source) as job,
+          progress_bar(not as_json and err_console.is_terminal, "Exporting", size, lambda: writer.written)):
+        job.point_id = opened.id
+        write_file_atomically(os.fsencode(os.path.abspath(out)), force, fill)
+        job.files, job.bytes = 1, writer.written
+    fmt = "vhd" if vhd is not None else "raw"
+    if as_json:
+        emit_json({"point": opened.id, "format": fmt, "file": str(out.absolute()), "size": size,
+                   "bytes_written": writer.written})
+    else:
+        echo(f"Exported the image of point {opened.id} ({human_bytes(size)}) as {fmt} to {out.absolute()}.")
 
 
 def add_to(cli: click.Group) -> None:
-    """Commands of their own (export, system-state) come here."""
+    cli.add_command(export)

@@ -20,6 +20,7 @@ from strongroom.cli import (
     browse_cmds,
     check_cmd,
     jobs_cmds,
+    kinds_cmds,
     policy_cmds,
     register_cmd,
     restore_cmd,
@@ -65,7 +66,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 for module in (vault_cmds, seed_cmd, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
-               policy_cmds, agent_cmds):
+               policy_cmds, agent_cmds, kinds_cmds):
     module.add_to(cli)
 
 
