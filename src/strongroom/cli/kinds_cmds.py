@@ -9,7 +9,9 @@ logic stays in agent/volume.py, agent/system_state.py and agent/image.py.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,14 @@ from strongroom.agent.jobrun import own_folders, prepare_backup, recorded_job
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.vhd import vhd_footer, vhd_size
 from strongroom.agent.reader import BlobReader
+from strongroom.agent.system_state import (
+    INDEX,
+    STATE_DIR,
+    SystemStateBackup,
+    apply_commands,
+    real_sources,
+    restore_md,
+)
 from strongroom.agent.volume import VolumeInfo, check_volume, make_volume_backup, mount_at
 from strongroom.cli.common import (
     echo,
@@ -37,7 +47,7 @@ from strongroom.cli.common import (
     warn_line,
 )
 from strongroom.crypto import MasterKey
-from strongroom.errors import UsageError
+from strongroom.errors import StrongroomError, UsageError
 from strongroom.model import display_path
 from strongroom.vault.interface import Vault
 
@@ -79,6 +89,11 @@ def prepare_kind_backup(agent: AgentHome, vault: Vault, key: MasterKey, kind: st
         assert volume is not None
         mount, info = check_volume(os.fsencode(volume), allow_tmpfs)
         return make_volume_backup(prepare_backup(agent, vault, key, [info.mount], excludes), mount, info)
+    if kind == "system-state":
+        run = SystemStateBackup(vault, key, real_sources(), excludes, own_folders(agent, vault), agent.cache,
+                                book=PointBook(agent, vault, key))
+        run.prepare(agent.cache / "system-state-stage" / STATE_DIR.decode())
+        return run
     if kind == "image":
         assert image is not None
         if excludes:
@@ -94,6 +109,9 @@ def kind_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     if "volume" in manifest:
         out["volume"] = VolumeInfo.shown(manifest["volume"])
         out["not_crossed"] = [display_path(p) for p in manifest.get("not_crossed", ())]
+    if "system_state" in manifest:
+        ss = manifest["system_state"]
+        out["system_state"] = {"dir": display_path(ss["dir"]), "real_sources": [display_path(p) for p in ss["real_sources"]]}
     if "image" in manifest:
         out["image"] = {**manifest["image"], "source": display_path(manifest["image"]["source"])}
     return out
@@ -150,6 +168,10 @@ def restore_paths(manifest: dict[str, Any], paths: list[bytes], volume: Path | N
     kind = manifest["kind"]
     if kind == "image":
         raise UsageError("this is an image point: restore it with --image --target DEVICE|FILE, or export it")
+    if kind == "system-state" and not paths and volume is None:
+        # to a folder: the generated pieces too; in place, only the real files (never /system-state)
+        real = list(manifest["sources"])
+        return real if target == "original" else real + [manifest["system_state"]["dir"]]
     if volume is None:
         return paths
     if kind != "volume":
@@ -172,9 +194,18 @@ def restore_paths(manifest: dict[str, Any], paths: list[bytes], volume: Path | N
     return out or [recorded]
 
 
-def after_restore(manifest: dict[str, Any], root: bytes, target: str) -> dict[str, Any]:
-    """What a restore of this kind adds once its files are in place (JSON fields)."""
-    return {}
+def after_restore(manifest: dict[str, Any], root: bytes, target: str, point_id: str) -> dict[str, Any]:
+    """What a restore of this kind adds once its files are in place (JSON fields): a system
+    state restored to a folder gets its RESTORE.md."""
+    if manifest["kind"] != "system-state" or target == "original":
+        return {}
+    folder = Path(os.fsdecode(root))
+    if not (folder / STATE_DIR.decode() / INDEX).is_file():
+        return {}  # only some files were restored
+    guide = folder / "RESTORE.md"
+    text = restore_md(folder, point_id).encode()
+    write_file_atomically(os.fsencode(guide), True, lambda fd: _write_all(fd, text))
+    return {"restore_md": str(guide)}
 
 
 def restore_image(ctx: click.Context, agent: AgentHome, vault: Vault, key: MasterKey, reader: BlobReader,
@@ -248,6 +279,12 @@ def write_file_atomically(path: bytes, force: bool, fill: Callable[[int], None])
         os.close(dfd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 @click.command("export")
 @click.argument("point")
 @click.option("--vhd", "vhd", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
@@ -293,5 +330,44 @@ def export(ctx: click.Context, point: str, vhd: Path | None, raw: Path | None, f
         echo(f"Exported the image of point {opened.id} ({human_bytes(size)}) as {fmt} to {out.absolute()}.")
 
 
+@click.group("system-state")
+def system_state_group() -> None:
+    """A restored system state: apply its package selections and units."""
+
+
+@system_state_group.command("apply")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--dry-run", is_flag=True, help="Print the commands; run nothing.")
+@json_option
+def apply_cmd(folder: Path, dry_run: bool, as_json: bool) -> None:
+    """Reinstall the package selections and re-enable the units of the system state restored
+    to FOLDER (by `strongroom restore POINT --target FOLDER`)."""
+    commands = apply_commands(folder.absolute())
+    ran = []
+    for c in commands:
+        shown = " ".join(shlex.quote(a) for a in c["argv"]) + (f" < {shlex.quote(c['stdin'])}" if c["stdin"] else "")
+        if dry_run:
+            if not as_json:
+                echo(shown)
+            continue
+        if not as_json:
+            echo(f"Running: {shown}")
+        stdin = open(c["stdin"], "rb") if c["stdin"] else subprocess.DEVNULL
+        try:
+            res = subprocess.run(c["argv"], stdin=stdin, check=False)
+        finally:
+            if c["stdin"]:
+                stdin.close()
+        ran.append({**c, "exit": res.returncode})
+        if res.returncode != 0:
+            raise StrongroomError(f"{c['what']}: {c['argv'][0]} exited {res.returncode}; the commands after it "
+                                  "were not run")
+    if as_json:
+        emit_json({"folder": str(folder.absolute()), "dry_run": dry_run, "commands": commands, "ran": ran})
+    elif not commands:
+        echo("Nothing to apply: the restored system state lists no packages or units.")
+
+
 def add_to(cli: click.Group) -> None:
     cli.add_command(export)
+    cli.add_command(system_state_group)

@@ -78,7 +78,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
         os.close(root_fd)
     for note in job.notes:
         warn_line(note)
-    extra = kinds_cmds.after_restore(manifest, root, target)
+    extra = kinds_cmds.after_restore(manifest, root, target, record.id)
     if as_json:
         emit_json({"point": record.id, "kind": manifest["kind"], "target": target, **extra, "files_restored": result.files_restored,
                    "files_skipped": result.files_skipped, "files_copied": result.files_copied,
