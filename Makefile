@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup bench bench-scale
+.PHONY: demo test setup bench bench-scale bench-image
 
 $(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
 	bash scripts/system-packages.sh
@@ -27,3 +27,7 @@ bench: setup
 # Issue 8's scale figures (agent at 200 k and 2 M files, vault at 2 M and 20 M blob rows): bench/README.md
 bench-scale: setup
 	$(BIN)/python bench/scale.py
+
+# Issue 12's image figures (image backup, increment after a mutation, restore, VHD export; root)
+bench-image: setup
+	$(BIN)/python bench/image.py

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strongroom.agent.backup import Backup, _PendingDir
+from strongroom.agent.backup import Backup, BackupResult, _PendingDir
 from strongroom.agent.fsmeta import DIR_FLAGS
 from strongroom.errors import UsageError
 from strongroom.fsutil import write_private
@@ -198,12 +198,16 @@ class SystemStateBackup(Backup):
     def prepare(self, stage: Path) -> None:
         self.kind = "system-state"
         self.stage = stage
-        index, warnings = generate(stage)
+        self.manifest_extra = {"system_state": {"version": INDEX_VERSION, "real_sources": self.sources,
+                                                "dir": b"/" + STATE_DIR}}
+
+    def run(self) -> BackupResult:
+        # generated here, under the agent's lock (the stage folder is one per agent home)
+        index, warnings = generate(self.stage)
         self.warnings.extend(warnings)
         self.stats_extra.update({"pieces": sum(p["status"] == "ok" for p in index["pieces"]),
                                  "pieces_skipped": sum(p["status"] != "ok" for p in index["pieces"])})
-        self.manifest_extra = {"system_state": {"version": INDEX_VERSION, "real_sources": self.sources,
-                                                "dir": b"/" + STATE_DIR}}
+        return super().run()
 
     def _build_root(self, parent_root: bytes | None) -> _PendingDir:
         # The pieces first: their folders queue before the root's, so they are finished first.

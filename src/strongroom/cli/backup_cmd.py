@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
+from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.seed import WAITING, prepare_seed
 from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
@@ -53,7 +54,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
     sources = [os.fsencode(p) for p in paths]
     if kind != "files":
-        run = kinds_cmds.prepare_kind_backup(agent, vault, key, kind, list(excludes), volume, allow_tmpfs, image)
+        run = prepare_kind_backup(agent, vault, key, kind, list(excludes), volume, allow_tmpfs, image)
     elif offline_seed is not None:
         run = prepare_seed(agent, vault, key, sources, list(excludes), offline_seed)
     else:

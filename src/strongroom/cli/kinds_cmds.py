@@ -20,20 +20,14 @@ import click
 
 from strongroom.agent.backup import Backup
 from strongroom.agent.home import AgentHome
-from strongroom.agent.image import ImageBackup, ImageWriter, check_device_target, image_entry
-from strongroom.agent.jobrun import own_folders, prepare_backup, recorded_job
+from strongroom.agent.image import ImageWriter, check_device_target, image_entry
+from strongroom.agent.jobrun import recorded_job
+from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.vhd import vhd_footer, vhd_size
 from strongroom.agent.reader import BlobReader
-from strongroom.agent.system_state import (
-    INDEX,
-    STATE_DIR,
-    SystemStateBackup,
-    apply_commands,
-    real_sources,
-    restore_md,
-)
-from strongroom.agent.volume import VolumeInfo, check_volume, make_volume_backup, mount_at
+from strongroom.agent.system_state import INDEX, STATE_DIR, apply_commands, restore_md
+from strongroom.agent.volume import VolumeInfo, mount_at
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -82,27 +76,6 @@ def chosen_kind(paths: tuple[Path, ...], volume: Path | None, system_state: bool
     return asked[0] if asked else "files"
 
 
-def prepare_kind_backup(agent: AgentHome, vault: Vault, key: MasterKey, kind: str, excludes: list[str],
-                        volume: Path | None, allow_tmpfs: bool, image: Path | None) -> Backup:
-    """A prepared backup of a kind other than files."""
-    if kind == "volume":
-        assert volume is not None
-        mount, info = check_volume(os.fsencode(volume), allow_tmpfs)
-        return make_volume_backup(prepare_backup(agent, vault, key, [info.mount], excludes), mount, info)
-    if kind == "system-state":
-        run = SystemStateBackup(vault, key, real_sources(), excludes, own_folders(agent, vault), agent.cache,
-                                book=PointBook(agent, vault, key))
-        run.prepare(agent.cache / "system-state-stage" / STATE_DIR.decode())
-        return run
-    if kind == "image":
-        assert image is not None
-        if excludes:
-            raise UsageError("--exclude does not apply to an image")
-        return ImageBackup(vault, key, [os.fsencode(image)], [], own_folders(agent, vault), agent.cache,
-                           book=PointBook(agent, vault, key))
-    raise UsageError(f"unknown kind {kind}")
-
-
 def kind_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     """A point's kind-specific fields, for JSON (points, backup)."""
     out: dict[str, Any] = {}
@@ -115,6 +88,22 @@ def kind_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     if "image" in manifest:
         out["image"] = {**manifest["image"], "source": display_path(manifest["image"]["source"])}
     return out
+
+
+def add_point_kinds(vault: Vault, jobs: list[dict[str, Any]]) -> None:
+    """Sets each job's `point_kind`: the kind of the point it made or restored, from the vault's
+    plaintext list of points (null when the point is gone or not the vault's to show here)."""
+    kinds: dict[str, str] = {}
+    def owner(job: dict[str, Any]) -> str:
+        return job.get("source_machine") or job["machine"]  # a restore from another machine: its point
+
+    for machine in {owner(j) for j in jobs if j.get("point_id")}:
+        try:
+            kinds.update({p.id: p.kind for p in vault.points(None if machine == vault.machine else machine)})
+        except StrongroomError:
+            continue
+    for j in jobs:
+        j["point_kind"] = kinds.get(j.get("point_id") or "")
 
 
 def kind_cell(row: dict[str, Any]) -> str:
