@@ -162,3 +162,52 @@ def test_image_refusals(registered, devices, tmp_path):  # noqa: F811
     # a replaced file with --force: whole, and nothing named as incomplete left behind
     registered.run("restore", image_point, "--image", "--target", img, "--force")
     assert [p.name for p in tmp_path.iterdir() if "incomplete" in p.name] == []
+
+
+def _kill_once_written(sr, args: list, nbytes: int) -> None:
+    """Runs `strongroom ARGS` and SIGKILLs it once it has written `nbytes` (its wchar)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(sr.cmd + [str(a) for a in args], env=sr.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            io = dict(line.split(": ") for line in Path(f"/proc/{proc.pid}/io").read_text().splitlines())
+        except (OSError, ValueError):
+            io = {}
+        if int(io.get("wchar", 0)) >= nbytes:
+            break
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.skip("the restore finished before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_an_interrupted_restore_never_looks_whole(registered, devices, tmp_path):  # noqa: F811
+    need("mkfs.ext4", "losetup", "blkid")
+    img = devices.image(tmp_path / "src.img", 160, "ext4")
+    mnt = devices.mount(devices.loop(img), tmp_path / "src-mnt")
+    (mnt / "random.bin").write_bytes(os.urandom(120 * MiB))
+    devices.unmount(mnt)
+    registered.backup("--image", img)
+
+    target_img = devices.image(tmp_path / "target.img", 160, "ext4", label="oldfs")
+    target = devices.loop(target_img)
+    assert run("blkid", "-o", "value", "-s", "LABEL", target).stdout.strip() == "oldfs"
+    _kill_once_written(registered, ["restore", "latest", "--image", "--target", target, "--force"], 60 * MiB)
+    with open(target, "rb") as f:
+        assert f.read(MiB) == bytes(MiB)  # no signature: blkid finds no filesystem
+    assert run("blkid", "-p", target, check=False).returncode == 2
+    registered.run("restore", "latest", "--image", "--target", target, "--force")
+    fsck("ext4", target)
+    with open(target, "rb") as f:
+        assert f.read(160 * MiB) == img.read_bytes()
+
+    out = tmp_path / "out.img"
+    _kill_once_written(registered, ["restore", "latest", "--image", "--target", out], 60 * MiB)
+    assert not out.exists()
+    assert [p.name.startswith(".out.img.strongroom-incomplete-") for p in tmp_path.iterdir()
+            if "incomplete" in p.name] == [True]

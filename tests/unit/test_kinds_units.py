@@ -116,3 +116,22 @@ def test_refusals_name_the_reason():
     assert "read-only" in refusal(mount("ext4", options=("ro",)), False)
     assert "read-only media" in refusal(mount("iso9660"), False)
     assert refusal(mount("ext4"), False) is None and refusal(mount("btrfs"), False) is None
+
+
+def test_a_source_that_ends_early_is_an_error(tmp_path):
+    # what a detached device or a truncated image file looks like to the reader: reads return 0
+    import pytest
+
+    from strongroom.errors import StrongroomError
+
+    path = tmp_path / "short"
+    path.write_bytes(b"\1" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = ZeroSkippingReader(fd, [[0, 5000]], 5000, lambda n: None)
+        buf = memoryview(bytearray(10_000))
+        with pytest.raises(StrongroomError, match="ended at byte 1000 of 5000"):
+            while reader.readinto(buf):
+                pass
+    finally:
+        os.close(fd)

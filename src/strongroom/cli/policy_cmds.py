@@ -140,8 +140,9 @@ def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool)
 def _paths(doc: dict) -> str:
     state = "; system state" if doc.get("system_state") else ""
     if doc["includes"] is None:
-        return (f"{doc['include_count']} path(s), {doc['exclude_count']} exclusion(s), "
-                f"{doc.get('volume_count', 0)} volume(s){state} (sealed: give the passphrase to see them)")
+        volumes = f", {doc['volume_count']} volume(s)" if doc.get("volume_count") else ""
+        return (f"{doc['include_count']} path(s), {doc['exclude_count']} exclusion(s){volumes}{state} "
+                "(sealed: give the passphrase to see them)")
     files = ", ".join(doc["includes"]) + (f" (except {', '.join(doc['excludes'])})" if doc["excludes"] else "")
     volumes = "; volumes " + ", ".join(doc["volumes"]) if doc.get("volumes") else ""
     return (files or "no files") + volumes + state
