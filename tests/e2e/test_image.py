@@ -159,6 +159,15 @@ def test_image_refusals(registered, devices, tmp_path):  # noqa: F811
                                             check=False), 2, saying(str(fake_dev), "is not a block device"))
     finally:
         fake_dev.unlink(missing_ok=True)
+    (tmp_path / "target-link").symlink_to(tmp_path / "elsewhere.img")
+    assert_clean_failure(registered.run("restore", image_point, "--image", "--target", tmp_path / "target-link",
+                                        check=False), 2, saying("target-link is a symlink", "elsewhere.img"))
+    assert not (tmp_path / "elsewhere.img").exists()
+    # a full disk: one line, and nothing left behind
+    full = devices.mount("tmpfs", tmp_path / "full", "size=256k", fstype="tmpfs")
+    res = registered.run("export", image_point, "--raw", full / "out.raw", check=False)
+    assert_clean_failure(res, 1, saying("the disk is full"))
+    assert list(full.iterdir()) == []
     # a replaced file with --force: whole, and nothing named as incomplete left behind
     registered.run("restore", image_point, "--image", "--target", img, "--force")
     assert [p.name for p in tmp_path.iterdir() if "incomplete" in p.name] == []

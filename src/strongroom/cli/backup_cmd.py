@@ -85,8 +85,12 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     else:
         echo(f"Recovery point {result.point.id} created ({result.point.kind}, {result.point.mode} mode).")
         kinds_cmds.echo_summary(run.manifest_extra)
-        echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
-             f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
+        if result.point.kind == "image":
+            echo(f"Data: {human_bytes(s['image_data_bytes'])} in {s['image_extents']} extent(s); "
+                 "holes and zero runs not stored.")
+        else:
+            echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
+                 f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
              f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
     exit_if_incomplete(ctx, warnings, as_json, "were not backed up as they were")

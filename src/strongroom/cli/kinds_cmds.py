@@ -206,7 +206,11 @@ def restore_image(ctx: click.Context, agent: AgentHome, vault: Vault, key: Maste
     entry = image_entry(reader, point.manifest)
     size = entry["s"]
     path = os.fsencode(os.path.abspath(target))
-    device = os.path.lexists(path) and not os.path.isdir(path) and stat.S_ISBLK(os.lstat(path).st_mode)
+    st = os.lstat(path) if os.path.lexists(path) else None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{target} is a symlink: give the device or file it points to "
+                         f"({display_path(os.path.realpath(path))})")
+    device = st is not None and stat.S_ISBLK(st.st_mode)
     if path.startswith(b"/dev/") and not device:
         raise UsageError(f"{target} is not a block device (a file under /dev is refused: a mistyped device name)")
     writer = ImageWriter(reader, entry)
