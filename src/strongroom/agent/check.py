@@ -13,7 +13,7 @@ affects are found by a second walk, which runs only when there is damage.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ class CheckReport:
     packs_checked: int = 0
     blobs_checked: int = 0
     points_checked: int = 0
+    packs_total: int = 0  # this machine's packs; packs_checked of them were read
     errors: list[dict[str, Any]] = field(default_factory=list)
     orphan_packs: list[str] = field(default_factory=list)  # not errors: see VaultService
 
@@ -59,8 +60,10 @@ def _absent(reader: BlobReader, ids: list[bytes]) -> set[bytes]:
     return {i for i in ids if i not in found}
 
 
-def check(reader: BlobReader, points: list[OpenedPoint], read_data: bool) -> CheckReport:
-    """`points`: this machine's, already checked against their seals and this home's record."""
+def check(reader: BlobReader, points: list[OpenedPoint], read_data: bool,
+          subset: Callable[[list[str]], list[str]] | None = None) -> CheckReport:
+    """`points`: this machine's, already checked against their seals and this home's record.
+    `subset` chooses which of the machine's packs --read-data reads (all without it)."""
     vault = reader.vault
     report = CheckReport(errors=list(vault.check_structure()), orphan_packs=vault.orphan_packs())
     report.points_checked = len(points)
@@ -79,7 +82,7 @@ def check(reader: BlobReader, points: list[OpenedPoint], read_data: bool) -> Che
         bad_blobs[len(errors)] = missing
         errors.append({"error": f"{len(missing)} blobs are missing from the vault"})
     if read_data:
-        _read_packs(reader, report, errors, bad_blobs, bad_packs)
+        _read_packs(reader, report, errors, bad_blobs, bad_packs, subset)
     if bad_blobs or bad_packs:
         _name_files(reader, points, errors, bad_blobs, bad_packs)
     report.errors += errors
@@ -87,8 +90,11 @@ def check(reader: BlobReader, points: list[OpenedPoint], read_data: bool) -> Che
 
 
 def _read_packs(reader: BlobReader, report: CheckReport, errors: list[dict[str, Any]],
-                bad_blobs: dict[int, set[bytes]], bad_packs: dict[int, str]) -> None:
-    for name in reader.vault.pack_names():
+                bad_blobs: dict[int, set[bytes]], bad_packs: dict[int, str],
+                subset: Callable[[list[str]], list[str]] | None) -> None:
+    names = sorted(reader.vault.pack_names())
+    report.packs_total = len(names)
+    for name in subset(names) if subset else names:
         report.packs_checked += 1
         try:
             data = reader.vault.read_pack(name)

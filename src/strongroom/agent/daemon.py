@@ -19,10 +19,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from strongroom.agent.backup import Backup
+from strongroom.agent.cachedir import space_note
 from strongroom.agent.home import AgentHome
 from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.agent.schedule import missed, next_run
+from strongroom.agent.selection import Selection, SelectionRules
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError
 from strongroom.fsutil import write_private
@@ -88,7 +90,8 @@ class Daemon:
         """One run of the schedule: a point of each kind the policy protects (kinds.py)."""
         if policy.includes:
             self._backup_one("files", lambda: prepare_backup(
-                self.agent, self.vault, self.key, [os.fsencode(p) for p in policy.includes], list(policy.excludes)))
+                self.agent, self.vault, self.key, [os.fsencode(p) for p in policy.includes], list(policy.excludes),
+                Selection(SelectionRules.from_doc(policy.selection))))
         for volume in policy.volumes:
             self._backup_one(f"volume {volume}", lambda v=volume: prepare_kind_backup(
                 self.agent, self.vault, self.key, "volume", list(policy.excludes), Path(v), False, None))
@@ -99,6 +102,8 @@ class Daemon:
     def _backup_one(self, what: str, prepare: Callable[[], Backup]) -> None:
         started = time.monotonic()
         try:
+            if short := space_note(self.agent.cache):
+                log.warning("%s", short)
             run = prepare()
             result, warnings, notes = run_backup_job(self.agent, self.vault, run)
         except StrongroomError as exc:  # recorded as a failed job; the schedule goes on

@@ -146,8 +146,8 @@ class ImageBackup(Backup):
         self.kind = "image"
         self.image_path = self.sources[0]
         self.image_fd, self.image_stat, self.image_size = open_source(self.image_path)
-        self.manifest_extra = {"image": {"source": self.image_path, "size": self.image_size,
-                                         "device": stat.S_ISBLK(self.image_stat.st_mode)}}
+        self.manifest_extra["image"] = {"source": self.image_path, "size": self.image_size,
+                                        "device": stat.S_ISBLK(self.image_stat.st_mode)}
 
     def _scan_entry(self, dfd: int, full: bytes, name: bytes, parent: dict[bytes, Entry]) -> Any:
         if full != self.image_path:
@@ -155,6 +155,11 @@ class ImageBackup(Backup):
         return self._read_image(name)
 
     def _read_image(self, name: bytes) -> Entry:
+        where = self.view.translate(self.image_path) if self.view is not None else self.image_path
+        if where != self.image_path:  # an image file on btrfs: read from the snapshot (agent/snapshot.py)
+            os.close(self.image_fd)
+            self.image_fd, self.image_stat, self.image_size = open_source(where)
+            self.manifest_extra["image"]["size"] = self.image_size
         fd, size = self.image_fd, self.image_size
         is_file = stat.S_ISREG(self.image_stat.st_mode)
         holes = data_extents(fd, size) if is_file else [[0, size]]

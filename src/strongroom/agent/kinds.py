@@ -9,10 +9,10 @@ from pathlib import Path
 from strongroom.agent.backup import Backup
 from strongroom.agent.home import AgentHome
 from strongroom.agent.image import ImageBackup
-from strongroom.agent.jobrun import own_folders, prepare_backup
+from strongroom.agent.jobrun import own_folders
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.system_state import STATE_DIR, SystemStateBackup, real_sources
-from strongroom.agent.volume import check_volume, make_volume_backup
+from strongroom.agent.volume import VolumeBackup, check_volume
 from strongroom.crypto import MasterKey
 from strongroom.errors import UsageError
 from strongroom.vault.interface import Vault
@@ -24,7 +24,10 @@ def prepare_kind_backup(agent: AgentHome, vault: Vault, key: MasterKey, kind: st
     if kind == "volume":
         assert volume is not None
         mount, info = check_volume(os.fsencode(volume), allow_tmpfs)
-        return make_volume_backup(prepare_backup(agent, vault, key, [info.mount], excludes), mount, info)
+        run = VolumeBackup(vault, key, [info.mount], excludes, own_folders(agent, vault), agent.cache,
+                           book=PointBook(agent, vault, key))
+        run.set_volume(mount, info)
+        return run
     if kind == "system-state":
         run = SystemStateBackup(vault, key, real_sources(), excludes, own_folders(agent, vault), agent.cache,
                                 book=PointBook(agent, vault, key))

@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -92,10 +92,14 @@ def copy_name(name: bytes, created_ns: int, n: int) -> bytes:
 
 
 class Restore:
-    def __init__(self, reader: BlobReader, created_ns: int, conflict: str) -> None:
+    def __init__(self, reader: BlobReader, created_ns: int, conflict: str,
+                 keep: Callable[[bytes, Entry], bool] | None = None, record_written: bool = False) -> None:
         if conflict not in CONFLICTS:
             raise UsageError(f"--conflict must be one of {', '.join(CONFLICTS)}")
         self.reader, self.created_ns, self.conflict = reader, created_ns, conflict
+        self.keep = keep  # (folder path, entry) -> restored? (restore --include/--exclude)
+        # (path as written, entry) of each non-folder written, for restore --verify
+        self.written: list[tuple[bytes, Entry]] | None = [] if record_written else None
         self.result = RestoreResult()
         # hardlink group -> where its first file went, and its (st_dev, st_ino)
         self.links: dict[tuple[int, int], tuple[bytes, tuple[int, int]]] = {}
@@ -198,6 +202,8 @@ class Restore:
 
     def _restore_children(self, fd: int, path: bytes, tree_id: bytes) -> None:
         children = self.reader.tree(tree_id)
+        if self.keep is not None:
+            children = [e for e in children if self.keep(path, e)]
         subtrees = [e["tree"] for e in children if e["t"] == DIR and "tree" in e]
         self.reader.locate(subtrees + [c for e in children for c in e.get("c", ())])
         # Small files are written inline: fetch their content ahead, a window at a time;
@@ -265,6 +271,7 @@ class Restore:
             if tmp:
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
             self._count(final != name, 0)
+            self._note_written(path, final, entry)
             if refused:
                 self._error(path, "attributes not restored: " + "; ".join(refused))
         except (OSError, StrongroomError) as exc:
@@ -335,9 +342,14 @@ class Restore:
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
             if inode is not None:
                 self.links.setdefault(tuple(entry["h"]), (self._where(dfd, final), inode))
+            self._note_written(path, final, entry)
             return final != entry["n"], written
         finally:
             os.close(dfd)
+
+    def _note_written(self, path: bytes, final: bytes, entry: Entry) -> None:
+        if self.written is not None:  # list.append is atomic: writer threads share it
+            self.written.append((path.rpartition(b"/")[0] + b"/" + final, entry))
 
     @staticmethod
     def _where(dfd: int, name: bytes) -> bytes:

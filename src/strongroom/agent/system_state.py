@@ -198,8 +198,8 @@ class SystemStateBackup(Backup):
     def prepare(self, stage: Path) -> None:
         self.kind = "system-state"
         self.stage = stage
-        self.manifest_extra = {"system_state": {"version": INDEX_VERSION, "real_sources": self.sources,
-                                                "dir": b"/" + STATE_DIR}}
+        self.manifest_extra["system_state"] = {"version": INDEX_VERSION, "real_sources": self.sources,
+                                               "dir": b"/" + STATE_DIR}
 
     def run(self) -> BackupResult:
         # generated here, under the agent's lock (the stage folder is one per agent home)

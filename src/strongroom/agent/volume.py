@@ -16,9 +16,9 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from strongroom.agent.backup import Backup
+from strongroom.agent.backup import Backup, _dir_entry
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.model import display_path
+from strongroom.model import Entry, display_path
 
 NETWORK = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "9p", "ceph", "glusterfs", "afs", "coda",
            "davfs", "ocfs2", "gfs2", "lustre", "beegfs", "orangefs", "sshfs", "virtiofs"}
@@ -151,19 +151,36 @@ def check_volume(path: bytes, allow_tmpfs: bool) -> tuple[Mount, VolumeInfo]:
     return m, info
 
 
-def make_volume_backup(backup: Backup, mount: Mount, info: VolumeInfo) -> Backup:
-    """Turns a prepared files backup of the mount point into a volume backup."""
-    backup.kind = "volume"
-    backup.one_device = mount.device
-    backup.manifest_extra = {"volume": info.doc(), "not_crossed": backup.not_crossed}
+class VolumeBackup(Backup):
+    """A backup of one filesystem: directories of another device are not entered. The device
+    is the source's as the walk reads it (its snapshot's, when agent/snapshot.py took one); in a
+    snapshot, a nested mount shows as the folder under it, which the view marks."""
 
-    def check() -> None:
-        still_mounted(mount)
-        backup.stats_extra["mounts_not_crossed"] = len(backup.not_crossed)
-        if remounted_read_only(mount):
-            backup.warnings.append((mount.mount_point, "the volume was remounted read-only during the backup"))
-    backup.before_point.append(check)
-    return backup
+    def set_volume(self, mount: Mount, info: VolumeInfo) -> None:
+        self.kind = "volume"
+        self.mount = mount
+        self.device = mount.device
+        self.not_crossed: list[bytes] = []
+        self.manifest_extra.update({"volume": info.doc(), "not_crossed": self.not_crossed})
+        self.before_point.append(self._check_still_mounted)
+
+    def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+        if full in self.sources:
+            self.device = st.st_dev
+        elif st.st_dev != self.device or (self.view is not None and self.view.live_instead(full, st)):
+            # Another filesystem mounted inside the volume: its mount point is kept as an empty
+            # folder (as rsync -x does), so a restore has it to mount on.
+            self.not_crossed.append(full)
+            sub = self._queue([], None)
+            sub.entry = _dir_entry(name, st)
+            return sub
+        return super()._scan_subdir(dfd, full, name, st, prev)
+
+    def _check_still_mounted(self) -> None:
+        still_mounted(self.mount)
+        self.stats_extra["mounts_not_crossed"] = len(self.not_crossed)
+        if remounted_read_only(self.mount):
+            self.warnings.append((self.mount.mount_point, "the volume was remounted read-only during the backup"))
 
 
 def still_mounted(mount: Mount) -> None:

@@ -18,6 +18,9 @@ from typing import Any
 
 import click
 
+from strongroom.cli.backup_more import Extras, parse_tags
+from strongroom.cli.selection_opts import Chosen
+
 from strongroom.agent.backup import Backup
 from strongroom.agent.home import AgentHome
 from strongroom.agent.image import ImageWriter, check_device_target, image_entry
@@ -74,6 +77,20 @@ def chosen_kind(paths: tuple[Path, ...], volume: Path | None, system_state: bool
     if not asked and not paths:
         raise UsageError("give PATHS to back up, or --volume, --system-state or --image")
     return asked[0] if asked else "files"
+
+
+def kind_extras(kind: str, more: dict[str, Any], picked: Chosen, offline_seed: Path | None) -> Extras:
+    """The further `backup` options a point of another kind takes: --tag, --verbose and --exclude
+    (volume and system-state); the rest is refused in one line."""
+    if offline_seed is not None:
+        raise UsageError(f"--offline-seed takes files only, not --{kind}")
+    if more["stdin_name"] is not None or more["stdin_from_command"]:
+        raise UsageError(f"--stdin makes a files point: run it apart from --{kind}")
+    if more["dry_run"]:
+        raise UsageError(f"--dry-run applies to files; --{kind} has no dry run")
+    if picked.rules or picked.listed or picked.missing:
+        raise UsageError(f"of the selection options, --{kind} takes --exclude and --exclude-from only")
+    return Extras(verbose=more["verbose"], tags=parse_tags(more["tags"]))
 
 
 def kind_fields(manifest: dict[str, Any]) -> dict[str, Any]:
