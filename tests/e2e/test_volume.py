@@ -158,3 +158,27 @@ def test_restore_volume_checks_the_point(registered, ext4_volume, tmp_path):
                                         check=False), 2, saying("mounted at", str(mnt), "not", str(folder)))
     assert_clean_failure(registered.run("restore", volume_point, "/etc", "--volume", mnt, "--target",
                                         tmp_path / "o", check=False), 2, saying("/etc is not on the volume"))
+
+
+def test_btrfs_volume_is_read_from_a_snapshot_and_stays_on_it(registered, devices, tmp_path):  # noqa: F811
+    need("mkfs.btrfs", "losetup", "btrfs")
+    img = devices.image(tmp_path / "b.img", 128, "btrfs", label="srbtrfs")
+    mnt = devices.mount(devices.loop(img), tmp_path / "bvol")
+    fill(mnt)
+    run("btrfs", "subvolume", "create", mnt / "sub")
+    (mnt / "sub" / "in-a-subvolume.txt").write_text("a nested subvolume has a device of its own")
+    nested = devices.mount("tmpfs", mnt / "nested", "size=1m", fstype="tmpfs")
+    (nested / "not-on-the-volume.txt").write_text("x")
+    res = registered.backup("--volume", mnt)
+    assert res["kind"] == "volume" and res["snapshot"] == "btrfs" and res["volume"]["fstype"] == "btrfs"
+    assert sorted(res["not_crossed"]) == sorted([str(mnt / "nested"), str(mnt / "sub")])
+    listed = {r["path"] for r in registered.json("ls", "latest")}
+    assert str(mnt / "big.bin") in listed and str(nested / "not-on-the-volume.txt") not in listed
+    assert not any(".strongroom-snapshots" in p for p in listed)
+    out = tmp_path / "out"
+    registered.restore("latest", "--volume", mnt, target=out)
+    got = under(out, mnt)
+    for name in ("dir0", "dir3"):
+        assert_trees_equal(mnt / name, got / name)
+    assert filecmp.cmp(mnt / "big.bin", got / "big.bin", shallow=False)
+    assert list((got / "nested").iterdir()) == [] and list((got / "sub").iterdir()) == []
