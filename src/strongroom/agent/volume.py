@@ -145,9 +145,9 @@ def check_volume(path: bytes, allow_tmpfs: bool) -> tuple[Mount, VolumeInfo]:
     ids = _blkid(m.source)
     info = VolumeInfo(real, m.source, m.fstype, ids.get("UUID"), ids.get("LABEL"),
                       st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize)
-    if os.stat(real).st_dev != m.device:
-        raise StrongroomError(f"{shown}: the mount table and the filesystem disagree on its device; "
-                              "it changed while being looked at: try again")
+    again = mount_at(real)  # (btrfs shows another device number in stat than in the mount table)
+    if again is None or again.mount_id != m.mount_id:
+        raise StrongroomError(f"{shown} was mounted or unmounted while being looked at: try again")
     return m, info
 
 
