@@ -135,3 +135,16 @@ def test_a_source_that_ends_early_is_an_error(tmp_path):
                 pass
     finally:
         os.close(fd)
+
+
+def test_image_extents_from_a_hostile_point_are_refused():
+    import pytest
+
+    from strongroom.agent.image import image_extents
+    from strongroom.errors import StrongroomError
+
+    assert image_extents({"s": 100, "sp": [[0, 10], [20, 80]]}) == [(0, 10), (20, 80)]
+    assert image_extents({"s": 100}) == [(0, 100)]
+    for bad in ([[20, 10], [0, 10]], [[0, 10], [5, 10]], [[90, 20]], [[-1, 5]], [[0, -5]], [["0", 5]]):
+        with pytest.raises(StrongroomError, match="damaged"):
+            image_extents({"s": 100, "sp": bad})

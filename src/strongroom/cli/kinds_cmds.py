@@ -68,14 +68,13 @@ def backup_kind_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def chosen_kind(paths: tuple[Path, ...], volume: Path | None, system_state: bool, image: Path | None) -> str:
-    """The kind a `backup` command line asks for; exactly one kind per point."""
+    """The kind a `backup` command line asks for; exactly one kind per point (a files backup's
+    own checks, PATHS or --files-from or --stdin, are backup_more's)."""
     asked = [k for k, v in (("volume", volume), ("system-state", system_state), ("image", image)) if v]
     if len(asked) > 1:
         raise UsageError(f"--{asked[0]} and --{asked[1]} make different kinds of point: run them one at a time")
     if asked and paths:
         raise UsageError(f"--{asked[0]} takes no PATHS (a point holds one kind)")
-    if not asked and not paths:
-        raise UsageError("give PATHS to back up, or --volume, --system-state or --image")
     return asked[0] if asked else "files"
 
 
