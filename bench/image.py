@@ -10,7 +10,8 @@ filesystem; the shared corpus (make_corpus.py create, small files and large file
   1. first `strongroom backup --image /dev/loopN` (time, bytes added to the vault);
   2. `make_corpus.py mutate` on the mounted filesystem (it prints the bytes it changed);
   3. second image backup: bytes added, beside the changed data (the point of the test: it
-     must be close to the change, not to the device);
+     must be close to the change, not to the device); at the end, a volume backup of the
+     mounted filesystem beside restic's `backup --one-file-system` of it (fresh repositories);
   4. `restore --image --target FILE` and `export --vhd FILE` (time), checked equal to the
      device by `qemu-img compare`;
   peers on the same device after step 3: `dd | zstd -3` (time, compressed size) and restic
@@ -130,6 +131,16 @@ def bench_fs(fs: str, args: argparse.Namespace, corpus: str, peers: list[str]) -
             summary = [json.loads(line) for line in res.stdout.decode().splitlines() if '"summary"' in line]
             row["restic_second_s"] = took
             row["restic_second_added"] = summary[-1].get("data_added") if summary else None
+        # last, so that its reads (atime) and snapshot do not count in the image increment
+        sh("mount", dev, mnt)
+        log(f"{fs}: volume backup of {mnt}")
+        row["volume_s"], vol = env.json("backup", "--volume", mnt)
+        row["volume_added"] = vol["stats"]["bytes_added"]
+        if "restic" in peers:
+            repo = os.path.join(work, "restic-volume")
+            sh("restic", "-r", repo, "init", env=env.env)
+            row["restic_volume_s"], _ = timed("restic", "-r", repo, "backup", "--one-file-system", "--json", mnt,
+                                              env=env.env)
     finally:
         subprocess.run(["umount", mnt], capture_output=True)
         subprocess.run(["losetup", "-d", dev], capture_output=True)
@@ -155,6 +166,12 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p and (p != "restic" or shutil.which("restic"))]
     rows = [bench_fs(fs, args, corpus, peers) for fs in args.fs.split(",")]
     print(json.dumps(rows, indent=1))
+    print()
+    print("| fs | volume backup | restic backup (same folder) |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['fs']} | {r['volume_s']:.1f} s | " + (f"{r['restic_volume_s']:.1f} s |" if "restic_volume_s" in r
+                                                          else "- |"))
     print()
     print("| fs | device | used | 1st backup | 1st added | data changed | 2nd backup | 2nd added | "
           "restore | VHD export | dd\\|zstd | restic 2nd added |")
