@@ -4,6 +4,8 @@ It reads the policy from the vault before each wait and opens its sealed paths w
 machine's key (falling back on this machine's copy while the vault is unreachable or sends
 what the key does not open), runs a backup when one is due, and remembers when it last
 ran in the agent home, so that backups missed while the machine was off run once at start.
+It also keeps the change journal of the policy's sources (journal.py), restarted whenever
+they change, which lets backups run optimized.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from strongroom.agent.backup import Backup
 from strongroom.agent.cachedir import space_note
 from strongroom.agent.home import AgentHome
 from strongroom.agent.kinds import prepare_kind_backup
-from strongroom.agent.jobrun import prepare_backup, run_backup_job
+from strongroom.agent.jobrun import own_folders, prepare_backup, run_backup_job
+from strongroom.agent.journal import Keeper
 from strongroom.agent.schedule import missed, next_run
 from strongroom.agent.selection import Selection, SelectionRules
 from strongroom.crypto import MasterKey
@@ -41,6 +44,7 @@ class Daemon:
         self.vault = agent.vault()
         self.stop = stop or threading.Event()
         self.state_path = agent.path / STATE_FILE
+        self.keeper: Keeper | None = None
 
     def _last_run(self, now: datetime) -> datetime:
         try:
@@ -69,12 +73,48 @@ class Daemon:
 
     def run_forever(self) -> None:
         log.info("started for machine %s", self.vault.machine)
-        while not self.stop.is_set():
-            self.stop.wait(self.step())
+        try:
+            while not self.stop.is_set():
+                self.stop.wait(self.step())
+        finally:
+            if self.keeper is not None:
+                self.keeper.stop()
+
+    def _journal(self, policy: Policy) -> None:
+        """Keeps the change journal of the policy's sources (a new run when they change)."""
+        from strongroom.agent.backup import normalise_sources  # noqa: PLC0415 - heavy import
+        try:
+            sources = normalise_sources([os.fsencode(p) for p in policy.includes])
+        except StrongroomError as exc:
+            sources = []
+            log.warning("change journal: %s; backups run unoptimized", exc)
+        cache = self.agent.cache  # `agent cache move` may have moved it: the journal moves along
+        if self.keeper is not None and self.keeper.sources == sources and self.keeper.cache == cache:
+            return
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
+        if not sources:
+            return
+        skip = set()
+        for folder in own_folders(self.agent, self.vault):
+            try:
+                st = os.stat(folder)
+                skip.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        try:
+            self.keeper = Keeper(cache, sources, skip)
+            self.keeper.start()
+        except OSError as exc:
+            log.warning("change journal: cannot watch the sources (%s); backups run unoptimized", exc)
+            self.keeper = None
 
     def step(self) -> float:
         """Runs a backup if one is due; returns how long to wait before looking again."""
         policy = self._policy()
+        if policy is not None:
+            self._journal(policy)
         if policy is None or policy.schedule is None:
             return _LOOK_AGAIN_S
         tz = ZoneInfo(policy.timezone)

@@ -148,6 +148,7 @@ class Selection:
 
     rules: SelectionRules = field(default_factory=SelectionRules)
     sources: list[bytes] = field(default_factory=list)
+    read_at: dict[bytes, bytes] = field(default_factory=dict)  # source -> where it is read (a snapshot)
 
     def __post_init__(self) -> None:
         r = self.rules
@@ -206,7 +207,7 @@ class Selection:
         holders = [s for s in self.sources if s == b"/" or path == s or path.startswith(s + b"/")]
         src = max(holders, key=len) if holders else b"/"
         if src not in self._source_dev:
-            self._source_dev[src] = os.stat(src).st_dev
+            self._source_dev[src] = os.stat(self.read_at.get(src, src)).st_dev
         return self._source_dev[src]
 
 

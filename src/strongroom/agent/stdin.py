@@ -78,11 +78,13 @@ class StdinBackup(Backup):
 
     def _store(self, stream: IO[bytes]) -> Entry:
         ids: list[bytes] = []
+        lengths: list[int] = []
         size = 0
         for piece in chunker.chunks(self._chunker(), stream):
             blob_id = self.key.blob_id(piece)
             self.packer.add(blob_id, KIND_DATA, piece)
             ids.append(blob_id)
+            lengths.append(len(piece))
             size += len(piece)
             self.counters.read(len(piece))
         self.counters.bytes_total = size
@@ -90,6 +92,8 @@ class StdinBackup(Backup):
         uid, gid = os.geteuid(), os.getegid()
         entry: Entry = {"n": self.name, "t": FILE, "m": STDIN_MODE, "u": uid, "g": gid, "mt": now, "at": now,
                         "ct": now, "s": size, "c": ids}
+        if ids:
+            entry["cl"] = lengths  # tree format 2: a mount maps byte ranges to blobs by these
         user, group = user_name(uid), group_name(gid)
         if user is not None:
             entry["U"] = user

@@ -42,6 +42,8 @@ from strongroom.model import display_path
 @click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write this first backup to DIR (a disk to ship to the vault's site, where "
               "`strongroom vault import-seed` takes it in) instead of sending it.")
+@click.option("--unoptimized", is_flag=True,
+              help="Scan every file, whatever the change journal says (as the first backup does).")
 @selection_options
 @more_options
 @kinds_cmds.backup_kind_options
@@ -49,8 +51,9 @@ from strongroom.model import display_path
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           offline_seed: Path | None, volume: Path | None, allow_tmpfs: bool, system_state: bool,
-           image: Path | None, passphrase_file: Path | None, as_json: bool, **more: Any) -> None:
+           offline_seed: Path | None, unoptimized: bool, volume: Path | None, allow_tmpfs: bool,
+           system_state: bool, image: Path | None, passphrase_file: Path | None, as_json: bool,
+           **more: Any) -> None:
     """Back up PATHS now (on demand, outside the schedule) and record a recovery point; or, with
     --volume, --system-state or --image, a point of that kind."""
     if retain_until is not None and retain_until.date() < date.today():
@@ -75,6 +78,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     else:
         run = prepare_backup(agent, vault, key, sources, picked.excludes, selection)
     extra.apply(run, picked, as_json)
+    run.unoptimized = unoptimized
     if retain_until is not None:  # to the end of that day, local time
         run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
@@ -91,7 +95,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "kind": result.point.kind,
-                   "mode": result.point.mode, **kinds_cmds.kind_fields(run.manifest_extra),
+                   "mode": result.point.mode, "mode_reason": result.mode_reason, **kinds_cmds.kind_fields(run.manifest_extra),
                    "snapshot": run.view.kind if run.view else None, "sources": [display_path(s) for s in run.sources],
                    "tags": extra.tags, "stats": result.stats,
                    "warnings": warnings, **seed})
@@ -102,7 +106,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
         snap = f", read from a {run.view.kind} snapshot" if run.view and run.view.kind else ""
-        echo(f"Recovery point {result.point.id} created ({result.point.kind}, {result.point.mode} mode{snap}).")
+        echo(f"Recovery point {result.point.id} created ({result.point.kind}, {result.point.mode} mode: "
+             f"{result.mode_reason}{snap}).")
         kinds_cmds.echo_summary(run.manifest_extra)
         if result.point.kind == "image":
             echo(f"Data: {human_bytes(s['image_data_bytes'])} in {s['image_extents']} extent(s); "

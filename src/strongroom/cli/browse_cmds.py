@@ -53,6 +53,7 @@ def points(ctx: click.Context, deleted: bool, tags: tuple[str, ...], host: str |
         if not keep(m):
             continue
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
+                     "mode_reason": m.get("mode_reason", ""),
                      "sources": [display_path(s) for s in m["sources"]], "tags": m.get("tags", []),
                      "host": m.get("host"), "stats": p.record.stats,
                      "snapshot": m.get("snapshot"), **kinds_cmds.kind_fields(m)})  # "btrfs", "btrfs-partial", or None: read live

@@ -30,7 +30,7 @@ LEASE_SECONDS = 90
 # waiting_for_seed: a backup written to an offline seed folder, not in the vault until
 # `vault import-seed` brings it in (then completed).
 STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled", "waiting_for_seed")
-KINDS = ("backup", "restore", "prune", "import")
+KINDS = ("backup", "restore", "prune", "import", "mount")  # mount: a `strongroom mount` while it lasts
 LEASED = ("backup", "prune", "import")  # they change a machine's data: one at a time
 MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
 MAX_SEALED_FAILED = 512 * 1024  # base64 characters of the sealed list: well within a request
@@ -52,6 +52,7 @@ class JobRecord:
     failed_count: int = 0
     failed_sealed: str | None = None  # base64 of the sealed list of {path, error}, opened by the agent
     message: str = ""
+    mode_reason: str = ""  # why a backup ran optimized or unoptimized
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +112,7 @@ class JobBook:
 
     def finish(self, machine_id: int, job_id: str, status: str, mode: str = "", point_id: str | None = None,
                files: int = 0, nbytes: int = 0, failed_count: int = 0, failed_sealed: str | None = None,
-               message: str = "") -> JobRecord:
+               message: str = "", mode_reason: str = "") -> JobRecord:
         if status not in STATUSES:
             raise UsageError(f"invalid job status {status!r}")
         if failed_count < 0 or (failed_sealed is not None and len(failed_sealed) > MAX_SEALED_FAILED):
@@ -124,6 +125,7 @@ class JobBook:
             db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id, cat.jobs.c.status == "running").values(
                 status=status, ended_ns=time.time_ns(), mode=mode, point_id=point_id, files=files, bytes=nbytes,
                 failed=json.dumps({"count": failed_count, "sealed": failed_sealed}), message=message[:4000],
+                mode_reason=mode_reason[:1000],
                 lease_key=None, lease_expires=None))
         record = self.get(job_id)
         if self.archive is not None:
@@ -175,7 +177,8 @@ class JobBook:
         if isinstance(failed, list):  # recorded before lists were sealed: shown as a count only
             failed = {"count": len(failed), "sealed": None}
         return JobRecord(r.id, r.machine_name, r.kind, r.status, r.started_ns, r.ended_ns, r.source_name,
-                         r.mode, r.point_id, r.files, r.bytes, failed["count"], failed["sealed"], r.message)
+                         r.mode, r.point_id, r.files, r.bytes, failed["count"], failed["sealed"], r.message,
+                         r.mode_reason or "")
 
     def get(self, job_id: str) -> JobRecord:
         with self.engine.connect() as db:
