@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,15 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
     return [p for p in out if not any(p != q and (q == b"/" or p.startswith(q + b"/")) for q in out)]
 
 
+def parent_of_kind(points: list[OpenedPoint], kind: str, sources: list[bytes]) -> OpenedPoint | None:
+    """The parent of a new point: the newest of its kind with the same sources (a volume backup
+    must never take a files point, or another volume's, as parent). Files points fall back on
+    the newest files point: paths they share are still carried over unread."""
+    same_kind = [p for p in points if p.manifest["kind"] == kind]
+    fallback = same_kind[0] if same_kind and kind == "files" else None
+    return next((p for p in same_kind if p.manifest["sources"] == sources), fallback)
+
+
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
                  skip_dirs: list[bytes], cache: Path, *, book: PointBook, selection: Selection | None = None) -> None:
@@ -162,13 +172,17 @@ class Backup:
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
         self.hardlinks: dict[tuple[int, int], Future | Finished] = {}
         self.local = threading.local()
+        # Other kinds of point (agent/volume.py, system_state.py, image.py) set these.
+        self.kind = "files"
+        self.before_point: list[Callable[[], None]] = []  # last checks of a kind; raise to record no point
+        self.stats_extra: dict[str, Any] = {}  # plaintext figures of the kind (counts, never paths)
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(self) -> BackupResult:
         started = time.monotonic()
         points = change_base(self.book.live())  # checked: a swapped or rolled-back parent is refused here
-        parent = points[0] if points else None
+        parent = parent_of_kind(points, self.kind, self.sources)
         parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
         self.plan = optimized.plan_backup(self, parent, self.unoptimized)
@@ -217,17 +231,20 @@ class Backup:
         except BaseException:
             self.packer.abort()
             raise
+        for check in self.before_point:
+            check()
         c = self.counters
         stats = {"files_new": c.files_new, "files_changed": c.files_changed,
                  "files_unchanged": c.files_unchanged, "dirs": c.dirs, "bytes_read": c.bytes_read,
                  "bytes_total": c.bytes_total, "bytes_added": self.packer.bytes_added,
                  "blobs_added": self.packer.blobs_added, "packs_added": self.packer.packs_uploaded,
-                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings)}
+                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings),
+                 **self.stats_extra}
         # The ID is chosen here, so that the manifest is sealed to it and a retried request
         # (the answer lost) records one point.
         point_id = secrets.token_hex(8)
         manifest = self.book.new_manifest(
-            parent, kind="files", mode=self.plan.mode, mode_reason=self.plan.reason, tree=root.tree_id,
+            parent, kind=self.kind, mode=self.plan.mode, mode_reason=self.plan.reason, tree=root.tree_id,
             sources=self.sources, excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings],
             retain_until=self.retain_until_ns, snapshot=self.view.kind if self.view else None, **self.manifest_extra)
         sealed = self.book.seal(point_id, manifest)
