@@ -165,6 +165,7 @@ class Backup:
         self.skip: set[tuple[int, int]] = set()
         self._note_skips(None)
         self.view: View | None = None  # where each source is read from (a snapshot or itself)
+        self.view_warnings = 0  # how many of self.warnings the view gave (kept if the walk starts again)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
         self.reader = BlobReader(vault, key)
@@ -191,6 +192,7 @@ class Backup:
         try:
             with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
+                self.view_warnings = len(self.warnings)
                 self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
                 self.plan.read_from(self.view, self.sources)
@@ -224,7 +226,7 @@ class Backup:
                     self.refs = optimized.RefCounts(self.cache, self.reader, fresh=True,
                                                     persist=self.plan.keeps_records)
                     self.counters.__init__()  # type: ignore[misc]
-                    self.warnings.clear()
+                    del self.warnings[self.view_warnings:]  # the view's own stay: its snapshots do
                     self.hardlinks.clear()
                     root = self._walk(parent_root)
             self.packer.close()
