@@ -11,6 +11,7 @@ import click
 from click.shell_completion import get_completion_class
 
 from strongroom import __version__
+from strongroom.cli.common import emit_document
 from strongroom.errors import UsageError
 
 SHELLS = ("bash", "zsh", "fish")
@@ -36,7 +37,7 @@ def completion(ctx: click.Context, shell: str) -> None:
     shell_class = get_completion_class(shell)
     if shell_class is None:  # pragma: no cover - click knows all three
         raise UsageError(f"no completion for {shell}")
-    click.echo(shell_class(root.command, {}, "strongroom", "_STRONGROOM_COMPLETE").source())
+    emit_document(shell_class(root.command, {}, "strongroom", "_STRONGROOM_COMPLETE").source() + "\n")
 
 
 # -- the man page (roff, man(7) macros) -------------------------------------------------------------
@@ -115,7 +116,7 @@ def man(ctx: click.Context) -> None:
 
     Read it with: strongroom man | man -l -
     Install it with: strongroom man > /usr/local/share/man/man1/strongroom.1"""
-    click.echo(man_page(ctx.find_root().command), nl=False)
+    emit_document(man_page(ctx.find_root().command))
 
 
 def add_to(cli: click.Group) -> None:
