@@ -5,10 +5,10 @@
                           [--scale 0.1] [--fs ext4,btrfs] [--peers dd-zstd,restic]
 
 Needs root (loop devices, mounts). Per filesystem: a fresh image file of --size-mib with the
-filesystem; the shared corpus (make_corpus.py create, small files and large files scaled by
+filesystem; the bench corpus (bench/corpus.py create, small files and large files scaled by
 --scale) copied in; then, on the loop device:
   1. first `strongroom backup --image /dev/loopN` (time, bytes added to the vault);
-  2. `make_corpus.py mutate` on the mounted filesystem (it prints the bytes it changed);
+  2. `bench/corpus.py mutate` on the mounted filesystem (it prints the bytes it changed);
   3. second image backup: bytes added, beside the changed data (the point of the test: it
      must be close to the change, not to the device); at the end, a volume backup of the
      mounted filesystem beside restic's `backup --one-file-system` of it (fresh repositories);
@@ -31,7 +31,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAKE_CORPUS = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "corpus", "make_corpus.py"))
+MAKE_CORPUS = os.path.join(HERE, "corpus.py")  # the bench's own generator: a clean clone has no ../shared
 PASSPHRASE = "strongroom-bench-passphrase-0123456789"
 MiB = 1024 * 1024
 

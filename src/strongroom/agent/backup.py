@@ -165,6 +165,7 @@ class Backup:
         self.skip: set[tuple[int, int]] = set()
         self._note_skips(None)
         self.view: View | None = None  # where each source is read from (a snapshot or itself)
+        self.view_warnings = 0  # how many of self.warnings the view gave (kept if the walk starts again)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
         self.reader = BlobReader(vault, key)
@@ -191,6 +192,7 @@ class Backup:
         try:
             with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
+                self.view_warnings = len(self.warnings)
                 self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
                 self.plan.read_from(self.view, self.sources)
@@ -224,7 +226,7 @@ class Backup:
                     self.refs = optimized.RefCounts(self.cache, self.reader, fresh=True,
                                                     persist=self.plan.keeps_records)
                     self.counters.__init__()  # type: ignore[misc]
-                    self.warnings.clear()
+                    del self.warnings[self.view_warnings:]  # the view's own stay: its snapshots do
                     self.hardlinks.clear()
                     root = self._walk(parent_root)
             self.packer.close()
@@ -537,6 +539,11 @@ class Backup:
             return [blob_id], [len(data)], None
         os.lseek(fd, 0, os.SEEK_SET)
         stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
+        ids, lengths = self._store_stream(stream)
+        return ids, lengths, sparse
+
+    def _store_stream(self, stream: Any) -> tuple[list[bytes], list[int]]:
+        """Chunks a stream into data blobs for the packer: their IDs and lengths."""
         ids: list[bytes] = []
         lengths: list[int] = []
         for piece in chunker.chunks(self._chunker(), stream):
@@ -545,7 +552,7 @@ class Backup:
             ids.append(blob_id)
             lengths.append(len(piece))
             self.counters.read(len(piece))
-        return ids, lengths, sparse
+        return ids, lengths
 
     # -- finalising trees -------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ class View(dict[bytes, bytes]):
                 return None
             # Inode 2 is also the root of an ext4 mounted here, read live already: not a stand-in.
             if (live.st_dev, live.st_ino) != (st.st_dev, st.st_ino) and live.st_ino == btrfs.FIRST_FREE_OBJECTID:
+                if any(root == path for root, _snap in self._roots):  # taken on an earlier walk
+                    return self.translate(path)
                 if self._take is None:
                     return path
                 try:
