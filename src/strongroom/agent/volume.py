@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from strongroom.agent import btrfs
 from strongroom.agent.backup import Backup, _dir_entry
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model import Entry, display_path
@@ -167,7 +168,7 @@ class VolumeBackup(Backup):
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if full in self.sources:
             self.device = st.st_dev
-        elif st.st_dev != self.device or (self.view is not None and self.view.live_instead(full, st)):
+        elif st.st_dev != self.device or self._not_in_snapshot(full, st):
             # Another filesystem mounted inside the volume: its mount point is kept as an empty
             # folder (as rsync -x does), so a restore has it to mount on.
             self.not_crossed.append(full)
@@ -175,6 +176,15 @@ class VolumeBackup(Backup):
             sub.entry = _dir_entry(name, st)
             return sub
         return super()._scan_subdir(dfd, full, name, st, prev)
+
+    def _not_in_snapshot(self, full: bytes, st: os.stat_result) -> bool:
+        """Whether the snapshot shows a stand-in at `full`: a nested subvolume (an empty folder,
+        inode 2) or a mount point (the folder under the mount). Unlike the view's own
+        `read_instead`, this takes no snapshot of the nested subvolume: it is not crossed."""
+        v = self.view
+        if v is None or v.translate(full) == full:
+            return False
+        return st.st_ino == btrfs.EMPTY_SUBVOL_DIR_OBJECTID or (st.st_dev in v.snapshot_devs and full in v.mounts)
 
     def _check_still_mounted(self) -> None:
         still_mounted(self.mount)
