@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup bench bench-scale bench-mount bench-journal
+.PHONY: demo test setup bench bench-scale bench-mount bench-journal bench-image
 
 $(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
 	bash scripts/system-packages.sh
@@ -36,3 +36,7 @@ bench-mount: setup
 # A small corpus: make bench-journal ARGS="--small 5000 --scale 0.02"
 bench-journal: setup
 	$(BIN)/python bench/journal.py $(ARGS)
+
+# Issue 12's image figures (image backup, increment after a mutation, restore, VHD export; root)
+bench-image: setup
+	$(BIN)/python bench/image.py

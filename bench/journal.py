@@ -6,10 +6,10 @@
     make bench-journal                      # the same with the defaults
     make bench-journal ARGS="--small 5000 --scale 0.02"   # a small corpus, in a minute
 
-Three repositories of the same corpus (../shared/corpus/make_corpus.py): Strongroom with
+Three repositories of the same corpus (bench/corpus.py): Strongroom with
 `strongroom agent run` keeping the change journal (optimized backups), Strongroom without it
 and with `--unoptimized`, and restic. Each takes an initial backup; then, one tool after the
-other on the same state: a no-change backup; `make_corpus.py mutate` (1 % of the small files
+other on the same state: a no-change backup; `bench/corpus.py mutate` (1 % of the small files
 rewritten, 100 added, 100 deleted, two large files changed); a backup after it. Wall time
 and peak RSS of each command come from os.wait4(). Last, the daemon's steady cost: its CPU
 and RSS while 1,000 files a second change under the source (--churn-seconds, 0 to skip).
@@ -31,7 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-MAKE_CORPUS = os.path.normpath(os.path.join(REPO, "..", "shared", "corpus", "make_corpus.py"))
+MAKE_CORPUS = os.path.join(REPO, "bench", "corpus.py")  # the bench's own generator: a clean clone has no ../shared
 PASSPHRASE = "strongroom-bench-passphrase-0123456789"
 
 

@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.selection import Selection, change_base
-from strongroom.agent.snapshot import View, consistent_view, home_tag, remove_stale
+from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError, VaultError
@@ -134,6 +135,15 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
     return [p for p in out if not any(p != q and (q == b"/" or p.startswith(q + b"/")) for q in out)]
 
 
+def parent_of_kind(points: list[OpenedPoint], kind: str, sources: list[bytes]) -> OpenedPoint | None:
+    """The parent of a new point: the newest of its kind with the same sources (a volume backup
+    must never take a files point, or another volume's, as parent). Files points fall back on
+    the newest files point: paths they share are still carried over unread."""
+    same_kind = [p for p in points if p.manifest["kind"] == kind]
+    fallback = same_kind[0] if same_kind and kind == "files" else None
+    return next((p for p in same_kind if p.manifest["sources"] == sources), fallback)
+
+
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
                  skip_dirs: list[bytes], cache: Path, *, book: PointBook, selection: Selection | None = None) -> None:
@@ -153,7 +163,9 @@ class Backup:
         self.plan = optimized.Plan(optimized.UNOPTIMIZED, "")
         self.skip_dirs = skip_dirs
         self.skip: set[tuple[int, int]] = set()
+        self._note_skips(None)
         self.view: View | None = None  # where each source is read from (a snapshot or itself)
+        self.view_warnings = 0  # how many of self.warnings the view gave (kept if the walk starts again)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
         self.reader = BlobReader(vault, key)
@@ -161,35 +173,40 @@ class Backup:
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
         self.hardlinks: dict[tuple[int, int], Future | Finished] = {}
         self.local = threading.local()
+        # Other kinds of point (agent/volume.py, system_state.py, image.py) set these.
+        self.kind = "files"
+        self.before_point: list[Callable[[], None]] = []  # last checks of a kind; raise to record no point
+        self.stats_extra: dict[str, Any] = {}  # plaintext figures of the kind (counts, never paths)
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(self) -> BackupResult:
         started = time.monotonic()
         points = change_base(self.book.live())  # checked: a swapped or rolled-back parent is refused here
-        parent = points[0] if points else None
+        parent = parent_of_kind(points, self.kind, self.sources)
         parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
         self.plan = optimized.plan_backup(self, parent, self.unoptimized)
         self.refs = optimized.RefCounts(self.cache, self.reader, fresh=not self.plan.optimized,
                                         persist=self.plan.keeps_records)
-        tag = home_tag(self.book.home.path)
-        remove_stale(self.sources, self.cache, tag, self._warn)  # left by a killed backup
         try:
-            with consistent_view(self.sources, self.cache, tag) as self.view:
+            with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
+                self.view_warnings = len(self.warnings)
+                self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
                 self.plan.read_from(self.view, self.sources)
+                self.selection.read_at = self.view
                 return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()
             known.close()
 
-    def _note_skips(self, view: View) -> None:
+    def _note_skips(self, view: View | None) -> None:
         # Never back up the vault or the agent home into themselves, nor our own snapshots.
-        self.skip = set(view.hidden)
+        self.skip |= view.hidden if view else set()
         for d in self.skip_dirs:
-            for where in {d, view.translate(d)}:
+            for where in {d, view.translate(d) if view else d}:
                 try:
                     st = os.stat(where)
                     self.skip.add((st.st_dev, st.st_ino))
@@ -209,24 +226,27 @@ class Backup:
                     self.refs = optimized.RefCounts(self.cache, self.reader, fresh=True,
                                                     persist=self.plan.keeps_records)
                     self.counters.__init__()  # type: ignore[misc]
-                    self.warnings.clear()
+                    del self.warnings[self.view_warnings:]  # the view's own stay: its snapshots do
                     self.hardlinks.clear()
                     root = self._walk(parent_root)
             self.packer.close()
         except BaseException:
             self.packer.abort()
             raise
+        for check in self.before_point:
+            check()
         c = self.counters
         stats = {"files_new": c.files_new, "files_changed": c.files_changed,
                  "files_unchanged": c.files_unchanged, "dirs": c.dirs, "bytes_read": c.bytes_read,
                  "bytes_total": c.bytes_total, "bytes_added": self.packer.bytes_added,
                  "blobs_added": self.packer.blobs_added, "packs_added": self.packer.packs_uploaded,
-                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings)}
+                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings),
+                 **self.stats_extra}
         # The ID is chosen here, so that the manifest is sealed to it and a retried request
         # (the answer lost) records one point.
         point_id = secrets.token_hex(8)
         manifest = self.book.new_manifest(
-            parent, kind="files", mode=self.plan.mode, mode_reason=self.plan.reason, tree=root.tree_id,
+            parent, kind=self.kind, mode=self.plan.mode, mode_reason=self.plan.reason, tree=root.tree_id,
             sources=self.sources, excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings],
             retain_until=self.retain_until_ns, snapshot=self.view.kind if self.view else None, **self.manifest_extra)
         sealed = self.book.seal(point_id, manifest)
@@ -389,15 +409,22 @@ class Backup:
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
-        if self.view and self.view.live_instead(full, st):  # a nested subvolume or a mount: read it live
-            st = os.stat(full, follow_symlinks=False)
+        where = self.view.read_instead(full, st) if self.view else None
+        if where is not None:  # a nested subvolume or a mount, which the snapshot does not hold
+            self.skip |= self.view.hidden  # type: ignore[union-attr]
+            st = os.stat(where, follow_symlinks=False)
             if entry_type(st) != DIR or (st.st_dev, st.st_ino) in self.skip:
                 return None
-            dfd, name = os.open(os.path.dirname(full), DIR_FLAGS), os.path.basename(full)
+            rfd = os.open(os.path.dirname(where), DIR_FLAGS)
             try:
-                return self._scan_subdir(dfd, full, name, st, prev)
+                sub = self._scan_subdir(rfd, full, os.path.basename(where), st, prev)
             finally:
-                os.close(dfd)
+                os.close(rfd)
+            if isinstance(sub, _PendingDir):
+                sub.entry = {**sub.entry, "n": name}
+            elif sub is not None:  # carried whole from the parent point (optimized mode)
+                sub = {**sub, "n": name}
+            return sub
         if self.plan.carries(full, st, prev):  # optimized mode: the same directory, unchanged within
             return {**_dir_entry(name, st, proc_path(dfd, name)), "tree": prev["tree"]}  # type: ignore[index]
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
@@ -512,6 +539,11 @@ class Backup:
             return [blob_id], [len(data)], None
         os.lseek(fd, 0, os.SEEK_SET)
         stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
+        ids, lengths = self._store_stream(stream)
+        return ids, lengths, sparse
+
+    def _store_stream(self, stream: Any) -> tuple[list[bytes], list[int]]:
+        """Chunks a stream into data blobs for the packer: their IDs and lengths."""
         ids: list[bytes] = []
         lengths: list[int] = []
         for piece in chunker.chunks(self._chunker(), stream):
@@ -520,7 +552,7 @@ class Backup:
             ids.append(blob_id)
             lengths.append(len(piece))
             self.counters.read(len(piece))
-        return ids, lengths, sparse
+        return ids, lengths
 
     # -- finalising trees -------------------------------------------------------------------
 

@@ -15,11 +15,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from strongroom.agent.backup import Backup
 from strongroom.agent.cachedir import space_note
 from strongroom.agent.home import AgentHome
+from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.jobrun import own_folders, prepare_backup, run_backup_job
 from strongroom.agent.journal import Keeper
 from strongroom.agent.schedule import missed, next_run
@@ -123,17 +127,29 @@ class Daemon:
         return min(_LOOK_AGAIN_S, max(0.0, (next_run(policy.schedule, tz, last) - now).total_seconds()))
 
     def _backup(self, policy: Policy) -> None:
+        """One run of the schedule: a point of each kind the policy protects (kinds.py)."""
+        if policy.includes:
+            self._backup_one("files", lambda: prepare_backup(
+                self.agent, self.vault, self.key, [os.fsencode(p) for p in policy.includes], list(policy.excludes),
+                Selection(SelectionRules.from_doc(policy.selection))))
+        for volume in policy.volumes:
+            self._backup_one(f"volume {volume}", lambda v=volume: prepare_kind_backup(
+                self.agent, self.vault, self.key, "volume", list(policy.excludes), Path(v), False, None))
+        if policy.system_state:
+            self._backup_one("system-state", lambda: prepare_kind_backup(
+                self.agent, self.vault, self.key, "system-state", [], None, False, None))
+
+    def _backup_one(self, what: str, prepare: Callable[[], Backup]) -> None:
         started = time.monotonic()
         try:
             if short := space_note(self.agent.cache):
                 log.warning("%s", short)
-            run = prepare_backup(self.agent, self.vault, self.key, [os.fsencode(p) for p in policy.includes],
-                                 list(policy.excludes), Selection(SelectionRules.from_doc(policy.selection)))
+            run = prepare()
             result, warnings, notes = run_backup_job(self.agent, self.vault, run)
         except StrongroomError as exc:  # recorded as a failed job; the schedule goes on
-            log.error("scheduled backup failed: %s", exc)
+            log.error("scheduled backup (%s) failed: %s", what, exc)
             return
         for note in notes:
             log.warning("%s", note)
-        log.info("scheduled backup: point %s in %.1f s, %d file(s) not backed up as they were",
-                 result.point.id, time.monotonic() - started, len(warnings))
+        log.info("scheduled backup: point %s (%s) in %.1f s, %d file(s) not backed up as they were",
+                 result.point.id, what, time.monotonic() - started, len(warnings))

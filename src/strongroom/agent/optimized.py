@@ -118,6 +118,8 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     if "stdin" in backup.manifest_extra or not backup.sources:
         # Not a files backup: it neither uses nor moves the journal's records of the files chain.
         return Plan(UNOPTIMIZED, "a backup of standard input reads it whole", keeps_records=False)
+    if backup.kind != "files":  # a volume, system state or image (issue 12): nor do these
+        return Plan(UNOPTIMIZED, f"{backup.kind} points do not use the change journal", keeps_records=False)
     last_good_path, attempt_path = _files(cache)
     record: dict[str, Any] = {"sources": backup.sources, "excludes": backup.excludes,
                               "selection": backup.manifest_extra.get("selection")}

@@ -85,6 +85,13 @@ def home(ctx: click.Context) -> AgentHome:
     return ctx.find_root().obj["home"]
 
 
+def emit_document(text: str) -> None:
+    """Prints text the CLI made itself from its own definitions (a completion script, a man
+    page) as it is: it holds no name or message from a machine or a vault, and its newlines
+    and escapes are the point."""
+    click.echo(text, nl=False)
+
+
 def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=False))
 

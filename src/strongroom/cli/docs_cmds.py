@@ -3,13 +3,15 @@ made from the same click definitions that `--help` prints, so the three never di
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import date
+from datetime import date, datetime, timezone
 
 import click
 from click.shell_completion import get_completion_class
 
 from strongroom import __version__
+from strongroom.cli.common import emit_document
 from strongroom.errors import UsageError
 
 SHELLS = ("bash", "zsh", "fish")
@@ -35,7 +37,7 @@ def completion(ctx: click.Context, shell: str) -> None:
     shell_class = get_completion_class(shell)
     if shell_class is None:  # pragma: no cover - click knows all three
         raise UsageError(f"no completion for {shell}")
-    click.echo(shell_class(root.command, {}, "strongroom", "_STRONGROOM_COMPLETE").source())
+    emit_document(shell_class(root.command, {}, "strongroom", "_STRONGROOM_COMPLETE").source() + "\n")
 
 
 # -- the man page (roff, man(7) macros) -------------------------------------------------------------
@@ -87,7 +89,10 @@ def _commands(ctx: click.Context, group: click.Group, prefix: str) -> list[str]:
 
 def man_page(root: click.Command) -> str:
     ctx = click.Context(root, info_name="strongroom", **root.context_settings)
-    lines = [f'.TH STRONGROOM 1 "{date.today():%Y-%m-%d}" "strongroom {__version__}" "User Commands"',
+    # SOURCE_DATE_EPOCH (reproducible builds) fixes the date a packaged page carries.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    day = datetime.fromtimestamp(int(epoch), timezone.utc).date() if epoch.isdigit() else date.today()
+    lines = [f'.TH STRONGROOM 1 "{day:%Y-%m-%d}" "strongroom {__version__}" "User Commands"',
              ".SH NAME", f"strongroom \\- {roff(root.get_short_help_str(200))}",
              ".SH SYNOPSIS", ".B strongroom", roff(" ".join(root.collect_usage_pieces(ctx))),
              ".SH DESCRIPTION", _paragraphs(root.help or ""),
@@ -111,7 +116,7 @@ def man(ctx: click.Context) -> None:
 
     Read it with: strongroom man | man -l -
     Install it with: strongroom man > /usr/local/share/man/man1/strongroom.1"""
-    click.echo(man_page(ctx.find_root().command), nl=False)
+    emit_document(man_page(ctx.find_root().command))
 
 
 def add_to(cli: click.Group) -> None:

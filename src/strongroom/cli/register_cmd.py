@@ -37,6 +37,11 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, insecure_
     creds = Credentials.load(cred_file)
     check_plain_http(creds.vault_url, insecure_http)  # before the passphrase is asked for
     name = check_machine_name(machine or socket.gethostname())
+    if cache is not None:  # made now: a folder that cannot be must not cost a registration
+        try:
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise UsageError(f"cannot make the cache folder {cache}: {exc.strerror or exc}") from None
     passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New encryption passphrase (16+ characters): ")
     keyfile = wrap_key(MasterKey.generate(), passphrase)
     vault = connect(creds.vault_url, creds.fingerprint, insecure_http)
