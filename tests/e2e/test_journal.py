@@ -220,7 +220,7 @@ def test_every_fallback_is_said_and_shown_by_points_and_jobs(setup, tmp_path):
     assert _mode(jobs[last["id"]]) == _mode(last)
     assert _mode(jobs[other["id"]]) == _mode(other)
     shown = sr.run("backup", src).stdout
-    assert "(optimized mode: fanotify journal: 0 changed directories)" in shown
+    assert "optimized mode: fanotify journal: 0 changed directories)" in shown
 
 
 def test_queue_overflow_makes_the_next_backup_scan_everything(setup, tmp_path):
