@@ -165,12 +165,12 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
         return no("the previous backup failed, was cancelled or was killed")
     if damaged:
         return no(f"the journal's record of the last backup is damaged ({damaged})")
+    if good is not None and ([bytes(s) for s in good.get("sources", [])] != backup.sources or
+                             [bytes(e) for e in good.get("excludes", [])] != backup.excludes or
+                             good.get("selection") != record["selection"]):
+        return no("the sources or excludes differ from the last point's")
     if good is None or good.get("point") != parent.id:
         return no("the cache folder holds no record of the last point (a new or emptied cache folder)")
-    if [bytes(s) for s in good.get("sources", [])] != backup.sources or \
-            [bytes(e) for e in good.get("excludes", [])] != backup.excludes or \
-            good.get("selection") != record["selection"]:
-        return no("the sources or excludes differ from the last point's")
     if not RefCounts.matches(cache, parent.id):
         return no("the cache folder's reference counts are not the last point's")
     full_ns = good.get("full_ns") or 0
