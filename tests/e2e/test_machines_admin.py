@@ -212,4 +212,11 @@ def test_the_vault_wants_the_machines_key_not_only_credentials(vault):
         for proof in ("00" * 32, None):
             r = c.post("/api/v1/register/replace", json={**body, "machine": "test-01", "proof": proof})
             assert r.status_code == 403 and "not machine test-01's" in r.json()["detail"], r.text
+    # nor can its own token alone swap the key file others restore with (a stolen token)
+    foreign = (vault.other.home / "key.json").read_text()  # well formed, another machine's key
+    token = (vault.victim.home / "token").read_text().strip()
+    with vault.server.client(token) as c:
+        r = c.put("/api/v1/keyfile", json={"keyfile": foreign, "proof": "11" * 32})
+        assert r.status_code == 403 and "not machine test-01's" in r.json()["detail"], r.text
+    assert record(vault.folder, "test-01")["keyfile"] == (vault.victim.home / "key.json").read_text()
     assert vault.victim.json("points")[0]["id"] == vault.first["id"]

@@ -27,6 +27,7 @@ from strongroom.cli.common import echo, emit_json, home, json_option, passphrase
 from strongroom.crypto import check_passphrase_strength, wrap_key
 from strongroom.errors import UsageError
 from strongroom.fsutil import write_private
+from strongroom.names import check_machine_name
 from strongroom.testhook import hook
 
 NEW_PASSPHRASE_ENV = "STRONGROOM_NEW_PASSPHRASE"
@@ -71,7 +72,7 @@ def change(ctx: click.Context, passphrase_file: Path | None, new_passphrase_file
         write_private(agent.pending_keyfile_path, keyfile.encode())
         _sync_dir(agent.path)
         hook("passphrase-pending")
-        vault.change_keyfile(keyfile, key.key_check())
+        vault.change_keyfile(keyfile, key.replace_proof().hex())
         hook("passphrase-vault")
         os.replace(agent.pending_keyfile_path, agent.keyfile_path)
         _sync_dir(agent.path)
@@ -100,19 +101,23 @@ _fingerprint = click.option("--fingerprint", help="With --vault https://...: the
 _pin = click.option("--pin", help="A PIN the vault admin made for that machine and this act (`strongroom vault pin`).")
 
 
+def _acting(func: object) -> object:
+    """The options of a command that acts on a machine: a PIN, or the vault's admin."""
+    for decorate in reversed((_pin, _admin_vault, _admin_token, _fingerprint, json_option, click.pass_context)):
+        func = decorate(func)
+    return func
+
+
 def _as_admin(vault: str, token_file: Path | None, fingerprint: str | None) -> object:
     from strongroom.cli.vault_cmds import _admin
+    from strongroom.vault import privacy
+    privacy.private_umask()  # as every vault command: what it creates in a vault folder is private
     return _admin(vault, token_file, fingerprint, False)
 
 
 @click.command("remove")
 @click.argument("name")
-@_pin
-@_admin_vault
-@_admin_token
-@_fingerprint
-@json_option
-@click.pass_context
+@_acting
 def remove(ctx: click.Context, name: str, pin: str | None, admin_vault: str | None, admin_token_file: Path | None,
            fingerprint: str | None, as_json: bool) -> None:
     """Remove machine NAME: revoke its token and soft-delete its points (recoverable during the
@@ -131,16 +136,12 @@ def remove(ctx: click.Context, name: str, pin: str | None, admin_vault: str | No
 @click.command("rename")
 @click.argument("old")
 @click.argument("new")
-@_pin
-@_admin_vault
-@_admin_token
-@_fingerprint
-@json_option
-@click.pass_context
+@_acting
 def rename(ctx: click.Context, old: str, new: str, pin: str | None, admin_vault: str | None,
            admin_token_file: Path | None, fingerprint: str | None, as_json: bool) -> None:
     """Rename machine OLD to NEW, keeping its points. Needs a PIN for OLD and `rename-machine`,
     or the vault's admin."""
+    check_machine_name(new)  # here too: the same one line, embedded or served
     if admin_vault:
         _as_admin(admin_vault, admin_token_file, fingerprint).admin_rename_machine(old, new)  # type: ignore[attr-defined]
     else:

@@ -142,31 +142,29 @@ async def _too_large(send: Callable, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RegisterRequest(BaseModel):
+class CredentialsMachine(BaseModel):
+    """The fields of a credentials file, and the machine they are used for."""
     vault_id: str = Field(max_length=64, pattern=TEXT)
     credential_id: int = Field(ge=1, le=INT64)
     secret: str = Field(max_length=200, pattern=TEXT)
     issued: int = Field(ge=0, le=INT64)
     expires: int = Field(ge=0, le=INT64)
     machine: str = Field(min_length=1, max_length=255, pattern=NAME)
+
+
+class RegisterRequest(CredentialsMachine):
     keyfile: str = Field(max_length=16384, pattern=r"^[^\x00]*$")  # JSON, over several lines
     key_check: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
-class ReplaceRequest(BaseModel):
+class ReplaceRequest(CredentialsMachine):
     """register --replace: the credentials, the machine's name and, to take it, the key's proof."""
-    vault_id: str = Field(max_length=64, pattern=TEXT)
-    credential_id: int = Field(ge=1, le=INT64)
-    secret: str = Field(max_length=200, pattern=TEXT)
-    issued: int = Field(ge=0, le=INT64)
-    expires: int = Field(ge=0, le=INT64)
-    machine: str = Field(min_length=1, max_length=255, pattern=NAME)
     proof: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class KeyfileRequest(BaseModel):
     keyfile: str = Field(max_length=16384, pattern=r"^[^\x00]*$")
-    key_check: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    proof: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class MachineActRequest(BaseModel):
@@ -343,7 +341,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
 
     @app.put("/api/v1/keyfile")
     def change_keyfile(req: KeyfileRequest, m: Machine = Depends(machine)) -> dict[str, str]:
-        machine_admin.change_keyfile(service, m.id, req.keyfile, req.key_check)
+        machine_admin.change_keyfile(service, m.id, req.keyfile, req.proof)
         return {"machine": m.name}
 
     @app.get("/api/v1/machines/{name}/names")

@@ -178,8 +178,8 @@ class HttpVault:
         self.bind(doc["token"])
         return doc["token"]
 
-    def change_keyfile(self, keyfile: str, key_check: str | None = None) -> None:
-        self._call("PUT", "/api/v1/keyfile", json={"keyfile": keyfile, "key_check": key_check})
+    def change_keyfile(self, keyfile: str, proof: str | None = None) -> None:
+        self._call("PUT", "/api/v1/keyfile", json={"keyfile": keyfile, "proof": proof})
 
     def former_names(self, machine: str) -> list[str]:
         return self._json("GET", f"/api/v1/machines/{machine}/names")["former_names"]

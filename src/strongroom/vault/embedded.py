@@ -47,8 +47,8 @@ class EmbeddedVault:
         self.bind(token)
         return token
 
-    def change_keyfile(self, keyfile: str, key_check: str | None = None) -> None:
-        machine_admin.change_keyfile(self.service, self._me(), keyfile, key_check)
+    def change_keyfile(self, keyfile: str, proof: str | None = None) -> None:
+        machine_admin.change_keyfile(self.service, self._me(), keyfile, proof)
 
     def former_names(self, machine: str) -> list[str]:
         self._me()

@@ -85,14 +85,30 @@ def record_event(service: Any, machine_id: int, kind: str, message: str) -> JobR
 # -- passphrase change ------------------------------------------------------------------------
 
 
-def change_keyfile(service: Any, machine_id: int, keyfile: str, key_check: str | None) -> None:
-    """The machine's master key, wrapped anew (a new passphrase): replaces the vault's copy."""
+def _check_proof(row: Any, proof: str | None) -> None:
+    """Refuses unless `proof` is the replace proof of the machine's key (when the vault knows
+    its hash: machines registered before this version are taken on their word once)."""
+    if row.key_check is None:
+        return
+    try:
+        good = proof is not None and hmac.compare_digest(key_check_of(proof), row.key_check)
+    except ValueError:
+        good = False
+    if not good:
+        raise CredentialsError(f"the key offered is not machine {row.name}'s: nothing changed")
+
+
+def change_keyfile(service: Any, machine_id: int, keyfile: str, proof: str | None) -> None:
+    """The machine's master key, wrapped anew (a new passphrase): replaces the vault's copy.
+    The proof of the key is asked for too, so that a stolen token alone cannot swap the copy
+    other machines restore with (and `register --replace` needs) for one of another key."""
     check_keyfile(keyfile)  # a copy others restore with: never store one this version cannot open
     with protection.guarded_write(service.engine) as db:
         row = _row(db, cat.machines.c.id == machine_id)
+        _check_proof(row, proof)
         changes: dict[str, Any] = {"keyfile": keyfile}
-        if key_check is not None and row.key_check is None:  # registered before replace proofs
-            changes["key_check"] = key_check
+        if proof is not None and row.key_check is None:  # registered before replace proofs
+            changes["key_check"] = key_check_of(proof)
         _store(service, db, row, **changes)
     record_event(service, machine_id, "passphrase", "passphrase changed: the vault's copy of the wrapped key "
                  "was replaced (other machines restoring this one's data need the new passphrase)")
@@ -169,13 +185,7 @@ def replace_machine(service: Any, creds: Credentials, name: str, proof: str | No
         row = _row(db, cat.machines.c.name == name)
         if row is None:
             raise UsageError(f"no machine named {name!r} is registered with this vault")
-        if row.key_check is not None:
-            try:
-                good = proof is not None and hmac.compare_digest(key_check_of(proof), row.key_check)
-            except ValueError:
-                good = False
-            if not good:
-                raise CredentialsError(f"the key offered is not machine {name}'s: its name is not handed over")
+        _check_proof(row, proof)
         revoked = json.loads(row.revoked or "[]") + ([row.token_hash] if not row.token_hash.startswith("removed:")
                                                      else [])
         _store(service, db, row, token_hash=_hash(token), revoked=revoked, removed_ns=None)
