@@ -220,3 +220,15 @@ def test_the_vault_wants_the_machines_key_not_only_credentials(vault):
         assert r.status_code == 403 and "not machine test-01's" in r.json()["detail"], r.text
     assert record(vault.folder, "test-01")["keyfile"] == (vault.victim.home / "key.json").read_text()
     assert vault.victim.json("points")[0]["id"] == vault.first["id"]
+
+
+def test_removal_renaming_and_revoked_tokens_survive_a_catalog_rebuild(vault):
+    if vault.server is not None:
+        pytest.skip("rebuild-catalog runs on the vault's folder")
+    vault.admin.json("machines", "remove", "test-01", *vault.admin_args)
+    vault.admin.json("machines", "rename", "other-01", "other-02", *vault.admin_args)
+    vault.admin.json("vault", "rebuild-catalog", vault.folder)
+    assert [m["name"] for m in vault.other.json("machines")] == ["other-02"]
+    assert_clean_failure(vault.victim.run("points", check=False), 1, saying("revoked", "removed"))
+    back = Strongroom(vault.base / "again").register_replace(vault.creds(), "test-01")
+    assert back.json("points", "--deleted")[0]["id"] == vault.first["id"]
