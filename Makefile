@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup bench bench-scale
+.PHONY: demo test setup bench bench-scale bench-mount
 
 $(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
 	bash scripts/system-packages.sh
@@ -27,3 +27,7 @@ bench: setup
 # Issue 8's scale figures (agent at 200 k and 2 M files, vault at 2 M and 20 M blob rows): bench/README.md
 bench-scale: setup
 	$(BIN)/python bench/scale.py
+
+# `strongroom mount` beside `restic mount` (find, cat, 1 MiB range read, RSS): bench/README.md, Mount
+bench-mount: setup
+	$(BIN)/python bench/mount.py $(BENCH_MOUNT_ARGS)

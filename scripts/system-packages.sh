@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # System packages the tests need beyond Python: FUSE 3 (strongroom mount, and pyfuse3's
-# build) and btrfs-progs (snapshots, tested on a btrfs file system in a loop device).
+# build), rsync (the mount tests copy out of a mount with it) and btrfs-progs (snapshots,
+# tested on a btrfs file system in a loop device).
 # Installs only what is missing; without root it says what to install and goes on, and
 # the tests that need these parts skip with that reason.
 set -euo pipefail
 need=()
-for pkg in fuse3 libfuse3-dev pkg-config btrfs-progs; do
+for pkg in fuse3 libfuse3-dev pkg-config rsync btrfs-progs; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -1,6 +1,6 @@
 """Trees and recovery points: how a directory listing and a point's manifest are encoded.
 
-A tree is a msgpack map {"v": 1, "e": [entry, ...]} sorted by name; an entry is a map with
+A tree is a msgpack map {"v": 2, "e": [entry, ...]} sorted by name; an entry is a map with
 short keys (see docs/format.md), absent keys meaning "none". Names and link targets are
 bytes, so names that are not UTF-8 survive. Equal directories encode to equal bytes, hence
 equal blob IDs: an unchanged directory costs nothing new.
@@ -15,7 +15,9 @@ import msgpack
 
 from strongroom.errors import IntegrityError
 
-FORMAT_VERSION = 1  # of trees
+# Of trees. 2: files list the plaintext length of each content blob (`cl`), so that a byte
+# range maps to blobs without fetching them (1 had no `cl`; refused).
+FORMAT_VERSION = 2
 # Of point manifests. 2: sealed to their machine and point ID, holding their own creation
 # time, kind and mode and their parent's ID and creation time (1 had none of these).
 MANIFEST_VERSION = 2
@@ -41,8 +43,11 @@ def decode_tree(data: bytes) -> list[Entry]:
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
         entries = doc["e"]
-        if doc.get("v") != FORMAT_VERSION or not isinstance(entries, list):
-            raise ValueError("unknown tree version")
+        if not isinstance(entries, list):
+            raise ValueError("no entry list")
+        if doc.get("v") != FORMAT_VERSION:
+            raise IntegrityError(f"a tree has format {doc.get('v')!r}; this version of Strongroom reads "
+                                 f"format {FORMAT_VERSION} only: back up into a new vault")
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"tree does not decode: {exc}") from None
     return entries

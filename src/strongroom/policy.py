@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from strongroom.agent.selection import SelectionRules
 from strongroom.crypto import MasterKey, sealed_size
 from strongroom.errors import IntegrityError, UsageError
 from strongroom.vault.retention import Retention
@@ -59,8 +60,11 @@ class Policy:
     work_days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
     work_hours: tuple[str, str] = ("08:00", "18:00")
     timezone: str = "UTC"
+    # agent/selection.py's rules (SelectionRules.to_doc()), sealed with the paths
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        SelectionRules.from_doc(self.selection)  # refuses what the rules refuse
         if not self.includes:
             raise UsageError("a policy needs at least one --include")
         if any(not p.startswith("/") for p in self.includes):
@@ -89,13 +93,14 @@ class Policy:
 PATHS_AAD = b"strongroom policy paths v1"
 MAX_SEALED_PATHS = 256 * 1024  # base64 characters: thousands of paths
 _PATH_FIELDS = ("includes", "excludes")
+_SELECTION = "selection"  # sealed too: its patterns and names say what the machine holds
 _SEALED_FIELDS = ("sealed_paths", "include_count", "exclude_count")
 
 
 def seal_doc(policy: Policy, key: MasterKey) -> dict[str, Any]:
     """The document the vault keeps: the policy with its paths sealed under the machine's key."""
     doc = policy.to_doc()
-    paths = json.dumps({f: doc.pop(f) for f in _PATH_FIELDS}).encode()
+    paths = json.dumps({**{f: doc.pop(f) for f in _PATH_FIELDS}, _SELECTION: doc.pop(_SELECTION)}).encode()
     return {**doc, "sealed_paths": base64.b64encode(key.seal(PATHS_AAD, paths)).decode(),
             "include_count": len(policy.includes), "exclude_count": len(policy.excludes)}
 
@@ -107,11 +112,12 @@ def open_doc(doc: dict[str, Any], key: MasterKey) -> dict[str, Any]:
         return doc
     try:
         paths = json.loads(key.open(PATHS_AAD, base64.b64decode(doc["sealed_paths"])))
+        selection = SelectionRules.from_doc(paths.get(_SELECTION)).to_doc()  # absent before selections
         paths = {f: [str(p) for p in paths[f]] for f in _PATH_FIELDS}
-    except (ValueError, TypeError, KeyError, binascii.Error):
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, UsageError):
         raise IntegrityError("the policy's sealed paths are damaged") from None
     rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
-    return {**rest, **{f: paths[f] for f in _PATH_FIELDS}}
+    return {**rest, **{f: paths[f] for f in _PATH_FIELDS}, _SELECTION: selection}
 
 
 def view(doc: dict[str, Any], key: MasterKey | None) -> dict[str, Any]:
@@ -119,14 +125,15 @@ def view(doc: dict[str, Any], key: MasterKey | None) -> dict[str, Any]:
     if key is not None:
         doc = open_doc(doc, key)
     if "sealed_paths" in doc:
-        return {**{k: v for k, v in doc.items() if k != "sealed_paths"}, "includes": None, "excludes": None}
+        return {**{k: v for k, v in doc.items() if k != "sealed_paths"}, "includes": None, "excludes": None,
+                _SELECTION: None}
     return {**doc, "include_count": len(doc["includes"]), "exclude_count": len(doc["excludes"])}
 
 
 def check_vault_doc(doc: dict[str, Any]) -> dict[str, Any]:
     """The vault's check of a document it is asked to store: every plaintext field as the
     agent checks it, and paths only sealed (the vault refuses to learn them)."""
-    if any(doc.get(f) is not None for f in _PATH_FIELDS):
+    if any(doc.get(f) is not None for f in _PATH_FIELDS + (_SELECTION,)):
         raise UsageError("policy paths must reach the vault sealed with the machine's key "
                          "(this agent is older than the vault: upgrade it)")
     try:
@@ -135,11 +142,11 @@ def check_vault_doc(doc: dict[str, Any]) -> dict[str, Any]:
             raise ValueError
         if len(base64.b64decode(sealed, validate=True)) < sealed_size(2) or counts[0] < 1 or counts[1] < 0:
             raise ValueError
-        rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS + _PATH_FIELDS}
+        rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS + _PATH_FIELDS + (_SELECTION,)}
         plain = Policy.from_doc({**rest, "includes": ["/"], "excludes": []}).to_doc()
     except (TypeError, KeyError, ValueError, AttributeError, binascii.Error):
         raise UsageError("malformed policy document") from None
-    for f in _PATH_FIELDS:
+    for f in _PATH_FIELDS + (_SELECTION,):
         del plain[f]
     return {**plain, "sealed_paths": sealed, "include_count": counts[0], "exclude_count": counts[1]}
 

@@ -36,6 +36,8 @@ from strongroom.agent.fsmeta import (
 from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
+from strongroom.agent.selection import Selection, change_base
+from strongroom.agent.snapshot import View, consistent_view, home_tag, remove_stale
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError, VaultError
@@ -127,20 +129,22 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
 
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
-                 skip_dirs: list[bytes], cache: Path, *, book: PointBook) -> None:
+                 skip_dirs: list[bytes], cache: Path, *, book: PointBook, selection: Selection | None = None) -> None:
         self.vault, self.key, self.book = vault, key, book
         self.cache = cache  # the agent's cache folder: the known-blob index, the refs spool
         self.sources = normalise_sources(sources)
+        self.selection = selection or Selection()  # agent/selection.py: what the walk leaves out
+        self.selection.sources = self.sources
+        self.manifest_extra: dict[str, Any] = {}  # more sealed manifest fields (tags, stdin, selection)
+        if self.selection.active:
+            self.manifest_extra["selection"] = self.selection.rules.to_doc()
+        self.on_file: Any = None  # called (status, path, size) for each new or changed file: --verbose
         self.excludes = [os.fsencode(e) for e in excludes]
         self.excluded = compile_globs(self.excludes)
         self.retain_until_ns: int | None = None  # an on-demand backup's own retention
-        self.skip = set()
-        for d in skip_dirs:  # never back up the vault or the agent home into themselves
-            try:
-                st = os.stat(d)
-                self.skip.add((st.st_dev, st.st_ino))
-            except OSError:
-                pass
+        self.skip_dirs = skip_dirs
+        self.skip: set[tuple[int, int]] = set()
+        self.view: View | None = None  # where each source is read from (a snapshot or itself)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
         self.reader = BlobReader(vault, key)
@@ -153,16 +157,32 @@ class Backup:
 
     def run(self) -> BackupResult:
         started = time.monotonic()
-        points = self.book.live()  # checked: a swapped or rolled-back parent is refused here
+        points = change_base(self.book.live())  # checked: a swapped or rolled-back parent is refused here
         parent = points[0] if points else None
         parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
         self.refs = RefSpool(self.cache)
+        tag = home_tag(self.book.home.path)
+        remove_stale(self.sources, self.cache, tag, self._warn)  # left by a killed backup
         try:
-            return self._run(started, parent, parent_root, known)
+            with consistent_view(self.sources, self.cache, tag) as self.view:
+                self.warnings.extend(self.view.warnings)
+                self._note_skips(self.view)
+                return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()
             known.close()
+
+    def _note_skips(self, view: View) -> None:
+        # Never back up the vault or the agent home into themselves, nor our own snapshots.
+        self.skip = set(view.hidden)
+        for d in self.skip_dirs:
+            for where in {d, view.translate(d)}:
+                try:
+                    st = os.stat(where)
+                    self.skip.add((st.st_dev, st.st_ino))
+                except OSError:
+                    pass
 
     def _run(self, started: float, parent: OpenedPoint | None, parent_root: bytes | None,
              known: KnownBlobs) -> BackupResult:
@@ -188,7 +208,8 @@ class Backup:
         point_id = secrets.token_hex(8)
         manifest = self.book.new_manifest(
             parent, kind="files", mode="unoptimized", tree=root.tree_id, sources=self.sources,
-            excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings], retain_until=self.retain_until_ns)
+            excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings], retain_until=self.retain_until_ns,
+            snapshot=self.view.kind if self.view else None, **self.manifest_extra)
         try:
             point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, self.book.seal(point_id, manifest),
                                          self.refs.sorted_chunks(), point_id=point_id,
@@ -211,7 +232,7 @@ class Backup:
 
     def _build_root(self, parent_root: bytes | None) -> _PendingDir:
         if b"/" in self.sources:
-            fd = os.open(b"/", DIR_FLAGS)
+            fd = os.open(self.view[b"/"] if self.view else b"/", DIR_FLAGS)
             try:
                 return self._scan_dir(fd, b"", parent_root)
             finally:
@@ -233,7 +254,7 @@ class Backup:
             for name in sorted(node):
                 child = node[name]
                 if child is None:
-                    item = self._scan_entry(fd, join(path, name) if path else b"/" + name, name, parent)
+                    item = self._scan_source(fd, join(path, name) if path else b"/" + name, name, parent)
                     if item is not None:
                         items.append(item)
                     continue
@@ -251,10 +272,30 @@ class Backup:
             os.close(fd)
         return self._queue(items, parent_tree)
 
-    def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir:
+    def _scan_source(self, dfd: int, full: bytes, name: bytes, parent: dict[bytes, Entry]) -> Any:
+        """A source, read where the view says (a snapshot), recorded under its own path and name."""
+        where = self.view[full] if self.view else full
+        if where == full:
+            return self._scan_entry(dfd, full, name, parent)
+        at = os.path.basename(where)
+        rfd = os.open(os.path.dirname(where), DIR_FLAGS)
+        try:
+            item = self._scan_entry(rfd, full, at, {at: parent[name]} if name in parent else {})
+        finally:
+            os.close(rfd)
+        if isinstance(item, _FileJob):
+            item.name = name
+        elif isinstance(item, _PendingDir):
+            item.entry = {**item.entry, "n": name}  # type: ignore[dict-item]
+        elif item is not None:
+            item = {**item, "n": name}
+        return item
+
+    def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir | None:
         parent = self._parent_entries(parent_tree)
         with os.scandir(dfd) as it:
             names = sorted(os.fsencode(de.name) for de in it)
+        names = self.selection.listing(dfd, path, names)
         items = []
         for name in names:
             full = join(path, name) if path else b"/" + name
@@ -263,6 +304,8 @@ class Backup:
             item = self._scan_entry(dfd, full, name, parent)
             if item is not None:
                 items.append(item)
+        if not items and path and self.selection.drops_empty(path):
+            return None
         self.counters.dirs += 1
         return self._queue(items, parent_tree)
 
@@ -278,6 +321,8 @@ class Backup:
             self._warn(full, exc.strerror or str(exc))
             return None
         kind = entry_type(st)
+        if self.selection.leaves_out(full, name, st, kind == DIR):
+            return None
         prev = parent.get(name)
         try:
             if kind == DIR:
@@ -300,6 +345,15 @@ class Backup:
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
+        if self.view and self.view.live_instead(full, st):  # a nested subvolume or a mount: read it live
+            st = os.stat(full, follow_symlinks=False)
+            if entry_type(st) != DIR or (st.st_dev, st.st_ino) in self.skip:
+                return None
+            dfd, name = os.open(os.path.dirname(full), DIR_FLAGS), os.path.basename(full)
+            try:
+                return self._scan_subdir(dfd, full, name, st, prev)
+            finally:
+                os.close(dfd)
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
             entry = _dir_entry(name, st)
@@ -309,6 +363,8 @@ class Backup:
             sub = self._scan_dir(fd, full, prev.get("tree") if prev and prev["t"] == DIR else None)
         finally:
             os.close(fd)
+        if sub is None:  # left out by the selection
+            return None
         sub.entry = entry
         return sub
 
@@ -322,6 +378,8 @@ class Backup:
             c.files_new += 1
         else:
             c.files_changed += 1
+        if self.on_file is not None:
+            self.on_file("new" if prev is None else "changed", full, st.st_size)
         link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if link_key in self.hardlinks:
             return _FileJob(self.hardlinks[link_key], name)
@@ -351,11 +409,12 @@ class Backup:
     def _read_file(self, fd: int, full: bytes, st: os.stat_result, inline: bool) -> Entry | None:
         """Reads a file until two stats around the read agree; its entry, or None if unreadable."""
         try:
-            before = st
+            # Content and metadata from the same inode: the one opened, whatever the walk saw.
+            before = os.fstat(fd)
             for _attempt in range(_READ_ATTEMPTS):
                 if entry_type(before) != FILE:
                     raise OSError(0, "replaced by something that is not a file while being read")
-                content, sparse = self._read_content(fd, before, inline)
+                content, lengths, sparse = self._read_content(fd, before, inline)
                 after = os.fstat(fd)
                 if _same_version(before, after):
                     break
@@ -364,6 +423,8 @@ class Backup:
                 self._warn(full, "changed while being read; the last version read was stored")
             entry = entry_from_stat(b"", before)
             entry["c"] = content
+            if content:
+                entry["cl"] = lengths  # lets a mount map a byte range to blobs without fetching them
             if sparse is not None:
                 entry["sp"] = sparse
             xattrs = read_xattrs(fd)
@@ -378,7 +439,8 @@ class Backup:
             if not inline:
                 self.in_flight.release()
 
-    def _read_content(self, fd: int, st: os.stat_result, inline: bool) -> tuple[list[bytes], list[list[int]] | None]:
+    def _read_content(self, fd: int, st: os.stat_result,
+                      inline: bool) -> tuple[list[bytes], list[int], list[list[int]] | None]:
         sparse = None
         if st.st_size and st.st_blocks * 512 < st.st_size:
             extents = data_extents(fd, st.st_size)
@@ -389,19 +451,21 @@ class Backup:
             data = os.pread(fd, st.st_size + 1, 0) if st.st_size else b""
             self.counters.read(len(data))
             if not data:
-                return [], None
+                return [], [], None
             blob_id = self.key.blob_id(data)
             (self.packer.add_later if inline else self.packer.add)(blob_id, KIND_DATA, data)
-            return [blob_id], None
+            return [blob_id], [len(data)], None
         os.lseek(fd, 0, os.SEEK_SET)
         stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
         ids: list[bytes] = []
+        lengths: list[int] = []
         for piece in chunker.chunks(self._chunker(), stream):
             blob_id = self.key.blob_id(piece)
             self.packer.add(blob_id, KIND_DATA, piece)
             ids.append(blob_id)
+            lengths.append(len(piece))
             self.counters.read(len(piece))
-        return ids, sparse
+        return ids, lengths, sparse
 
     # -- finalising trees -------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+from strongroom.agent.cachedir import space_note
 from strongroom.agent.home import AgentHome
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.agent.schedule import missed, next_run
+from strongroom.agent.selection import Selection, SelectionRules
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError
 from strongroom.fsutil import write_private
@@ -83,8 +85,10 @@ class Daemon:
     def _backup(self, policy: Policy) -> None:
         started = time.monotonic()
         try:
+            if short := space_note(self.agent.cache):
+                log.warning("%s", short)
             run = prepare_backup(self.agent, self.vault, self.key, [os.fsencode(p) for p in policy.includes],
-                                 list(policy.excludes))
+                                 list(policy.excludes), Selection(SelectionRules.from_doc(policy.selection)))
             result, warnings, notes = run_backup_job(self.agent, self.vault, run)
         except StrongroomError as exc:  # recorded as a failed job; the schedule goes on
             log.error("scheduled backup failed: %s", exc)

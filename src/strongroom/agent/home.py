@@ -49,7 +49,6 @@ class AgentHome:
         # The key wrapped with a new passphrase while `passphrase change` runs (vault copy
         # being replaced): until it replaces key.json, either passphrase opens the key.
         self.pending_keyfile_path = self.path / "key.json.new"
-        self.cache = self.path / "cache"
         self.job_marker = self.path / "job"  # the job this home's agent is running, while it runs
         self.policy_copy = self.path / "policy.json"  # the last policy version this machine saw
         self._policy_read: tuple[float, Policy | None] | None = None
@@ -57,18 +56,33 @@ class AgentHome:
         self.newest_points = self.path / "newest-points.json"
 
     @property
+    def cache(self) -> Path:
+        """The cache folder: config.json's "cache" if set (register --cache, agent cache move)."""
+        try:
+            configured = json.loads(self.config_path.read_text()).get("cache")
+        except (FileNotFoundError, ValueError, AttributeError):
+            configured = None
+        return Path(configured) if isinstance(configured, str) and configured else self.path / "cache"
+
+    @property
     def registered(self) -> bool:
         return self.config_path.exists()
 
     def save_registration(self, vault_url: str, machine: str, token: str, keyfile: str,
-                          fingerprint: str | None = None, insecure_http: bool = False) -> None:
+                          fingerprint: str | None = None, insecure_http: bool = False,
+                          cache: Path | None = None) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.cache.mkdir(exist_ok=True, mode=0o700)
+        (cache or self.path / "cache").mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.token_path, token.encode())
         write_private(self.keyfile_path, keyfile.encode())
         config = {"vault": vault_url, "machine": machine, "fingerprint": fingerprint}
         if insecure_http:  # chosen at registration; every later command keeps to it
             config["insecure_http"] = True
+        if cache is not None:  # elsewhere than in the home (`agent cache move` changes it)
+            config["cache"] = str(cache)
+        self.save_config(config)
+
+    def save_config(self, config: dict) -> None:
         write_private(self.config_path, json.dumps(config, indent=1).encode())
 
     def config(self) -> dict:

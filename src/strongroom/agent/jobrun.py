@@ -23,6 +23,7 @@ from typing import Any
 from strongroom.agent.backup import Backup, BackupResult
 from strongroom.agent.home import AgentHome
 from strongroom.agent.pointbook import PointBook
+from strongroom.agent.selection import Selection
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 from strongroom.fsutil import write_private
@@ -139,14 +140,15 @@ def run_backup_job(agent: AgentHome, vault: Vault, run: Backup,
 
 
 def prepare_backup(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[bytes],
-                   excludes: list[str]) -> Backup:
+                   excludes: list[str], selection: Selection | None = None) -> Backup:
     """A backup of `paths` that never reads the agent home or an embedded vault into itself."""
-    return Backup(vault, key, paths, excludes, own_folders(agent, vault), agent.cache, book=PointBook(agent, vault, key))
+    return Backup(vault, key, paths, excludes, own_folders(agent, vault), agent.cache, book=PointBook(agent, vault, key),
+                  selection=selection)
 
 
 def own_folders(agent: AgentHome, vault: Vault) -> list[bytes]:
     """The folders a backup must not read into itself: the agent home, an embedded vault."""
-    skip = [os.fsencode(agent.path)]
+    skip = [os.fsencode(agent.path), os.fsencode(agent.cache)]  # the cache folder may be elsewhere
     if vault.url.startswith("file:"):
         skip.append(os.fsencode(folder_of(vault.url)))
     return skip

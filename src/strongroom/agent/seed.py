@@ -31,6 +31,7 @@ from strongroom.agent.backup import Backup
 from strongroom.agent.home import AgentHome
 from strongroom.agent.jobrun import own_folders
 from strongroom.agent.pointbook import PointBook
+from strongroom.agent.selection import Selection
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, StrongroomError, UsageError
 from strongroom.seedfmt import LAYOUT, PACKS, POINT_FILE, REFS_FILE, SEED_FILE, SeedIndex, read_index
@@ -187,7 +188,7 @@ class SeedBook(PointBook):
 
 
 def prepare_seed(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[bytes], excludes: list[str],
-                 folder: Path) -> Backup:
+                 folder: Path, selection: Selection | None = None) -> Backup:
     """A first backup of `paths` written to `folder`; refused when the machine has points
     already (a seed carries a first backup only: later ones send what changed online)."""
     existing = vault.points()
@@ -202,7 +203,7 @@ def prepare_seed(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[byt
     seed = SeedVault(vault, SeedFolder.open(folder, owner))
     skip = own_folders(agent, vault) + [os.fsencode(folder)]
     return Backup(seed, key, paths, excludes, skip, agent.cache / "seed",  # type: ignore[arg-type]
-                  book=SeedBook(agent, seed, key))  # type: ignore[arg-type]
+                  book=SeedBook(agent, seed, key), selection=selection)  # type: ignore[arg-type]
 
 
 def waiting_seeds(vault: Vault) -> list[JobRecord]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
+from strongroom.agent.cachedir import space_note
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
 from strongroom.agent.seed import WAITING, prepare_seed
+from strongroom.agent.selection import Selection
+from strongroom.cli.backup_more import Extras, dry_run, more_options, prepare_stdin
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -22,12 +26,13 @@ from strongroom.cli.common import (
     passphrase_option,
     warn_line,
 )
+from strongroom.cli.selection_opts import chosen, pop_options, selection_options
 from strongroom.errors import UsageError
 from strongroom.model import display_path
 
 
 @click.command("backup")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
               help="Leave out matching paths (a pattern without / matches names). Repeatable.")
 @click.option("--retain-until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
@@ -35,20 +40,32 @@ from strongroom.model import display_path
 @click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write this first backup to DIR (a disk to ship to the vault's site, where "
               "`strongroom vault import-seed` takes it in) instead of sending it.")
+@selection_options
+@more_options
 @passphrase_option
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool) -> None:
+           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool, **more: Any) -> None:
     """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
+    picked = chosen(excludes, pop_options(more))
+    extra = Extras.from_options(more, paths, picked, offline_seed)
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
-    sources = [os.fsencode(p) for p in paths]
-    if offline_seed is not None:
-        run = prepare_seed(agent, vault, key, sources, list(excludes), offline_seed)
+    if short := space_note(agent.cache):  # said before the backup starts, not after it failed
+        warn_line(short)
+    sources = [os.fsencode(p) for p in paths] + picked.listed
+    selection = Selection(picked.rules)
+    if extra.dry_run:
+        return dry_run(ctx, agent, vault, key, sources, picked, extra, as_json)
+    if extra.stdin_name is not None:
+        run = prepare_stdin(agent, vault, key, extra, [os.fsdecode(p) for p in paths])
+    elif offline_seed is not None:
+        run = prepare_seed(agent, vault, key, sources, picked.excludes, offline_seed, selection)
     else:
-        run = prepare_backup(agent, vault, key, sources, list(excludes))
+        run = prepare_backup(agent, vault, key, sources, picked.excludes, selection)
+    extra.apply(run, picked, as_json)
     if retain_until is not None:  # to the end of that day, local time
         run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
@@ -65,7 +82,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
         emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
-                   "sources": [display_path(s) for s in run.sources], "stats": result.stats,
+                   "snapshot": run.view.kind if run.view else None, "sources": [display_path(s) for s in run.sources],
+                   "tags": extra.tags, "stats": result.stats,
                    "warnings": warnings, **seed})
     elif offline_seed is not None:
         echo(f"Recovery point {result.point.id} written to the offline seed {offline_seed.absolute()}: "
@@ -73,7 +91,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
         echo("The vault waits for it: take the disk to the vault's host and run there "
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
-        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode).")
+        snap = f", read from a {run.view.kind} snapshot" if run.view and run.view.kind else ""
+        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode{snap}).")
         echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
              f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "

@@ -12,6 +12,7 @@ from rich.table import Table
 from strongroom.agent.browse import list_path
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.seed import waiting_seeds
+from strongroom.cli.backup_more import point_filter
 from strongroom.cli.common import (
     cells,
     echo,
@@ -30,36 +31,45 @@ from strongroom.model import FILE, SYMLINK, TYPE_NAMES, display_path
 
 @click.group("points", invoke_without_command=True)
 @click.option("--deleted", is_flag=True, help="The soft-deleted points instead (recoverable until purged).")
+@click.option("--tag", "tags", multiple=True, metavar="TAG[,TAG]",
+              help="Only points carrying these tags (a,b: both; repeated: either).")
+@click.option("--host", metavar="HOST", help="Only points made on this host name.")
 @from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
-def points(ctx: click.Context, deleted: bool, machine: str | None, passphrase_file: Path | None,
-           as_json: bool) -> None:
+def points(ctx: click.Context, deleted: bool, tags: tuple[str, ...], host: str | None, machine: str | None,
+           passphrase_file: Path | None, as_json: bool) -> None:
     """List this machine's recovery points (or another's), newest first."""
     if ctx.invoked_subcommand is not None:
         return
     agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
     book = PointBook(agent, vault, key, machine)
     rows = []
+    keep = point_filter(tags, host)
     for p in book.deleted() if deleted else book.live():
         m = p.manifest  # the sealed time, kind and mode (checked to agree with the vault's copies)
+        if not keep(m):
+            continue
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
-                     "sources": [display_path(s) for s in m["sources"]], "stats": p.record.stats})
+                     "sources": [display_path(s) for s in m["sources"]], "tags": m.get("tags", []),
+                     "host": m.get("host"), "stats": p.record.stats,
+                     "snapshot": m.get("snapshot")})  # "btrfs", "btrfs-partial", or None: read live
     if as_json:
         emit_json(rows)
         return
     table = Table()
     table.add_column("ID", no_wrap=True, min_width=16)  # ids are what people copy from here
     table.add_column("Created", no_wrap=True)
-    for name in ("Kind", "Files", "Added"):
+    for name in ("Kind", "Snapshot", "Files", "Added"):
         table.add_column(name)
     table.add_column("Sources", overflow="fold")
+    table.add_column("Tags", overflow="fold")
     for r in rows:
         s = r["stats"]
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
-        table.add_row(*cells(r["id"], r["created"], r["kind"], files, human_bytes(s["bytes_added"]),
-                             ", ".join(r["sources"])))
+        table.add_row(*cells(r["id"], r["created"], r["kind"], r["snapshot"] or "-", files, human_bytes(s["bytes_added"]),
+                             ", ".join(r["sources"]), ",".join(r["tags"])))
     out_console.print(table)
     if not deleted:
         for job in waiting_seeds(vault) if machine is None else ():

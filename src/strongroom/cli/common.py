@@ -173,6 +173,12 @@ def progress_bar(enabled: bool, label: str, total: int, done: Callable[[], int])
             yield
 
 
+def progress_line(message: str) -> None:
+    """One line on stderr while a live status may be shown (`backup --verbose`): through rich's
+    console, so that the status line is not torn, and through `printable`."""
+    err_console.print(Text(printable(message)), highlight=False, soft_wrap=True)
+
+
 def fail_line(message: str) -> None:
     echo(f"strongroom: error: {message}", err=True)
 

@@ -19,12 +19,18 @@ from strongroom.cli import (
     agent_cmds,
     backup_cmd,
     browse_cmds,
+    cache_cmds,
     check_cmd,
+    docs_cmds,
+    forget_cmd,
     jobs_cmds,
+    mount_cmd,
     policy_cmds,
+    read_cmds,
     register_cmd,
     restore_cmd,
     seed_cmd,
+    stats_cmd,
     vault_cmds,
 )
 from strongroom.cli.common import fail_line
@@ -66,7 +72,8 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 for module in (vault_cmds, seed_cmd, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
-               policy_cmds, agent_cmds, admin_cmds):
+               policy_cmds, agent_cmds, read_cmds, forget_cmd,
+               stats_cmd, docs_cmds, cache_cmds, mount_cmd, admin_cmds):
     module.add_to(cli)
 
 

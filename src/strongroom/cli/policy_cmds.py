@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
 from strongroom.agent.passphrase import read_passphrase
-from strongroom.cli.common import echo, emit_json, home, json_option, key_if_given, passphrase_option, warn_line
+from strongroom.agent.selection import SelectionRules
+from strongroom.cli.common import (
+    echo,
+    emit_json,
+    exit_if_incomplete,
+    home,
+    json_option,
+    key_if_given,
+    passphrase_option,
+    warn_line,
+)
+from strongroom.cli.selection_opts import chosen, pop_options, selection_options
+from strongroom.model import display_path
 from strongroom.policy import (
     Policy,
     Schedule,
@@ -37,7 +50,7 @@ def policy_group() -> None:
 
 
 @policy_group.command("set")
-@click.option("--include", "includes", multiple=True, required=True, metavar="PATH", help="Protect this path.")
+@click.option("--include", "includes", multiple=True, metavar="PATH", help="Protect this path (or give --files-from).")
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB", help="Leave out matching paths.")
 @click.option("--daily", "daily_times", metavar="HH:MM[,HH:MM...]", help="Back up every day at these times (up to 3).")
 @click.option("--weekly", "weekly_days", metavar="DAYS", help="Back up on these days (mon,thu or mon-fri)...")
@@ -52,6 +65,7 @@ def policy_group() -> None:
 @click.option("--work-hours", default="mon-fri,08:00-18:00", show_default=True)
 @click.option("--timezone", default=None, help="IANA time zone of the schedule (default: this machine's).")
 @click.option("--pin", help="Shortening retention needs a PIN from `strongroom vault pin --act shorten-retention`.")
+@selection_options
 @passphrase_option
 @json_option
 @click.pass_context
@@ -59,9 +73,11 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
                weekly_days: str | None, weekly_times: str | None, every_weeks: int, keep_daily: int | None,
                keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, throttle_work: str,
                throttle_off: str, work_hours: str, timezone: str | None, pin: str | None,
-               passphrase_file: Path | None, as_json: bool) -> None:
+               passphrase_file: Path | None, as_json: bool, **select: Any) -> None:
     """Set this machine's policy; the vault keeps every version and prunes by the newest.
-    The paths are sealed with this machine's key, so the passphrase is needed."""
+    The paths are sealed with this machine's key, so the passphrase is needed. The selection
+    options' files are read now: the policy keeps their patterns and paths, not the files."""
+    picked = chosen(excludes, pop_options(select))
     if daily_times and weekly_days:
         raise click.UsageError("--daily and --weekly exclude each other")
     if weekly_days and not weekly_times:
@@ -74,17 +90,20 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
     tiers = {"daily": keep_daily, "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly}
     retention = Retention(**tiers) if any(v is not None for v in tiers.values()) else Retention(daily=30)
     work_days, hours = parse_work_hours(work_hours)
-    policy = Policy(tuple(os.path.abspath(p) for p in includes), excludes, schedule, retention,
+    paths = [os.path.abspath(p) for p in includes] + [os.fsdecode(p) for p in picked.listed]
+    policy = Policy(tuple(dict.fromkeys(paths)), tuple(picked.excludes), schedule, retention,
                     parse_rate(throttle_work), parse_rate(throttle_off), work_days, hours,
-                    timezone or local_timezone())
+                    timezone or local_timezone(), picked.rules.to_doc())
     agent = home(ctx)
     key = agent.master_key(read_passphrase(passphrase_file))
     version = agent.vault().set_policy(seal_doc(policy, key), pin)
     agent.save_policy_copy(version, policy.to_doc())
+    missing = [{"path": display_path(p), "error": m} for p, m in picked.missing]
     if as_json:
-        emit_json({"version": version, "policy": view(policy.to_doc(), None)})
+        emit_json({"version": version, "policy": view(policy.to_doc(), None), "warnings": missing})
     else:
         echo(f"Policy version {version} stored in the vault.")
+    exit_if_incomplete(ctx, missing, as_json, "are not in the policy")
 
 
 @policy_group.command("show")
@@ -127,6 +146,9 @@ def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool)
                                                              if s["every_weeks"] > 1 else ""))
     echo(f"Policy version {version}")
     echo(f"  protect:   {_paths(doc)}")
+    if doc.get("selection"):
+        for rule in SelectionRules.from_doc(doc["selection"]).describe():
+            echo(f"  select:    {rule}")
     echo(f"  schedule:  {when} ({doc['timezone']})")
     echo("  retention: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None))
     echo(f"  bandwidth: work {_rate(doc['throttle_work'])}, off {_rate(doc['throttle_off'])} "

@@ -26,10 +26,12 @@ from strongroom.vault.connect import connect
 @click.option("--insecure-http", is_flag=True,
               help="Allow a plain http:// vault URL that is not on this machine (secrets then cross the "
                    "network unencrypted); kept for every later command.")
+@click.option("--cache", "cache", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="The cache folder (blob index, scratch), if not the agent home's cache/.")
 @passphrase_option
 @click.pass_context
 def register(ctx: click.Context, cred_file: Path, machine: str | None, replace: str | None, insecure_http: bool,
-             passphrase_file: Path | None) -> None:
+             cache: Path | None, passphrase_file: Path | None) -> None:
     """Register this machine with a vault and set the encryption passphrase."""
     agent = home(ctx)
     if agent.registered:
@@ -45,7 +47,8 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, replace: 
         keyfile = vault.replace_keyfile(creds, name)
         key = unwrap_key(keyfile, read_passphrase(passphrase_file, prompt=f"Encryption passphrase of {name}: "))
         token = vault.replace_machine(creds, name, key.replace_proof().hex())
-        agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint, insecure_http)
+        agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint, insecure_http,
+                                cache.absolute() if cache else None)
         echo(f"This machine is {name!r} again in vault {creds.vault_id}: its points and history are its own; "
              "the token of the machine it replaces no longer works.")
         return
@@ -53,7 +56,8 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, replace: 
     key = MasterKey.generate()
     keyfile = wrap_key(key, passphrase)
     token = vault.register(creds, name, keyfile, key.key_check())
-    agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint, insecure_http)
+    agent.save_registration(creds.vault_url, name, token, keyfile, creds.fingerprint, insecure_http,
+                            cache.absolute() if cache else None)
     echo(f"Registered machine {name!r} with vault {creds.vault_id}.")
     echo("Keep the passphrase safe: it never leaves this machine, and without it the "
          "backups cannot be restored by anyone.", err=True)

@@ -199,7 +199,7 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
 @_admin_options
 @click.option("--machine", required=True, metavar="NAME", help="The machine that may use the PIN.")
 @click.option("--act", required=True, type=click.Choice(sorted(protection.ACTS)),
-              help="What the PIN allows: `protection stop --delete-data`, or a policy that shortens retention.")
+              help="What the PIN allows: `protection stop --delete-data` or `forget`, or a policy that shortens retention.")
 def pin_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None, insecure_http: bool,
             machine: str, act: str) -> None:
     """Make a PIN for one machine and one destructive act, valid 5 minutes."""

@@ -190,6 +190,12 @@ class StopRequest(BaseModel):
     pin: str | None = PIN
 
 
+class ForgetRequest(BaseModel):
+    points: list[Annotated[str, Field(min_length=1, max_length=32, pattern=NAME)]] = Field(min_length=1,
+                                                                                         max_length=10000)
+    pin: str | None = PIN
+
+
 class PinRequest(BaseModel):
     machine: str = Field(max_length=255)
     act: str = Field(max_length=32)
@@ -396,6 +402,17 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     def undelete(point_id: ShortId, m: Machine = Depends(machine)) -> dict[str, str]:
         service.undelete_point(m.id, point_id)
         return {"point": point_id}
+
+    @app.post("/api/v1/points/forget")
+    def forget(req: ForgetRequest, request: Request, m: Machine = Depends(machine)) -> dict[str, Any]:
+        pin_attempt(request, req.pin, m)
+        return service.forget_points(m.id, req.points, req.pin)
+
+    @app.get("/api/v1/usage")
+    def usage(point: str | None = Query(None, min_length=1, max_length=32, pattern=NAME),
+              m: Machine = Depends(machine)) -> dict[str, Any]:
+        from strongroom.vault.usage import usage as measure
+        return measure(service, m.id, point)
 
     # -- policy -----------------------------------------------------------------------------
 

@@ -296,6 +296,12 @@ class HttpVault:
     def undelete_point(self, point_id: str) -> None:
         self._call("POST", f"/api/v1/points/{point_id}/undelete")
 
+    def usage(self, point_id: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/api/v1/usage", params={"point": point_id} if point_id else None)
+
+    def forget_points(self, point_ids: list[str], pin: str | None = None) -> dict[str, Any]:
+        return self._json("POST", "/api/v1/points/forget", json={"points": point_ids, "pin": pin})
+
     def set_policy(self, doc: dict[str, Any] | None, pin: str | None = None) -> int:
         return self._json("PUT", "/api/v1/policy", json={"policy": doc, "pin": pin})["version"]
 

@@ -97,6 +97,13 @@ class EmbeddedVault:
     def undelete_point(self, point_id: str) -> None:
         self.service.undelete_point(self._me(), point_id)
 
+    def usage(self, point_id: str | None = None) -> dict[str, Any]:
+        from strongroom.vault.usage import usage
+        return usage(self.service, self._me(), point_id)
+
+    def forget_points(self, point_ids: list[str], pin: str | None = None) -> dict[str, Any]:
+        return self.service.forget_points(self._me(), point_ids, pin)
+
     def set_policy(self, doc: dict[str, Any] | None, pin: str | None = None) -> int:
         return self.service.set_policy(self._me(), doc, pin)
 

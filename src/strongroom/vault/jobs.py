@@ -31,7 +31,7 @@ LEASE_SECONDS = 90
 # waiting_for_seed: a backup written to an offline seed folder, not in the vault until
 # `vault import-seed` brings it in (then completed).
 STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled", "waiting_for_seed")
-KINDS = ("backup", "restore", "prune", "import")
+KINDS = ("backup", "restore", "prune", "import", "mount")  # mount: a `strongroom mount` while it lasts
 LEASED = ("backup", "prune", "import")  # they change a machine's data: one at a time
 MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
 MAX_SEALED_FAILED = 512 * 1024  # base64 characters of the sealed list: well within a request

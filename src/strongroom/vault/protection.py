@@ -314,3 +314,45 @@ def mark_deleted(vault: VaultRoot, machine_id: int, point_ids: list[str], when_n
     uid = vault.machine_uid(machine_id)
     for pid in point_ids:
         vault.storage.put(records.deleted_object(uid, pid), records.encode_json({"deleted_ns": when_ns}))
+
+
+def forget_points(vault: VaultRoot, db: Any, machine_id: int, point_ids: list[str], pin: str | None) -> list[str]:
+    """Soft-deletes chosen live points of a machine (`strongroom forget`), recoverable for the
+    soft-delete period. Refused, before the PIN is spent: a point that is not a live point of
+    the machine; leaving the machine with no point (retention never takes a machine's last
+    point, so neither does this); and, on an immutable vault, a point whose retention has not
+    ended (without a policy, points are kept for good)."""
+    rows = db.execute(select(cat.points.c.id, cat.points.c.created_ns, cat.points.c.retain_until_ns)
+                      .where(cat.points.c.machine_id == machine_id, cat.points.c.deleted_ns.is_(None))).all()
+    live = {r.id: r.created_ns for r in rows}
+    wanted = list(dict.fromkeys(point_ids))
+    if not wanted:
+        raise UsageError("name at least one point to forget")
+    for pid in wanted:
+        if pid not in live:
+            raise UsageError(f"{pid} is not a live recovery point of this machine (see `strongroom points`)")
+    if len(wanted) == len(live):
+        only = f"point {wanted[0]} is this machine's only recovery point" if len(live) == 1 else \
+            f"these are all {len(live)} of this machine's recovery points"
+        raise UsageError(f"{only}: retention never removes a machine's last point, even while its backups fail, "
+                         "and forget keeps it too; to delete all of its data use `strongroom protection stop "
+                         "--delete-data --pin PIN`")
+    if settings(vault.engine)["immutable"]:
+        doc = last_active_policy(db, machine_id)
+        current = latest_policy(db, machine_id)
+        if doc is None or current is None or current[1] is None:
+            raise VaultError("this vault is immutable and this machine's points have no retention policy "
+                             "in force, so they never expire: none may be deleted")
+        floors = {r.id: r.retain_until_ns for r in rows if r.retain_until_ns}
+        until = _kept_until(live, floors, doc)
+        now = datetime.now(timezone.utc)
+        for pid in wanted:
+            if until[pid] > now:
+                raise VaultError(f"this vault is immutable: point {pid} is kept until "
+                                 f"{until[pid]:%Y-%m-%d %H:%M} UTC by its retention; no point may be "
+                                 "deleted before it expires")
+    spend_pin(vault, db, machine_id, pin, "delete-data")
+    now_ns = time.time_ns()
+    mark_deleted(vault, machine_id, wanted, now_ns)
+    db.execute(update(cat.points).where(cat.points.c.id.in_(wanted)).values(deleted_ns=now_ns))
+    return wanted

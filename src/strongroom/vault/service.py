@@ -448,6 +448,12 @@ class VaultService:
             protection.store_policy(self, db, machine_id, None)
         return deleted
 
+    def forget_points(self, machine_id: int, point_ids: list[str], pin: str | None = None) -> dict[str, Any]:
+        """Soft-deletes the machine's chosen points (a PIN for `delete-data`); see protection."""
+        with protection.guarded_write(self.engine) as db:
+            done = protection.forget_points(self, db, machine_id, point_ids, pin)
+        return {"deleted": done, "soft_delete_days": protection.settings(self.engine)["soft_delete_days"]}
+
     def policy(self, machine_id: int) -> tuple[int, dict[str, Any] | None] | None:
         with self.engine.connect() as db:
             return protection.latest_policy(db, machine_id)

@@ -1,0 +1,379 @@
+"""The file system `strongroom mount` shows (pyfuse3 operations): every recovery point, read only.
+
+    /by-id/<point id>/<the point's absolute paths>
+    /by-date/<YYYY-MM-DD HH-MM> -> ../by-id/<point id>     (" (2)" and so on for a second in a minute)
+    /latest -> by-id/<newest point id>
+
+Entries carry what the point recorded: owner, mode, times, xattrs (ACLs among them), symlink
+targets, device numbers; the files of one hardlink group in a point share one inode number.
+Inode numbers are handed out as entries are first seen and stay for the life of the mount.
+The list of points is read again when the top folders are looked at (at most every few
+seconds): a point that prune removed disappears, and lookups inside it fail with ENOENT;
+files already open read on from blobs still in the vault (verified) or fail with EIO.
+Anything the vault or a blob cannot give is EIO for that read only.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from strongroom.agent.mount_content import BlobSource, FileContent
+from strongroom.agent.pointbook import OpenedPoint, PointBook
+from strongroom.agent.reader import BlobReader
+from strongroom.errors import StrongroomError
+from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, display_path, is_safe_name
+
+ROOT, BY_ID, BY_DATE, LATEST = pyfuse3.ROOT_INODE, 2, 3, 4
+_TOP_TIMEOUT = 1.0  # the top folders change as points come and go
+_POINT_TIMEOUT = 3600.0  # a point's contents never change
+_REFRESH_SECONDS = 2.0
+_READ_AHEAD_BYTES = 4 * 1024 * 1024  # small files fetched with the first one read in a folder
+_READ_AHEAD_FILES = 256
+_SUBTREES_AHEAD = 64
+_TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO,
+              CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
+T = TypeVar("T")
+
+
+def date_name(created_ns: int) -> bytes:
+    return time.strftime("%Y-%m-%d %H-%M", time.localtime(created_ns / 1e9)).encode()
+
+
+class Node:
+    """One inode: an entry of a point (or a synthetic folder or link of the top levels)."""
+
+    __slots__ = ("ino", "point", "entry", "kids", "target", "parent")
+
+    def __init__(self, ino: int, point: str | None, entry: Entry, target: bytes | None = None,
+                 parent: Node | None = None) -> None:
+        self.ino, self.point, self.entry, self.target, self.parent = ino, point, entry, target, parent
+        self.kids: dict[bytes, int] | None = None  # a folder's children (name -> inode) once listed, in order
+
+
+@dataclass
+class MountStats:
+    files_opened: int = 0
+    bytes_read: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few, for the job record
+
+
+class PointsFS(pyfuse3.Operations):
+    """Read-only views of a machine's points, loaded lazily from its trees."""
+
+    enable_acl = True  # the kernel checks the points' POSIX ACLs, as on the original disk
+
+    def __init__(self, book: PointBook, reader: BlobReader, source: BlobSource, warn: Callable[[str], None]) -> None:
+        super().__init__()
+        self.book, self.reader, self.source, self.warn = book, reader, source, warn
+        self.lock = threading.Lock()
+        self.nodes: dict[int, Node] = {}
+        self.next_ino = LATEST + 1
+        self.points: dict[str, OpenedPoint] = {}  # live ones, by id
+        self.point_root: dict[str, int] = {}  # point id -> inode of its root folder
+        self.date_links: list[tuple[bytes, int]] = []
+        self.links: dict[tuple[str, int, int], int] = {}  # (point, st_dev, st_ino) -> inode
+        self.date_inos: dict[str, int] = {}  # point id -> inode of its by-date link
+        self.contents: dict[int, FileContent] = {}  # open files
+        self.open_count: dict[int, int] = {}
+        self.refreshed = 0.0
+        self.mounted_ns = time.time_ns()
+        self.stats = MountStats()
+        synthetic = {"t": DIR, "m": 0o555, "u": os.geteuid(), "g": os.getegid(), "mt": self.mounted_ns}
+        for ino in (ROOT, BY_ID, BY_DATE):
+            self.nodes[ino] = Node(ino, None, synthetic)
+        self.nodes[LATEST] = Node(LATEST, None, {**synthetic, "t": SYMLINK, "m": 0o777}, b"")
+
+    # -- the list of points -----------------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> None:
+        """Reads the vault's list of points again (checked: sealed manifests, order, rollback)."""
+        if not force and time.monotonic() - self.refreshed < _REFRESH_SECONDS:
+            return
+        live = self.book.live()  # newest first
+        with self.lock:
+            self.refreshed = time.monotonic()
+            self.points = {p.id: p for p in live}
+            for p in live:
+                if p.id not in self.point_root:
+                    root = {"t": DIR, "m": 0o555, "u": 0, "g": 0, "mt": p.created_ns, "tree": p.manifest["tree"]}
+                    self.point_root[p.id] = self._new_node(p.id, root).ino
+            taken: dict[bytes, int] = {}
+            links = []
+            for p in reversed(live):  # oldest first: its name does not change as newer ones come
+                base = date_name(p.created_ns)
+                taken[base] = taken.get(base, 0) + 1
+                name = base if taken[base] == 1 else base + b" (%d)" % taken[base]
+                links.append((name, self._date_link(p)))
+            self.date_links = links
+            latest = self.nodes[LATEST]
+            latest.target = b"by-id/" + live[0].id.encode() if live else b""
+            if live:
+                latest.entry = {**latest.entry, "mt": live[0].created_ns}
+
+    def _date_link(self, p: OpenedPoint) -> int:
+        ino = self.date_inos.get(p.id)
+        if ino is None:
+            entry = {"t": SYMLINK, "m": 0o777, "u": 0, "g": 0, "mt": p.created_ns}
+            ino = self.date_inos[p.id] = self._new_node(None, entry, b"../by-id/" + p.id.encode()).ino
+        return ino
+
+    def _new_node(self, point: str | None, entry: Entry, target: bytes | None = None,
+                  parent: Node | None = None) -> Node:
+        node = Node(self.next_ino, point, entry, target, parent)
+        self.nodes[node.ino] = node
+        self.next_ino += 1
+        return node
+
+    # -- folders ----------------------------------------------------------------------------
+
+    def _kids(self, node: Node) -> dict[bytes, int]:
+        """The children of a folder (name -> inode, in order), listed once from its tree (blocking)."""
+        if node.ino == ROOT:
+            return {b"by-date": BY_DATE, b"by-id": BY_ID, **({b"latest": LATEST} if self.points else {})}
+        if node.ino == BY_ID:
+            return {pid.encode(): self.point_root[pid] for pid in sorted(self.points)}
+        if node.ino == BY_DATE:
+            return dict(self.date_links)
+        if node.kids is None:
+            entries = self.reader.tree(node.entry["tree"]) if node.entry.get("tree") else []
+            # The subfolders' trees come along (one request to a served vault): `find`, `ls -R`
+            # and `cp -r` go there next, and then need no thread to list them.
+            subtrees = [e["tree"] for e in entries if e.get("t") == DIR and e.get("tree")][:_SUBTREES_AHEAD]
+            self.reader.prefetch(subtrees)
+            for tree_id in subtrees:
+                self.reader.tree(tree_id)
+            self.reader.drop(subtrees)  # any that another thread had decoded meanwhile: not held
+            self._set_kids(node, entries)
+        return node.kids  # type: ignore[return-value]
+
+    def _set_kids(self, node: Node, entries: list[Entry]) -> None:
+        with self.lock:
+            if node.kids is None:
+                node.kids = {e["n"]: self._child(node, e) for e in entries
+                             if isinstance(e.get("n"), bytes) and is_safe_name(e["n"]) and e.get("t") in _TYPE_BITS}
+
+    def _child(self, parent: Node, entry: Entry) -> int:
+        point = parent.point
+        if "h" in entry and entry["t"] != DIR and point is not None:
+            try:
+                key = (point, int(entry["h"][0]), int(entry["h"][1]))
+            except (TypeError, ValueError, IndexError):
+                key = None
+            if key is not None:
+                ino = self.links.get(key)
+                if ino is None:
+                    ino = self.links[key] = self._new_node(point, entry, parent=parent).ino
+                return ino
+        return self._new_node(point, entry, parent=parent).ino
+
+    def path_of(self, node: Node) -> str:
+        """Where a node shows in the mount (for messages): by-id/<point>/<path>."""
+        names = []
+        while node.parent is not None:
+            names.append(node.entry.get("n", b""))
+            node = node.parent
+        return f"by-id/{node.point}/" + display_path(b"/".join(reversed(names)))
+
+    def _node(self, ino: int) -> Node:
+        node = self.nodes.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _check_live(self, node: Node) -> None:
+        if node.point is not None and node.point not in self.points:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # pruned or deleted while mounted
+
+    async def _blocking(self, node: Node, fn: Callable[..., T], *args: Any) -> T:
+        """Runs vault work in a thread, so other requests go on; failures become EIO."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except (StrongroomError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._note(node, str(exc) or type(exc).__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _note(self, node: Node, message: str) -> None:
+        """Says once per node and message why a request failed (the kernel retries reads)."""
+        line = f"{self.path_of(node)}: {message}" if node.point is not None else message
+        if line in self.stats.errors:
+            return
+        if len(self.stats.errors) < 100:
+            self.stats.errors.append(line)
+        self.warn(line)
+
+    async def _top(self, node: Node) -> None:
+        if node.point is None:
+            await self._blocking(node, self.refresh)
+
+    # -- attributes -------------------------------------------------------------------------
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        e = node.entry
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        kind = e["t"]
+        a.st_mode = _TYPE_BITS[kind] | (int(e.get("m", 0)) & 0o7777)
+        a.st_nlink = 2 if "h" in e and kind != DIR else 1  # dirs: 1 means "not counted" to find
+        a.st_uid, a.st_gid = int(e.get("u", 0)), int(e.get("g", 0))
+        if node.target is not None:
+            size = len(node.target)
+        elif kind == SYMLINK:
+            size = len(e.get("l", b""))
+        else:
+            size = int(e.get("s", 0)) if kind == FILE else 0
+        a.st_size = size
+        a.st_rdev = int(e.get("r", 0))
+        mtime = int(e.get("mt", 0))
+        a.st_mtime_ns, a.st_atime_ns, a.st_ctime_ns = mtime, int(e.get("at", mtime)), int(e.get("ct", mtime))
+        a.st_blksize = 4096
+        if kind == FILE:  # what the data holds: a sparse file looks sparse to cp and du
+            data = sum(e.get("cl", ())) if "sp" in e else size
+            a.st_blocks = (data + 511) // 512
+        timeout = _TOP_TIMEOUT if node.point is None or node.ino == self.point_root.get(node.point) else _POINT_TIMEOUT
+        a.attr_timeout = a.entry_timeout = timeout
+        return a
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        return self._attrs(node)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        await self._top(parent)
+        self._check_live(parent)
+        if name == b".":
+            return self._attrs(parent)
+        ino = (await self._kids_of(parent)).get(name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(self.nodes[ino])
+
+    async def _kids_of(self, node: Node) -> dict[bytes, int]:
+        # A folder listed before needs no thread: most lookups and readdirs are of those.
+        if node.kids is not None:
+            return node.kids
+        if node.point is not None:
+            with self.reader.lock:
+                cached = self.reader.trees.get(node.entry.get("tree", b""))
+            if cached is not None:  # its tree came with its parent's: no thread, no fetch
+                self._set_kids(node, cached[0])
+                return node.kids  # type: ignore[return-value]
+        return await self._blocking(node, self._kids, node)
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        node = self._node(inode)
+        if node.target is not None:
+            if not node.target:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return node.target
+        if node.entry["t"] != SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.entry.get("l", b"")
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self._node(inode)
+        if node.entry["t"] != DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._top(node)
+        self._check_live(node)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        node = self._node(fh)
+        kids = await self._kids_of(node)
+        for i, (name, ino) in enumerate(itertools.islice(kids.items(), start_id, None), start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(self.nodes[ino]), i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if node.entry["t"] != FILE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self._check_live(node)
+        if inode not in self.contents:
+            try:
+                self.contents[inode] = FileContent(node.entry)
+            except StrongroomError as exc:
+                self._note(node, str(exc))
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        self.open_count[inode] = self.open_count.get(inode, 0) + 1
+        self.stats.files_opened += 1
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)  # contents never change
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        content = self.contents.get(fh)
+        if content is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        data = content.read_cached(self.source, off, size)  # no thread: most reads of a blob read
+        if data is None:
+            node = self.nodes[fh]
+            if len(content.ids) == 1 and node.parent is not None:
+                await self._blocking(node, self.source.fetch_many, self._small_files_from(node))
+            data = await self._blocking(node, content.read, self.source, off, size)
+        self.stats.bytes_read += len(data)
+        return data
+
+    def _small_files_from(self, node: Node) -> list[tuple[bytes, int]]:
+        """The blob of a one-blob file and those of the one-blob files after it in its folder,
+        up to a bound: `cp -r`, `rsync` and `cat *` read a folder's files in order, and a
+        served vault then answers them in one round trip instead of one each."""
+        wanted: list[tuple[bytes, int]] = []
+        total = 0
+        kids = list((node.parent.kids or {}).values()) if node.parent is not None else []
+        start = kids.index(node.ino) if node.ino in kids else len(kids)
+        for ino in [node.ino] + kids[start + 1:]:
+            entry = self.nodes[ino].entry
+            ids, lengths = entry.get("c", ()), entry.get("cl", ())
+            if entry["t"] != FILE or len(ids) != 1 or len(lengths) != 1:
+                continue
+            wanted.append((ids[0], lengths[0]))
+            total += lengths[0]
+            if total > _READ_AHEAD_BYTES or len(wanted) >= _READ_AHEAD_FILES:
+                break
+        return wanted
+
+    async def release(self, fh: int) -> None:
+        left = self.open_count.get(fh, 1) - 1
+        if left <= 0:
+            self.open_count.pop(fh, None)
+            self.contents.pop(fh, None)
+        else:
+            self.open_count[fh] = left
+
+    # -- attributes and the file system -----------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        value = self._node(inode).entry.get("x", {}).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return list(self._node(inode).entry.get("x", {}))
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        s.f_files = len(self.nodes)
+        return s
