@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup bench bench-scale bench-mount
+.PHONY: demo test setup bench bench-scale bench-mount bench-journal bench-image
 
 $(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
 	bash scripts/system-packages.sh
@@ -31,3 +31,12 @@ bench-scale: setup
 # `strongroom mount` beside `restic mount` (find, cat, 1 MiB range read, RSS): bench/README.md, Mount
 bench-mount: setup
 	$(BIN)/python bench/mount.py $(BENCH_MOUNT_ARGS)
+
+# Issue 10's optimized backups (the change journal) against unoptimized ones and restic: bench/README.md
+# A small corpus: make bench-journal ARGS="--small 5000 --scale 0.02"
+bench-journal: setup
+	$(BIN)/python bench/journal.py $(ARGS)
+
+# Issue 12's image figures (image backup, increment after a mutation, restore, VHD export; root)
+bench-image: setup
+	$(BIN)/python bench/image.py

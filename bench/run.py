@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Strongroom benchmark: strongroom vs restic vs borg on the shared corpus (stdlib only).
+"""Strongroom benchmark: strongroom vs restic vs borg on the bench corpus (stdlib only).
 
     python bench/run.py [--workdir bench/work] [--small 50000] [--scale 1.0]
                         [--rounds 3] [--tools strongroom,restic,borg]
 
 Per round, for every tool: a fresh repository; initial backup of the corpus; a
-no-change backup; `make_corpus.py mutate --gen ROUND`; a backup after the mutation;
+no-change backup; `bench/corpus.py mutate --gen ROUND`; a backup after the mutation;
 the repository size (du -sb); a full restore of the latest snapshot into an empty
 directory, verified against the corpus, then deleted.  Each step runs the tools one
 after the other (alternating), with a warm page cache.  Wall time and peak RSS come
@@ -29,7 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
-MAKE_CORPUS = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "corpus", "make_corpus.py"))
+MAKE_CORPUS = os.path.join(REPO_ROOT, "bench", "corpus.py")  # the bench's own generator: a clean clone has no ../shared
 MiB = 1024 * 1024
 ALL_TOOLS = ("strongroom", "strongroom-https", "restic", "borg")
 STEPS = ("initial", "nochange", "mutated", "restore")
@@ -686,7 +686,7 @@ def markdown(summ, tools, rounds, meta):
 
     c = meta["corpus"]
     out = [
-        f"Corpus: `make_corpus.py create --small {c['small']} --scale {c['scale']}` "
+        f"Corpus: `bench/corpus.py create --small {c['small']} --scale {c['scale']}` "
         f"({c['files']} files, {c['bytes'] / MiB:.1f} MiB before mutation); "
         f"{meta['rounds']} round(s); median (min–max) over rounds; warm page cache; "
         f"{meta['machine']['cpus']} CPUs, {meta['machine']['platform']}.",

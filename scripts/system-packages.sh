@@ -6,7 +6,9 @@
 # the tests that need these parts skip with that reason.
 set -euo pipefail
 need=()
-for pkg in fuse3 libfuse3-dev pkg-config rsync btrfs-progs; do
+# qemu-utils: qemu-img checks exported VHD and raw images (image points); e2fsprogs, fdisk and
+# util-linux: mkfs.ext4, fsck, sfdisk, blkid, findmnt for volume, image and system-state points.
+for pkg in fuse3 libfuse3-dev pkg-config rsync btrfs-progs qemu-utils e2fsprogs fdisk util-linux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -62,13 +62,15 @@ class Policy:
     timezone: str = "UTC"
     # agent/selection.py's rules (SelectionRules.to_doc()), sealed with the paths
     selection: dict[str, Any] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()  # mount points, each backed up as a volume point
+    system_state: bool = False  # a system-state point with each scheduled run
 
     def __post_init__(self) -> None:
         SelectionRules.from_doc(self.selection)  # refuses what the rules refuse
-        if not self.includes:
-            raise UsageError("a policy needs at least one --include")
-        if any(not p.startswith("/") for p in self.includes):
-            raise UsageError("--include takes absolute paths")
+        if not self.includes and not self.volumes and not self.system_state:
+            raise UsageError("a policy needs at least one --include, --volume or --system-state")
+        if any(not p.startswith("/") for p in self.includes + self.volumes):
+            raise UsageError("--include and --volume take absolute paths")
         for rate in (self.throttle_work, self.throttle_off):
             if rate is not None and rate < MIN_THROTTLE:
                 raise UsageError("a bandwidth limit is 512 Kbit/s or more (or 0 for unlimited)")
@@ -85,6 +87,7 @@ class Policy:
         doc = dict(doc)
         sched = doc.pop("schedule")
         return cls(**{**doc, "includes": tuple(doc["includes"]), "excludes": tuple(doc["excludes"]),
+                      "volumes": tuple(doc.get("volumes", ())),
                       "work_days": tuple(doc["work_days"]), "work_hours": tuple(doc["work_hours"]),
                       "schedule": Schedule(tuple(sched["times"]), tuple(sched["days"]), sched["every_weeks"])
                       if sched else None, "retention": Retention(**doc["retention"])})
@@ -92,9 +95,9 @@ class Policy:
 
 PATHS_AAD = b"strongroom policy paths v1"
 MAX_SEALED_PATHS = 256 * 1024  # base64 characters: thousands of paths
-_PATH_FIELDS = ("includes", "excludes")
+_PATH_FIELDS = ("includes", "excludes", "volumes")
 _SELECTION = "selection"  # sealed too: its patterns and names say what the machine holds
-_SEALED_FIELDS = ("sealed_paths", "include_count", "exclude_count")
+_SEALED_FIELDS = ("sealed_paths", "include_count", "exclude_count", "volume_count")
 
 
 def seal_doc(policy: Policy, key: MasterKey) -> dict[str, Any]:
@@ -102,7 +105,8 @@ def seal_doc(policy: Policy, key: MasterKey) -> dict[str, Any]:
     doc = policy.to_doc()
     paths = json.dumps({**{f: doc.pop(f) for f in _PATH_FIELDS}, _SELECTION: doc.pop(_SELECTION)}).encode()
     return {**doc, "sealed_paths": base64.b64encode(key.seal(PATHS_AAD, paths)).decode(),
-            "include_count": len(policy.includes), "exclude_count": len(policy.excludes)}
+            "include_count": len(policy.includes), "exclude_count": len(policy.excludes),
+            "volume_count": len(policy.volumes)}
 
 
 def open_doc(doc: dict[str, Any], key: MasterKey) -> dict[str, Any]:
@@ -113,7 +117,7 @@ def open_doc(doc: dict[str, Any], key: MasterKey) -> dict[str, Any]:
     try:
         paths = json.loads(key.open(PATHS_AAD, base64.b64decode(doc["sealed_paths"])))
         selection = SelectionRules.from_doc(paths.get(_SELECTION)).to_doc()  # absent before selections
-        paths = {f: [str(p) for p in paths[f]] for f in _PATH_FIELDS}
+        paths = {f: [str(p) for p in paths.get(f, [])] for f in _PATH_FIELDS}  # no volumes before kinds
     except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, UsageError):
         raise IntegrityError("the policy's sealed paths are damaged") from None
     rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
@@ -126,8 +130,9 @@ def view(doc: dict[str, Any], key: MasterKey | None) -> dict[str, Any]:
         doc = open_doc(doc, key)
     if "sealed_paths" in doc:
         return {**{k: v for k, v in doc.items() if k != "sealed_paths"}, "includes": None, "excludes": None,
-                _SELECTION: None}
-    return {**doc, "include_count": len(doc["includes"]), "exclude_count": len(doc["excludes"])}
+                "volumes": None, _SELECTION: None}
+    return {**doc, "include_count": len(doc["includes"]), "exclude_count": len(doc["excludes"]),
+            "volume_count": len(doc.get("volumes", ()))}
 
 
 def check_vault_doc(doc: dict[str, Any]) -> dict[str, Any]:
@@ -137,10 +142,12 @@ def check_vault_doc(doc: dict[str, Any]) -> dict[str, Any]:
         raise UsageError("policy paths must reach the vault sealed with the machine's key "
                          "(this agent is older than the vault: upgrade it)")
     try:
-        sealed, counts = doc["sealed_paths"], (int(doc["include_count"]), int(doc["exclude_count"]))
+        sealed = doc["sealed_paths"]
+        counts = (int(doc["include_count"]), int(doc["exclude_count"]), int(doc.get("volume_count", 0)))
         if not isinstance(sealed, str) or len(sealed) > MAX_SEALED_PATHS:
             raise ValueError
-        if len(base64.b64decode(sealed, validate=True)) < sealed_size(2) or counts[0] < 1 or counts[1] < 0:
+        protects = counts[0] + counts[2] > 0 or doc.get("system_state") is True
+        if len(base64.b64decode(sealed, validate=True)) < sealed_size(2) or not protects or min(counts) < 0:
             raise ValueError
         rest = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS + _PATH_FIELDS + (_SELECTION,)}
         plain = Policy.from_doc({**rest, "includes": ["/"], "excludes": []}).to_doc()
@@ -148,7 +155,8 @@ def check_vault_doc(doc: dict[str, Any]) -> dict[str, Any]:
         raise UsageError("malformed policy document") from None
     for f in _PATH_FIELDS + (_SELECTION,):
         del plain[f]
-    return {**plain, "sealed_paths": sealed, "include_count": counts[0], "exclude_count": counts[1]}
+    return {**plain, "sealed_paths": sealed, "include_count": counts[0], "exclude_count": counts[1],
+            "volume_count": counts[2]}
 
 
 def parse_rate(text: str) -> int | None:

@@ -5,6 +5,7 @@ options leave out (treeutil.assert_trees_equal)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -76,6 +77,7 @@ def test_exclude_caches_checks_the_signature_and_keeps_the_tag(registered, src, 
     (src / "build" / "CACHEDIR.TAG").write_bytes(CACHEDIR_SIGNATURE + b"\n# made by a build tool\n")
     fake = src / "a" / "b"
     (fake / "CACHEDIR.TAG").write_bytes(b"Signature: not the right one\n")  # not a cache: kept whole
+    os.mkfifo(src / "empty-dir" / "CACHEDIR.TAG")  # a FIFO is no tag, and must not block the walk
     stamp(src)
     point = registered.backup(src, "--exclude-caches")["id"]
     restore_and_compare(registered, point, src, tmp_path, ["build/out.bin", "build/sub"])
@@ -139,7 +141,6 @@ def test_files_from_with_missing_paths_warns_and_exits_3(registered, src, tmp_pa
                         + bytes(src / "a") + b"\n" + bytes(gone) + b"\n")
     res = registered.run("backup", "--files-from", listing, "--json", check=False)
     assert res.returncode == 3, res.stderr
-    import json
     doc = json.loads(res.stdout)
     assert doc["warnings"] == [{"path": str(gone), "error": "listed in --files-from but does not exist; "
                                 "not backed up"}]
@@ -161,11 +162,14 @@ def test_files_from_nul_separated_is_verbatim(registered, src, tmp_path):
     listing = tmp_path / "list0"
     listing.write_bytes(bytes(odd) + b"\0" + bytes(src / "notes.log") + b"\0")
     point = registered.backup("--files-from", listing, "-0")["id"]
-    target = tmp_path / "r"
-    registered.restore(point, target=target)
-    assert_trees_equal(odd, under(target, odd))
-    assert_trees_equal(src / "notes.log", under(target, src / "notes.log"))
-    assert sorted(os.listdir(under(target, src))) == sorted([odd.name, "notes.log"])
+    # `-` reads the list from standard input, as from `find -print0 |`
+    piped = json.loads(registered.run("backup", "--files-from", "-", "-0", "--json", input=listing.read_bytes()).stdout)
+    for pid in (point, piped["id"]):
+        target = tmp_path / f"r-{pid}"
+        registered.restore(pid, target=target)
+        assert_trees_equal(odd, under(target, odd))
+        assert_trees_equal(src / "notes.log", under(target, src / "notes.log"))
+        assert sorted(os.listdir(under(target, src))) == sorted([odd.name, "notes.log"])
 
 
 def test_files_from_bad_input(registered, src, tmp_path):
@@ -178,3 +182,23 @@ def test_files_from_bad_input(registered, src, tmp_path):
     assert_clean_failure(registered.run("backup", src, "-0", check=False), 2, saying("-0", "--files-from"))
     assert_clean_failure(registered.run("backup", check=False), 2, saying("give PATHS"))
     assert registered.points() == []
+
+
+def test_one_file_system_on_a_btrfs_snapshot(registered, tmp_path):
+    # the source is read from a snapshot (another device number than the live path): the walk
+    # stays in it, and a mount below the source is still left out
+    from test_snapshots import Btrfs, _why_no_btrfs
+    if _why_no_btrfs():
+        pytest.skip(_why_no_btrfs())
+    fs = Btrfs(tmp_path)
+    try:
+        src = make_files(fs.sub / "data", TREE)
+        (src / "mp").mkdir()
+        fs.mount("-t", "tmpfs", "-o", "size=1m", "none", src / "mp")
+        (src / "mp" / "elsewhere.txt").write_bytes(b"on tmpfs\n")
+        stamp(src)
+        out = registered.backup(src, "-x")
+        assert out["snapshot"] == "btrfs", out
+        restore_and_compare(registered, out["id"], src, tmp_path, ["mp/elsewhere.txt"])
+    finally:
+        fs.close()

@@ -158,3 +158,15 @@ def test_a_file_that_never_holds_still_is_stored_as_read_with_a_warning(register
     assert len((restored / "hot.bin").read_bytes()) == size  # stored as read
     backups = [j for j in registered.json("jobs") if j["kind"] == "backup"]
     assert [j["status"] for j in backups] == ["completed_with_warnings"] * 2
+
+
+def test_register_with_a_cache_folder_that_cannot_be_made_is_refused_before_registering(registered, tmp_path):
+    from conftest import Strongroom
+    other = Strongroom(tmp_path / "home2")
+    cred = registered.make_credentials(registered.vault, tmp_path / "cred2")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    res = other.run("register", "--credentials", cred, "--machine", "m2", "--cache", a_file / "cache", check=False)
+    assert_clean_failure(res, 2, saying("cannot make the cache folder", "Not a directory"))
+    other.run("register", "--credentials", cred, "--machine", "m2")  # the name was not taken
+    assert _show(other)["configured"] is False

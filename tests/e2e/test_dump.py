@@ -96,6 +96,19 @@ def test_refusals_are_one_line(machine, tricky):
     assert res.returncode == 2 and "zip" in res.stderr
 
 
+def test_a_tar_stream_is_not_written_to_a_terminal(machine, tricky):
+    leader, follower = os.openpty()
+    try:
+        proc = subprocess.run(machine.cmd + ["dump", "latest", str(tricky), "--archive", "tar"], env=machine.env(),
+                              stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == ("strongroom: error: refusing to write a tar stream to a terminal: "
+                                            "pipe it (| tar -t) or redirect it (> FILE)")
+
+
 def test_a_damaged_pack_stops_the_dump_with_one_line(registered, tmp_path):
     src = tmp_path / "d"
     src.mkdir()

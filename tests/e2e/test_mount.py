@@ -370,6 +370,52 @@ def test_a_point_pruned_while_mounted_disappears_without_wrong_data(registered, 
     finish(proc)
 
 
+def test_another_machines_points_with_its_passphrase(registered, second_machine, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "theirs.txt").write_text("made on test-01\n")
+    point = registered.backup(src)["id"]
+    other = second_machine()
+    mnt = tmp_path / "mnt"
+    with mounted(other, mnt, "--from-machine", registered.machine) as proc:
+        assert os.listdir(mnt / "by-id") == [point]
+        assert in_point(mnt, point, src / "theirs.txt").read_text() == "made on test-01\n"
+        other.run("unmount", mnt)
+    finish(proc)
+    job = other.json("jobs")[0]
+    assert (job["kind"], job["source_machine"], job["status"]) == ("mount", registered.machine, "completed")
+
+
+def test_a_hostile_point_shows_only_safe_names_and_malformed_entries_fail_alone(registered, tmp_path):
+    from test_safety import _entry, _plant_point
+
+    def entries(blob, tree):
+        evil = blob(b"evil\n")
+        return [
+            _entry(b"..", s=5, c=[evil], cl=[5]),
+            _entry(b"../escaped", s=5, c=[evil], cl=[5]),
+            _entry(b"ok.txt", s=5, c=[evil], cl=[5]),
+            _entry(b"bad-mode", m="rwx", s=5, c=[evil], cl=[5]),
+            _entry(b"no-lengths", s=5, c=[evil]),
+            _entry(b"wrong-length", s=5, c=[evil], cl=[3]),
+        ]
+
+    _plant_point(registered.home, entries)
+    mnt = tmp_path / "mnt"
+    with mounted(registered, mnt) as proc:
+        root = mnt / "by-id" / "0bad0bad0bad0bad"
+        assert sorted(os.listdir(root)) == ["no-lengths", "ok.txt", "wrong-length"]  # bad-mode left out
+        for name in ("no-lengths", "wrong-length"):
+            with pytest.raises(OSError) as caught:
+                (root / name).read_bytes()
+            assert caught.value.errno == errno.EIO, name
+        assert (root / "ok.txt").read_bytes() == b"evil\n"  # the mount goes on
+        registered.run("unmount", mnt)
+    summary = finish(proc)
+    assert summary["read_errors"] == 3, proc.err
+    assert "the entry bad-mode is malformed; not shown" in proc.err
+
+
 def test_a_stdin_point_reads_through_the_mount(registered, tmp_path):
     """`backup --stdin` writes its own tree entry: it must carry the per-blob lengths too."""
     sr = registered

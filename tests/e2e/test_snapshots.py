@@ -91,6 +91,7 @@ def test_a_btrfs_source_is_read_from_a_snapshot_deleted_after(registered, fs, tm
     assert out["snapshot"] == "btrfs" and out["warnings"] == []
     assert out["sources"] == [str(src)]  # the original path is recorded, not the snapshot's
     assert registered.points()[0]["snapshot"] == "btrfs"
+    assert "Snapshot" in (table := registered.run("points").stdout) and "btrfs" in table
     assert _snapshots_left(fs) == [] and not (fs.sub / SNAPSHOT_DIR).exists()
     assert os.stat(fs.sub).st_mtime_ns == root_before.st_mtime_ns, "the subvolume's root shows our folder"
     registered.restore("latest", target=tmp_path / "r")
@@ -145,13 +146,27 @@ def test_nested_subvolume_and_mount_inside_a_source_are_backed_up(registered, fs
     (fs.sub / "mp").mkdir()
     fs.mount("-t", "tmpfs", "-o", "size=4m", "none", fs.sub / "mp")
     (fs.sub / "mp" / "m.txt").write_text("on another file system")
-    out = registered.backup(fs.sub)
-    assert out["snapshot"] == "btrfs" and out["warnings"] == []
+    _sh("btrfs", "subvolume", "create", fs.sub / "nested" / "deeper")  # a snapshot of its own, too
+    (fs.sub / "nested" / "deeper" / "d.txt").write_text("two levels down")
+    size = 8 * MiB
+    (fs.sub / "nested" / "hot.bin").write_bytes(b"\0" * size)
+    writer = _rewriter(fs.sub / "nested" / "hot.bin", size)
+    try:
+        out = registered.backup(fs.sub)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert out["snapshot"] == "btrfs" and out["warnings"] == []  # the nested subvolume: a snapshot too
     restored = under(tmp_path / "r", fs.sub)
     registered.restore("latest", target=tmp_path / "r")
     assert (restored / "nested" / "inner.txt").read_text() == "in a nested subvolume"
     assert (restored / "mp" / "m.txt").read_text() == "on another file system"
-    assert not (restored / SNAPSHOT_DIR).exists()
+    assert (restored / "nested" / "deeper" / "d.txt").read_text() == "two levels down"
+    assert len(set((restored / "nested" / "hot.bin").read_bytes())) <= 2
+    assert not (restored / SNAPSHOT_DIR).exists() and not (restored / "nested" / SNAPSHOT_DIR).exists()
+    os.remove(fs.sub / "nested" / "hot.bin")  # it went on changing after the snapshot
+    os.remove(restored / "nested" / "hot.bin")
+    os.utime(restored / "nested", ns=(0, os.stat(fs.sub / "nested").st_mtime_ns))
     assert_trees_equal(fs.sub, restored)
     assert _snapshots_left(fs) == []
 
@@ -176,18 +191,40 @@ def test_a_snapshot_that_cannot_be_taken_falls_back_to_live_with_a_warning(regis
     assert _snapshots_left(fs) == []
 
 
+def test_a_source_whose_subvolume_root_is_out_of_reach_is_read_live_with_a_warning(registered, fs, tmp_path):
+    (fs.sub / "inner").mkdir()
+    (fs.sub / "inner" / "f.txt").write_text("x")
+    bound = tmp_path / "bound"
+    bound.mkdir()
+    fs.mount("--bind", fs.sub / "inner", bound)  # the subvolume's root is not under any mount here
+    res = registered.run("backup", bound, "--json", check=False)
+    assert res.returncode == 3, res.stderr
+    out = json.loads(res.stdout)
+    assert out["snapshot"] is None
+    assert out["warnings"] == [{"path": str(bound), "error": "read live, not from a snapshot: its subvolume's "
+                                "root is not reachable here (a bind mount of a subdirectory?)"}]
+    registered.restore("latest", target=tmp_path / "r")
+    assert_trees_equal(bound, under(tmp_path / "r", bound))
+
+
 def test_a_snapshot_left_by_a_killed_backup_is_deleted_by_the_next(registered, fs, tmp_path):
     src = fs.sub / "big"
     src.mkdir()
     for i in range(48):
         (src / f"f{i:02d}").write_bytes(os.urandom(2 * MiB))
     argv = registered.cmd + ["backup", str(src)]
-    proc = subprocess.Popen(argv, env=registered.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not _snapshots_left(fs) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def stopped_mid_backup(signum: int) -> None:
+        proc = subprocess.Popen(argv, env=registered.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not _snapshots_left(fs) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signum)
+        proc.wait()
+
+    stopped_mid_backup(signal.SIGTERM)  # a stopped service: cancelled, and its snapshot deleted
+    assert _snapshots_left(fs) == [] and not (fs.sub / SNAPSHOT_DIR).exists()
+    stopped_mid_backup(signal.SIGKILL)
     left = _snapshots_left(fs)
     assert len(left) == 1 and "strongroom-" in left[0], "the kill came too late to leave a snapshot"
     (src / "f00").write_bytes(b"changed after the kill")
@@ -216,3 +253,53 @@ def test_a_killed_backups_snapshot_is_found_without_the_cache_folder(registered,
     assert _snapshots_left(fs) == [f"sub/{SNAPSHOT_DIR}/strongroom-0000ffff-1-cafecafe"]
     registered.restore("latest", target=tmp_path / "r")
     assert_trees_equal(src, under(tmp_path / "r", src))
+
+
+def test_one_file_system_from_a_snapshot_keeps_the_source_and_leaves_mounts_empty(registered, fs, tmp_path):
+    src = fs.sub / "data"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "f.txt").write_text("on the source's file system")
+    (src / "mp").mkdir()
+    fs.mount("-t", "tmpfs", "-o", "size=4m", "none", src / "mp")
+    (src / "mp" / "m.txt").write_text("on another")
+    out = registered.backup(src, "--one-file-system")
+    assert out["snapshot"] == "btrfs" and out["warnings"] == []
+    registered.restore("latest", target=tmp_path / "r")
+    restored = under(tmp_path / "r", src)
+    assert (restored / "dir" / "f.txt").read_text() == "on the source's file system"
+    assert (restored / "mp").is_dir() and list((restored / "mp").iterdir()) == []
+
+
+def test_a_planted_snapshot_folder_is_not_used(registered, fs, tmp_path):
+    """Someone who can write the subvolume's root makes `.strongroom-snapshots` a symbolic link
+    to a folder of theirs, or a folder others can write: no snapshot goes there."""
+    (fs.sub / "f.txt").write_text("x")
+    theirs = fs.mnt / "theirs"
+    theirs.mkdir()
+    (fs.sub / SNAPSHOT_DIR).symlink_to(theirs)
+    res = registered.run("backup", fs.sub, "--json", check=False)
+    assert res.returncode == 3, res.stderr
+    [warning] = json.loads(res.stdout)["warnings"]
+    assert "read live, not from a snapshot" in warning["error"]
+    assert "not a folder of this user's alone" in warning["error"]
+    assert list(theirs.iterdir()) == [] and _snapshots_left(fs) == []
+    (fs.sub / SNAPSHOT_DIR).unlink()
+    (fs.sub / SNAPSHOT_DIR).mkdir(mode=0o777)
+    os.chmod(fs.sub / SNAPSHOT_DIR, 0o777)
+    res = registered.run("backup", fs.sub, "--json", check=False)
+    assert res.returncode == 3 and "not a folder of this user's alone" in res.stdout
+    assert _snapshots_left(fs) == []
+
+
+def test_sources_on_btrfs_and_elsewhere_make_a_partly_snapshotted_point(registered, fs, tmp_path):
+    on_btrfs, elsewhere = fs.sub / "b", tmp_path / "plain"
+    on_btrfs.mkdir()
+    elsewhere.mkdir()
+    (on_btrfs / "1").write_text("one")
+    (elsewhere / "2").write_text("two")
+    out = registered.backup(on_btrfs, elsewhere)
+    assert out["snapshot"] == "btrfs-partial" and out["warnings"] == []  # ext4 has no snapshots: no warning
+    assert registered.points()[0]["snapshot"] == "btrfs-partial"
+    registered.restore("latest", target=tmp_path / "r")
+    assert_trees_equal(on_btrfs, under(tmp_path / "r", on_btrfs))
+    assert_trees_equal(elsewhere, under(tmp_path / "r", elsewhere))

@@ -8,7 +8,9 @@ to a pool). Directory trees are finalised in post-order from a bounded queue, so
 never waits for the walk and memory does not grow with the size of the tree.
 
 Change detection (unoptimized mode): a file whose size, mtime, ctime and inode equal those
-in the parent point is not read; its entry, content IDs and all, is carried over.
+in the parent point is not read; its entry, content IDs and all, is carried over. In
+optimized mode (optimized.py) only the directories a change journal names are listed; the
+hooks that do it are marked "optimized mode".
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from strongroom import blobs, chunker
-from strongroom.agent.blobcache import KnownBlobs, RefSpool
+from strongroom.agent import optimized
+from strongroom.agent.blobcache import KnownBlobs
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
     DIR_FLAGS,
@@ -37,7 +41,7 @@ from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.selection import Selection, change_base
-from strongroom.agent.snapshot import View, consistent_view, home_tag, remove_stale
+from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError, VaultError
@@ -75,6 +79,7 @@ class BackupResult:
     point: PointRecord
     stats: dict[str, Any]
     warnings: list[tuple[bytes, str]]
+    mode_reason: str = ""
 
 
 class _PendingDir:
@@ -99,11 +104,14 @@ def _unchanged(prev: Entry | None, st: os.stat_result) -> bool:
             and prev["mt"] == st.st_mtime_ns and prev["ct"] == st.st_ctime_ns and prev.get("i") == st.st_ino)
 
 
-def _dir_entry(name: bytes, st: os.stat_result) -> Entry:
+def _dir_entry(name: bytes, st: os.stat_result, xattrs_of: bytes | None = None) -> Entry:
     """A directory's entry without its atime: listing a directory moves it, and a tree that
-    changed with every backup would cost new tree blobs all the way up, day after day."""
+    changed with every backup would cost new tree blobs all the way up, day after day.
+    With `xattrs_of` (a proc path of it), its extended attributes too."""
     entry = entry_from_stat(name, st)
     del entry["at"]
+    if xattrs_of is not None and (xattrs := read_xattrs(xattrs_of)):
+        entry["x"] = xattrs
     return entry
 
 
@@ -127,6 +135,15 @@ def normalise_sources(paths: list[bytes]) -> list[bytes]:
     return [p for p in out if not any(p != q and (q == b"/" or p.startswith(q + b"/")) for q in out)]
 
 
+def parent_of_kind(points: list[OpenedPoint], kind: str, sources: list[bytes]) -> OpenedPoint | None:
+    """The parent of a new point: the newest of its kind with the same sources (a volume backup
+    must never take a files point, or another volume's, as parent). Files points fall back on
+    the newest files point: paths they share are still carried over unread."""
+    same_kind = [p for p in points if p.manifest["kind"] == kind]
+    fallback = same_kind[0] if same_kind and kind == "files" else None
+    return next((p for p in same_kind if p.manifest["sources"] == sources), fallback)
+
+
 class Backup:
     def __init__(self, vault: Vault, key: MasterKey, sources: list[bytes], excludes: list[str],
                  skip_dirs: list[bytes], cache: Path, *, book: PointBook, selection: Selection | None = None) -> None:
@@ -142,9 +159,13 @@ class Backup:
         self.excludes = [os.fsencode(e) for e in excludes]
         self.excluded = compile_globs(self.excludes)
         self.retain_until_ns: int | None = None  # an on-demand backup's own retention
+        self.unoptimized = False  # `backup --unoptimized`: scan everything whatever the journal says
+        self.plan = optimized.Plan(optimized.UNOPTIMIZED, "")
         self.skip_dirs = skip_dirs
         self.skip: set[tuple[int, int]] = set()
+        self._note_skips(None)
         self.view: View | None = None  # where each source is read from (a snapshot or itself)
+        self.view_warnings = 0  # how many of self.warnings the view gave (kept if the walk starts again)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
         self.reader = BlobReader(vault, key)
@@ -152,32 +173,40 @@ class Backup:
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
         self.hardlinks: dict[tuple[int, int], Future | Finished] = {}
         self.local = threading.local()
+        # Other kinds of point (agent/volume.py, system_state.py, image.py) set these.
+        self.kind = "files"
+        self.before_point: list[Callable[[], None]] = []  # last checks of a kind; raise to record no point
+        self.stats_extra: dict[str, Any] = {}  # plaintext figures of the kind (counts, never paths)
 
     # -- the run ----------------------------------------------------------------------------
 
     def run(self) -> BackupResult:
         started = time.monotonic()
         points = change_base(self.book.live())  # checked: a swapped or rolled-back parent is refused here
-        parent = points[0] if points else None
+        parent = parent_of_kind(points, self.kind, self.sources)
         parent_root = parent.manifest["tree"] if parent else None
         known = KnownBlobs(self.cache)
-        self.refs = RefSpool(self.cache)
-        tag = home_tag(self.book.home.path)
-        remove_stale(self.sources, self.cache, tag, self._warn)  # left by a killed backup
+        self.plan = optimized.plan_backup(self, parent, self.unoptimized)
+        self.refs = optimized.RefCounts(self.cache, self.reader, fresh=not self.plan.optimized,
+                                        persist=self.plan.keeps_records)
         try:
-            with consistent_view(self.sources, self.cache, tag) as self.view:
+            with consistent_view(self.sources, self.cache, home_tag(self.book.home.path)) as self.view:
                 self.warnings.extend(self.view.warnings)
+                self.view_warnings = len(self.warnings)
+                self.view.warnings = self.warnings  # those of nested subvolumes, met on the way
                 self._note_skips(self.view)
+                self.plan.read_from(self.view, self.sources)
+                self.selection.read_at = self.view
                 return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()
             known.close()
 
-    def _note_skips(self, view: View) -> None:
+    def _note_skips(self, view: View | None) -> None:
         # Never back up the vault or the agent home into themselves, nor our own snapshots.
-        self.skip = set(view.hidden)
+        self.skip |= view.hidden if view else set()
         for d in self.skip_dirs:
-            for where in {d, view.translate(d)}:
+            for where in {d, view.translate(d) if view else d}:
                 try:
                     st = os.stat(where)
                     self.skip.add((st.st_dev, st.st_ino))
@@ -190,40 +219,71 @@ class Backup:
         workers = min(8, os.cpu_count() or 2)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="reader") as self.pool:
-                root = self._build_root(parent_root)
-                while self.pending:
-                    self._finalize(self.pending.popleft())
+                root = self._walk(parent_root)
+                if self.plan.fallback:  # optimized mode met what only a full scan gets right
+                    self.plan.unoptimize(self.plan.fallback)
+                    self.refs.close()
+                    self.refs = optimized.RefCounts(self.cache, self.reader, fresh=True,
+                                                    persist=self.plan.keeps_records)
+                    self.counters.__init__()  # type: ignore[misc]
+                    del self.warnings[self.view_warnings:]  # the view's own stay: its snapshots do
+                    self.hardlinks.clear()
+                    root = self._walk(parent_root)
             self.packer.close()
         except BaseException:
             self.packer.abort()
             raise
+        for check in self.before_point:
+            check()
         c = self.counters
         stats = {"files_new": c.files_new, "files_changed": c.files_changed,
                  "files_unchanged": c.files_unchanged, "dirs": c.dirs, "bytes_read": c.bytes_read,
                  "bytes_total": c.bytes_total, "bytes_added": self.packer.bytes_added,
                  "blobs_added": self.packer.blobs_added, "packs_added": self.packer.packs_uploaded,
-                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings)}
+                 "duration_s": round(time.monotonic() - started, 3), "warnings": len(self.warnings),
+                 **self.stats_extra}
         # The ID is chosen here, so that the manifest is sealed to it and a retried request
         # (the answer lost) records one point.
         point_id = secrets.token_hex(8)
         manifest = self.book.new_manifest(
-            parent, kind="files", mode="unoptimized", tree=root.tree_id, sources=self.sources,
-            excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings], retain_until=self.retain_until_ns,
-            snapshot=self.view.kind if self.view else None, **self.manifest_extra)
+            parent, kind=self.kind, mode=self.plan.mode, mode_reason=self.plan.reason, tree=root.tree_id,
+            sources=self.sources, excludes=self.excludes, warnings=[[p, m] for p, m in self.warnings],
+            retain_until=self.retain_until_ns, snapshot=self.view.kind if self.view else None, **self.manifest_extra)
+        sealed = self.book.seal(point_id, manifest)
         try:
-            point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, self.book.seal(point_id, manifest),
-                                         self.refs.sorted_chunks(), point_id=point_id,
-                                         retain_until_ns=self.retain_until_ns)
+            point = None
+            if self.plan.optimized and parent is not None:  # optimized mode: refs as a change to the parent's
+                try:
+                    point = self.vault.add_point_delta(
+                        manifest["kind"], manifest["mode"], stats, sealed, self.refs.added_chunks(),
+                        self.refs.removed_chunks(), parent.id, self.refs.count(), point_id=point_id,
+                        retain_until_ns=self.retain_until_ns)
+                except VaultError:
+                    point = None  # the parent gone meanwhile, or the counts disagree: all of them, checked
+            if point is None:
+                point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, sealed,
+                                             self.refs.sorted_chunks(), point_id=point_id,
+                                             retain_until_ns=self.retain_until_ns)
         except VaultError:
             known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
             raise
         self.book.made(point_id, manifest)
-        return BackupResult(point, stats, self.warnings)
+        self.refs.commit(point_id)
+        optimized.record_success(self.cache, self.plan, point_id)
+        return BackupResult(point, stats, self.warnings, self.plan.reason)
+
+    def _walk(self, parent_root: bytes | None) -> _PendingDir:
+        root = self._build_root(parent_root)
+        while self.pending:
+            self._finalize(self.pending.popleft())
+        return root
 
     def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
         if not tree_id:
             return {}
         entries = {e["n"]: e for e in self.reader.tree(tree_id)}
+        if self.plan.optimized:  # optimized mode: most subdirectories' trees are carried, never read
+            return entries
         # The walk will want the subdirectories' old trees next: one request for them all.
         self.reader.prefetch([e["tree"] for e in entries.values() if e["t"] == DIR and "tree" in e])
         return entries
@@ -292,6 +352,10 @@ class Backup:
         return item
 
     def _scan_dir(self, dfd: int, path: bytes, parent_tree: bytes | None) -> _PendingDir | None:
+        if parent_tree and self.plan.passes(path or b"/"):  # optimized mode
+            passed = optimized.pass_through(self, dfd, path or b"/", parent_tree)
+            if passed is not None:
+                return passed
         parent = self._parent_entries(parent_tree)
         with os.scandir(dfd) as it:
             names = sorted(os.fsencode(de.name) for de in it)
@@ -345,15 +409,24 @@ class Backup:
     def _scan_subdir(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
         if (st.st_dev, st.st_ino) in self.skip:
             return None
-        if self.view and self.view.live_instead(full, st):  # a nested subvolume or a mount: read it live
-            st = os.stat(full, follow_symlinks=False)
+        where = self.view.read_instead(full, st) if self.view else None
+        if where is not None:  # a nested subvolume or a mount, which the snapshot does not hold
+            self.skip |= self.view.hidden  # type: ignore[union-attr]
+            st = os.stat(where, follow_symlinks=False)
             if entry_type(st) != DIR or (st.st_dev, st.st_ino) in self.skip:
                 return None
-            dfd, name = os.open(os.path.dirname(full), DIR_FLAGS), os.path.basename(full)
+            rfd = os.open(os.path.dirname(where), DIR_FLAGS)
             try:
-                return self._scan_subdir(dfd, full, name, st, prev)
+                sub = self._scan_subdir(rfd, full, os.path.basename(where), st, prev)
             finally:
-                os.close(dfd)
+                os.close(rfd)
+            if isinstance(sub, _PendingDir):
+                sub.entry = {**sub.entry, "n": name}
+            elif sub is not None:  # carried whole from the parent point (optimized mode)
+                sub = {**sub, "n": name}
+            return sub
+        if self.plan.carries(full, st, prev):  # optimized mode: the same directory, unchanged within
+            return {**_dir_entry(name, st, proc_path(dfd, name)), "tree": prev["tree"]}  # type: ignore[index]
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
             entry = _dir_entry(name, st)
@@ -368,19 +441,28 @@ class Backup:
         sub.entry = entry
         return sub
 
-    def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+    def _classify(self, prev: Entry | None, st: os.stat_result) -> str | None:
+        """Counts a file as new, changed or unchanged against the parent's entry; None if unchanged."""
         c = self.counters
         c.bytes_total += st.st_size
         if _unchanged(prev, st):
             c.files_unchanged += 1
-            return prev
+            return None
         if prev is None:
             c.files_new += 1
-        else:
-            c.files_changed += 1
+            return "new"
+        c.files_changed += 1
+        return "changed"
+
+    def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
+        what = self._classify(prev, st)
+        if what is None:
+            return prev
         if self.on_file is not None:
-            self.on_file("new" if prev is None else "changed", full, st.st_size)
+            self.on_file(what, full, st.st_size)
         link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+        if link_key:
+            optimized.hard_link_seen(self, full, st)
         if link_key in self.hardlinks:
             return _FileJob(self.hardlinks[link_key], name)
         fd = os.open(name, _FILE_FLAGS | os.O_NOATIME, dir_fd=dfd) if self._noatime_ok(st) \
@@ -457,6 +539,11 @@ class Backup:
             return [blob_id], [len(data)], None
         os.lseek(fd, 0, os.SEEK_SET)
         stream = ExtentReader(fd, sparse) if sparse is not None else os.fdopen(fd, "rb", buffering=0, closefd=False)
+        ids, lengths = self._store_stream(stream)
+        return ids, lengths, sparse
+
+    def _store_stream(self, stream: Any) -> tuple[list[bytes], list[int]]:
+        """Chunks a stream into data blobs for the packer: their IDs and lengths."""
         ids: list[bytes] = []
         lengths: list[int] = []
         for piece in chunker.chunks(self._chunker(), stream):
@@ -465,7 +552,7 @@ class Backup:
             ids.append(blob_id)
             lengths.append(len(piece))
             self.counters.read(len(piece))
-        return ids, lengths, sparse
+        return ids, lengths
 
     # -- finalising trees -------------------------------------------------------------------
 
@@ -479,7 +566,12 @@ class Backup:
     def _finalize(self, pending: _PendingDir) -> None:
         entries: list[Entry] = []
         refs: list[bytes] = []
+        kept: dict[bytes, bytes] = {}  # optimized mode: subdirectory -> its tree in the parent point, still used
         for item in pending.items:
+            if isinstance(item, _PendingDir) and item.parent_tree:
+                kept[item.entry["n"]] = item.parent_tree  # type: ignore[index]
+            elif isinstance(item, dict) and item.get("tree"):
+                kept[item["n"]] = item["tree"]
             if isinstance(item, _FileJob):
                 result = item.future.result()
                 if result is None:
@@ -499,6 +591,6 @@ class Backup:
         if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
             self.packer.add_later(tree_id, KIND_TREE, data)
         refs.append(tree_id)
-        self.refs.add(refs)
+        self.refs.dir_done(refs, pending.parent_tree, kept)
         pending.tree_id = tree_id
         pending.items = []

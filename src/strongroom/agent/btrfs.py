@@ -32,7 +32,8 @@ IOC_SNAP_CREATE_V2 = _iow(23, _VOL_ARGS_V2.size)
 IOC_SNAP_DESTROY = _iow(15, _VOL_ARGS.size)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Never through a symbolic link: a user who can write the subvolume's root could plant one.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def fs_type(path: bytes) -> int:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.agent.backup import Backup, Counters, _PendingDir, _unchanged
+from strongroom.agent.backup import Backup, Counters, _PendingDir
 from strongroom.agent.selection import change_base
 from strongroom.model import Entry
 
@@ -41,15 +41,9 @@ class DryRun(Backup):
         return _PendingDir([], parent_tree)  # no tree is made: nothing would keep it
 
     def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:
-        c = self.counters
-        c.bytes_total += st.st_size
-        if _unchanged(prev, st):
-            c.files_unchanged += 1
+        what = self._classify(prev, st)
+        if what is None:
             return None
-        if prev is None:
-            c.files_new += 1
-        else:
-            c.files_changed += 1
         link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         if link_key not in self.linked:  # a second link to a file is not read again
             # a sparse file's holes are not read: only what is allocated (at most its size)
@@ -57,5 +51,5 @@ class DryRun(Backup):
             if link_key:
                 self.linked.add(link_key)
         if self.on_file is not None:
-            self.on_file("new" if prev is None else "changed", full, st.st_size)
+            self.on_file(what, full, st.st_size)
         return None

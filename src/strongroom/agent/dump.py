@@ -19,7 +19,7 @@ from typing import IO
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.treediff import find_entry
 from strongroom.errors import IntegrityError, UsageError
-from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, TYPE_NAMES, Entry, display_path, join
+from strongroom.model import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, TYPE_NAMES, Entry, display_path, is_safe_name, join
 
 _ZEROS = bytes(1024 * 1024)
 _TAR_TYPES = {DIR: tarfile.DIRTYPE, FILE: tarfile.REGTYPE, SYMLINK: tarfile.SYMTYPE, FIFO: tarfile.FIFOTYPE,
@@ -37,7 +37,10 @@ def file_content(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[byte
     """A file's bytes in order (holes of a sparse file as zeros), failing if the blobs do
     not add up to the size the tree records."""
     size = entry.get("s", 0)
-    blobs = reader.read_in_order(entry.get("c", []))
+    ids = entry.get("c", [])
+    # One blob: `read` takes it from what the folder's walk prefetched; more: a few MiB a request.
+    blobs = _listed_lengths(iter([reader.read(ids[0])]) if len(ids) == 1 else reader.read_in_order(ids),
+                            entry.get("cl"), path)
     extents = entry.get("sp") or [[0, size]]
     done = 0
     pending = memoryview(b"")
@@ -63,6 +66,14 @@ def file_content(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[byte
         n = min(size - done, len(_ZEROS))
         yield memoryview(_ZEROS)[:n]
         done += n
+
+
+def _listed_lengths(blobs: Iterator[bytes], lengths: list[int] | None, path: bytes) -> Iterator[bytes]:
+    """The blobs, each checked against the length its tree lists (`cl`, tree format 2)."""
+    for i, blob in enumerate(blobs):
+        if lengths is not None and (i >= len(lengths) or len(blob) != lengths[i]):
+            raise IntegrityError(f"{display_path(path)}: blob {i} is not of the length its folder lists")
+        yield blob
 
 
 def dump_file(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes]) -> int:
@@ -112,11 +123,22 @@ def _name(path: bytes) -> str:
     return os.fsdecode(path.lstrip(b"/")) if path.strip(b"/") else "."
 
 
-def _walk(reader: BlobReader, entry: Entry, path: bytes) -> Iterator[tuple[bytes, Entry]]:
+def _walk(reader: BlobReader, entry: Entry, path: bytes,
+          skipped: Callable[[bytes, str], None]) -> Iterator[tuple[bytes, Entry]]:
     yield path, entry
     if entry["t"] == DIR and entry.get("tree"):
-        for child in reader.tree(entry["tree"]):
-            yield from _walk(reader, child, join(path, child["n"]) if path else b"/" + child["n"])
+        children = reader.tree(entry["tree"])
+        # The folder's small files in as few requests as the reader's bound allows (one each
+        # would cost a round trip per file); hardlinked ones may not be read: not fetched.
+        reader.prefetch([e["c"][0] for e in children
+                         if e["t"] == FILE and len(e.get("c") or ()) == 1 and "h" not in e])
+        for child in children:
+            if not is_safe_name(child["n"]):
+                # `..` or a slash in a member name would let `tar -x` write outside its folder;
+                # a backup never records one, so only a damaged or forged tree can hold it.
+                skipped(join(path, child["n"]), "a name that would leave its folder; left out")
+                continue
+            yield from _walk(reader, child, join(path, child["n"]) if path else b"/" + child["n"], skipped)
 
 
 def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
@@ -126,7 +148,7 @@ def dump_tar(reader: BlobReader, entry: Entry, path: bytes, out: IO[bytes],
     count = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                       errors="surrogateescape") as tar:
-        for full, e in _walk(reader, entry, path):
+        for full, e in _walk(reader, entry, path, skipped):
             if not full.strip(b"/"):
                 continue  # the root of a point: its children carry the paths
             kind = _TAR_TYPES.get(e["t"])
@@ -182,7 +204,7 @@ def _add_sparse(tar: tarfile.TarFile, info: tarfile.TarInfo, reader: BlobReader,
     info.size = len(sparse_map) + data
     info.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": real,
                              "GNU.sparse.realsize": str(e.get("s", 0))})
-    blobs = reader.read_in_order(e.get("c", []))
+    blobs = _listed_lengths(reader.read_in_order(e.get("c", [])), e.get("cl"), full)
     stream = _Pieces(_checked(iter([sparse_map]), blobs, data, full))
     tar.addfile(info, stream)  # type: ignore[arg-type]
     stream.finish()

@@ -30,6 +30,7 @@ class SeenPoint(NamedTuple):
     id: str
     created_ns: int
     retain_until_ns: int | None = None  # its own retention floor, if an on-demand backup set one
+    kind: str = "files"  # retention keeps each kind of point as a series of its own
 
 
 def default_home() -> Path:

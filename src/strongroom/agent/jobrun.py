@@ -61,6 +61,7 @@ class Outcome:
     """What the command fills in as it learns it; sent to the vault when the job ends."""
 
     mode: str = ""
+    mode_reason: str = ""  # why a backup ran in its mode (never a path: the vault keeps it in plain)
     point_id: str | None = None
     files: int = 0
     bytes: int = 0
@@ -69,7 +70,7 @@ class Outcome:
     ended_as: str | None = None  # a status other than completed when it ends well (an offline seed's)
 
     def fields(self, key: MasterKey, job_id: str) -> dict[str, Any]:
-        return {"mode": self.mode, "point_id": self.point_id, "files": self.files, "bytes": self.bytes,
+        return {"mode": self.mode, "mode_reason": self.mode_reason, "point_id": self.point_id, "files": self.files, "bytes": self.bytes,
                 "failed_count": len(self.failed),
                 "failed_sealed": seal_failed(key, job_id, self.failed) if self.failed else None}
 
@@ -134,6 +135,7 @@ def run_backup_job(agent: AgentHome, vault: Vault, run: Backup,
         s = result.stats
         warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
         job.mode, job.point_id, job.failed = result.point.mode, result.point.id, warnings
+        job.mode_reason = result.mode_reason
         job.files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
         job.bytes = s["bytes_added"]
     return result, warnings, job.notes

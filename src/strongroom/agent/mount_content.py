@@ -69,23 +69,33 @@ class DiskCache:
 
     def get(self, blob_id: bytes) -> bytes | None:
         with self.lock:
-            row = self.db.execute("SELECT envelope FROM blobs WHERE id = ?", (blob_id,)).fetchone()
-            if row is not None:
-                self.db.execute("UPDATE blobs SET used = ? WHERE id = ?", (time.time_ns(), blob_id))
+            try:
+                row = self.db.execute("SELECT envelope FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+                if row is not None:
+                    self.db.execute("UPDATE blobs SET used = ? WHERE id = ?", (time.time_ns(), blob_id))
+            except sqlite3.Error:
+                return None  # damaged or locked: the vault has it
         return row[0] if row else None
 
     def put(self, blob_id: bytes, envelope: bytes) -> None:
+        """Keeps a blob if it can: a full disk or a busy file only means it is fetched again."""
         with self.lock:
-            if self.db.execute("INSERT OR IGNORE INTO blobs (id, envelope, used) VALUES (?, ?, ?)",
-                               (blob_id, envelope, time.time_ns())).rowcount:
-                self.size += len(envelope)
-            if self.size > self.limit:
-                self._shrink()
+            try:
+                if self.db.execute("INSERT OR IGNORE INTO blobs (id, envelope, used) VALUES (?, ?, ?)",
+                                   (blob_id, envelope, time.time_ns())).rowcount:
+                    self.size += len(envelope)
+                if self.size > self.limit:
+                    self._shrink()
+            except sqlite3.Error:
+                pass
 
     def drop(self, blob_id: bytes) -> None:
         """Forgets a blob that did not verify: the next read fetches it from the vault."""
         with self.lock:
-            self.db.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+            try:
+                self.db.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+            except sqlite3.Error:
+                pass
 
     def _shrink(self) -> None:
         # Down to 90 % of the bound, oldest first; other mounts' additions are counted anew.

@@ -16,12 +16,13 @@ Anything the vault or a blob cannot give is EIO for that read only.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +45,42 @@ _SUBTREES_AHEAD = 64
 _TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO,
               CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
 T = TypeVar("T")
+
+
+_INT_FIELDS = ("m", "u", "g", "mt", "at", "ct", "s", "r")
+
+
+def _shown(e: Any) -> bool:
+    """Whether a tree entry has a safe name and well-formed attributes (a malformed one, which
+    only a hostile or broken writer makes, is left out rather than failing its whole folder)."""
+    if not isinstance(e, dict) or not isinstance(e.get("n"), bytes) or not is_safe_name(e["n"]):
+        return False
+    if e.get("t") not in _TYPE_BITS or not isinstance(e.get("m"), int) or not isinstance(e.get("mt"), int):
+        return False
+    if any(k in e and (not isinstance(e[k], int) or isinstance(e[k], bool) or not -2**63 <= e[k] < 2**63)
+           for k in _INT_FIELDS):
+        return False
+    if e["t"] == SYMLINK and not isinstance(e.get("l"), bytes):
+        return False
+    if e["t"] == DIR and "tree" in e and not isinstance(e["tree"], bytes):
+        return False
+    xattrs = e.get("x", {})
+    return isinstance(xattrs, dict) and all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in xattrs.items())
+
+
+def guarded(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A request handler whose unexpected failures (a malformed entry from a hostile vault, a
+    bug) answer EIO for that request: pyfuse3 lets anything but FUSEError end the mount."""
+    @functools.wraps(handler)
+    async def run(self: PointsFS, *args: Any) -> T:
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported, and the mount goes on
+            self._note(None, f"{handler.__name__}: {type(exc).__name__}: {exc}")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return run
 
 
 def date_name(created_ns: int) -> bytes:
@@ -159,9 +196,15 @@ class PointsFS(pyfuse3.Operations):
 
     def _set_kids(self, node: Node, entries: list[Entry]) -> None:
         with self.lock:
-            if node.kids is None:
-                node.kids = {e["n"]: self._child(node, e) for e in entries
-                             if isinstance(e.get("n"), bytes) and is_safe_name(e["n"]) and e.get("t") in _TYPE_BITS}
+            if node.kids is not None:
+                return
+            kids = {}
+            for e in entries:
+                if _shown(e):
+                    kids[e["n"]] = self._child(node, e)
+                elif isinstance(e, dict) and isinstance(e.get("n"), bytes) and is_safe_name(e["n"]):
+                    self._note(node, f"the entry {display_path(e['n'])} is malformed; not shown")
+            node.kids = kids
 
     def _child(self, parent: Node, entry: Entry) -> int:
         point = parent.point
@@ -201,13 +244,13 @@ class PointsFS(pyfuse3.Operations):
             return await trio.to_thread.run_sync(fn, *args)
         except pyfuse3.FUSEError:
             raise
-        except (StrongroomError, OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the vault, a blob, a malformed entry: EIO for this request
             self._note(node, str(exc) or type(exc).__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _note(self, node: Node, message: str) -> None:
+    def _note(self, node: Node | None, message: str) -> None:
         """Says once per node and message why a request failed (the kernel retries reads)."""
-        line = f"{self.path_of(node)}: {message}" if node.point is not None else message
+        line = f"{self.path_of(node)}: {message}" if node is not None and node.point is not None else message
         if line in self.stats.errors:
             return
         if len(self.stats.errors) < 100:
@@ -246,10 +289,12 @@ class PointsFS(pyfuse3.Operations):
         a.attr_timeout = a.entry_timeout = timeout
         return a
 
+    @guarded
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         return self._attrs(node)
 
+    @guarded
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         await self._top(parent)
@@ -273,6 +318,7 @@ class PointsFS(pyfuse3.Operations):
                 return node.kids  # type: ignore[return-value]
         return await self._blocking(node, self._kids, node)
 
+    @guarded
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         node = self._node(inode)
         if node.target is not None:
@@ -283,6 +329,7 @@ class PointsFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.entry.get("l", b"")
 
+    @guarded
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = self._node(inode)
         if node.entry["t"] != DIR:
@@ -291,6 +338,7 @@ class PointsFS(pyfuse3.Operations):
         self._check_live(node)
         return inode
 
+    @guarded
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         node = self._node(fh)
         kids = await self._kids_of(node)
@@ -303,6 +351,7 @@ class PointsFS(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------------
 
+    @guarded
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
@@ -320,6 +369,7 @@ class PointsFS(pyfuse3.Operations):
         self.stats.files_opened += 1
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)  # contents never change
 
+    @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         content = self.contents.get(fh)
         if content is None:
@@ -329,7 +379,9 @@ class PointsFS(pyfuse3.Operations):
             node = self.nodes[fh]
             if len(content.ids) == 1 and node.parent is not None:
                 await self._blocking(node, self.source.fetch_many, self._small_files_from(node))
-            data = await self._blocking(node, content.read, self.source, off, size)
+                data = content.read_cached(self.source, off, size)
+            if data is None:
+                data = await self._blocking(node, content.read, self.source, off, size)
         self.stats.bytes_read += len(data)
         return data
 
@@ -352,6 +404,7 @@ class PointsFS(pyfuse3.Operations):
                 break
         return wanted
 
+    @guarded
     async def release(self, fh: int) -> None:
         left = self.open_count.get(fh, 1) - 1
         if left <= 0:
@@ -362,15 +415,18 @@ class PointsFS(pyfuse3.Operations):
 
     # -- attributes and the file system -----------------------------------------------------
 
+    @guarded
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         value = self._node(inode).entry.get("x", {}).get(name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
         return value
 
+    @guarded
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         return list(self._node(inode).entry.get("x", {}))
 
+    @guarded
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096

@@ -24,7 +24,7 @@ from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, StrongroomError
 from strongroom.policy import Policy
 from strongroom.vault.interface import Vault
-from strongroom.vault.retention import expired
+from strongroom.vault.retention import expired_per_kind
 from strongroom.vault.service import PointRecord
 
 # The vault expires points by its own clock, which may be set differently from this machine's.
@@ -50,7 +50,7 @@ class OpenedPoint:
         return self.manifest["created"]
 
     def seen(self) -> SeenPoint:
-        return SeenPoint(self.id, self.created_ns, self.manifest.get("retain_until"))
+        return SeenPoint(self.id, self.created_ns, self.manifest.get("retain_until"), self.manifest["kind"])
 
 
 def when(ns: int) -> str:
@@ -101,7 +101,8 @@ class PointBook:
 
     def made(self, point_id: str, manifest: dict[str, Any]) -> None:
         """Records a point this agent just made as the newest seen."""
-        self.home.note_point(self.machine, SeenPoint(point_id, manifest["created"], manifest.get("retain_until")))
+        self.home.note_point(self.machine, SeenPoint(point_id, manifest["created"], manifest.get("retain_until"),
+                                                     manifest["kind"]))
 
     # -- the checks -------------------------------------------------------------------------
 
@@ -181,7 +182,8 @@ class PointBook:
             floors[seen.id] = seen.retain_until_ns
         # The vault expired it by its own clock: grant it the same tolerance as its timestamps.
         now = datetime.fromtimestamp((time.time_ns() + CLOCK_TOLERANCE_NS) / 1e9, ZoneInfo(policy.timezone))
-        return seen.id in expired(alive, policy.retention, now, floors)
+        kinds = {p.id: p.manifest["kind"] for p in points} | {seen.id: seen.kind}
+        return seen.id in expired_per_kind(alive, kinds, policy.retention, now, floors)
 
     def _policy(self) -> Policy | None:
         if self.own:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,13 @@ def parse_size(text: str) -> int:
 
 
 def _read_list(path: Path, what: str) -> bytes:
+    """The file's bytes; `-` is standard input (`find -print0 | strongroom backup --files-from - -0`)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LIST_BYTES + 1)
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(MAX_LIST_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_LIST_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_LIST_BYTES:
@@ -75,7 +80,7 @@ def read_paths(path: Path, nul: bool) -> list[bytes]:
     out = []
     for raw in data.split(b"\n"):
         line = raw.rstrip(b"\r")
-        if line.strip() and not line.lstrip().startswith(b"#"):
+        if line.strip() and not line.startswith(b"#"):
             out.append(line)
     return out
 
@@ -148,6 +153,7 @@ class Selection:
 
     rules: SelectionRules = field(default_factory=SelectionRules)
     sources: list[bytes] = field(default_factory=list)
+    read_at: dict[bytes, bytes] = field(default_factory=dict)  # source -> where it is read (a snapshot)
 
     def __post_init__(self) -> None:
         r = self.rules
@@ -164,8 +170,12 @@ class Selection:
         if not self.active:
             return names
         r = self.rules
-        if r.one_file_system and path and path not in self.sources and os.fstat(dfd).st_dev != self._dev_of(path):
-            return []  # a mount point: kept, empty
+        if r.one_file_system:
+            # Devices as the walk opens them: a source read from a snapshot has the snapshot's.
+            if (path or b"/") in self.sources:
+                self._source_dev[path or b"/"] = os.fstat(dfd).st_dev
+            elif os.fstat(dfd).st_dev != self._dev_of(path):
+                return []  # a mount point: kept, empty
         if r.exclude_caches and CACHEDIR_TAG in names and _is_cache_tag(dfd):
             return [CACHEDIR_TAG]
         present = [n for n in self.markers if n in names]
@@ -202,11 +212,12 @@ class Selection:
         return bool(stack)
 
     def _dev_of(self, path: bytes) -> int:
-        """The device of the source that holds `path` (the longest that does)."""
-        holders = [s for s in self.sources if s == b"/" or path == s or path.startswith(s + b"/")]
+        """The device of the source that holds `path` (the longest that does), as `listing`
+        saw it when the walk entered that source."""
+        holders = [s for s in self.sources if s == b"/" or path.startswith(s + b"/")]
         src = max(holders, key=len) if holders else b"/"
-        if src not in self._source_dev:
-            self._source_dev[src] = os.stat(src).st_dev
+        if src not in self._source_dev:  # not entered through `listing` (an optimized walk, a file)
+            self._source_dev[src] = os.stat(self.read_at.get(src, src)).st_dev
         return self._source_dev[src]
 
 

@@ -1,10 +1,14 @@
 """Consistent views of the sources: where a source lies on btrfs, a backup reads it from a
 read-only snapshot of its subvolume, so the point is one picture even while files change.
 
-    with consistent_view(sources, cache, tag) as view:
+    with consistent_view(sources, agent.cache, home_tag(agent.path)) as view:
         view[source]        # where to read that source from (itself when read live)
         view.kind           # "btrfs" (all from snapshots), "btrfs-partial", or None
-        view.warnings       # (path, why) for each source that fell back to live reading
+        view.warnings       # (path, why): sources read live after all, stale snapshots kept
+        view.translate(p)   # where any path under a source is read from
+
+The caller holds the agent home's lock (`AgentHome.lock()`): this home's snapshots that exist
+when the view opens are stale, and are deleted first.
 
 A snapshot lives in `.strongroom-snapshots/` at the root of its subvolume (a snapshot must
 be on the same file system), named `strongroom-<tag>-<pid>-<hex>`: the tag is one agent
@@ -15,7 +19,8 @@ the cache folder is gone. The snapshot folder is removed when empty, and the tim
 directory holding it are put back, so the backed-up tree shows nothing of this.
 
 Inside a snapshot, a nested subvolume is an empty directory (inode 2) and a mount point is the
-directory under the mount: `live_instead` names those, and the backup reads them live.
+directory under the mount: `read_instead` says where to read those (a snapshot of the nested
+subvolume, taken when the walk reaches it; the mount live).
 LVM snapshots need device-mapper, which the test machines lack: there is no LVM code.
 """
 
@@ -26,6 +31,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -46,7 +52,7 @@ def home_tag(home: Path) -> str:
 class View(dict[bytes, bytes]):
     """Source path -> the path to read it from (the same path when it is read live)."""
 
-    def __init__(self) -> None:
+    def __init__(self, take: Callable[[bytes], bytes] | None = None) -> None:
         super().__init__()
         self.kind: str | None = None
         self.warnings: list[tuple[bytes, str]] = []
@@ -54,20 +60,50 @@ class View(dict[bytes, bytes]):
         self.snapshot_devs: set[int] = set()
         self.hidden: set[tuple[int, int]] = set()  # our snapshot folders, as seen inside snapshots
         self._roots: list[tuple[bytes, bytes]] = []  # (subvolume root, its snapshot)
+        self._take = take
 
     def translate(self, path: bytes) -> bytes:
-        """Where `path` (under a snapshotted subvolume or not) is read from."""
-        for root, snap in self._roots:
-            if path == root or path.startswith(root.rstrip(b"/") + b"/"):
-                return snap + path[len(root.rstrip(b"/")):]
-        return path
+        """Where `path` (under a snapshotted subvolume or not) is read from: the innermost
+        snapshotted subvolume holding it decides."""
+        holding = [(root, snap) for root, snap in self._roots
+                   if path == root or path.startswith(root.rstrip(b"/") + b"/")]
+        if not holding:
+            return path
+        root, snap = max(holding, key=lambda rs: len(rs[0]))
+        return snap + path[len(root.rstrip(b"/")):]
 
-    def live_instead(self, path: bytes, st: os.stat_result) -> bool:
-        """Whether the directory `path`, as the snapshot shows it (`st`), holds what is live
-        there: not for a nested subvolume (an empty stand-in) or a mount point."""
-        if st.st_ino == btrfs.EMPTY_SUBVOL_DIR_OBJECTID:  # the stand-in has a device of its own
-            return self.translate(path) != path
-        return st.st_dev in self.snapshot_devs and path in self.mounts
+    def add(self, root: bytes, snap: bytes) -> None:
+        if (root, snap) in self._roots:
+            return
+        self._roots.append((root, snap))
+        self.snapshot_devs.add(os.stat(snap).st_dev)
+        with suppress(OSError):
+            st = os.stat(os.path.join(snap, SNAPSHOT_DIR))
+            self.hidden.add((st.st_dev, st.st_ino))
+
+    def read_instead(self, path: bytes, st: os.stat_result) -> bytes | None:
+        """Where to read the directory `path` from when the snapshot (showing it as `st`) does
+        not hold it: a nested subvolume (an empty stand-in there) from a snapshot of its own,
+        taken now, else live; a mount point live. None: read it where it was found."""
+        if st.st_ino == btrfs.EMPTY_SUBVOL_DIR_OBJECTID and self.translate(path) != path:
+            try:
+                live = os.stat(path)
+            except OSError:
+                return None
+            # Inode 2 is also the root of an ext4 mounted here, read live already: not a stand-in.
+            if (live.st_dev, live.st_ino) != (st.st_dev, st.st_ino) and live.st_ino == btrfs.FIRST_FREE_OBJECTID:
+                if any(root == path for root, _snap in self._roots):  # taken on an earlier walk
+                    return self.translate(path)
+                if self._take is None:
+                    return path
+                try:
+                    self.add(path, self._take(path))
+                    return self.translate(path)
+                except OSError as exc:
+                    self.warnings.append((path, f"read live, not from a snapshot: cannot snapshot nested "
+                                                f"subvolume: {exc.strerror or exc}"))
+                    return path
+        return path if st.st_dev in self.snapshot_devs and path in self.mounts else None
 
 
 class _Record:
@@ -120,6 +156,7 @@ def remove_stale(sources: list[bytes], cache: Path, tag: str, warn: Callable[[by
             if root is None:
                 continue
             folder = os.path.join(root, SNAPSHOT_DIR)
+            _check_ours(folder)
             for name in os.listdir(folder):
                 if name.startswith(mine):
                     found.add((folder, name))
@@ -141,10 +178,12 @@ def remove_stale(sources: list[bytes], cache: Path, tag: str, warn: Callable[[by
 
 @contextmanager
 def consistent_view(paths: list[bytes], cache: Path, tag: str) -> Iterator[View]:
-    """Snapshots of the btrfs subvolumes holding `paths`, deleted when the body ends."""
-    view = View()
+    """Snapshots of the btrfs subvolumes holding `paths` (absolute, normalised), deleted when
+    the body ends; `cache` is the agent's cache folder, `tag` its home's (`home_tag`)."""
     record = _Record(cache)
     taken: list[tuple[bytes, bytes]] = []
+    view = View(lambda root: _take(root, tag, record, taken))
+    remove_stale(paths, cache, tag, lambda path, why: view.warnings.append((path, why)))
     snapshotted = 0
     try:
         by_root: dict[bytes, bytes | str] = {}  # subvolume root -> its snapshot, or why there is none
@@ -171,8 +210,7 @@ def consistent_view(paths: list[bytes], cache: Path, tag: str) -> Iterator[View]
                 view[src] = src
                 continue
             assert root is not None
-            if (root, snap) not in view._roots:
-                view._roots.append((root, snap))
+            view.add(root, snap)
             view[src] = view.translate(src)
             snapshotted += 1
         _note_mounts(view)
@@ -211,27 +249,32 @@ def _take(root: bytes, tag: str, record: _Record, taken: list[tuple[bytes, bytes
     with _times_kept(root):
         with suppress(FileExistsError):
             os.mkdir(folder, 0o700)
+    _check_ours(folder)
     # Noted before it exists: a kill between the two leaves a name to try, never a snapshot unknown.
     record.save([*record.load(), (folder, name)])
+    taken.append((folder, name))  # before: a SIGTERM just after the ioctl must find it to delete
     try:
         btrfs.create_snapshot(root, folder, name)
     except OSError:
+        taken.remove((folder, name))
         record.save([t for t in record.load() if t != (folder, name)])
         with suppress(OSError), _times_kept(root):
             os.rmdir(folder)
         raise
-    taken.append((folder, name))
     return os.path.join(folder, name)
 
 
+def _check_ours(folder: bytes) -> None:
+    """The snapshot folder must be a real folder of this user (root's, as a rule), not one
+    that someone who can write the subvolume's root made or swapped for a symbolic link."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{os.fsdecode(folder)} is not a folder of this user's alone; "
+                                   "move it away to let snapshots be taken")
+
+
 def _note_mounts(view: View) -> None:
-    """The snapshot devices, our folders as the snapshots show them, and the mount points
-    under snapshotted subvolumes (/proc/self/mountinfo, field 5, octal escapes)."""
-    for root, snap in view._roots:
-        view.snapshot_devs.add(os.stat(snap).st_dev)
-        with suppress(OSError):
-            st = os.stat(os.path.join(snap, SNAPSHOT_DIR))
-            view.hidden.add((st.st_dev, st.st_ino))
+    """The mount points under snapshotted subvolumes (/proc/self/mountinfo, field 5)."""
     for point, _line in _mountinfo():
         for root, _snap in view._roots:
             if point.startswith(root.rstrip(b"/") + b"/"):

@@ -18,12 +18,10 @@ import subprocess
 import time
 from typing import IO, Any
 
-from strongroom import chunker
 from strongroom.agent.backup import Backup, _PendingDir
 from strongroom.agent.fsmeta import group_name, user_name
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.model import FILE, Entry, is_safe_name
-from strongroom.packs import KIND_DATA
 
 STDIN_MODE = 0o600  # a dump holds whatever the database holds: private, like a key file
 
@@ -43,10 +41,12 @@ class StdinBackup(Backup):
                  command: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name, self.stream, self.command = name, stream, command
-        self.sources = [b"/" + name]
         self.manifest_extra["stdin"] = name
+        # No source until the walk begins: what a backup does to its sources first (btrfs
+        # snapshots, agent/snapshot.py) must not touch a path named /NAME on this machine.
 
     def _build_root(self, parent_root: bytes | None) -> _PendingDir:
+        self.sources = [b"/" + self.name]  # what the manifest records
         if self.command is None:
             entry = self._store(self.stream)  # type: ignore[arg-type]
         else:
@@ -77,16 +77,8 @@ class StdinBackup(Backup):
         return entry
 
     def _store(self, stream: IO[bytes]) -> Entry:
-        ids: list[bytes] = []
-        lengths: list[int] = []
-        size = 0
-        for piece in chunker.chunks(self._chunker(), stream):
-            blob_id = self.key.blob_id(piece)
-            self.packer.add(blob_id, KIND_DATA, piece)
-            ids.append(blob_id)
-            lengths.append(len(piece))
-            size += len(piece)
-            self.counters.read(len(piece))
+        ids, lengths = self._store_stream(stream)
+        size = sum(lengths)
         self.counters.bytes_total = size
         now = time.time_ns()
         uid, gid = os.geteuid(), os.getegid()

@@ -6,27 +6,43 @@ each directory already counted live in a scratch SQLite file, not in Python sets
 directory's totals are remembered by its tree ID, so the unchanged part of the next point
 is not read again (equal tree IDs, equal content).
 
-A tree records a file's size and its chunk IDs, not each chunk's size. A file of one chunk
-gives that chunk's size exactly; the chunks of a larger file are each counted at an equal
-share of its size. The distinct total is therefore exact unless some large file shares only
-part of its chunks with another, and then it is an estimate (`unique_bytes_estimated`).
+Trees of format 2 list each content blob's plaintext length (`cl`), so the distinct total
+is exact. Should an entry lack `cl`, its chunks are counted at equal shares of the file's
+size and the total is flagged as an estimate (`unique_bytes_estimated`).
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
 from strongroom.agent.reader import BlobReader
+from strongroom.errors import StrongroomError
 from strongroom.model import DIR, FILE
+
+_PREFIX = "stats-"
+_STALE_S = 86400  # a scratch folder this old was left by a stats that was killed
+
+
+def _remove_stale(scratch: Path) -> None:
+    now = time.time()
+    for old in scratch.glob(_PREFIX + "*"):
+        try:
+            if now - old.stat().st_mtime > _STALE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 class Tally:
     def __init__(self, reader: BlobReader, scratch: Path) -> None:
         self.reader = reader
-        self.dir = tempfile.TemporaryDirectory(prefix="stats-", dir=scratch)
+        _remove_stale(scratch)
+        self.dir = tempfile.TemporaryDirectory(prefix=_PREFIX, dir=scratch)
         self.db = sqlite3.connect(Path(self.dir.name) / "tally.sqlite")
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                               "CREATE TABLE chunks (id BLOB PRIMARY KEY, size INTEGER) WITHOUT ROWID;"
@@ -42,7 +58,10 @@ class Tally:
 
     def point(self, root_tree: bytes) -> tuple[int, int]:
         """(files, logical bytes) of a point; its chunks join the distinct set."""
-        return self._tree(root_tree)
+        try:
+            return self._tree(root_tree)
+        except sqlite3.OperationalError as exc:  # a full disk, most likely: one line, not a crash
+            raise StrongroomError(f"stats needs scratch space in {self.dir.name}: {exc}") from None
 
     def unique_bytes(self) -> int:
         return int(self.db.execute("SELECT coalesce(sum(size), 0) FROM chunks").fetchone()[0])
@@ -69,6 +88,9 @@ class Tally:
         ids = entry.get("c") or []
         if not ids:
             return []
+        lengths = entry.get("cl")
+        if isinstance(lengths, list) and len(lengths) == len(ids):
+            return list(zip(ids, lengths))
         data = sum(n for _o, n in entry["sp"]) if entry.get("sp") is not None else entry.get("s", 0)
         if len(ids) == 1:
             return [(ids[0], data)]

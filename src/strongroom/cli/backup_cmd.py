@@ -11,9 +11,11 @@ import click
 
 from strongroom.agent.cachedir import space_note
 from strongroom.agent.jobrun import prepare_backup, run_backup_job
+from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.seed import WAITING, prepare_seed
 from strongroom.agent.selection import Selection
 from strongroom.cli.backup_more import Extras, dry_run, more_options, prepare_stdin
+from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -40,18 +42,26 @@ from strongroom.model import display_path
 @click.option("--offline-seed", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write this first backup to DIR (a disk to ship to the vault's site, where "
               "`strongroom vault import-seed` takes it in) instead of sending it.")
+@click.option("--unoptimized", is_flag=True,
+              help="Scan every file, whatever the change journal says (as the first backup does).")
 @selection_options
 @more_options
+@kinds_cmds.backup_kind_options
 @passphrase_option
 @json_option
 @click.pass_context
 def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...], retain_until: datetime | None,
-           offline_seed: Path | None, passphrase_file: Path | None, as_json: bool, **more: Any) -> None:
-    """Back up PATHS now (on demand, outside the schedule) and record a recovery point."""
+           offline_seed: Path | None, unoptimized: bool, volume: Path | None, allow_tmpfs: bool,
+           system_state: bool, image: Path | None, passphrase_file: Path | None, as_json: bool,
+           **more: Any) -> None:
+    """Back up PATHS now (on demand, outside the schedule) and record a recovery point; or, with
+    --volume, --system-state or --image, a point of that kind."""
     if retain_until is not None and retain_until.date() < date.today():
         raise UsageError("--retain-until is in the past")
+    kind = kinds_cmds.chosen_kind(paths, volume, system_state, image)
     picked = chosen(excludes, pop_options(more))
-    extra = Extras.from_options(more, paths, picked, offline_seed)
+    extra = kinds_cmds.kind_extras(kind, more, picked, offline_seed) if kind != "files" \
+        else Extras.from_options(more, paths, picked, offline_seed)
     agent, vault, key, _reader = open_agent(ctx, passphrase_file)
     if short := space_note(agent.cache):  # said before the backup starts, not after it failed
         warn_line(short)
@@ -59,13 +69,16 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     selection = Selection(picked.rules)
     if extra.dry_run:
         return dry_run(ctx, agent, vault, key, sources, picked, extra, as_json)
-    if extra.stdin_name is not None:
+    if kind != "files":
+        run = prepare_kind_backup(agent, vault, key, kind, picked.excludes, volume, allow_tmpfs, image)
+    elif extra.stdin_name is not None:
         run = prepare_stdin(agent, vault, key, extra, [os.fsdecode(p) for p in paths])
     elif offline_seed is not None:
         run = prepare_seed(agent, vault, key, sources, picked.excludes, offline_seed, selection)
     else:
         run = prepare_backup(agent, vault, key, sources, picked.excludes, selection)
     extra.apply(run, picked, as_json)
+    run.unoptimized = unoptimized
     if retain_until is not None:  # to the end of that day, local time
         run.retain_until_ns = int((retain_until + timedelta(days=1)).astimezone().timestamp() * 1e9)
     c = run.counters
@@ -81,7 +94,8 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
     s = result.stats
     if as_json:
         seed = {"offline_seed": str(offline_seed.absolute()), "status": WAITING} if offline_seed else {}
-        emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "mode": result.point.mode,
+        emit_json({"id": result.point.id, "created": iso(result.point.created_ns), "kind": result.point.kind,
+                   "mode": result.point.mode, "mode_reason": result.mode_reason, **kinds_cmds.kind_fields(run.manifest_extra),
                    "snapshot": run.view.kind if run.view else None, "sources": [display_path(s) for s in run.sources],
                    "tags": extra.tags, "stats": result.stats,
                    "warnings": warnings, **seed})
@@ -92,9 +106,15 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
              f"`strongroom vault import-seed VAULT {offline_seed.absolute()}`.")
     else:
         snap = f", read from a {run.view.kind} snapshot" if run.view and run.view.kind else ""
-        echo(f"Recovery point {result.point.id} created ({result.point.mode} mode{snap}).")
-        echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
-             f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
+        echo(f"Recovery point {result.point.id} created ({result.point.kind}, {result.point.mode} mode: "
+             f"{result.mode_reason}{snap}).")
+        kinds_cmds.echo_summary(run.manifest_extra)
+        if result.point.kind == "image":
+            echo(f"Data: {human_bytes(s['image_data_bytes'])} in {s['image_extents']} extent(s); "
+                 "holes and zero runs not stored.")
+        else:
+            echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
+                 f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
              f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
     exit_if_incomplete(ctx, warnings, as_json, "were not backed up as they were")

@@ -12,6 +12,7 @@ from rich.table import Table
 from strongroom.agent.browse import list_path
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.seed import waiting_seeds
+from strongroom.cli import kinds_cmds
 from strongroom.cli.backup_more import point_filter
 from strongroom.cli.common import (
     cells,
@@ -52,9 +53,10 @@ def points(ctx: click.Context, deleted: bool, tags: tuple[str, ...], host: str |
         if not keep(m):
             continue
         rows.append({"id": p.id, "created": iso(p.created_ns), "kind": m["kind"], "mode": m["mode"],
+                     "mode_reason": m.get("mode_reason", ""),
                      "sources": [display_path(s) for s in m["sources"]], "tags": m.get("tags", []),
                      "host": m.get("host"), "stats": p.record.stats,
-                     "snapshot": m.get("snapshot")})  # "btrfs", "btrfs-partial", or None: read live
+                     "snapshot": m.get("snapshot"), **kinds_cmds.kind_fields(m)})  # "btrfs", "btrfs-partial", or None: read live
     if as_json:
         emit_json(rows)
         return
@@ -68,7 +70,7 @@ def points(ctx: click.Context, deleted: bool, tags: tuple[str, ...], host: str |
     for r in rows:
         s = r["stats"]
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
-        table.add_row(*cells(r["id"], r["created"], r["kind"], r["snapshot"] or "-", files, human_bytes(s["bytes_added"]),
+        table.add_row(*cells(r["id"], r["created"], kinds_cmds.kind_cell(r), r["snapshot"] or "-", files, human_bytes(s["bytes_added"]),
                              ", ".join(r["sources"]), ",".join(r["tags"])))
     out_console.print(table)
     if not deleted:
@@ -98,7 +100,8 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
        as_json: bool) -> None:
     """List the entries of POINT (id, unique id prefix, or "latest"), under PATH if given."""
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
-    root = PointBook(agent, vault, key, machine).find(point).manifest["tree"]
+    manifest = PointBook(agent, vault, key, machine).find(point).manifest
+    root = manifest["tree"]
     rows = []
     for full, e in list_path(reader, root, os.fsencode(path) if path else None):
         row = {"path": display_path(full), "type": TYPE_NAMES.get(e["t"], e["t"]), "mode": e["m"],
@@ -110,6 +113,7 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
     if as_json:
         emit_json(rows)
         return
+    kinds_cmds.echo_summary(manifest)
     for r in rows:
         mode = stat.filemode(r["mode"] | {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r["type"], stat.S_IFREG))
         owner = f"{r['user'] or r['uid']}/{r['group'] or r['gid']}"

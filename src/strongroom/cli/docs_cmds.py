@@ -3,8 +3,9 @@ made from the same click definitions that `--help` prints, so the three never di
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import date
+from datetime import date, datetime, timezone
 
 import click
 from click.shell_completion import get_completion_class
@@ -87,7 +88,10 @@ def _commands(ctx: click.Context, group: click.Group, prefix: str) -> list[str]:
 
 def man_page(root: click.Command) -> str:
     ctx = click.Context(root, info_name="strongroom", **root.context_settings)
-    lines = [f'.TH STRONGROOM 1 "{date.today():%Y-%m-%d}" "strongroom {__version__}" "User Commands"',
+    # SOURCE_DATE_EPOCH (reproducible builds) fixes the date a packaged page carries.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    day = datetime.fromtimestamp(int(epoch), timezone.utc).date() if epoch.isdigit() else date.today()
+    lines = [f'.TH STRONGROOM 1 "{day:%Y-%m-%d}" "strongroom {__version__}" "User Commands"',
              ".SH NAME", f"strongroom \\- {roff(root.get_short_help_str(200))}",
              ".SH SYNOPSIS", ".B strongroom", roff(" ".join(root.collect_usage_pieces(ctx))),
              ".SH DESCRIPTION", _paragraphs(root.help or ""),

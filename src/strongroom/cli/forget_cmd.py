@@ -9,6 +9,7 @@ import click
 
 from strongroom.cli.common import echo, emit_json, json_option, passphrase_option
 from strongroom.cli.pointref import resolve
+from strongroom.testhook import hook
 
 
 @click.command("forget")
@@ -36,7 +37,9 @@ def forget(ctx: click.Context, points: tuple[str, ...], pin: str | None, passphr
         # taking a lawful deletion for a rollback. A refusal costs nothing: the next listing
         # records the newest point again.
         opened.agent.note_point(machine, remaining[0].seen() if remaining else None, replace=True)
+    hook("forget.noted")
     result = opened.vault.forget_points(ids, pin)
+    hook("forget.done")
     if as_json:
         emit_json({"forgotten": result["deleted"], "soft_delete_days": result["soft_delete_days"]})
         return

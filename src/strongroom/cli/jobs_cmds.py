@@ -17,6 +17,7 @@ from strongroom.agent.jobrun import open_failed
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 
+from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
     cells,
     echo,
@@ -65,7 +66,9 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, passphrase_file: P
     vault recorded them, newest first."""
     agent = home(ctx)
     key = key_if_given(agent, passphrase_file)
-    rows = [_shown(j.to_dict(), key) for j in agent.vault().jobs(machine, limit)]
+    vault = agent.vault()
+    rows = [_shown(j.to_dict(), key) for j in vault.jobs(machine, limit)]
+    kinds_cmds.add_point_kinds(vault, rows)
     if as_json:
         emit_json(rows)
         return
@@ -73,7 +76,8 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, passphrase_file: P
     for name in ("Job", "Machine", "Kind", "Status", "Started", "Took", "Files", "Bytes"):
         table.add_column(name, no_wrap=name in ("Job", "Started"))
     for j in rows:
-        kind = j["kind"] + (f" from {j['source_machine']}" if j["source_machine"] else "")
+        kind = j["kind"] + (f" ({j['point_kind']})" if j["point_kind"] else "") + \
+            (f" from {j['source_machine']}" if j["source_machine"] else "")
         status = j["status"].replace("_", " ") + (f" ({j['failed_count']} failed)" if j["failed_count"] else "")
         table.add_row(*cells(j["id"], j["machine"], kind, status, _short_time(j["started_ns"]), _duration(j),
                              j["files"], human_bytes(j["bytes"])))

@@ -51,6 +51,9 @@ def policy_group() -> None:
 
 @policy_group.command("set")
 @click.option("--include", "includes", multiple=True, metavar="PATH", help="Protect this path (or give --files-from).")
+@click.option("--volume", "volumes", multiple=True, metavar="MOUNTPOINT",
+              help="Protect the volume mounted there (a volume point each run).")
+@click.option("--system-state", is_flag=True, help="Protect this machine's system state (a point each run).")
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB", help="Leave out matching paths.")
 @click.option("--daily", "daily_times", metavar="HH:MM[,HH:MM...]", help="Back up every day at these times (up to 3).")
 @click.option("--weekly", "weekly_days", metavar="DAYS", help="Back up on these days (mon,thu or mon-fri)...")
@@ -69,7 +72,8 @@ def policy_group() -> None:
 @passphrase_option
 @json_option
 @click.pass_context
-def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[str, ...], daily_times: str | None,
+def set_policy(ctx: click.Context, includes: tuple[str, ...], volumes: tuple[str, ...], system_state: bool,
+               excludes: tuple[str, ...], daily_times: str | None,
                weekly_days: str | None, weekly_times: str | None, every_weeks: int, keep_daily: int | None,
                keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, throttle_work: str,
                throttle_off: str, work_hours: str, timezone: str | None, pin: str | None,
@@ -93,7 +97,8 @@ def set_policy(ctx: click.Context, includes: tuple[str, ...], excludes: tuple[st
     paths = [os.path.abspath(p) for p in includes] + [os.fsdecode(p) for p in picked.listed]
     policy = Policy(tuple(dict.fromkeys(paths)), tuple(picked.excludes), schedule, retention,
                     parse_rate(throttle_work), parse_rate(throttle_off), work_days, hours,
-                    timezone or local_timezone(), picked.rules.to_doc())
+                    timezone or local_timezone(), picked.rules.to_doc(),
+                    volumes=tuple(os.path.abspath(v) for v in volumes), system_state=system_state)
     agent = home(ctx)
     key = agent.master_key(read_passphrase(passphrase_file))
     version = agent.vault().set_policy(seal_doc(policy, key), pin)
@@ -156,10 +161,14 @@ def show_policy(ctx: click.Context, passphrase_file: Path | None, as_json: bool)
 
 
 def _paths(doc: dict) -> str:
+    state = "; system state" if doc.get("system_state") else ""
     if doc["includes"] is None:
-        return (f"{doc['include_count']} path(s), {doc['exclude_count']} exclusion(s) "
+        volumes = f", {doc['volume_count']} volume(s)" if doc.get("volume_count") else ""
+        return (f"{doc['include_count']} path(s), {doc['exclude_count']} exclusion(s){volumes}{state} "
                 "(sealed: give the passphrase to see them)")
-    return ", ".join(doc["includes"]) + (f" (except {', '.join(doc['excludes'])})" if doc["excludes"] else "")
+    files = ", ".join(doc["includes"]) + (f" (except {', '.join(doc['excludes'])})" if doc["excludes"] else "")
+    volumes = "; volumes " + ", ".join(doc["volumes"]) if doc.get("volumes") else ""
+    return (files or "no files") + volumes + state
 
 
 def _rate(value: int | None) -> str:

@@ -11,7 +11,7 @@ import click
 
 from strongroom.agent.dump import dump_file, dump_tar, entry_at
 from strongroom.agent.search import Finder
-from strongroom.agent.treediff import diff_points
+from strongroom.agent.treediff import Change, diff_points
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -45,10 +45,10 @@ def diff(ctx: click.Context, point_a: str, point_b: str, path: Path | None, mach
     Lines start with + (added), - (removed), M (content changed), U (metadata only) or
     T (type changed). Unchanged folders are not read at all."""
     opened, (a, b) = resolve(ctx, [point_a, point_b], passphrase_file, machine)
-    changes = list(diff_points(opened.reader, a.manifest["tree"], b.manifest["tree"],
-                               os.fsencode(path) if path else None))
+    changes = diff_points(opened.reader, a.manifest["tree"], b.manifest["tree"], os.fsencode(path) if path else None)
     summary = {"added": 0, "removed": 0, "modified": 0, "modified_content": 0, "modified_metadata_only": 0,
                "added_bytes": 0, "removed_bytes": 0}
+    rows = []  # JSON only: text is printed as the walk goes, so a large diff is not held
     for c in changes:
         summary[c.change] += 1
         if c.change == "modified":
@@ -57,25 +57,30 @@ def diff(ctx: click.Context, point_a: str, point_b: str, path: Path | None, mach
             summary["added_bytes"] += c.size_after or 0
         elif c.change == "removed":
             summary["removed_bytes"] += c.size_before or 0
+        if as_json:
+            rows.append(c.to_dict())
+        else:
+            echo(_change_line(c))
     if as_json:
         emit_json({"point_a": a.id, "point_b": b.id, "path": display_path(os.fsencode(path)) if path else None,
-                   "changes": [c.to_dict() for c in changes], "summary": summary})
+                   "changes": rows, "summary": summary})
         return
-    for c in changes:
-        if c.change in _MARKS:
-            size = c.size_after if c.change == "added" else c.size_before
-            echo(f"{_MARKS[c.change]}  {display_path(c.path)}" + (f"  ({human_bytes(size)})" if size is not None else ""))
-            continue
-        mark = "T" if "type" in c.metadata else "M" if c.content else "U"
-        what = ["content"] if c.content and mark == "M" else []
-        what += [m for m in c.metadata if m != "type"]
-        sizes = f", {human_bytes(c.size_before)} -> {human_bytes(c.size_after)}" \
-            if c.size_before is not None and c.size_after is not None and c.size_before != c.size_after else ""
-        kinds = f", {c.type_before} -> {c.type_after}" if mark == "T" else ""
-        echo(f"{mark}  {display_path(c.path)}  ({', '.join(what) or 'type'}{kinds}{sizes})")
     echo(f"{summary['added']} added ({human_bytes(summary['added_bytes'])}), {summary['removed']} removed "
          f"({human_bytes(summary['removed_bytes'])}), {summary['modified']} modified "
          f"({summary['modified_content']} in content, {summary['modified_metadata_only']} in metadata only)")
+
+
+def _change_line(c: Change) -> str:
+    if c.change in _MARKS:
+        size = c.size_after if c.change == "added" else c.size_before
+        return f"{_MARKS[c.change]}  {display_path(c.path)}" + (f"  ({human_bytes(size)})" if size is not None else "")
+    mark = "T" if "type" in c.metadata else "M" if c.content else "U"
+    what = ["content"] if c.content and mark == "M" else []
+    what += [m for m in c.metadata if m != "type"]
+    sizes = (f", {human_bytes(c.size_before)} -> {human_bytes(c.size_after)}"
+             if c.size_before is not None and c.size_after is not None and c.size_before != c.size_after else "")
+    kinds = f", {c.type_before} -> {c.type_after}" if mark == "T" else ""
+    return f"{mark}  {display_path(c.path)}  ({', '.join(what) or 'type'}{kinds}{sizes})"
 
 
 @click.command("find")
@@ -139,6 +144,8 @@ def dump(ctx: click.Context, point: str, path: Path, archive: str | None, machin
 
     Every blob is verified as it is read; the bytes are streamed, never held whole.
     Example: strongroom dump latest /etc --archive tar | tar -t"""
+    if archive and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar stream to a terminal: pipe it (| tar -t) or redirect it (> FILE)")
     opened, (found,) = resolve(ctx, [point], passphrase_file, machine)
     raw = os.fsencode(path)
     entry = entry_at(opened.reader, found.manifest["tree"], raw)

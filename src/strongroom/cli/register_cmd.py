@@ -41,6 +41,11 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, replace: 
     creds = Credentials.load(cred_file)
     check_plain_http(creds.vault_url, insecure_http)  # before the passphrase is asked for
     name = check_machine_name(replace or machine or socket.gethostname())
+    if cache is not None:  # made now: a folder that cannot be must not cost a registration
+        try:
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise UsageError(f"cannot make the cache folder {cache}: {exc.strerror or exc}") from None
     vault = connect(creds.vault_url, creds.fingerprint, insecure_http)
     if replace is not None:
         # Nothing changes in the vault until the passphrase has opened the machine's key here.

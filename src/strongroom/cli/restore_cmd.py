@@ -12,6 +12,7 @@ from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.agent.restore_plan import DryRun, Selector, dry_run, selected, verify
+from strongroom.cli import kinds_cmds
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -44,20 +45,29 @@ from strongroom.testhook import hook
 @click.option("--dry-run", "dry_run_only", is_flag=True, help="Say what would be written, skipped or copied; write nothing.")
 @click.option("--verify", "verify_after", is_flag=True,
               help="Read back what was written and compare it with the point (exit 1 on a mismatch).")
+@kinds_cmds.restore_kind_options
 @from_machine_option
 @passphrase_option
 @json_option
 @click.pass_context
 def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str, conflict: str,
             includes: tuple[str, ...], excludes: tuple[str, ...], dry_run_only: bool, verify_after: bool,
-            machine: str | None, passphrase_file: Path | None, as_json: bool) -> None:
-    """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given."""
+            volume: Path | None, image: bool, force: bool, machine: str | None, passphrase_file: Path | None,
+            as_json: bool) -> None:
+    """Restore POINT (id, unique id prefix, or "latest"), all of it or the PATHS given; with
+    --volume or --image, a point of that kind."""
     if dry_run_only and verify_after:
         raise UsageError("--dry-run writes nothing, so there is nothing to --verify")
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
     record = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
     manifest = record.manifest
-    selections = select_entries(reader, manifest["tree"], [os.fsencode(p) for p in paths], manifest["sources"])
+    if image or force:
+        if paths or includes or excludes or dry_run_only or verify_after:
+            raise UsageError("--image restores the whole image: no PATHS, --include, --exclude, --dry-run or --verify")
+        kinds_cmds.restore_image(ctx, agent, vault, key, reader, record, target, image, force, machine, as_json)
+        return
+    wanted = kinds_cmds.restore_paths(manifest, [os.fsencode(p) for p in paths], volume, target)
+    selections = select_entries(reader, manifest["tree"], wanted, manifest["sources"])
     selector = Selector(includes, excludes)
     if selector.active:
         selections = selector.prepare(reader, selections)
@@ -90,6 +100,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
         os.close(root_fd)
     for note in job.notes:
         warn_line(note)
+    extra = kinds_cmds.after_restore(manifest, root, target, record.id)
     mismatches: list[dict[str, str]] = []
     if run.written is not None:
         hook("restore-written")
@@ -97,7 +108,8 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
         with progress_bar(interactive, "Verifying", result.bytes_written, lambda: done[0]):
             mismatches = verify(reader, run.written, root, lambda n: done.__setitem__(0, done[0] + n))
     if as_json:
-        doc = {"point": record.id, "target": target, "files_restored": result.files_restored,
+        doc = {"point": record.id, "kind": manifest["kind"], "target": target, **extra,
+               "files_restored": result.files_restored,
                "files_skipped": result.files_skipped, "files_copied": result.files_copied,
                "bytes_written": result.bytes_written, "errors": errors}
         if run.written is not None:

@@ -75,7 +75,11 @@ POINT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id", "kind", "mo
                                 "properties": {"id": {"type": "string"}, "kind": {"type": "string"},
                                                "mode": {"type": "string"}, "stats": {"type": "object"},
                                                "manifest": BINARY, "refs_parts": {"type": "integer"},
-                                               "retain_until_ns": {"type": ["integer", "null"]}}}
+                                               "retain_until_ns": {"type": ["integer", "null"]},
+                                               # refs as a change to point `base`'s: the parts from
+                                               # `removed_from_part` on are IDs removed, those before added
+                                               "base": {"type": "string"}, "removed_from_part": {"type": "integer"},
+                                               "refs_count": {"type": "integer"}}}
 
 
 def _body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +230,7 @@ class JobFinish(BaseModel):
     failed_count: int = Field(0, ge=0, le=2**31)
     failed_sealed: str | None = Field(None, max_length=MAX_SEALED_FAILED)
     message: str = Field("", max_length=65536)
+    mode_reason: str = Field("", max_length=1000)
 
 
 class Machine:
@@ -468,15 +473,24 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
             point_id, parts = str(doc["id"]), int(doc["refs_parts"])
             args = (m.id, str(doc["kind"])[:16], str(doc["mode"])[:16], dict(doc["stats"]), bytes(doc["manifest"]))
             retain_until = int(retain) if retain is not None else None
+            base = str(doc["base"]) if "base" in doc else None
+            split, count = (int(doc["removed_from_part"]), int(doc["refs_count"])) if base else (parts, 0)
         except (KeyError, TypeError, ValueError):
             raise UsageError("malformed point") from None
         _check_point_id(point_id)
-        if not 0 <= parts <= MAX_REFS_PARTS or not _json_fits(args[3]) \
-                or (retain_until is not None and not 0 <= retain_until <= INT64):
+        if base is not None:
+            _check_point_id(base)
+        if not 0 <= parts <= MAX_REFS_PARTS or not _json_fits(args[3]) or not 0 <= split <= parts \
+                or not 0 <= count <= INT64 or (retain_until is not None and not 0 <= retain_until <= INT64):
             raise UsageError("malformed point")
         folder = _refs_spool(m, point_id)
-        refs = _read_parts(folder, parts)
-        point = await run_in_threadpool(service.add_point, *args, refs, point_id, retain_until)
+        if base is None:
+            point = await run_in_threadpool(service.add_point, *args, _read_parts(folder, parts), point_id,
+                                            retain_until)
+        else:
+            added, removed = _read_parts(folder, split), _read_parts(folder, parts, split)
+            point = await run_in_threadpool(service.add_point_delta, *args, added, removed, base, count,
+                                            point_id, retain_until)
         await run_in_threadpool(shutil.rmtree, folder, True)
         return msgpack_response(point_doc(point), 201)
 
@@ -574,7 +588,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     @app.post("/api/v1/jobs/{job_id}/finish")
     def finish_job(job_id: ShortId, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
         return service.jobs.finish(m.id, job_id, req.status, req.mode, req.point_id, req.files, req.bytes,
-                                   req.failed_count, req.failed_sealed, req.message).to_dict()
+                                   req.failed_count, req.failed_sealed, req.message, req.mode_reason).to_dict()
 
     @app.get("/api/v1/jobs")
     def jobs(machine_name: MachineQuery = None, limit: int = Query(100, ge=1, le=10000),
@@ -603,8 +617,8 @@ def _write_part(folder: Path, part: int, body: bytes) -> None:
     write_private(folder / f"{part:08d}", body)
 
 
-def _read_parts(folder: Path, parts: int) -> Iterator[bytes]:
-    for part in range(parts):
+def _read_parts(folder: Path, parts: int, first: int = 0) -> Iterator[bytes]:
+    for part in range(first, parts):
         try:
             yield (folder / f"{part:08d}").read_bytes()
         except FileNotFoundError:

@@ -279,15 +279,33 @@ class HttpVault:
         # The refs travel in parts of bounded size, each one request that can be retried
         # alone: a point of any size, with bounded memory at both ends.
         point_id = point_id or secrets.token_hex(8)
-        parts = 0
-        for part in rechunk(refs, REFS_PART_IDS):
-            self._call("PUT", f"/api/v1/points/{point_id}/refs/{parts}", content=part,
-                       headers={"Content-Type": "application/octet-stream"})
-            parts += 1
+        parts = self._send_refs(point_id, refs, 0)
         body = msgpack.packb({"id": point_id, "kind": kind, "mode": mode, "stats": stats, "manifest": manifest,
                               "refs_parts": parts, "retain_until_ns": retain_until_ns})
         return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
                                            headers={"Content-Type": MSGPACK}))
+
+    def add_point_delta(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
+                        added: Iterable[bytes], removed: Iterable[bytes], base: str, count: int,
+                        point_id: str | None = None, retain_until_ns: int | None = None) -> PointRecord:
+        # The same parts as add_point's: the added IDs first, then the removed ones.
+        point_id = point_id or secrets.token_hex(8)
+        first_removed = self._send_refs(point_id, added, 0)
+        parts = self._send_refs(point_id, removed, first_removed)
+        body = msgpack.packb({"id": point_id, "kind": kind, "mode": mode, "stats": stats, "manifest": manifest,
+                              "refs_parts": parts, "retain_until_ns": retain_until_ns, "base": base,
+                              "removed_from_part": first_removed, "refs_count": count})
+        return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
+                                           headers={"Content-Type": MSGPACK}))
+
+    def _send_refs(self, point_id: str, refs: Iterable[bytes], first: int) -> int:
+        """Uploads refs as parts numbered from `first`; the number after the last."""
+        parts = first
+        for part in rechunk(refs, REFS_PART_IDS):
+            self._call("PUT", f"/api/v1/points/{point_id}/refs/{parts}", content=part,
+                       headers={"Content-Type": "application/octet-stream"})
+            parts += 1
+        return parts
 
     def points(self, machine: str | None = None, deleted: bool = False) -> list[PointRecord]:
         return [PointRecord(**d) for d in self._msgpack("GET", f"/api/v1/machines/{self._name(machine)}/points",

@@ -53,6 +53,7 @@ class JobRecord:
     failed_count: int = 0
     failed_sealed: str | None = None  # base64 of the sealed list of {path, error}, opened by the agent
     message: str = ""
+    mode_reason: str = ""  # why a backup ran optimized or unoptimized
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +113,7 @@ class JobBook:
 
     def finish(self, machine_id: int, job_id: str, status: str, mode: str = "", point_id: str | None = None,
                files: int = 0, nbytes: int = 0, failed_count: int = 0, failed_sealed: str | None = None,
-               message: str = "") -> JobRecord:
+               message: str = "", mode_reason: str = "") -> JobRecord:
         if status not in STATUSES:
             raise UsageError(f"invalid job status {status!r}")
         if failed_count < 0 or (failed_sealed is not None and len(failed_sealed) > MAX_SEALED_FAILED):
@@ -125,6 +126,7 @@ class JobBook:
             db.execute(update(cat.jobs).where(cat.jobs.c.id == job_id, cat.jobs.c.status == "running").values(
                 status=status, ended_ns=time.time_ns(), mode=mode, point_id=point_id, files=files, bytes=nbytes,
                 failed=json.dumps({"count": failed_count, "sealed": failed_sealed}), message=message[:4000],
+                mode_reason=mode_reason[:1000],
                 lease_key=None, lease_expires=None))
         record = self.get(job_id)
         if self.archive is not None:
@@ -188,7 +190,8 @@ class JobBook:
         if isinstance(failed, list):  # recorded before lists were sealed: shown as a count only
             failed = {"count": len(failed), "sealed": None}
         return JobRecord(r.id, r.machine_name, r.kind, r.status, r.started_ns, r.ended_ns, r.source_name,
-                         r.mode, r.point_id, r.files, r.bytes, failed["count"], failed["sealed"], r.message)
+                         r.mode, r.point_id, r.files, r.bytes, failed["count"], failed["sealed"], r.message,
+                         r.mode_reason or "")
 
     def get(self, job_id: str) -> JobRecord:
         with self.engine.connect() as db:

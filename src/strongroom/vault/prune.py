@@ -38,7 +38,7 @@ from strongroom.errors import IntegrityError, VaultError
 from strongroom.vault import catalog as cat
 from strongroom.vault import protection, records, trust
 from strongroom.vault import refs as reflist
-from strongroom.vault.retention import Retention, expired
+from strongroom.vault.retention import Retention, expired_per_kind
 from strongroom.vault.service import VaultService, index_pack_rows, pack_object
 
 REPACK_BELOW = 0.5  # repack a pack when less than this share of its bytes is still needed
@@ -150,11 +150,14 @@ def _expire(service: VaultService, mid: int, now_ns: int) -> list[str]:
     doc = policy[1]
     tz = ZoneInfo(doc.get("timezone", "UTC"))
     with service.engine.connect() as db:
-        rows = db.execute(select(cat.points.c.id, cat.points.c.created_ns, cat.points.c.retain_until_ns)
+        rows = db.execute(select(cat.points.c.id, cat.points.c.created_ns, cat.points.c.retain_until_ns,
+                                 cat.points.c.kind)
                           .where(cat.points.c.machine_id == mid, cat.points.c.deleted_ns.is_(None))).all()
     alive = {r.id: r.created_ns for r in rows}
     floors = {r.id: r.retain_until_ns for r in rows if r.retain_until_ns}
-    return sorted(expired(alive, Retention(**doc["retention"]), datetime.fromtimestamp(now_ns / 1e9, tz), floors))
+    kinds = {r.id: r.kind for r in rows}
+    return sorted(expired_per_kind(alive, kinds, Retention(**doc["retention"]),
+                                   datetime.fromtimestamp(now_ns / 1e9, tz), floors))
 
 
 # -- liveness, streamed -------------------------------------------------------------------------

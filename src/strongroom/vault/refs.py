@@ -93,6 +93,31 @@ def verify_refs(chunks: Iterable[bytes], count: int, checksum: str, what: str) -
         raise IntegrityError(f"{what} does not match its checksum")
 
 
+def chunked(blob_ids: Iterable[bytes], ids_per_chunk: int = CHUNK_IDS) -> Iterator[bytes]:
+    """IDs one by one, back into chunks of whole IDs."""
+    pending: list[bytes] = []
+    for blob_id in blob_ids:
+        pending.append(blob_id)
+        if len(pending) == ids_per_chunk:
+            yield b"".join(pending)
+            pending = []
+    if pending:
+        yield b"".join(pending)
+
+
+def apply_delta(base: Iterator[bytes], removed: Iterator[bytes], added: Iterator[bytes]) -> Iterator[bytes]:
+    """The ascending IDs of `base` without `removed`, with `added` (all three ascending): a
+    point's refs made from its parent's, with work bounded by the change but for one pass."""
+    def kept() -> Iterator[bytes]:
+        gone = next(removed, None)
+        for blob_id in base:
+            while gone is not None and gone < blob_id:
+                gone = next(removed, None)
+            if blob_id != gone:
+                yield blob_id
+    return merged([kept(), added])
+
+
 def merged(streams: list[Iterator[bytes]]) -> Iterator[bytes]:
     """The distinct IDs of several ascending ID streams, ascending."""
     last = None

@@ -83,6 +83,18 @@ def expiries(points: dict[str, int], policy: Retention, tz: ZoneInfo) -> dict[st
     return until
 
 
+def expired_per_kind(points: dict[str, int], kinds: dict[str, str], policy: Retention, now: datetime,
+                     floors: dict[str, int] | None = None) -> set[str]:
+    """`expired` for each kind of point (files, volume, system-state, image) as a series of its
+    own: a weekly tier keeps each kind's first point of the week, and no kind loses its last
+    point to expiry, whatever the other kinds do."""
+    gone: set[str] = set()
+    for kind in set(kinds.get(pid, "files") for pid in points):
+        series = {pid: ns for pid, ns in points.items() if kinds.get(pid, "files") == kind}
+        gone |= expired(series, policy, now, floors)
+    return gone
+
+
 def expired(points: dict[str, int], policy: Retention, now: datetime,
             floors: dict[str, int] | None = None) -> set[str]:
     """The points the policy no longer keeps at `now` (an aware datetime, the machine's zone).

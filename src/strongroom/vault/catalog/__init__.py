@@ -134,6 +134,7 @@ jobs = Table(
     Column("bytes", Integer, nullable=False, default=0),
     Column("failed", Text, nullable=False, default="[]"),
     Column("message", Text, nullable=False, default=""),
+    Column("mode_reason", Text),  # why a backup ran optimized or unoptimized (added later: nullable)
     # Set while a backup runs: unique, so that the database itself refuses a second backup
     # of the same machine; the lease lets another take over once the agent stops renewing.
     Column("lease_key", String(64), unique=True),

@@ -1,0 +1,386 @@
+"""Optimized backups: choosing the mode, walking only what changed, keeping the point's refs.
+
+`plan_backup` decides, before the walk, whether this backup may trust a journal of changes
+(the daemon's, journal.py, or btrfs generations, btrfs_changes.py) and says why when it
+may not. An optimized walk then lists only the directories the journal names ("dirty"),
+passes through their ancestors taking every other entry from the parent point without a
+stat, and carries a subdirectory's whole tree over when it is not on the way to a dirty
+directory and still is the same directory (inode, ctime and mtime as in the parent point:
+a directory moved, replaced or new is scanned whole). The point is the same as an
+unoptimized backup of the same state would make.
+
+The point's refs must still name every blob of the point, also those of the trees carried
+over unread. `RefCounts` keeps, in the cache folder, how many times each blob is referenced
+by the last good point's directories (each directory counts its files' contents and its
+own tree): an optimized backup subtracts the directories it replaces and adds the new ones,
+so the work is bounded by the change, not by the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from strongroom.agent import journal as jr
+from strongroom.model import DIR, Entry
+
+if TYPE_CHECKING:
+    from strongroom.agent.backup import Backup
+    from strongroom.agent.pointbook import OpenedPoint
+
+OPTIMIZED, UNOPTIMIZED = "optimized", "unoptimized"
+# A full scan at least this often: the safety net for changes no journal sees (a hard link
+# made from outside the sources, then written through that outside name).
+FULL_SCAN_EVERY_NS = 7 * 86400 * 10**9
+
+
+@dataclass
+class Plan:
+    mode: str
+    reason: str
+    dirty: set[bytes] = field(default_factory=set)  # directories to list again
+    trie: set[bytes] = field(default_factory=set)  # the dirty ones and all their ancestors
+    children: dict[bytes, set[bytes]] = field(default_factory=dict)  # trie path -> names on the trie below it
+    devices: set[int] = field(default_factory=set)  # the sources' filesystems, which the journal watches
+    mounts: list[bytes] = field(default_factory=list)  # mount points inside the sources: always listed
+    record: dict[str, Any] = field(default_factory=dict)  # what last-good will hold if this ends well
+    fallback: str | None = None  # set by the walk: why it must be done again unoptimized
+    links_followed: bool = False  # the journal names every directory linking a changed file (btrfs)
+    keeps_records: bool = True  # False: a backup outside the chain of files points (standard input)
+
+    @property
+    def optimized(self) -> bool:
+        return self.mode == OPTIMIZED
+
+    def passes(self, path: bytes) -> bool:
+        """An ancestor of a dirty directory, not dirty itself: its other entries come unread."""
+        return self.optimized and path in self.trie and path not in self.dirty
+
+    def carries(self, path: bytes, st: os.stat_result, prev: Entry | None) -> bool:
+        """Whether a subdirectory's tree is taken from the parent point without looking in it."""
+        return (self.optimized and path not in self.trie and prev is not None and prev["t"] == DIR
+                and "tree" in prev and prev.get("i") == st.st_ino and prev.get("ct") == st.st_ctime_ns
+                and prev.get("mt") == st.st_mtime_ns and st.st_dev in self.devices
+                and not any(path == m or path.startswith(m + b"/") for m in self.mounts))
+
+    def read_from(self, view: Any, sources: list[bytes]) -> None:
+        """The walk reads the sources where the view says (a btrfs snapshot: another device)."""
+        for src in sources:
+            try:
+                self.devices.add(os.stat(view[src] if view else src).st_dev)
+            except OSError:
+                pass
+
+    def unoptimize(self, reason: str) -> None:
+        self.mode, self.reason, self.dirty, self.trie, self.children = UNOPTIMIZED, reason, set(), set(), {}
+
+
+def _trie(dirs: set[bytes]) -> tuple[set[bytes], dict[bytes, set[bytes]]]:
+    out: set[bytes] = set()
+    children: dict[bytes, set[bytes]] = {}
+    for d in dirs:
+        while d not in out:
+            out.add(d)
+            if d == b"/":
+                break
+            up = os.path.dirname(d) or b"/"
+            children.setdefault(up, set()).add(os.path.basename(d))
+            d = up
+    return out, children
+
+
+def _excluded(backup: Backup, path: bytes) -> bool:
+    """Whether `path` or one of its ancestors inside a source is left out by the excludes."""
+    parts = path.split(b"/")
+    for i in range(2, len(parts) + 1):
+        prefix = b"/".join(parts[:i])
+        if any(prefix == s or prefix.startswith(s.rstrip(b"/") + b"/") for s in backup.sources) \
+                and prefix not in backup.sources and backup.excluded(prefix, parts[i - 1]):
+            return True
+    return False
+
+
+def _files(cache: Path) -> tuple[Path, Path]:
+    folder = jr.journal_dir(cache)
+    return folder / "last-good", folder / "attempt"
+
+
+def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -> Plan:
+    """The mode of this backup and, in optimized mode, the directories to look at. Also cuts
+    the daemon's journal (whatever the mode), so that the next backup can start from here."""
+    cache = backup.cache
+    if "stdin" in backup.manifest_extra or not backup.sources:
+        # Not a files backup: it neither uses nor moves the journal's records of the files chain.
+        return Plan(UNOPTIMIZED, "a backup of standard input reads it whole", keeps_records=False)
+    if backup.kind != "files":  # a volume, system state or image (issue 12): nor do these
+        return Plan(UNOPTIMIZED, f"{backup.kind} points do not use the change journal", keeps_records=False)
+    last_good_path, attempt_path = _files(cache)
+    record: dict[str, Any] = {"sources": backup.sources, "excludes": backup.excludes,
+                              "selection": backup.manifest_extra.get("selection")}
+    journal_reason = None
+    since: dict[str, Any] | None = None
+    try:
+        doc = jr.live_journal(cache, backup.sources)
+        if doc.get("incomplete"):
+            raise jr.Unusable(f"the change journal is incomplete: {doc['incomplete']}")
+        run, seq = jr.request_cut(cache, doc["run"])
+        record["journal"] = {"run": run, "seq": seq, "backend": doc["backend"]}
+    except jr.Unusable as exc:
+        journal_reason = str(exc)
+        if exc.damaged:  # a keeper that still runs writes its file anew at a cut: the next backup may use it
+            try:
+                run, seq = jr.request_cut(cache, None, timeout_s=2.0)
+                record["journal"] = {"run": run, "seq": seq, "backend": "?"}
+            except jr.Unusable:
+                pass
+    from strongroom.agent import btrfs_changes  # noqa: PLC0415 - only where a source may be on btrfs
+    gens = btrfs_changes.generations(backup.sources)
+    if gens:
+        record["btrfs"] = gens
+    previous_attempt = attempt_path.exists()
+    jr.write_record(attempt_path, {"started_ns": time.time_ns(), "parent": parent.id if parent else None})
+    try:
+        good = jr.read_record(last_good_path)
+    except jr.Damaged as exc:
+        good, damaged = None, str(exc)
+    else:
+        damaged = None
+    record["full_ns"] = (good or {}).get("full_ns")
+
+    def no(reason: str) -> Plan:
+        record["full_ns"] = time.time_ns()
+        return Plan(UNOPTIMIZED, reason, record=record)
+
+    if unoptimized:
+        return no("asked for (--unoptimized)")
+    if parent is None:
+        return no("the first backup")
+    if previous_attempt:
+        return no("the previous backup failed, was cancelled or was killed")
+    if damaged:
+        return no(f"the journal's record of the last backup is damaged ({damaged})")
+    if good is None or good.get("point") != parent.id:
+        return no("the cache folder holds no record of the last point (a new or emptied cache folder)")
+    if [bytes(s) for s in good.get("sources", [])] != backup.sources or \
+            [bytes(e) for e in good.get("excludes", [])] != backup.excludes or \
+            good.get("selection") != record["selection"]:
+        return no("the sources or excludes differ from the last point's")
+    if not RefCounts.matches(cache, parent.id):
+        return no("the cache folder's reference counts are not the last point's")
+    full_ns = good.get("full_ns") or 0
+    if time.time_ns() - full_ns > FULL_SCAN_EVERY_NS:
+        return no("7 days since the last full scan (the safety net for changes no journal sees)")
+    dirs: set[bytes] | None = None
+    how = ""
+    old_gens = good.get("btrfs") or {}
+    if gens and set(gens) == set(old_gens) == set(backup.sources) and all(
+            gens[s][:2] == old_gens[s][:2] for s in gens):
+        try:
+            dirs = set()
+            for src, (fsid, subvol, _gen, top) in gens.items():
+                dirs |= btrfs_changes.changed_dirs(top, subvol, old_gens[src][2])
+            how = f"btrfs generations since {min(g[2] for g in old_gens.values())}"
+        except btrfs_changes.Unavailable as exc:
+            dirs, journal_reason = None, str(exc)
+    if dirs is None:
+        if journal_reason:
+            return no(journal_reason)
+        before = good.get("journal") or {}
+        now = record["journal"]
+        if before.get("run") != now["run"]:
+            return no("the change journal daemon was not watching for the whole interval since the last point "
+                      "(it was started, restarted or rebooted since)")
+        try:
+            dirs, backend = jr.changed_since(cache, now["run"], before["seq"], now["seq"])
+        except jr.Unusable as exc:
+            return no(str(exc))
+        how = f"{backend} journal"
+    dirs = {d for d in dirs if any(d == s or d.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)
+            and not _excluded(backup, d)}
+    plan = Plan(OPTIMIZED, f"{how}: {len(dirs)} changed director{'y' if len(dirs) == 1 else 'ies'}",
+                dirty=dirs, record=record, links_followed=how.startswith("btrfs"))
+    plan.trie, plan.children = _trie(dirs)
+    # A filesystem mounted inside a source (a bind mount of the same one among them) reports its
+    # changes under other paths, or not at all: what lies there is listed whole every time.
+    plan.devices = {os.stat(s).st_dev for s in backup.sources}
+    plan.mounts = [m for m in _mount_points() if m not in backup.sources
+                   and any(m.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)]
+    record["full_ns"] = full_ns
+    return plan
+
+
+def _mount_points() -> list[bytes]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_bytes().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:  # the mount point, with space, tab, newline and backslash octal-escaped
+            out.append(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+    return out
+
+
+def record_success(cache: Path, plan: Plan, point_id: str) -> None:
+    """The point is in the vault: the next backup may start from it."""
+    if not plan.keeps_records:
+        return
+    last_good_path, attempt_path = _files(cache)
+    jr.write_record(last_good_path, {**plan.record, "point": point_id, "mode": plan.mode})
+    attempt_path.unlink(missing_ok=True)
+
+
+# -- the walk ---------------------------------------------------------------------------------
+
+
+def pass_through(backup: Backup, dfd: int, path: bytes, parent_tree: bytes) -> Any:
+    """A directory on the way to dirty ones: its tree from the parent point, with only the
+    subdirectories on the way looked at. None if the parent point does not hold them (the
+    journal must have missed this directory's change: it is listed instead)."""
+    parent = {e["n"]: e for e in backup.reader.tree(parent_tree)}
+    base = path if path != b"/" else b""
+    children = backup.plan.children.get(path, set())
+    if any(n not in parent or parent[n]["t"] != DIR for n in children):
+        return None
+    items: list[Any] = []
+    for name in sorted(parent):
+        prev = parent[name]
+        if name in children:
+            item = backup._scan_entry(dfd, base + b"/" + name, name, parent)
+            if item is not None:
+                items.append(item)
+        else:
+            items.append(prev)
+    return backup._queue(items, parent_tree)
+
+
+def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
+    """A changed file with other names: an optimized walk cannot know where they are."""
+    if backup.plan.optimized and not backup.plan.links_followed and backup.plan.fallback is None:
+        # Said without the path: a mode reason reaches the vault in plain text.
+        backup.plan.fallback = "a file with hard links changed: its other names are found only by a full scan"
+
+
+# -- the refs ---------------------------------------------------------------------------------
+
+
+def own_refs(tree_id: bytes, entries: list[Entry]) -> list[bytes]:
+    return [c for e in entries for c in e.get("c", ())] + [tree_id]
+
+
+class RefCounts:
+    """How often each blob is referenced by the point's directories, in the cache folder.
+
+    Fresh (unoptimized: built whole, replacing the old file when the point is recorded) or
+    updated (optimized: the old file in one transaction, committed with the point)."""
+
+    def __init__(self, cache: Path, reader: Any, fresh: bool, persist: bool = True) -> None:
+        self.folder = jr.journal_dir(cache)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.final = self.folder / "refcounts.sqlite"
+        self.fresh, self.reader, self.persist = fresh, reader, persist
+        self.path = self.folder / f"refcounts-{os.getpid()}.sqlite" if fresh else self.final
+        if fresh:
+            self.path.unlink(missing_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # private: it names the point's blobs
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA synchronous=NORMAL" if not fresh else "PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE IF NOT EXISTS refs (id BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        # An update notes each blob it touches with its count before, so that what the point
+        # gains and loses can be sent to the vault as a change to the parent point's refs.
+        self.db.execute("CREATE TEMP TABLE touched (id BLOB PRIMARY KEY, old INTEGER NOT NULL) WITHOUT ROWID")
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM meta WHERE k = 'point'")  # until committed: the old point's no more
+
+    @classmethod
+    def matches(cls, cache: Path, point_id: str) -> bool:
+        path = jr.journal_dir(cache) / "refcounts.sqlite"
+        if not path.exists():
+            return False
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT v FROM meta WHERE k = 'point'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.DatabaseError:
+            return False
+        return row is not None and row[0] == point_id
+
+    def _add(self, ids: list[bytes], delta: int) -> None:
+        if not self.fresh:
+            self.db.executemany("INSERT OR IGNORE INTO touched (id, old) "
+                                "SELECT ?, coalesce((SELECT n FROM refs WHERE id = ?), 0)", ((i, i) for i in ids))
+        self.db.executemany("INSERT INTO refs (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = n + ?",
+                            ((i, delta, delta) for i in ids))
+
+    def dir_done(self, refs: list[bytes], old_tree: bytes | None, kept: dict[bytes, bytes]) -> None:
+        """A directory's new tree is made: its refs count; in an update, its old tree's own
+        refs no longer do, nor those of old subdirectories not kept (`kept`: name -> old tree
+        id still used, carried over or updated in place)."""
+        self._add(refs, 1)
+        if self.fresh or not old_tree:
+            return
+        old = self.reader.tree(old_tree)
+        self._add(own_refs(old_tree, old), -1)
+        for e in old:
+            if e["t"] == DIR and "tree" in e and kept.get(e["n"]) != e["tree"]:
+                self._drop_subtree(e["tree"])
+
+    def _drop_subtree(self, tree_id: bytes) -> None:
+        stack = [tree_id]
+        while stack:
+            tid = stack.pop()
+            entries = self.reader.tree(tid)
+            self._add(own_refs(tid, entries), -1)
+            stack.extend(e["tree"] for e in entries if e["t"] == DIR and "tree" in e)
+
+    def sorted_chunks(self) -> Iterator[bytes]:
+        return self._chunks("SELECT id FROM refs WHERE n > 0 ORDER BY id")
+
+    def _chunks(self, sql: str, per_chunk: int = 32768) -> Iterator[bytes]:
+        rows = self.db.execute(sql)
+        while batch := rows.fetchmany(per_chunk):
+            yield b"".join(r[0] for r in batch)
+
+    def added_chunks(self) -> Iterator[bytes]:
+        """An update's blobs that the parent point did not reference, ascending."""
+        return self._chunks("SELECT t.id FROM touched t JOIN refs r ON r.id = t.id WHERE t.old <= 0 AND r.n > 0 "
+                            "ORDER BY t.id")
+
+    def removed_chunks(self) -> Iterator[bytes]:
+        """An update's blobs that the parent point referenced and this one does not, ascending."""
+        return self._chunks("SELECT t.id FROM touched t LEFT JOIN refs r ON r.id = t.id "
+                            "WHERE t.old > 0 AND coalesce(r.n, 0) <= 0 ORDER BY t.id")
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM refs WHERE n > 0").fetchone()[0]
+
+    def commit(self, point_id: str) -> None:
+        self.db.execute("DELETE FROM refs WHERE n <= 0")
+        self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('point', ?)", (point_id,))
+        self.db.execute("COMMIT")
+        self.db.close()
+        if self.fresh and self.persist:
+            os.replace(self.path, self.final)
+        elif self.fresh:
+            self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Without a commit: an update is rolled back, a fresh file removed."""
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self.db.close()
+        except sqlite3.ProgrammingError:
+            pass  # closed by commit
+        if self.fresh:
+            self.path.unlink(missing_ok=True)
