@@ -57,6 +57,15 @@ class MasterKey:
     def generate(cls) -> "MasterKey":
         return cls(os.urandom(MASTER_KEY_BYTES))
 
+    def replace_proof(self) -> bytes:
+        """What `register --replace` shows the vault to take this machine's name back: derived
+        from the key, so only its holder has it; the vault keeps only its hash."""
+        return blake3.blake3(self.secret, derive_key_context="strongroom 2026-12 replace proof").digest()
+
+    def key_check(self) -> str:
+        """The hash of the replace proof, as the vault keeps it."""
+        return blake3.blake3(self.replace_proof()).hexdigest()
+
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self.id_key).digest()
 
@@ -110,6 +119,11 @@ def unwrap_key(keyfile: str, passphrase: str) -> MasterKey:
     except InvalidTag:
         raise WrongPassphrase("wrong passphrase: it does not unlock this machine's key") from None
     return MasterKey(secret)
+
+
+def check_keyfile(keyfile: str) -> None:
+    """Refuses (IntegrityError) a key file this version could not open."""
+    _parse_keyfile(keyfile)
 
 
 def _parse_keyfile(keyfile: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from strongroom.crypto import MasterKey, unwrap_key
-from strongroom.errors import StrongroomError, UsageError
+from strongroom.errors import StrongroomError, UsageError, WrongPassphrase
 from strongroom.fsutil import write_private
 from strongroom.policy import Policy
 from strongroom.vault.connect import connect
@@ -47,6 +47,9 @@ class AgentHome:
         self.config_path = self.path / "config.json"
         self.token_path = self.path / "token"
         self.keyfile_path = self.path / "key.json"
+        # The key wrapped with a new passphrase while `passphrase change` runs (vault copy
+        # being replaced): until it replaces key.json, either passphrase opens the key.
+        self.pending_keyfile_path = self.path / "key.json.new"
         self.job_marker = self.path / "job"  # the job this home's agent is running, while it runs
         self.policy_copy = self.path / "policy.json"  # the last policy version this machine saw
         self._policy_read: tuple[float, Policy | None] | None = None
@@ -158,7 +161,13 @@ class AgentHome:
         return handle
 
     def master_key(self, passphrase: str) -> MasterKey:
-        return unwrap_key(self.keyfile_path.read_text(), passphrase)
+        try:
+            return unwrap_key(self.keyfile_path.read_text(), passphrase)
+        except WrongPassphrase:
+            if not self.pending_keyfile_path.exists():
+                raise
+        # a passphrase change was cut short: the new passphrase works too
+        return unwrap_key(self.pending_keyfile_path.read_text(), passphrase)
 
     def lock(self) -> IO[bytes]:
         """An exclusive lock on this home, held while a backup or restore runs."""

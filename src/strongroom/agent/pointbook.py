@@ -67,6 +67,7 @@ class PointBook:
         self.machine = machine or own
         self.own = self.machine == own
         self._asked = None if self.own else self.machine
+        self._former: list[str] | None = None  # names it was known by before a rename
 
     def live(self) -> list[OpenedPoint]:
         """The points the vault holds, newest first, checked; the newest is recorded as seen."""
@@ -106,7 +107,7 @@ class PointBook:
     # -- the checks -------------------------------------------------------------------------
 
     def _opened(self, records: list[PointRecord]) -> list[OpenedPoint]:
-        points = [OpenedPoint(r, open_manifest(self.key, self.machine, r)) for r in records]
+        points = [OpenedPoint(r, self._open(r)) for r in records]
         for p in points:
             _check_plaintext(p)
         for newer, older in zip(points, points[1:]):
@@ -118,6 +119,29 @@ class PointBook:
         for p in points:
             _check_parent(p, by_id)
         return points
+
+    def _open(self, record: PointRecord) -> dict[str, Any]:
+        """The manifest, sealed to this machine's name or, after `machines rename`, to a name it
+        had before (the vault lists them; only this machine's key opens its manifests anyway)."""
+        try:
+            return open_manifest(self.key, self.machine, record)
+        except IntegrityError as first:
+            for name in self._former_names():
+                try:
+                    return open_manifest(self.key, name, record)
+                except IntegrityError:
+                    continue
+            raise first from None
+
+    def _former_names(self) -> list[str]:
+        if self._former is None:
+            current = self._asked or self.vault.machine or self.machine
+            try:
+                names = [current, *self.vault.former_names(current)]
+            except StrongroomError:
+                names = []
+            self._former = [n for n in dict.fromkeys(names) if n != self.machine]
+        return self._former
 
     def _check_not_rolled_back(self, points: list[OpenedPoint]) -> None:
         seen = self.home.newest_point(self.machine)

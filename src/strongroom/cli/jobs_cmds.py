@@ -89,11 +89,13 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, passphrase_file: P
             echo(f"{j['id']}: {f['path']}: {f['error']}")
 
 
-@click.command("machines")
+@click.group("machines", invoke_without_command=True)
 @json_option
 @click.pass_context
 def machines(ctx: click.Context, as_json: bool) -> None:
     """Machines registered with the vault: points, last backup, space their data takes."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = home(ctx).vault().machines()
     if as_json:
         emit_json([{**r, "last_backup": iso(r["last_backup_ns"]) if r["last_backup_ns"] else None} for r in rows])

@@ -15,6 +15,7 @@ import click
 from strongroom import __version__
 from strongroom.agent.home import AgentHome
 from strongroom.cli import (
+    admin_cmds,
     agent_cmds,
     backup_cmd,
     browse_cmds,
@@ -73,7 +74,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 for module in (vault_cmds, seed_cmd, register_cmd, backup_cmd, browse_cmds, restore_cmd, check_cmd, jobs_cmds,
                policy_cmds, agent_cmds, read_cmds, forget_cmd,
-               stats_cmd, docs_cmds, cache_cmds, mount_cmd, kinds_cmds):
+               stats_cmd, docs_cmds, cache_cmds, mount_cmd, kinds_cmds, admin_cmds):
     module.add_to(cli)
 
 

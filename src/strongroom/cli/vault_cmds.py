@@ -105,6 +105,14 @@ class _LocalAdmin:
     def change_settings(self, soft_delete_days: int | None, immutable: bool | None) -> dict[str, Any]:
         return protection.change_settings(self.service, soft_delete_days, immutable)
 
+    def admin_remove_machine(self, name: str) -> int:
+        from strongroom.vault import machine_admin
+        return machine_admin.remove_machine(self.service, name, admin=True)
+
+    def admin_rename_machine(self, old: str, new: str) -> None:
+        from strongroom.vault import machine_admin
+        machine_admin.rename_machine(self.service, old, new, admin=True)
+
 
 def _admin(vault: str, admin_token_file: Path | None, fingerprint: str | None,
            insecure_http: bool) -> _LocalAdmin | HttpVault:

@@ -34,7 +34,7 @@ from strongroom import __version__
 from strongroom.credentials import Credentials
 from strongroom.errors import CredentialsError, StrongroomError, UsageError, VaultError
 from strongroom.fsutil import write_private
-from strongroom.vault import protection
+from strongroom.vault import machine_admin, protection
 from strongroom.vault.jobs import MAX_SEALED_FAILED
 from strongroom.vault.limits import Limits
 from strongroom.vault.ratelimit import Buckets, RateLimited
@@ -146,14 +146,34 @@ async def _too_large(send: Callable, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RegisterRequest(BaseModel):
+class CredentialsMachine(BaseModel):
+    """The fields of a credentials file, and the machine they are used for."""
     vault_id: str = Field(max_length=64, pattern=TEXT)
     credential_id: int = Field(ge=1, le=INT64)
     secret: str = Field(max_length=200, pattern=TEXT)
     issued: int = Field(ge=0, le=INT64)
     expires: int = Field(ge=0, le=INT64)
     machine: str = Field(min_length=1, max_length=255, pattern=NAME)
+
+
+class RegisterRequest(CredentialsMachine):
     keyfile: str = Field(max_length=16384, pattern=r"^[^\x00]*$")  # JSON, over several lines
+    key_check: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ReplaceRequest(CredentialsMachine):
+    """register --replace: the credentials, the machine's name and, to take it, the key's proof."""
+    proof: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class KeyfileRequest(BaseModel):
+    keyfile: str = Field(max_length=16384, pattern=r"^[^\x00]*$")
+    proof: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class MachineActRequest(BaseModel):
+    new_name: str | None = Field(None, min_length=1, max_length=255, pattern=NAME)
+    pin: str | None = Field(None, max_length=64, pattern=TEXT)
 
 
 class CredentialsRequest(BaseModel):
@@ -305,10 +325,61 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         registrations.spend(_address(request))
         creds = Credentials("", req.vault_id, req.credential_id, req.secret, req.issued, req.expires)
         try:
-            return {"token": service.register(creds, req.machine, req.keyfile), "machine": req.machine}
+            return {"token": service.register(creds, req.machine, req.keyfile, req.key_check), "machine": req.machine}
         except CredentialsError:
             failed_auth.spend(_address(request))
             raise
+
+    def _replace_call(request: Request, req: ReplaceRequest, call: Callable[..., Any], *args: Any) -> Any:
+        failed_auth.check(_address(request))
+        registrations.spend(_address(request))
+        creds = Credentials("", req.vault_id, req.credential_id, req.secret, req.issued, req.expires)
+        try:
+            return call(service, creds, req.machine, *args)
+        except CredentialsError:
+            failed_auth.spend(_address(request))
+            raise
+
+    @app.post("/api/v1/register/keyfile")
+    def replace_keyfile(req: ReplaceRequest, request: Request) -> dict[str, str]:
+        """The wrapped key of a machine a rebuilt one is about to take back (changes nothing)."""
+        return {"keyfile": _replace_call(request, req, machine_admin.replace_keyfile)}
+
+    @app.post("/api/v1/register/replace")
+    def replace_machine(req: ReplaceRequest, request: Request) -> dict[str, str]:
+        return {"token": _replace_call(request, req, machine_admin.replace_machine, req.proof),
+                "machine": req.machine}
+
+    @app.put("/api/v1/keyfile")
+    def change_keyfile(req: KeyfileRequest, m: Machine = Depends(machine)) -> dict[str, str]:
+        machine_admin.change_keyfile(service, m.id, req.keyfile, req.proof)
+        return {"machine": m.name}
+
+    @app.get("/api/v1/machines/{name}/names")
+    def machine_names(name: MachineName, _m: Machine = Depends(machine)) -> dict[str, list[str]]:
+        return {"former_names": machine_admin.names_of(service, name)}
+
+    @app.post("/api/v1/machines/{name}/remove")
+    def remove_machine(name: MachineName, req: MachineActRequest, request: Request,
+                       m: Machine = Depends(machine)) -> dict[str, int]:
+        pin_attempt(request, req.pin, m)
+        return {"deleted": machine_admin.remove_machine(service, name, req.pin)}
+
+    @app.post("/api/v1/machines/{name}/rename")
+    def rename_machine(name: MachineName, req: MachineActRequest, request: Request,
+                       m: Machine = Depends(machine)) -> dict[str, str]:
+        pin_attempt(request, req.pin, m)
+        machine_admin.rename_machine(service, name, _new_name(req), req.pin)
+        return {"name": _new_name(req)}
+
+    @app.post("/api/v1/admin/machines/{name}/remove", dependencies=[Depends(admin)])
+    def admin_remove_machine(name: MachineName) -> dict[str, int]:
+        return {"deleted": machine_admin.remove_machine(service, name, admin=True)}
+
+    @app.post("/api/v1/admin/machines/{name}/rename", dependencies=[Depends(admin)])
+    def admin_rename_machine(name: MachineName, req: MachineActRequest) -> dict[str, str]:
+        machine_admin.rename_machine(service, name, _new_name(req), admin=True)
+        return {"name": _new_name(req)}
 
     @app.post("/api/v1/admin/credentials", dependencies=[Depends(admin)])
     def issue_credentials(req: CredentialsRequest) -> dict[str, Any]:
@@ -528,6 +599,12 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware)
     return app
+
+
+def _new_name(req: MachineActRequest) -> str:
+    if not req.new_name:
+        raise UsageError("a rename needs the new name")
+    return req.new_name
 
 
 def _check_point_id(point_id: str) -> None:

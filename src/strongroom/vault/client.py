@@ -69,6 +69,11 @@ def check_plain_http(url: str, insecure_http: bool) -> None:
                          "--insecure-http if the network between is trusted")
 
 
+def _creds_doc(creds: Credentials) -> dict[str, Any]:
+    return {"vault_id": creds.vault_id, "credential_id": creds.credential_id, "secret": creds.secret,
+            "issued": creds.issued, "expires": creds.expires}
+
+
 class _Transient(Exception):
     """A failure worth retrying: the vault unreachable, restarting or overloaded."""
 
@@ -156,12 +161,40 @@ class HttpVault:
 
     # -- registration -----------------------------------------------------------------------
 
-    def register(self, creds: Credentials, machine: str, keyfile: str) -> str:
+    def register(self, creds: Credentials, machine: str, keyfile: str, key_check: str | None = None) -> str:
         doc = self._json("POST", "/api/v1/register", json={
-            "vault_id": creds.vault_id, "credential_id": creds.credential_id, "secret": creds.secret,
-            "issued": creds.issued, "expires": creds.expires, "machine": machine, "keyfile": keyfile})
+            **_creds_doc(creds), "machine": machine, "keyfile": keyfile, "key_check": key_check})
         self.bind(doc["token"])
         return doc["token"]
+
+    # -- a machine's registration (vault/machine_admin.py) ---------------------------------------
+
+    def replace_keyfile(self, creds: Credentials, machine: str) -> str:
+        return self._json("POST", "/api/v1/register/keyfile", json={**_creds_doc(creds), "machine": machine})["keyfile"]
+
+    def replace_machine(self, creds: Credentials, machine: str, proof: str | None) -> str:
+        doc = self._json("POST", "/api/v1/register/replace", json={**_creds_doc(creds), "machine": machine,
+                                                                   "proof": proof})
+        self.bind(doc["token"])
+        return doc["token"]
+
+    def change_keyfile(self, keyfile: str, proof: str | None = None) -> None:
+        self._call("PUT", "/api/v1/keyfile", json={"keyfile": keyfile, "proof": proof})
+
+    def former_names(self, machine: str) -> list[str]:
+        return self._json("GET", f"/api/v1/machines/{machine}/names")["former_names"]
+
+    def remove_machine(self, name: str, pin: str | None = None) -> int:
+        return self._json("POST", f"/api/v1/machines/{name}/remove", json={"pin": pin})["deleted"]
+
+    def rename_machine(self, old: str, new: str, pin: str | None = None) -> None:
+        self._call("POST", f"/api/v1/machines/{old}/rename", json={"new_name": new, "pin": pin})
+
+    def admin_remove_machine(self, name: str) -> int:
+        return self._json("POST", f"/api/v1/admin/machines/{name}/remove", json={})["deleted"]
+
+    def admin_rename_machine(self, old: str, new: str) -> None:
+        self._call("POST", f"/api/v1/admin/machines/{old}/rename", json={"new_name": new})
 
     def bind(self, token: str) -> str:
         self.headers["Authorization"] = f"Bearer {token}"

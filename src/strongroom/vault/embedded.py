@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlparse
 
 from strongroom.credentials import Credentials
 from strongroom.errors import UsageError, VaultError
+from strongroom.vault import machine_admin
 from strongroom.vault.jobs import JobRecord
 from strongroom.vault.service import BlobLocation, PointRecord, VaultService
 
@@ -31,10 +32,35 @@ class EmbeddedVault:
         self.machine_id: int | None = None
         self.machine: str | None = None
 
-    def register(self, creds: Credentials, machine: str, keyfile: str) -> str:
-        token = self.service.register(creds, machine, keyfile)
+    def register(self, creds: Credentials, machine: str, keyfile: str, key_check: str | None = None) -> str:
+        token = self.service.register(creds, machine, keyfile, key_check)
         self.bind(token)
         return token
+
+    # -- a machine's registration (vault/machine_admin.py) ---------------------------------------
+
+    def replace_keyfile(self, creds: Credentials, machine: str) -> str:
+        return machine_admin.replace_keyfile(self.service, creds, machine)
+
+    def replace_machine(self, creds: Credentials, machine: str, proof: str | None) -> str:
+        token = machine_admin.replace_machine(self.service, creds, machine, proof)
+        self.bind(token)
+        return token
+
+    def change_keyfile(self, keyfile: str, proof: str | None = None) -> None:
+        machine_admin.change_keyfile(self.service, self._me(), keyfile, proof)
+
+    def former_names(self, machine: str) -> list[str]:
+        self._me()
+        return machine_admin.names_of(self.service, machine)
+
+    def remove_machine(self, name: str, pin: str | None = None) -> int:
+        self._me()
+        return machine_admin.remove_machine(self.service, name, pin)
+
+    def rename_machine(self, old: str, new: str, pin: str | None = None) -> None:
+        self._me()
+        machine_admin.rename_machine(self.service, old, new, pin)
 
     def bind(self, token: str) -> str:
         self.machine_id, self.machine = self.service.authenticate(token)

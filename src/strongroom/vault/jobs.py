@@ -14,6 +14,7 @@ lost answer finds its own job instead of making a second one.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -127,6 +128,18 @@ class JobBook:
                 failed=json.dumps({"count": failed_count, "sealed": failed_sealed}), message=message[:4000],
                 mode_reason=mode_reason[:1000],
                 lease_key=None, lease_expires=None))
+        record = self.get(job_id)
+        if self.archive is not None:
+            self.archive(machine_id, record)
+        return record
+
+    def record_event(self, machine_id: int, kind: str, mode: str, message: str) -> JobRecord:
+        """A critical act on the machine (vault/machine_admin.py), recorded as a finished job."""
+        now = time.time_ns()
+        job_id = "ev-" + secrets.token_hex(8)
+        with cat.write(self.engine) as db:
+            db.execute(insert(cat.jobs).values(id=job_id, machine_id=machine_id, kind=kind, started_ns=now,
+                                               ended_ns=now, status="completed", mode=mode, message=message))
         record = self.get(job_id)
         if self.archive is not None:
             self.archive(machine_id, record)

@@ -41,7 +41,8 @@ MAX_WRONG_PINS = 5  # per machine, within WRONG_PIN_WINDOW_S...
 WRONG_PIN_WINDOW_S = 300
 PIN_LOCK_S = 900  # ...lock PIN use for that machine this long after the last of them
 PIN_SECRET_FILE = "pin.key"
-ACTS = {"delete-data": "deleting backup data", "shorten-retention": "shortening retention"}
+ACTS = {"delete-data": "deleting backup data", "shorten-retention": "shortening retention",
+        "remove-machine": "removing a machine", "rename-machine": "renaming a machine"}
 SOFT_DELETE_RANGE = (14, 180)
 DEFAULTS: dict[str, Any] = {"soft_delete_days": 14, "immutable": False}
 # A new time zone moves a point's expiry by the clock shift between the zones' DST rules;

@@ -115,6 +115,9 @@ def _machines(storage: FolderStorage, engine: Any, report: RebuildReport) -> dic
             if doc is None:
                 continue
             row = {k: doc[k] for k in ("uid", "name", "registered", "keyfile", "token_hash")}
+            row.update(removed_ns=doc.get("removed_ns"), key_check=doc.get("key_check"),
+                       former_names=json.dumps(doc["former_names"]) if doc.get("former_names") else None,
+                       revoked=json.dumps(doc["revoked"]) if doc.get("revoked") else None)
             uids[row["uid"]] = db.execute(insert(cat.machines).values(**row)).inserted_primary_key[0]
             report.machines += 1
     return uids

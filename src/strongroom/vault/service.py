@@ -55,6 +55,7 @@ SPOOL_DIR = "incoming"
 MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # one batched read: bounded memory in the vault
 BLOB_PAGE = 262144  # blob IDs in one page of blob_ids_since: 8 MiB
+TOKEN_CACHE_S = 5.0  # how long a checked token is trusted from memory
 
 
 def _hash_secret(secret: str) -> str:
@@ -127,8 +128,8 @@ class VaultService:
                                    f"{rebuild_hint(root)}")
         self.incarnation: str = facts["incarnation"]
         self.jobs = JobBook(self.engine, self._archive_job)
-        # token hash -> machine; machines are never renamed or removed while a vault runs
-        self.known_tokens: dict[str, tuple[int, str]] = {}
+        # token hash -> (machine, name, until when to trust this without the catalog)
+        self.known_tokens: dict[str, tuple[int, str, float]] = {}
 
     @classmethod
     def create(cls, root: Path) -> "VaultService":
@@ -157,25 +158,35 @@ class VaultService:
                 secret_hash=_hash_secret(secret), issued=issued, expires=expires)).inserted_primary_key[0]
         return Credentials(url, self.id, cid, secret, issued, expires)
 
-    def register(self, creds: Credentials, machine: str, keyfile: str) -> str:
-        """Registers a machine and returns its token; the newest unexpired credentials only."""
+    def check_credentials(self, db: Any, creds: Credentials) -> None:
+        """Refuses credentials that are not this vault's newest unexpired ones."""
+        if creds.vault_id != self.id:
+            raise CredentialsError("these credentials belong to another vault")
+        newest = db.execute(select(cat.credentials).order_by(cat.credentials.c.id.desc()).limit(1)).first()
+        row = db.execute(select(cat.credentials).where(cat.credentials.c.id == creds.credential_id)).first()
+        if row is None or not hmac.compare_digest(row.secret_hash, _hash_secret(creds.secret)):
+            raise CredentialsError("these credentials were not issued by this vault")
+        if newest is not None and newest.id != row.id:
+            raise CredentialsError("these credentials were superseded by newer ones; use the newest file")
+        if row.expires <= time.time():
+            raise CredentialsError("these vault credentials have expired; download new ones")
+
+    def register(self, creds: Credentials, machine: str, keyfile: str, key_check: str | None = None) -> str:
+        """Registers a machine and returns its token; the newest unexpired credentials only.
+        `key_check`: what a later `register --replace` must match (vault/machine_admin.py)."""
         if creds.vault_id != self.id:
             raise CredentialsError("these credentials belong to another vault")
         check_machine_name(machine)
         token = secrets.token_urlsafe(32)
         with cat.write(self.engine) as db:
-            newest = db.execute(select(cat.credentials).order_by(cat.credentials.c.id.desc()).limit(1)).first()
-            row = db.execute(select(cat.credentials).where(cat.credentials.c.id == creds.credential_id)).first()
-            if row is None or not hmac.compare_digest(row.secret_hash, _hash_secret(creds.secret)):
-                raise CredentialsError("these credentials were not issued by this vault")
-            if newest is not None and newest.id != row.id:
-                raise CredentialsError("these credentials were superseded by newer ones; use the newest file")
-            if row.expires <= time.time():
-                raise CredentialsError("these vault credentials have expired; download new ones")
+            self.check_credentials(db, creds)
             if db.execute(select(cat.machines.c.id).where(cat.machines.c.name == machine)).first():
-                raise CredentialsError(f"a machine named {machine!r} is already registered with this vault")
+                raise CredentialsError(f"a machine named {machine!r} is already registered with this vault "
+                                       "(a rebuilt machine takes it back with `register --replace`)")
             record = {"uid": secrets.token_hex(8), "name": machine, "registered": int(time.time()),
                       "keyfile": keyfile, "token_hash": _hash_secret(token)}
+            if key_check is not None:
+                record["key_check"] = key_check
             self.storage.put(records.machine_object(record["uid"]), records.encode_json(record))
             db.execute(insert(cat.machines).values(**record))
         return token
@@ -188,18 +199,28 @@ class VaultService:
         (it would have to guess a 256-bit secret whose hash matches)."""
         wanted = _hash_secret(token)
         known = self.known_tokens.get(wanted)
-        if known is not None:
-            return known
+        if known is not None and known[2] > time.monotonic():
+            return known[0], known[1]
         with self.engine.connect() as db:
-            for mid, name, th in db.execute(select(cat.machines.c.id, cat.machines.c.name, cat.machines.c.token_hash)):
-                if hmac.compare_digest(th, wanted):
-                    self.known_tokens[wanted] = (mid, name)
-                    return mid, name
+            rows = db.execute(select(cat.machines.c.id, cat.machines.c.name, cat.machines.c.token_hash,
+                                     cat.machines.c.revoked, cat.machines.c.removed_ns)).all()
+        for mid, name, th, _revoked, _removed in rows:
+            if hmac.compare_digest(th, wanted):
+                # Kept a few seconds only: another process (an admin's command on the vault's
+                # folder) may revoke the token meanwhile.
+                self.known_tokens[wanted] = (mid, name, time.monotonic() + TOKEN_CACHE_S)
+                return mid, name
+        for _mid, name, _th, revoked, removed in rows:
+            if revoked and wanted in json.loads(revoked):
+                why = ("was removed from the vault" if removed else
+                       "was taken over by a rebuilt machine (`register --replace`)")
+                raise VaultError(f"this machine's token was revoked: machine {name!r} {why}")
         raise VaultError("this machine is not registered with the vault (its token was refused)")
 
     def machine_id(self, name: str) -> int:
         with self.engine.connect() as db:
-            row = db.execute(select(cat.machines.c.id).where(cat.machines.c.name == name)).first()
+            row = db.execute(select(cat.machines.c.id).where(cat.machines.c.name == name,
+                                                             cat.machines.c.removed_ns.is_(None))).first()
         if row is None:
             raise UsageError(f"no machine named {name!r} is registered with this vault")
         return row.id
@@ -477,6 +498,7 @@ class VaultService:
         q = (select(cat.machines.c.name, cat.machines.c.registered, sizes.c.size, counts.c.n, counts.c.last)
              .outerjoin(sizes, sizes.c.machine_id == cat.machines.c.id)
              .outerjoin(counts, counts.c.machine_id == cat.machines.c.id)
+             .where(cat.machines.c.removed_ns.is_(None))
              .order_by(cat.machines.c.name))
         with self.engine.connect() as db:
             return [{"name": r.name, "registered": r.registered, "points": r.n or 0, "last_backup_ns": r.last,

@@ -62,6 +62,11 @@ machines = Table(
     # agent needs to bring its cached set of this machine's blob IDs up to date.
     Column("pack_seq", Integer, nullable=False, default=0),
     Column("drops", Integer, nullable=False, default=0),
+    # machines remove / rename / register --replace (vault/machine_admin.py)
+    Column("removed_ns", Integer),  # removed then: its token revoked, its points soft-deleted
+    Column("former_names", Text),  # JSON list: names its points may be sealed under
+    Column("key_check", String(64)),  # BLAKE3 hex of the key's replace proof (register --replace)
+    Column("revoked", Text),  # JSON list of token hashes no longer accepted (to say why)
 )
 packs = Table(
     "packs", metadata,
