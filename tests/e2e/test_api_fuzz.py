@@ -6,7 +6,6 @@ validate. The run is bounded (examples per operation, a time budget) so that it 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

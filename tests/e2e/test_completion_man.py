@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import stat
 import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import Strongroom

@@ -5,7 +5,6 @@ working (never neither); embedded and served."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from conftest import PASSPHRASE, Strongroom, assert_clean_failure, saying

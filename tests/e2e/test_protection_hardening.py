@@ -5,7 +5,6 @@ of failed files and policies reaching the vault."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3

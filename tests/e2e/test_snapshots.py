@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure  # noqa: F401 - kept for symmetry with other suites
 from treeutil import assert_trees_equal, make_tricky_tree, under
 
 MiB = 1024 * 1024

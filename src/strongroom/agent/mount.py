@@ -136,7 +136,6 @@ def serve(fs: object, mountpoint: Path, seconds: float, on_ready: Callable[[], N
     reason = "unmounted"
 
     async def main() -> None:
-        nonlocal reason
         async with trio.open_nursery() as nursery:
             async def fuse() -> None:
                 await pyfuse3.main()

@@ -124,7 +124,6 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     record: dict[str, Any] = {"sources": backup.sources, "excludes": backup.excludes,
                               "selection": backup.manifest_extra.get("selection")}
     journal_reason = None
-    since: dict[str, Any] | None = None
     try:
         doc = jr.live_journal(cache, backup.sources)
         if doc.get("incomplete"):

@@ -21,11 +21,9 @@ import click
 from strongroom.cli.backup_more import Extras, parse_tags
 from strongroom.cli.selection_opts import Chosen
 
-from strongroom.agent.backup import Backup
 from strongroom.agent.home import AgentHome
 from strongroom.agent.image import ImageWriter, check_device_target, image_entry
 from strongroom.agent.jobrun import recorded_job
-from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.pointbook import OpenedPoint, PointBook
 from strongroom.vhd import vhd_footer, vhd_size
 from strongroom.agent.reader import BlobReader
