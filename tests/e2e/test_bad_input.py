@@ -285,7 +285,7 @@ def test_backup_when_vault_is_replaced_by_a_file(registered, src, tmp_path, clea
     (("restore", "latest", "--conflict", "skip"), "Missing option '--target'"),
     (("restore", "latest", "--conflict", "skip", "--target"), "Option '--target' requires an argument"),
     (("restore", "latest", "--target", "{target}", "--conflict", "bogus"), "Invalid value for '--conflict'"),
-    (("backup",), "Missing argument 'PATHS...'"),
+    (("backup",), "give PATHS to back up (or --files-from FILE, or --stdin NAME)"),
     (("ls",), "Missing argument 'POINT'"),
     (("no-such-command",), "No such command 'no-such-command'"),
     (("points", "--no-such-option"), "No such option '--no-such-option'"),
