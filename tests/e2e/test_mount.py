@@ -276,6 +276,12 @@ def test_killed_mount_is_cleaned_by_unmount_and_by_the_next_mount(registered, tm
     mnt = tmp_path / "mnt"
     for cleaner in ("unmount", "mount"):
         with mounted(sr, mnt) as proc:
+            # The job is recorded beside the mount coming up: on a loaded machine the folder
+            # can list before the record exists; kill only once it does.
+            deadline = time.monotonic() + 60
+            while not any(j["kind"] == "mount" and j["status"] == "running" for j in sr.json("jobs")):
+                assert time.monotonic() < deadline, "the mount recorded no running job"
+                time.sleep(0.2)
             proc.kill()
             proc.wait()
             with pytest.raises(OSError) as caught:
