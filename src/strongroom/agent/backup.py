@@ -30,6 +30,7 @@ from typing import Any
 
 from strongroom import blobs, chunker
 from strongroom.agent import optimized
+from strongroom.agent.arenas import cap_arenas
 from strongroom.agent.blobcache import KnownBlobs
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
@@ -242,6 +243,7 @@ class Backup:
 
     def _run(self, started: float, parent: OpenedPoint | None, parent_root: bytes | None,
              known: KnownBlobs) -> BackupResult:
+        cap_arenas()  # before the packer and the pool start their threads
         self.packer = Packer(self.vault, self.key, known)
         workers = min(8, os.cpu_count() or 2)
         try:

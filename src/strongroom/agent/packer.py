@@ -23,7 +23,7 @@ from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 1
-_MAX_BUFFERS = 3  # the data pack being filled, one queued, one uploading
+_MAX_BUFFERS = 2  # the data pack being filled, one uploading
 _BATCH_BYTES = 1024 * 1024
 _BATCH_BLOBS = 256
 _BATCHES_IN_FLIGHT = 4
