@@ -12,7 +12,11 @@ $(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Byte-compiled here because an environment with PYTHONDONTWRITEBYTECODE (this project's CI
+# and dev machines have it) otherwise compiles every module again at each command's start:
+# about 0.7 s of a command's 1 s start-up. Cheap when nothing changed; stale files are ignored.
 setup: $(BIN)/strongroom
+	$(BIN)/python -m compileall -q src > /dev/null
 
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
