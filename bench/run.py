@@ -2,14 +2,18 @@
 """Strongroom benchmark: strongroom vs restic vs borg on the bench corpus (stdlib only).
 
     python bench/run.py [--workdir bench/work] [--small 50000] [--scale 1.0]
-                        [--rounds 3] [--tools strongroom,restic,borg]
+                        [--rounds N] [--tools strongroom,strongroom-https,restic,borg]
 
 Per round, for every tool: a fresh repository; initial backup of the corpus; a
 no-change backup; `bench/corpus.py mutate --gen ROUND`; a backup after the mutation;
 the repository size (du -sb); a full restore of the latest snapshot into an empty
-directory, verified against the corpus, then deleted.  Each step runs the tools one
-after the other (alternating), with a warm page cache.  Wall time and peak RSS come
-from os.wait4() on the tool's process.  See bench/README.md.
+directory, checked against the corpus (every path; every file's sha256; type, size, mode,
+mtime, owner, symlink target), then deleted.  Each step runs the tools one after the
+other (alternating); the first tool rotates from round to round (default: one round per
+tool, so each starts one).  Warm page cache.  Wall time, CPU and peak RSS come from
+os.wait4() on the tool's process, and for the served rows also from /proc of the vault
+server during the step.  A documented warning exit counts as done, flagged.  See
+bench/README.md.
 """
 import argparse
 import hashlib
