@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark corpus, generated here so that `make bench` runs from a clean clone.
 
-    corpus.py create DIR [--seed N] [--small N] [--scale F]
+    corpus.py create DIR [--seed N] [--small N] [--scale F] [--meta]
     corpus.py mutate DIR [--seed N] [--gen G] [--small N]
 
 create: `small/` holds N files (default 50,000) of 1-16 KiB in 500 leaf folders
@@ -10,7 +10,8 @@ random bytes. `large/` holds ten files, 1.5 GiB at scale 1: rand_0..4.bin (rando
 log_0..4.log (text) of 64, 96, 128, 200 and 280 MiB each. Every byte is a function of the seed
 and the file's number, so two runs give identical trees.
 
-`meta/` holds a dozen entries whose metadata a restore must keep, so that the bench's restore
+With --meta (bench/run.py asks for it; the other benches do not, so their corpora have only
+regular files), `meta/` holds a dozen entries whose metadata a restore must keep, so that the bench's restore
 check of mode, mtime, owner and symlink targets checks something: files of modes 0600, 0755,
 0444 and 04755, a 0700 folder, an empty file, a file dated 2001 with an odd nanosecond, a file
 owned by uid 1234 / gid 5678 (when run as root), and four symlinks (relative, absolute, to a
@@ -94,7 +95,7 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def create(root: str, seed: int, small: int, scale: float) -> None:
+def create(root: str, seed: int, small: int, scale: float, meta: bool = False) -> None:
     started = time.monotonic()
     total = 0
     for i in range(small):
@@ -113,7 +114,8 @@ def create(root: str, seed: int, small: int, scale: float) -> None:
                     piece = min(4 * MiB, size - at)
                     f.write(log_text(rng, piece, seed) if kind == "log" else rng.randbytes(piece))
             total += size
-    create_meta(root, seed)
+    if meta:
+        create_meta(root, seed)
     print(f"created {small} small files and 10 large ones, {total / MiB:.1f} MiB, "
           f"in {time.monotonic() - started:.1f} s")
 
@@ -186,11 +188,12 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=50_000)
     ap.add_argument("--scale", type=float, default=1.0, help="scale of the large files' sizes")
     ap.add_argument("--gen", type=int, default=1)
+    ap.add_argument("--meta", action="store_true", help="create: add meta/ (modes, owner, old mtime, symlinks)")
     a = ap.parse_args()
     if a.mode == "create":
         if os.path.exists(a.dir) and os.listdir(a.dir):
             sys.exit(f"{a.dir} exists and is not empty")
-        create(a.dir, a.seed, a.small, a.scale)
+        create(a.dir, a.seed, a.small, a.scale, a.meta)
     else:
         mutate(a.dir, a.seed, a.gen, a.small)
 

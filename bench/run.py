@@ -48,7 +48,6 @@ STEP_LABEL = {
 }
 PASSPHRASE = "strongroom-bench-passphrase-0123456789"
 SEED = 42
-CORPUS_LAYOUT = 2  # 2: corpus.py makes meta/ too; a corpus of another layout is made again
 
 
 def log(msg):
@@ -201,15 +200,17 @@ def tool_versions(tools, sr_bin):
     return v
 
 
-def prepare_corpus(workdir, small, scale, reuse):
+def prepare_corpus(workdir, small, scale, reuse, meta=False):
+    """The corpus under workdir, made again unless it has the wanted shape and is unmutated
+    (or reuse); meta: with `meta/` (corpus.py --meta), which only this bench's restore check needs."""
     corpus = os.path.join(workdir, "corpus")
     state_path = os.path.join(workdir, "corpus-state.json")
-    want = {"seed": SEED, "small": small, "scale": scale, "layout": CORPUS_LAYOUT}
+    want = {"seed": SEED, "small": small, "scale": scale, "meta": meta}
     state = None
     if os.path.exists(state_path):
         with open(state_path) as f:
             state = json.load(f)
-    if state and {k: state.get(k) for k in want} == want and os.path.isdir(corpus) and \
+    if state and {k: state.get(k, False) for k in want} == want and os.path.isdir(corpus) and \
             (state.get("gen", 0) == 0 or reuse):
         log(f"reusing corpus {corpus} (mutation generation {state.get('gen', 0)})")
         return corpus, state
@@ -218,9 +219,10 @@ def prepare_corpus(workdir, small, scale, reuse):
         shutil.rmtree(corpus)
     if os.path.exists(state_path):
         os.unlink(state_path)
-    log(f"creating corpus: --small {small} --scale {scale}")
+    log(f"creating corpus: --small {small} --scale {scale}{' --meta' if meta else ''}")
     subprocess.run([sys.executable, MAKE_CORPUS, "create", corpus, "--seed", str(SEED),
-                    "--small", str(small), "--scale", str(scale)], check=True, stdout=sys.stderr)
+                    "--small", str(small), "--scale", str(scale), *(["--meta"] if meta else [])],
+                   check=True, stdout=sys.stderr)
     state = dict(want, gen=0)
     save_state(state_path, state)
     return corpus, state
@@ -1020,7 +1022,7 @@ def main():
     if os.path.exists(os.path.join(workdir, "logs")):
         shutil.rmtree(os.path.join(workdir, "logs"))
 
-    corpus, cstate = prepare_corpus(workdir, args.small, args.scale, args.reuse_corpus)
+    corpus, cstate = prepare_corpus(workdir, args.small, args.scale, args.reuse_corpus, meta=True)
     cstate["base_gen"] = cstate.get("gen", 0)
     files, nbytes = corpus_totals(corpus)
     meta = {
