@@ -915,7 +915,7 @@ def markdown(summ, tools, rounds, meta):
 
     c = meta["corpus"]
     out = [
-        f"Corpus: `bench/corpus.py create --small {c['small']} --scale {c['scale']}` "
+        f"Corpus: `bench/corpus.py create --meta --small {c['small']} --scale {c['scale']}` "
         f"({c['files']} files, {c['bytes'] / MiB:.1f} MiB before mutation); "
         f"{meta['rounds']} round(s); median (min–max) over rounds; warm page cache; "
         f"{meta['machine']['cpus']} CPUs, {meta['machine']['platform']}.",

@@ -174,7 +174,7 @@ def _step(seconds: float, cpu: float, **extra):
     return {"seconds": seconds, "maxrss_mib": 100.0, "user_s": cpu, "sys_s": 0.0, **extra}
 
 
-def test_summary_counts_server_cpu_flags_warnings_and_drops_failed_restores() -> None:
+def _rounds() -> list[dict]:
     gib = 1024 * bench.MiB
     server = {"cpu_s": 1.0, "maxrss_mib": 50.0}
     rounds = [
@@ -187,9 +187,16 @@ def test_summary_counts_server_cpu_flags_warnings_and_drops_failed_restores() ->
         {"round": 2, "order": ["a"], "corpus_bytes": {st: 2 * gib for st in bench.STEPS},
          "tools": {"a": {"steps": {
              "initial": _step(12, 6, server=server),
-             "restore": _step(1, 1, server=server, position=1, verify={"ok": False})}}}},
+             "restore": _step(1, 1, server=server, position=1, verify={"ok": False})},
+             "error": "restore verification: 1 missing"}}},
     ]
-    s = bench.summarize(rounds, ["a"], gib)["a"]
+    rounds[0]["tools"]["a"]["steps"]["initial"]["warning_text"] = "some files\nfile x: permission denied\n"
+    rounds[0]["tools"]["a"]["steps"]["initial"]["rc"] = 3
+    return rounds
+
+
+def test_summary_counts_server_cpu_flags_warnings_and_drops_failed_restores() -> None:
+    s = bench.summarize(_rounds(), ["a"], 1024 * bench.MiB)["a"]
     assert s["initial"]["median"] == 11 and s["initial"]["warnings"] == 1
     assert "warnings" not in s["nochange"]
     assert s["restore"]["n"] == 1 and s["restore"]["median"] == 5  # the failed check is left out
@@ -198,3 +205,16 @@ def test_summary_counts_server_cpu_flags_warnings_and_drops_failed_restores() ->
     assert s["cpu_per_gib_by_step"]["initial"]["median"] == 3  # 6 CPU s over 2 GiB
     assert s["server_rss_mib"]["median"] == 50
     assert bench.fmt_cell(s["initial"], 1) == "11.0 (10.0–12.0) ⚠1"
+
+
+def test_the_tables_show_warnings_failures_and_who_started_each_round() -> None:
+    rounds = _rounds()
+    summ = bench.summarize(rounds, ["a"], 1024 * bench.MiB)
+    meta = {"corpus": {"small": 10, "scale": 0.1, "files": 20, "bytes": 1024}, "rounds": 2,
+            "machine": {"cpus": 2, "platform": "test"}}
+    md = bench.markdown(summ, ["a"], rounds, meta)
+    assert "| initial backup (s) | 11.00 (10.00–12.00) ⚠1 |" in md
+    assert "| initial (CPU s/GiB) | 3.00 (2.50–3.50) |" in md
+    assert "- round 1, a, initial: exit 3: `file x: permission denied`" in md
+    assert "- round 2, a: `restore verification: 1 missing`" in md
+    assert "- round 1: a" in md and "- round 2: a" in md
