@@ -25,8 +25,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
 
+# Smaller or shorter: make bench ARGS="--small 2000 --scale 0.02 --rounds 2" (bench/README.md)
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(ARGS)
 
 # Issue 8's scale figures (agent at 200 k and 2 M files, vault at 2 M and 20 M blob rows): bench/README.md
 bench-scale: setup
