@@ -107,6 +107,15 @@ def apply_delta(base: Iterable[bytes], removed: Iterator[bytes], added: Iterator
     gone, new = _ascending(removed), _ascending(added)
     next_gone, next_new = next(gone, None), next(new, None)
     last = b""
+
+    def added_below(limit: bytes | None, piece: list[bytes]) -> None:
+        nonlocal next_new, last
+        while next_new is not None and (limit is None or next_new < limit):
+            if next_new != last:
+                piece.append(next_new)
+                last = next_new
+            next_new = next(new, None)
+
     for chunk in base:
         if not chunk:
             continue
@@ -114,39 +123,24 @@ def apply_delta(base: Iterable[bytes], removed: Iterator[bytes], added: Iterator
         while next_gone is not None and next_gone < first:  # not in the base: nothing to remove
             next_gone = next(gone, None)
         piece: list[bytes] = []
-        while next_new is not None and next_new < first:
-            if next_new != last:
-                piece.append(next_new)
-                last = next_new
-            next_new = next(new, None)
-        if piece:
-            yield b"".join(piece)
+        added_below(first, piece)
         if (next_gone is None or next_gone > final) and (next_new is None or next_new > final):
+            yield b"".join(piece)
             yield chunk  # untouched (the base's order was checked when its refs were written)
             last = final
             continue
-        piece = []
         for i in range(0, len(chunk), ID_SIZE):
             blob_id = chunk[i:i + ID_SIZE]
-            while next_new is not None and next_new < blob_id:
-                if next_new != last:
-                    piece.append(next_new)
-                    last = next_new
-                next_new = next(new, None)
+            added_below(blob_id, piece)
             while next_gone is not None and next_gone < blob_id:
                 next_gone = next(gone, None)
             if blob_id != next_gone and blob_id != last:
                 piece.append(blob_id)
                 last = blob_id
         yield b"".join(piece)
-    tail = []
-    while next_new is not None:
-        if next_new != last:
-            tail.append(next_new)
-            last = next_new
-        next_new = next(new, None)
-    if tail:
-        yield b"".join(tail)
+    tail: list[bytes] = []
+    added_below(None, tail)
+    yield b"".join(tail)
 
 
 def _ascending(blob_ids: Iterator[bytes]) -> Iterator[bytes]:
