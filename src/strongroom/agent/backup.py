@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from strongroom import blobs, chunker
+from strongroom import blobs, chunker, testhook
 from strongroom.agent import optimized
 from strongroom.agent.arenas import cap_arenas
 from strongroom.agent.blobcache import KnownBlobs
@@ -494,6 +494,8 @@ class Backup:
             optimized.hard_link_seen(self, full, st)
         if link_key in self.hardlinks:
             return _FileJob(self.hardlinks[link_key], name)
+        if testhook.ACTIVE:
+            testhook.hook("backup-file-stat")  # a test swaps the file between the walk's stat and the open
         fd = os.open(name, _FILE_FLAGS | os.O_NOATIME, dir_fd=dfd) if st.st_uid == _EUID or _EUID == 0 \
             else os.open(name, _FILE_FLAGS, dir_fd=dfd)
         if st.st_size <= chunker.MIN_SIZE:
