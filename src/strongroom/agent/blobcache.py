@@ -81,6 +81,24 @@ class KnownBlobs:
                             [("epoch", current), ("seq", str(seq))])
         self.db.execute("COMMIT")
 
+    def stored(self, blob_ids: list[bytes]) -> None:
+        """Blobs of a pack the vault has just stored and indexed: known from now on."""
+        with self.lock:
+            self.db.executemany("INSERT OR IGNORE INTO known (id) VALUES (?)", ((i,) for i in blob_ids))
+
+    def caught_up(self, vault: Vault) -> None:
+        """After a backup's packs have all landed: moves the set's seq to the vault's current
+        one, so that the next backup does not fetch back the blobs this one uploaded (a million
+        IDs, seconds, after a first backup). What others indexed meanwhile is skipped: the set
+        then claims too little, which costs an upload, never a wrong point. A prune meanwhile
+        changed the epoch, and the next sync fetches the set anew."""
+        facts = dict(self.db.execute("SELECT key, value FROM facts").fetchall())
+        if "epoch" not in facts:
+            return  # never synced: nothing to build on
+        current, seq, _none = vault.blob_ids_since(facts["epoch"], int(facts["seq"]), b"\xff" * ID_SIZE)
+        if current == facts["epoch"]:
+            self.db.execute("INSERT OR REPLACE INTO facts (key, value) VALUES ('seq', ?)", (str(seq),))
+
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller is the one to store this blob (not in the vault, not on its way)."""
         with self.lock:

@@ -141,9 +141,10 @@ class Packer:
             if self.error is not None:
                 continue  # drain, so that producers never block on a dead uploader
             try:
-                name, data, _refs = builder.finish()
+                name, data, refs = builder.finish()
                 with data:
                     self.vault.store_pack(name, data)
+                self.known.stored([r.blob_id for r in refs])
                 self.packs_uploaded += 1
             except OSError as exc:
                 # Not an OSError any more: readers must not take it for one file's problem.
@@ -168,6 +169,8 @@ class Packer:
         self.uploader.join()
         if self.error is not None:
             raise self.error
+        if self.synced:
+            self.known.caught_up(self.vault)
 
     def abort(self) -> None:
         self.encoder.shutdown(wait=True, cancel_futures=True)
