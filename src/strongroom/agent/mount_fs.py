@@ -43,9 +43,13 @@ _READ_AHEAD_BYTES = 4 * 1024 * 1024  # small files fetched with the first one re
 _READ_AHEAD_FILES = 256
 # Folders below one listed from the vault, listed ahead breadth first: `find`, `ls -R` and
 # `cp -r` list them next, and then need no thread and no request each. Bounded by count and
-# by their trees' sealed bytes per read-ahead; the folders left at its edge (at most
-# _FRONTIER) start the next one.
+# by their trees' sealed bytes per read-ahead. A folder looked up in (opening a path) reads
+# ahead _LOOKUP_AHEAD_BYTES; one read (a walk) reads ahead from _WALK_AHEAD_BYTES, each next
+# time twice as much, up to _TREES_AHEAD_BYTES. The folders left at the edge of a read-ahead
+# (at most _FRONTIER) start the next one.
 _TREES_AHEAD = 512
+_LOOKUP_AHEAD_BYTES = 16 * 1024
+_WALK_AHEAD_BYTES = 64 * 1024
 _TREES_AHEAD_BYTES = 1024 * 1024
 _FRONTIER = 4096
 _TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO,
@@ -139,6 +143,7 @@ class PointsFS(pyfuse3.Operations):
         self.links: dict[tuple[str, int, int], int] = {}  # (point, st_dev, st_ino) -> inode
         self.date_inos: dict[str, int] = {}  # point id -> inode of its by-date link
         self.frontier: list[Node] = []  # folders an earlier read-ahead left unlisted at its edge
+        self.walk_ahead = _WALK_AHEAD_BYTES  # the bound of the next read-ahead of a walk
         self.contents: dict[int, FileContent] = {}  # open files
         self.open_count: dict[int, int] = {}
         self.refreshed = 0.0
@@ -198,8 +203,9 @@ class PointsFS(pyfuse3.Operations):
 
     # -- folders ----------------------------------------------------------------------------
 
-    def _kids(self, node: Node) -> dict[bytes, int]:
-        """The children of a folder (name -> inode, in order), listed once from its tree (blocking)."""
+    def _kids(self, node: Node, walk: bool = True) -> dict[bytes, int]:
+        """The children of a folder (name -> inode, in order), listed once from its tree
+        (blocking); `walk`: it is read (else looked up in), so read further ahead."""
         if node.ino == ROOT:
             return {b"by-date": BY_DATE, b"by-id": BY_ID, **({b"latest": LATEST} if self.points else {})}
         if node.ino == BY_ID:
@@ -210,23 +216,38 @@ class PointsFS(pyfuse3.Operations):
             entries = self.reader.tree(node.entry["tree"]) if node.entry.get("tree") else []
             self._set_kids(node, entries)
             try:
-                self._list_ahead(node)
+                self._list_ahead(node, walk)
             except Exception:  # noqa: BLE001 - only a read-ahead: each folder's own listing reports its failure
                 pass
         return node.kids  # type: ignore[return-value]
 
-    def _list_ahead(self, node: Node) -> None:
+    def _list_ahead(self, node: Node, walk: bool) -> None:
         """Lists the folders below `node` ahead, breadth first, a level per request, with those
         an earlier read-ahead left unlisted at its edge (else each would cost `find` a thread
         and a request of its own). Bounded: see _TREES_AHEAD. A folder whose tree fails is
         skipped: its own listing reports it."""
         with self.lock:
             todo, self.frontier = self._folders_in(node) + self.frontier, []
+            bound = self.walk_ahead if walk else _LOOKUP_AHEAD_BYTES
+            if walk:
+                self.walk_ahead = min(2 * self.walk_ahead, _TREES_AHEAD_BYTES)
         fetched = size = 0
-        while todo and fetched < _TREES_AHEAD and size < _TREES_AHEAD_BYTES:
-            batch, todo = todo[:_TREES_AHEAD - fetched], todo[_TREES_AHEAD - fetched:]
+        while todo and fetched < _TREES_AHEAD and size < bound:
+            # Located before they are chosen, by size: no more than could fit (a tree's blob
+            # takes a KiB or more), since locating reads the vault's catalog.
+            head = todo[:min(_TREES_AHEAD - fetched, max(1, (bound - size) // 1024))]
+            self.reader.locate([n.entry["tree"] for n in head if n.kids is None and n.entry.get("tree")])
+            batch = []
+            for folder in head:  # as many as the bound takes (at least one)
+                loc = self.reader.locations.get(folder.entry.get("tree", b""))
+                length = loc.length if loc is not None and folder.kids is None else 0
+                if batch and size + length > bound:
+                    break
+                batch.append(folder)
+                size += length
+            todo = todo[len(batch):]
             ids = [n.entry["tree"] for n in batch if n.kids is None and n.entry.get("tree")]
-            self.reader.prefetch(ids)  # the whole level: one request to a served vault
+            self.reader.prefetch(ids)  # one request (a few MiB each) to a served vault
             for folder in batch:
                 if folder.kids is not None:
                     continue
@@ -237,8 +258,6 @@ class PointsFS(pyfuse3.Operations):
                 self._set_kids(folder, entries)
                 todo.extend(self._folders_in(folder))
                 fetched += 1
-                loc = self.reader.locations.get(folder.entry.get("tree", b""))
-                size += loc.length if loc is not None else 0
             self.reader.drop(ids)  # any not decoded (failed, or decoded meanwhile by another thread)
         with self.lock:
             self.frontier = (todo + self.frontier)[:_FRONTIER]
@@ -363,12 +382,12 @@ class PointsFS(pyfuse3.Operations):
         self._check_live(parent)
         if name == b".":
             return self._attrs(parent)
-        ino = (await self._kids_of(parent)).get(name)
+        ino = (await self._kids_of(parent, walk=False)).get(name)
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attrs(self.nodes[ino])
 
-    async def _kids_of(self, node: Node) -> dict[bytes, int]:
+    async def _kids_of(self, node: Node, walk: bool = True) -> dict[bytes, int]:
         # A folder listed before needs no thread: most lookups and readdirs are of those.
         if node.kids is not None:
             return node.kids
@@ -378,7 +397,7 @@ class PointsFS(pyfuse3.Operations):
             if cached is not None:  # its tree came with its parent's: no thread, no fetch
                 self._set_kids(node, cached[0])
                 return node.kids  # type: ignore[return-value]
-        return await self._blocking(node, self._kids, node)
+        return await self._blocking(node, self._kids, node, walk)
 
     @guarded
     async def readlink(self, inode: int, ctx: Any) -> bytes:
