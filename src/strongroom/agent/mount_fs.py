@@ -144,6 +144,7 @@ class PointsFS(pyfuse3.Operations):
         self.date_inos: dict[str, int] = {}  # point id -> inode of its by-date link
         self.frontier: list[Node] = []  # folders an earlier read-ahead left unlisted at its edge
         self.walk_ahead = _WALK_AHEAD_BYTES  # the bound of the next read-ahead of a walk
+        self.serial = False  # requests answered one at a time: vault work needs no thread
         self.contents: dict[int, FileContent] = {}  # open files
         self.open_count: dict[int, int] = {}
         self.refreshed = 0.0
@@ -157,7 +158,8 @@ class PointsFS(pyfuse3.Operations):
     @property
     def local(self) -> bool:
         """Whether the vault is on a local disk (embedded): its reads take micro- to
-        milliseconds, so requests are answered one at a time (see mount.serve)."""
+        milliseconds, so requests are answered one at a time (see mount.serve, which sets
+        `serial` when it does so)."""
         return str(getattr(self.reader.vault, "url", "")).startswith("file:")
 
     # -- the list of points -----------------------------------------------------------------
@@ -313,8 +315,12 @@ class PointsFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)  # pruned or deleted while mounted
 
     async def _blocking(self, node: Node, fn: Callable[..., T], *args: Any) -> T:
-        """Runs vault work in a thread, so other requests go on; failures become EIO."""
+        """Runs vault work in a thread, so other requests go on; failures become EIO. On a local
+        disk it runs in place: requests are answered one at a time there (see `local`), so a
+        thread would only add two hand-overs to each."""
         try:
+            if self.serial:
+                return fn(*args)
             return await trio.to_thread.run_sync(fn, *args)
         except pyfuse3.FUSEError:
             raise
