@@ -517,3 +517,24 @@ def test_read_ahead_bounds_list_every_folder(registered, tmp_path, monkeypatch):
         assert node.kids is not None and any(fs.nodes[i].kids is not None for i in node.kids.values())
         assert walk(fs, node, src, reverse) == 1 + 6 + 6 * 4 * 3
         assert len(fs.frontier) <= 5
+
+
+def test_the_kernel_reads_a_blob_ahead_in_one_request(registered, tmp_path):
+    """As root the mount raises its read-ahead from the kernel's 128 KiB to 1 MiB (about a
+    blob: one request instead of eight), after the kernel's INIT, which would lower it again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3 * MiB)
+    (src / "f.bin").write_bytes(data)
+    point = registered.backup(src)["id"]
+    mnt = tmp_path / "mnt"
+    with mounted(registered, mnt) as proc:
+        with open("/proc/self/mountinfo") as table:
+            device = next(line.split()[2] for line in table if line.split()[4] == str(mnt))
+        deadline = time.monotonic() + 10
+        while Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() != "1024":
+            assert time.monotonic() < deadline, "the read-ahead stayed at the kernel's default"
+            time.sleep(0.05)
+        assert in_point(mnt, point, src / "f.bin").read_bytes() == data
+        registered.run("unmount", mnt)
+    assert finish(proc)["read_errors"] == 0

@@ -145,6 +145,7 @@ class PointsFS(pyfuse3.Operations):
         self.frontier: list[Node] = []  # folders an earlier read-ahead left unlisted at its edge
         self.walk_ahead = _WALK_AHEAD_BYTES  # the bound of the next read-ahead of a walk
         self.serial = False  # requests answered one at a time: vault work needs no thread
+        self.initialized = False  # the kernel's INIT answered
         self.contents: dict[int, FileContent] = {}  # open files
         self.open_count: dict[int, int] = {}
         self.refreshed = 0.0
@@ -154,6 +155,10 @@ class PointsFS(pyfuse3.Operations):
         for ino in (ROOT, BY_ID, BY_DATE):
             self.nodes[ino] = Node(ino, None, synthetic)
         self.nodes[LATEST] = Node(LATEST, None, {**synthetic, "t": SYMLINK, "m": 0o777}, b"")
+
+    def init(self) -> None:
+        """Called by pyfuse3 while it answers the kernel's INIT (mount.serve waits for it)."""
+        self.initialized = True
 
     @property
     def local(self) -> bool:
