@@ -83,8 +83,8 @@ class KnownBlobs:
 
     def stored(self, blob_ids: list[bytes]) -> None:
         """Blobs of a pack the vault has just stored and indexed: known from now on."""
-        with self.lock:  # one transaction: outside one, each row was a commit of its own (a WAL write)
-            self.db.execute("BEGIN")
+        with self.lock:
+            self.db.execute("BEGIN")  # one commit per pack, not per blob
             self.db.executemany("INSERT OR IGNORE INTO known (id) VALUES (?)", ((i,) for i in blob_ids))
             self.db.execute("COMMIT")
 
