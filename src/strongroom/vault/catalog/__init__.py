@@ -211,10 +211,35 @@ def absent_by_chunk(where: Engine | Connection, machine_id: int,
         ids = [chunk[i:i + ID_SIZE] for i in range(0, len(chunk), ID_SIZE)]
         if isinstance(where, Engine):
             with where.begin() as db:
-                found = find_blobs(db, machine_id, ids)
+                missing = _absent(db, machine_id, ids)
         else:
-            found = find_blobs(where, machine_id, ids)
-        yield chunk, [i for i in ids if i not in found]
+            missing = _absent(where, machine_id, ids)
+        yield chunk, missing
+
+
+def _absent(db: Connection, machine_id: int, ids: list[bytes]) -> list[bytes]:
+    # Counted first: a point's check almost always finds every blob, and counting them costs
+    # far less than reading back tens of thousands of rows (0.35 s a point of 20,000 files).
+    mark = _wanted(db, ids)
+    present = db.exec_driver_sql(f"SELECT count(*) FROM blobs WHERE machine_id = {mark} "
+                                 "AND blob_id IN (SELECT blob_id FROM wanted_blobs)", (machine_id,)).scalar_one()
+    if present == len(set(ids)):
+        db.exec_driver_sql("DELETE FROM wanted_blobs")
+        return []
+    found = find_blobs(db, machine_id, ids)
+    return [i for i in ids if i not in found]
+
+
+def _wanted(db: Connection, ids: list[bytes]) -> str:
+    """Fills the temporary table of wanted blob IDs; returns the driver's parameter mark."""
+    mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
+    db.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BLOB PRIMARY KEY)"
+                       if db.dialect.name == "sqlite" else
+                       "CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BYTEA PRIMARY KEY)")
+    db.exec_driver_sql("DELETE FROM wanted_blobs")
+    db.exec_driver_sql(f"INSERT INTO wanted_blobs (blob_id) VALUES ({mark}) ON CONFLICT DO NOTHING",
+                       [(i,) for i in ids])
+    return mark
 
 
 class BlobRow(NamedTuple):
@@ -228,13 +253,7 @@ class BlobRow(NamedTuple):
 def find_blobs(db: Connection, machine_id: int, ids: list[bytes]) -> dict[bytes, BlobRow]:
     """Where the given blob IDs of one machine are (those present), through a temporary
     table: a point references tens of thousands of blobs, too many for IN lists."""
-    mark = "?" if db.dialect.paramstyle == "qmark" else "%s"
-    db.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BLOB PRIMARY KEY)"
-                       if db.dialect.name == "sqlite" else
-                       "CREATE TEMPORARY TABLE IF NOT EXISTS wanted_blobs (blob_id BYTEA PRIMARY KEY)")
-    db.exec_driver_sql("DELETE FROM wanted_blobs")
-    db.exec_driver_sql(f"INSERT INTO wanted_blobs (blob_id) VALUES ({mark}) ON CONFLICT DO NOTHING",
-                       [(i,) for i in ids])
+    mark = _wanted(db, ids)
     rows = db.exec_driver_sql(
         # IN (subquery), not a join: SQLite's planner, without statistics, would scan all
         # blobs for each lookup; this way it probes the blob_id index per wanted ID.
