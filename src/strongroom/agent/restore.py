@@ -52,7 +52,6 @@ from strongroom.agent.fsmeta import (
 )
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.testhook import hook
 from strongroom.model import (
     BLOCK,
     CHAR,
@@ -65,6 +64,7 @@ from strongroom.model import (
     display_path,
     is_safe_name,
 )
+from strongroom.testhook import hook
 
 CONFLICTS = ("copy", "overwrite", "skip")
 _SMALL_WINDOW = 256  # small files whose content is fetched in one go
@@ -519,7 +519,6 @@ class Restore:
             return False, written
         finally:
             os.close(dfd)
-
 
     def _write_file(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
                     first_link: Future | Finished | None) -> tuple[bool, int]:
