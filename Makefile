@@ -12,7 +12,11 @@ $(BIN)/strongroom: pyproject.toml scripts/system-packages.sh
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Byte-compiled here because an environment with PYTHONDONTWRITEBYTECODE (this project's CI
+# and dev machines have it) otherwise compiles every module again at each command's start:
+# about 0.7 s of a command's 1 s start-up. Cheap when nothing changed; stale files are ignored.
 setup: $(BIN)/strongroom
+	$(BIN)/python -m compileall -q src > /dev/null
 
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
@@ -21,8 +25,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 -q
 
+# Smaller or shorter: make bench ARGS="--small 2000 --scale 0.02 --rounds 2" (bench/README.md)
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(ARGS)
 
 # Issue 8's scale figures (agent at 200 k and 2 M files, vault at 2 M and 20 M blob rows): bench/README.md
 bench-scale: setup

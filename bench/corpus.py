@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark corpus, generated here so that `make bench` runs from a clean clone.
 
-    corpus.py create DIR [--seed N] [--small N] [--scale F]
+    corpus.py create DIR [--seed N] [--small N] [--scale F] [--meta]
     corpus.py mutate DIR [--seed N] [--gen G] [--small N]
 
 create: `small/` holds N files (default 50,000) of 1-16 KiB in 500 leaf folders
@@ -10,9 +10,17 @@ random bytes. `large/` holds ten files, 1.5 GiB at scale 1: rand_0..4.bin (rando
 log_0..4.log (text) of 64, 96, 128, 200 and 280 MiB each. Every byte is a function of the seed
 and the file's number, so two runs give identical trees.
 
+With --meta (bench/run.py asks for it; the other benches do not, so their corpora have only
+regular files), `meta/` holds a dozen entries whose metadata a restore must keep, so that the bench's restore
+check of mode, mtime, owner and symlink targets checks something: files of modes 0600, 0755,
+0444 and 04755, a 0700 folder, an empty file, a file dated 2001 with an odd nanosecond, a file
+owned by uid 1234 / gid 5678 (when run as root), and four symlinks (relative, absolute, to a
+folder, dangling).
+
 mutate (generation G): rewrites 1 % of the small files with new content of a new size, deletes
-100 others, adds 100 new ones under small/new_gG/, appends 16 MiB of text to large/log_1.log
-and overwrites 1 MiB (not block-aligned) in the middle of large/rand_2.bin.
+100 others, adds 100 new ones under small/new_gG/, appends 16 MiB of text to large/log_1.log,
+overwrites 1 MiB (not block-aligned) in the middle of large/rand_2.bin, and changes only the
+metadata of meta/retouched.txt (mode and mtime, same content).
 
 The same shape as the corpus the project's peers were first measured on; stdlib only.
 """
@@ -87,7 +95,7 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def create(root: str, seed: int, small: int, scale: float) -> None:
+def create(root: str, seed: int, small: int, scale: float, meta: bool = False) -> None:
     started = time.monotonic()
     total = 0
     for i in range(small):
@@ -106,8 +114,34 @@ def create(root: str, seed: int, small: int, scale: float) -> None:
                     piece = min(4 * MiB, size - at)
                     f.write(log_text(rng, piece, seed) if kind == "log" else rng.randbytes(piece))
             total += size
+    if meta:
+        create_meta(root, seed)
     print(f"created {small} small files and 10 large ones, {total / MiB:.1f} MiB, "
           f"in {time.monotonic() - started:.1f} s")
+
+
+META_OLD_MTIME_NS = 1_000_000_000_123_456_789  # 2001-09-09, odd nanoseconds
+
+
+def create_meta(root: str, seed: int) -> None:
+    """The `meta/` entries (see the module's first lines); a few KiB in all."""
+    meta = os.path.join(root, "meta")
+    os.makedirs(os.path.join(meta, "private"))
+    rng = random.Random(f"meta-{seed}")
+    for name, mode in (("mode-0600.txt", 0o600), ("mode-0755.sh", 0o755), ("mode-0444.txt", 0o444),
+                       ("setuid-04755", 0o4755), ("retouched.txt", 0o644), ("private/secret.txt", 0o640),
+                       ("old-mtime.txt", 0o644), ("owned-1234.txt", 0o644)):
+        path = os.path.join(meta, name)
+        _write(path, log_text(rng, rng.randint(100, 3000), seed))
+        os.chmod(path, mode)
+    _write(os.path.join(meta, "empty"), b"")
+    os.chmod(os.path.join(meta, "private"), 0o700)
+    os.utime(os.path.join(meta, "old-mtime.txt"), ns=(META_OLD_MTIME_NS, META_OLD_MTIME_NS))
+    if os.geteuid() == 0:
+        os.chown(os.path.join(meta, "owned-1234.txt"), 1234, 5678)
+    for name, target in (("link-relative", "mode-0600.txt"), ("link-absolute", "/etc/hostname"),
+                         ("link-to-folder", "private"), ("link-dangling", "does-not-exist")):
+        os.symlink(target, os.path.join(meta, name))
 
 
 def mutate(root: str, seed: int, gen: int, small: int) -> None:
@@ -138,8 +172,12 @@ def mutate(root: str, seed: int, gen: int, small: int) -> None:
         f.seek(middle)
         f.write(random.Random(f"poke-{seed}-{gen}").randbytes(MiB))
     changed += 17 * MiB
+    retouched = os.path.join(root, "meta", "retouched.txt")
+    if os.path.exists(retouched):  # corpora made before meta/ existed have none
+        os.chmod(retouched, 0o600 if gen % 2 else 0o644)
+        os.utime(retouched, ns=(META_OLD_MTIME_NS + gen, META_OLD_MTIME_NS + gen))
     print(f"mutation {gen}: {rewrite} small files rewritten, 100 deleted, 100 added, 16 MiB appended, "
-          f"1 MiB overwritten; about {changed / MiB:.1f} MiB of new data")
+          f"1 MiB overwritten, one file's mode and mtime changed; about {changed / MiB:.1f} MiB of new data")
 
 
 def main() -> None:
@@ -150,11 +188,12 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=50_000)
     ap.add_argument("--scale", type=float, default=1.0, help="scale of the large files' sizes")
     ap.add_argument("--gen", type=int, default=1)
+    ap.add_argument("--meta", action="store_true", help="create: add meta/ (modes, owner, old mtime, symlinks)")
     a = ap.parse_args()
     if a.mode == "create":
         if os.path.exists(a.dir) and os.listdir(a.dir):
             sys.exit(f"{a.dir} exists and is not empty")
-        create(a.dir, a.seed, a.small, a.scale)
+        create(a.dir, a.seed, a.small, a.scale, a.meta)
     else:
         mutate(a.dir, a.seed, a.gen, a.small)
 

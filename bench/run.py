@@ -2,14 +2,18 @@
 """Strongroom benchmark: strongroom vs restic vs borg on the bench corpus (stdlib only).
 
     python bench/run.py [--workdir bench/work] [--small 50000] [--scale 1.0]
-                        [--rounds 3] [--tools strongroom,restic,borg]
+                        [--rounds N] [--tools strongroom,strongroom-https,restic,borg]
 
 Per round, for every tool: a fresh repository; initial backup of the corpus; a
 no-change backup; `bench/corpus.py mutate --gen ROUND`; a backup after the mutation;
 the repository size (du -sb); a full restore of the latest snapshot into an empty
-directory, verified against the corpus, then deleted.  Each step runs the tools one
-after the other (alternating), with a warm page cache.  Wall time and peak RSS come
-from os.wait4() on the tool's process.  See bench/README.md.
+directory, checked against the corpus (every path; every file's sha256; type, size, mode,
+mtime, owner, symlink target), then deleted.  Each step runs the tools one after the
+other (alternating); the first tool rotates from round to round (default: one round per
+tool, so each starts one).  Warm page cache.  Wall time, CPU and peak RSS come from
+os.wait4() on the tool's process, and for the served rows also from /proc of the vault
+server during the step.  A documented warning exit counts as done, flagged.  See
+bench/README.md.
 """
 import argparse
 import hashlib
@@ -21,11 +25,14 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -193,15 +200,17 @@ def tool_versions(tools, sr_bin):
     return v
 
 
-def prepare_corpus(workdir, small, scale, reuse):
+def prepare_corpus(workdir, small, scale, reuse, meta=False):
+    """The corpus under workdir, made again unless it has the wanted shape and is unmutated
+    (or reuse); meta: with `meta/` (corpus.py --meta), which only this bench's restore check needs."""
     corpus = os.path.join(workdir, "corpus")
     state_path = os.path.join(workdir, "corpus-state.json")
-    want = {"seed": SEED, "small": small, "scale": scale}
+    want = {"seed": SEED, "small": small, "scale": scale, "meta": meta}
     state = None
     if os.path.exists(state_path):
         with open(state_path) as f:
             state = json.load(f)
-    if state and {k: state.get(k) for k in want} == want and os.path.isdir(corpus) and \
+    if state and {k: state.get(k, False) for k in want} == want and os.path.isdir(corpus) and \
             (state.get("gen", 0) == 0 or reuse):
         log(f"reusing corpus {corpus} (mutation generation {state.get('gen', 0)})")
         return corpus, state
@@ -210,9 +219,10 @@ def prepare_corpus(workdir, small, scale, reuse):
         shutil.rmtree(corpus)
     if os.path.exists(state_path):
         os.unlink(state_path)
-    log(f"creating corpus: --small {small} --scale {scale}")
+    log(f"creating corpus: --small {small} --scale {scale}{' --meta' if meta else ''}")
     subprocess.run([sys.executable, MAKE_CORPUS, "create", corpus, "--seed", str(SEED),
-                    "--small", str(small), "--scale", str(scale)], check=True, stdout=sys.stderr)
+                    "--small", str(small), "--scale", str(scale), *(["--meta"] if meta else [])],
+                   check=True, stdout=sys.stderr)
     state = dict(want, gen=0)
     save_state(state_path, state)
     return corpus, state
@@ -234,6 +244,18 @@ def mutate_corpus(workdir, corpus, state, gen):
                     "--small", str(state["small"]), "--gen", str(gen)], check=True, stdout=sys.stderr)
 
 
+def corpus_totals(root):
+    """(number of regular files, their bytes) under root."""
+    files = nbytes = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                files += 1
+                nbytes += st.st_size
+    return files, nbytes
+
+
 def warm_cache(root):
     """Read every file once so the page cache is warm (the rule for these timings)."""
     t0 = time.perf_counter()
@@ -241,6 +263,8 @@ def warm_cache(root):
     n = total = 0
     for dirpath, _dirs, files in os.walk(root):
         for fn in files:
+            if os.path.islink(os.path.join(dirpath, fn)):  # meta/ has symlinks, one dangling
+                continue
             with open(os.path.join(dirpath, fn), "rb", buffering=0) as f:
                 while True:
                     k = f.readinto(buf)
@@ -251,19 +275,16 @@ def warm_cache(root):
     log(f"warm-up read: {n} files, {total / MiB:.1f} MiB in {time.perf_counter() - t0:.1f}s")
 
 
-def tree_manifest(root):
-    """{relative path: (kind, size)} for everything under root (symlinks not followed)."""
-    m = {}
-    for dirpath, dirs, files in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for d in dirs:
-            m[os.path.normpath(os.path.join(rel, d))] = ("d", 0)
-        for fn in files:
-            p = os.path.join(dirpath, fn)
-            st = os.lstat(p)
-            kind = "l" if os.path.islink(p) else "f"
-            m[os.path.normpath(os.path.join(rel, fn))] = (kind, st.st_size if kind == "f" else 0)
-    return m
+class Entry(NamedTuple):
+    """What the restore check compares for one path (symlinks are not followed)."""
+    kind: str          # "f" file, "d" folder, "l" symlink, "o" other
+    size: int          # files only (0 otherwise)
+    mode: int          # permission bits with setuid/setgid/sticky (S_IMODE)
+    mtime_ns: int
+    uid: int
+    gid: int
+    target: str        # symlink target ("" otherwise)
+    sha256: str        # files only ("" otherwise)
 
 
 def sha256_file(path):
@@ -277,6 +298,58 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def tree_entries(root):
+    """{relative path: Entry} for root itself ("."), everything under it, and the sha256 of
+    every file's content. hashlib releases the GIL, so a thread per core hashes in parallel."""
+    entries = {}
+    files = []
+    for dirpath, dirs, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in ([] if rel != "." else ["."]) + dirs + names:
+            p = os.path.normpath(os.path.join(dirpath, name))
+            r = os.path.normpath(os.path.join(rel, name))
+            st = os.lstat(p)
+            kind = ("f" if stat.S_ISREG(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode)
+                    else "l" if stat.S_ISLNK(st.st_mode) else "o")
+            entries[r] = Entry(kind, st.st_size if kind == "f" else 0, stat.S_IMODE(st.st_mode),
+                               st.st_mtime_ns, st.st_uid, st.st_gid,
+                               os.readlink(p) if kind == "l" else "", "")
+            if kind == "f":
+                files.append(r)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for r, digest in zip(files, pool.map(lambda r: sha256_file(os.path.join(root, r)), files, chunksize=64)):
+            entries[r] = entries[r]._replace(sha256=digest)
+    return entries
+
+
+def compare_trees(want, got, mtime_precision_ns=1):
+    """Problems (one line each: what differs, how many paths, examples) between the source's
+    entries and a restored tree's; an empty list when they agree on the set of paths and, for
+    each path, type, size, content, mode, owner, symlink target and mtime (truncated to
+    mtime_precision_ns, the finest the tool keeps)."""
+    problems = []
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing:
+        problems.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected, e.g. {extra[:3]}")
+    checks = (("type", lambda e: e.kind), ("size", lambda e: e.size), ("content (sha256)", lambda e: e.sha256),
+              ("mode", lambda e: oct(e.mode)), ("owner uid:gid", lambda e: f"{e.uid}:{e.gid}"),
+              ("symlink target", lambda e: e.target),
+              ("mtime", lambda e: e.mtime_ns // mtime_precision_ns * mtime_precision_ns))
+    both = sorted(set(want) & set(got))
+    for what, key in checks:
+        wrong = [p for p in both if key(want[p]) != key(got[p])]
+        if wrong:
+            problems.append(f"{len(wrong)} differ in {what}, e.g. "
+                            + ", ".join(f"{p}: {key(want[p])} vs {key(got[p])}" for p in wrong[:3]))
+        if what == "type":  # the other attributes mean nothing across types
+            wrong_type = set(wrong)
+            both = [p for p in both if p not in wrong_type]
+    return problems
+
+
 def du_bytes(path):
     if not os.path.exists(path):
         return 0
@@ -284,50 +357,105 @@ def du_bytes(path):
     return int(out.split()[0])
 
 
-def verify_restore(src, restored, src_manifest, full, rnd):
-    """Compare a restored tree with the source: same paths, kinds and sizes, plus sha256 of
-    every large file, every file added by mutate, and a random sample of small files."""
+def verify_restore(restored, want, mtime_precision_ns):
+    """Compare a restored tree with the source's entries (see compare_trees): every path,
+    every file's content, every attribute the bench's corpus sets."""
     if not os.path.isdir(restored):
-        return {"ok": False, "error": f"restored tree {restored} does not exist"}
-    got = tree_manifest(restored)
-    problems = []
-    missing = sorted(set(src_manifest) - set(got))
-    extra = sorted(set(got) - set(src_manifest))
-    if missing:
-        problems.append(f"{len(missing)} missing, e.g. {missing[:3]}")
-    if extra:
-        problems.append(f"{len(extra)} unexpected, e.g. {extra[:3]}")
-    wrong = [p for p in src_manifest if p in got and got[p] != src_manifest[p]]
-    if wrong:
-        problems.append(f"{len(wrong)} differ in type/size, e.g. "
-                        + ", ".join(f"{p}: {src_manifest[p]} vs {got[p]}" for p in wrong[:3]))
-    files = sorted(p for p, (k, _) in src_manifest.items() if k == "f")
-    if full:
-        to_hash = files
-    else:
-        large = [p for p in files if p.startswith("large" + os.sep)]
-        new = [p for p in files if os.sep + "new_g" in p][:20]
-        small = [p for p in files if p not in set(large) | set(new)]
-        to_hash = sorted(set(large + new + random.Random(rnd).sample(small, min(64, len(small)))))
-    bad_hash = []
-    for p in to_hash:
-        if p in got and got[p][0] == "f" and sha256_file(os.path.join(src, p)) != sha256_file(os.path.join(restored, p)):
-            bad_hash.append(p)
-    if bad_hash:
-        problems.append(f"{len(bad_hash)}/{len(to_hash)} sha256 mismatches, e.g. {bad_hash[:3]}")
-    nfiles = sum(1 for k, _ in got.values() if k == "f")
-    nbytes = sum(s for k, s in got.values() if k == "f")
-    return {"ok": not problems, "problems": problems, "files": nfiles, "bytes": nbytes,
-            "expected_files": len(files), "expected_bytes": sum(s for k, s in src_manifest.values() if k == "f"),
-            "hashed": len(to_hash)}
+        return {"ok": False, "problems": [f"restored tree {restored} does not exist"]}
+    t0 = time.perf_counter()
+    got = tree_entries(restored)
+    problems = compare_trees(want, got, mtime_precision_ns)
+    files = [e for e in got.values() if e.kind == "f"]
+    return {"ok": not problems, "problems": problems, "entries": len(got), "files": len(files),
+            "bytes": sum(e.size for e in files), "hashed": len(files),
+            "expected_entries": len(want), "expected_files": sum(1 for e in want.values() if e.kind == "f"),
+            "mtime_precision_ns": mtime_precision_ns, "check_s": round(time.perf_counter() - t0, 2)}
 
 
 # ---------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------
 
+# The per-process counters of a long-lived server (the vault behind strongroom-https), read
+# from /proc around each timed step: wait4() gives them only for a process that has ended.
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_proc_stat(text):
+    """(ppid, CPU seconds) from the text of /proc/PID/stat: utime+stime, plus cutime+cstime
+    (children it has waited for). The name (field 2) may hold spaces and parentheses."""
+    fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5), "state"
+    return int(fields[1]), sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def process_tree(pid):
+    """pid and its live descendants."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid, _ = parse_proc_stat(f.read())
+            except (OSError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+class ServerProbe:
+    """CPU seconds and peak RSS of a server process tree over one step: the peak is reset
+    before the step (`5` into /proc/PID/clear_refs, Linux 4.0+) and VmHWM read after it."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def _cpu(self, pids):
+        total = 0.0
+        for p in pids:
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    total += parse_proc_stat(f.read())[1]
+            except OSError:  # ended meanwhile: its time is in its parent's cutime once reaped
+                pass
+        return total
+
+    def start(self):
+        self.pids = process_tree(self.pid)
+        self.peak_reset = True
+        for p in self.pids:
+            try:
+                with open(f"/proc/{p}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self.peak_reset = False  # then VmHWM is the peak since the server started
+        self.cpu0 = self._cpu(self.pids)
+
+    def stop(self):
+        pids = process_tree(self.pid)
+        cpu = self._cpu(pids) - self.cpu0
+        hwm = 0
+        for p in pids:
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    hwm += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                pass
+        return {"cpu_s": round(cpu, 3), "maxrss_mib": round(hwm / 1024, 1), "processes": len(pids),
+                "peak_since_step_start": self.peak_reset}
+
+
 class Tool:
     name = "?"
+    # Exit codes each tool documents as "finished, with warnings", per command: a warning
+    # is counted the same way for every tool (see bench/README.md, "Exit codes").
+    warning_codes = {"backup": (), "restore": ()}
+    # The finest mtime the tool restores (ns); the restore check compares at this precision.
+    mtime_precision_ns = 1
 
     def __init__(self, workdir, rnd, corpus, timeout):
         self.workdir = workdir
@@ -355,9 +483,16 @@ class Tool:
         e["LC_ALL"] = "C.UTF-8"
         return e
 
-    def run(self, name, cmd, cwd=None, ok_codes=(0,), timed=True):
-        return run_measured(cmd, env=self.env(), logdir=self.logdir, name=name, cwd=cwd,
-                            ok_codes=ok_codes, timeout=self.timeout, sync_first=timed)
+    def run(self, name, cmd, cwd=None, timed=True, kind=None):
+        """Run one command; kind ("backup"/"restore") admits that command's warning codes,
+        and a result that used one carries "warning": true and its stderr's tail."""
+        warn = self.warning_codes.get(kind, ()) if kind else ()
+        res = run_measured(cmd, env=self.env(), logdir=self.logdir, name=name, cwd=cwd,
+                           ok_codes=(0, *warn), timeout=self.timeout, sync_first=timed)
+        res["warning"] = res["rc"] != 0
+        if res["warning"]:
+            res["warning_text"] = _tail(res["stderr_file"], 600)
+        return res
 
     def client_state_bytes(self):
         return du_bytes(self.state)
@@ -370,6 +505,9 @@ class Tool:
 
 class Restic(Tool):
     name = "restic"
+    # restic 0.14 (Debian 12), man restic-backup: 3 = "some source data could not be read
+    # (incomplete snapshot created)"; man restic-restore: non-zero for any error, no warning code.
+    warning_codes = {"backup": (3,), "restore": ()}
 
     def env(self):
         e = super().env()
@@ -381,7 +519,7 @@ class Restic(Tool):
         self.results["setup"].append(self.run("init", ["restic", "-r", self.repo, "init"], timed=False))
 
     def backup(self, step):
-        res = self.run(step, ["restic", "-r", self.repo, "backup", self.corpus])
+        res = self.run(step, ["restic", "-r", self.repo, "backup", self.corpus], kind="backup")
         # e.g. "Added to the repository: 43.332 MiB (27.482 MiB stored)" (informational only)
         m = re.search(r"Added to the repository: ([\d.]+) (\w+)(?: \(([\d.]+) (\w+) stored\))?",
                       _tail(res["stdout_file"], 4000))
@@ -393,11 +531,18 @@ class Restic(Tool):
         return res
 
     def restore(self, target):
-        return self.run("restore", ["restic", "-r", self.repo, "restore", "latest", "--target", target])
+        return self.run("restore", ["restic", "-r", self.repo, "restore", "latest", "--target", target],
+                        kind="restore")
 
 
 class Borg(Tool):
     name = "borg"
+    # borg 1.2 "Return codes": 0 success, 1 warning ("operation reached its normal end, but
+    # there were warnings"), 2 error, 128+N killed by signal N; the same for create and extract.
+    warning_codes = {"backup": (1,), "restore": (1,)}
+    # `auto,zstd,3`: a cheap LZ4 trial decides per chunk whether zstd,3 is worth running, as
+    # restic's `auto` and Strongroom skip incompressible data; plain `zstd,3` compresses all.
+    compression = "auto,zstd,3"
 
     def env(self):
         e = super().env()
@@ -412,17 +557,20 @@ class Borg(Tool):
 
     def backup(self, step):
         self.last_archive = f"r{self.rnd}-{step}"
-        return self.run(step, ["borg", "create", "--compression", "zstd,3",
-                               f"{self.repo}::{self.last_archive}", self.corpus])
+        return self.run(step, ["borg", "create", "--compression", self.compression,
+                               f"{self.repo}::{self.last_archive}", self.corpus], kind="backup")
 
     def restore(self, target):
         # borg extract writes into the current directory; paths are stored without the leading "/"
-        return self.run("restore", ["borg", "extract", f"{self.repo}::{self.last_archive}"], cwd=target)
+        return self.run("restore", ["borg", "extract", f"{self.repo}::{self.last_archive}"], cwd=target,
+                        kind="restore")
 
 
 class Strongroom(Tool):
     name = "strongroom"
     bin = "strongroom"
+    # README "Exit codes": 3 = completed with warnings (some files not backed up or restored).
+    warning_codes = {"backup": (3,), "restore": (3,)}
 
     def env(self):
         e = super().env()
@@ -439,7 +587,7 @@ class Strongroom(Tool):
         self.results["setup"].append(self.run("register", self.sr() + ["register", "--credentials", creds, "--machine", "bench"], timed=False))
 
     def backup(self, step):
-        res = self.run(step, self.sr() + ["backup", self.corpus, "--json"], ok_codes=(0, 3))
+        res = self.run(step, self.sr() + ["backup", self.corpus, "--json"], kind="backup")
         try:
             doc = parse_json_output(res["stdout_file"])
             res["json"] = {"id": doc.get("id"), "stats": doc.get("stats"),
@@ -450,7 +598,7 @@ class Strongroom(Tool):
 
     def restore(self, target):
         res = self.run("restore", self.sr() + ["restore", "latest", "--target", target,
-                                               "--conflict", "overwrite", "--json"], ok_codes=(0, 3))
+                                               "--conflict", "overwrite", "--json"], kind="restore")
         try:
             doc = parse_json_output(res["stdout_file"])
             doc["errors"] = (doc.get("errors") or [])[:20]
@@ -462,10 +610,20 @@ class Strongroom(Tool):
 
 class StrongroomServed(Strongroom):
     """The same agent against `strongroom vault serve` on 127.0.0.1, over HTTPS (TLS on
-    loopback). The server's own CPU and memory are reported apart: the agent's figures
-    are the command's, as for every tool."""
+    loopback). Each timed step also records the server's CPU seconds and peak RSS during it
+    (res["server"]); the tables add that CPU to the agent's and show that RSS beside it."""
 
     name = "strongroom-https"
+
+    def run(self, name, cmd, cwd=None, timed=True, kind=None):
+        server = getattr(self, "server", None)
+        if not timed or server is None or server.poll() is not None:
+            return super().run(name, cmd, cwd=cwd, timed=timed, kind=kind)
+        probe = ServerProbe(server.pid)
+        probe.start()
+        res = super().run(name, cmd, cwd=cwd, timed=timed, kind=kind)
+        res["server"] = probe.stop()
+        return res
 
     def setup(self):
         with socket.socket() as s:
@@ -525,12 +683,23 @@ def fail(tool, where, exc):
     log(f"!! {tool.name} failed at {where}:\n{msg}")
 
 
-def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
-    # rotate the starting tool each round so no tool always runs first
+def round_order(tools_order, rnd):
+    """The order of the tools in round rnd (1-based): the list rotated by rnd-1, so over
+    len(tools) rounds every tool is first once and takes every position once."""
     k = (rnd - 1) % len(tools_order)
-    order = tools_order[k:] + tools_order[:k]
+    return list(tools_order[k:] + tools_order[:k])
+
+
+def never_first(tools_order, rounds):
+    """The tools that start no round when `rounds` rounds are run."""
+    firsts = {round_order(tools_order, r)[0] for r in range(1, rounds + 1)}
+    return [t for t in tools_order if t not in firsts]
+
+
+def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
+    order = round_order(tools_order, rnd)
     tools = [TOOL_CLASSES[n](workdir, rnd, corpus, args.timeout) for n in order]
-    log(f"=== round {rnd}/{args.rounds}: order {', '.join(order)}")
+    log(f"=== round {rnd}/{args.rounds}: {order[0]} starts; order {', '.join(order)}")
     for t in tools:
         t.fresh()
         try:
@@ -538,6 +707,14 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
         except CommandFailed as e:
             fail(t, "setup", e)
     warm_cache(corpus)
+
+    def describe(r):
+        extra = f"  cpu {r['user_s'] + r['sys_s']:.2f}s"
+        if "server" in r:
+            extra += f" + server {r['server']['cpu_s']:.2f}s, server rss {r['server']['maxrss_mib']:.1f} MiB"
+        if r.get("warning"):
+            extra += f"  WARNING exit {r['rc']}"
+        return f"{r['seconds']:8.2f}s  rss {r['maxrss_mib']:7.1f} MiB{extra}"
 
     def step(name):
         for t in tools:
@@ -553,24 +730,30 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
             if "json" in r and r["json"].get("stats"):
                 s = r["json"]["stats"]
                 extra = f"  read {s.get('bytes_read', 0) / MiB:.1f} MiB, added {s.get('bytes_added', 0) / MiB:.1f} MiB"
-            log(f"{name:9s} {t.name:10s} {r['seconds']:8.2f}s  rss {r['maxrss_mib']:7.1f} MiB{extra}")
+            log(f"{name:9s} {t.name:16s} {describe(r)}{extra}")
 
+    before = corpus_totals(corpus)[1]
     step("initial")
     for t in tools:
         if not t.failed:
             t.results["repo_bytes_after_initial"] = du_bytes(t.repo)
     step("nochange")
     mutate_corpus(workdir, corpus, corpus_state, corpus_state.get("base_gen", 0) + rnd)
+    after = corpus_totals(corpus)[1]
     step("mutated")
     for t in tools:
         if not t.failed:
             t.results["repo_bytes"] = du_bytes(t.repo)
             t.results["client_state_bytes"] = t.client_state_bytes()
 
-    src_manifest = tree_manifest(corpus)
+    t0 = time.perf_counter()
+    want = tree_entries(corpus)  # after the round's mutation: what every restore must give back
+    log(f"source tree: {len(want)} entries hashed in {time.perf_counter() - t0:.1f}s")
+    position = 0
     for t in tools:
         if t.failed:
             continue
+        position += 1
         target = os.path.join(workdir, "restore", t.name)
         if os.path.exists(target):
             shutil.rmtree(target)
@@ -581,14 +764,15 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
             fail(t, "restore", e)
             shutil.rmtree(target, ignore_errors=True)
             continue
+        r["position"] = position  # among the restores of this round (1 = first)
         restored_root = os.path.join(target, corpus.lstrip(os.sep))
-        v = verify_restore(corpus, restored_root, src_manifest, args.verify == "full", rnd)
+        v = verify_restore(restored_root, want, t.mtime_precision_ns)
         r["verify"] = v
         t.results["steps"]["restore"] = r
-        log(f"{'restore':9s} {t.name:10s} {r['seconds']:8.2f}s  rss {r['maxrss_mib']:7.1f} MiB  "
-            f"verify {'OK' if v['ok'] else 'FAILED'} ({v.get('files')} files, {v.get('hashed')} hashed)")
+        log(f"{'restore':9s} {t.name:16s} {describe(r)}  #{position}  verify {'OK' if v['ok'] else 'FAILED'} "
+            f"({v.get('entries')} entries, {v.get('hashed')} files hashed, {v.get('check_s')}s)")
         if not v["ok"]:
-            t.failed = "restore verification: " + "; ".join(v.get("problems") or [v.get("error", "")])
+            t.failed = "restore verification: " + "; ".join(v["problems"])
             t.results["error"] = t.failed
             log(f"!! {t.name}: {t.failed}")
     for t in tools:
@@ -602,62 +786,95 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
             shutil.rmtree(os.path.join(workdir, "restore", t.name), ignore_errors=True)
             shutil.rmtree(t.repo, ignore_errors=True)
             shutil.rmtree(t.state, ignore_errors=True)
-    return {"round": rnd, "order": order, "tools": {t.name: t.results for t in tools}}
+    return {"round": rnd, "order": order, "first": order[0], "tools": {t.name: t.results for t in tools},
+            # the corpus as each step found it (CPU per GiB divides by this)
+            "corpus_bytes": {"initial": before, "nochange": before, "mutated": after, "restore": after}}
 
 
 # ---------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------
 
-def summarize(rounds, tools):
+def step_cpu(x):
+    """CPU seconds of one step: the command's user+sys, plus the vault server's during the
+    step for the served rows (so work moved into the server is still counted)."""
+    return x["user_s"] + x["sys_s"] + (x["server"]["cpu_s"] if "server" in x else 0.0)
+
+
+def summarize(rounds, tools, corpus_bytes):
     """Per tool and metric: median, min, max over the rounds in which the tool succeeded
-    that far (a failed restore verification removes the restore timing)."""
+    that far (a failed restore verification removes the restore's figures), with the
+    number of those values whose command exited with a warning code. CPU per GiB divides
+    by the corpus as the step found it (the round's "corpus_bytes"), else by corpus_bytes."""
     summ = {}
     for tn in tools:
-        s = {}
-        vals = {m: [] for m in list(STEPS) + ["repo_mib", "rss_mib", "client_state_mib"]}
-        rss_by_step = {st: [] for st in STEPS}
-        cpu_by_step = {st: [] for st in STEPS}
+        per_step = {k: {st: [] for st in STEPS}
+                    for k in ("seconds", "rss", "cpu", "agent_cpu", "server_cpu", "server_rss", "cpu_per_gib")}
+        warned = {st: 0 for st in STEPS}
+        vals = {m: [] for m in ("repo_mib", "rss_mib", "client_state_mib", "server_rss_mib")}
+        by_position = {}
         for r in rounds:
             tr = r["tools"].get(tn)
             if not tr:
                 continue
+            counted = []
             for st in STEPS:
                 x = tr["steps"].get(st)
                 if x is None:
                     continue
                 if st == "restore" and not x.get("verify", {}).get("ok"):
                     continue
-                vals[st].append(x["seconds"])
-                rss_by_step[st].append(x["maxrss_mib"])
-                cpu_by_step[st].append(x["user_s"] + x["sys_s"])
+                counted.append(x)
+                warned[st] += bool(x.get("warning"))
+                per_step["seconds"][st].append(x["seconds"])
+                per_step["rss"][st].append(x["maxrss_mib"])
+                per_step["agent_cpu"][st].append(x["user_s"] + x["sys_s"])
+                per_step["cpu"][st].append(step_cpu(x))
+                gib = r.get("corpus_bytes", {}).get(st, corpus_bytes) / (1024 * MiB)
+                per_step["cpu_per_gib"][st].append(step_cpu(x) / gib)
+                if "server" in x:
+                    per_step["server_cpu"][st].append(x["server"]["cpu_s"])
+                    per_step["server_rss"][st].append(x["server"]["maxrss_mib"])
+                if st == "restore":
+                    by_position.setdefault(x["position"], []).append(x["seconds"])
             if "repo_bytes" in tr:
                 vals["repo_mib"].append(tr["repo_bytes"] / MiB)
                 vals["client_state_mib"].append(tr.get("client_state_bytes", 0) / MiB)
-            allrss = [x["maxrss_mib"] for x in tr["steps"].values()]
-            if allrss:
-                vals["rss_mib"].append(max(allrss))
-        for m, v in vals.items():
-            s[m] = stat(v)
-        s["rss_by_step"] = {st: stat(v) for st, v in rss_by_step.items()}
-        s["cpu_by_step"] = {st: stat(v) for st, v in cpu_by_step.items()}
+            if counted:
+                vals["rss_mib"].append(max(x["maxrss_mib"] for x in counted))
+            if any("server" in x for x in counted):
+                vals["server_rss_mib"].append(max(x["server"]["maxrss_mib"] for x in counted if "server" in x))
+        s = {st: stats_of(per_step["seconds"][st], warned[st]) for st in STEPS}
+        s.update({m: stats_of(v) for m, v in vals.items()})
+        for k, key in (("rss", "rss_by_step"), ("cpu", "cpu_by_step"), ("agent_cpu", "agent_cpu_by_step"),
+                       ("server_cpu", "server_cpu_by_step"), ("server_rss", "server_rss_by_step"),
+                       ("cpu_per_gib", "cpu_per_gib_by_step")):
+            s[key] = {st: stats_of(v) for st, v in per_step[k].items()}
+        s["restore_by_position"] = {str(p): stats_of(v) for p, v in sorted(by_position.items())}
+        s["warnings"] = sum(warned.values())
         summ[tn] = s
     return summ
 
 
-def stat(v):
+def stats_of(v, warnings=0):
     if not v:
         return None
-    return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+    out = {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+    if warnings:
+        out["warnings"] = warnings
+    return out
 
 
 def fmt_cell(st, digits):
+    """median (min–max), and ⚠N when N of the values came from a command's warning exit."""
     if not st:
         return "—"
-    med = f"{st['median']:.{digits}f}"
+    cell = f"{st['median']:.{digits}f}"
     if st["n"] > 1:
-        return f"{med} ({st['min']:.{digits}f}–{st['max']:.{digits}f})"
-    return med
+        cell += f" ({st['min']:.{digits}f}–{st['max']:.{digits}f})"
+    if st.get("warnings"):
+        cell += f" ⚠{st['warnings']}"
+    return cell
 
 
 def ratio(a, b):
@@ -666,50 +883,73 @@ def ratio(a, b):
     return f"{a['median'] / b['median']:.2f}"
 
 
-def markdown(summ, tools, rounds, meta):
-    cols = list(tools)
-    ratio_cols = [("strongroom", o) for o in ("restic", "borg") if "strongroom" in tools and o in tools]
+def ratio_columns(tools):
+    """(numerator, denominator) pairs: each strongroom row against each peer, served against embedded."""
+    cols = [(a, b) for a in ("strongroom", "strongroom-https") for b in ("restic", "borg")
+            if a in tools and b in tools]
     if "strongroom" in tools and "strongroom-https" in tools:
-        ratio_cols.append(("strongroom-https", "strongroom"))
-    head = ["metric"] + cols + [f"{a}/{b}" for a, b in ratio_cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        cols.append(("strongroom-https", "strongroom"))
+    return cols
 
-    def row(label, getter, digits):
-        cells = [label] + [fmt_cell(getter(summ[t]), digits) for t in cols]
+
+def table(summ, tools, rows, ratios=True):
+    """A Markdown table: rows are (label, getter on a tool's summary, digits)."""
+    ratio_cols = ratio_columns(tools) if ratios else []
+    head = ["metric"] + list(tools) + [f"{a}/{b}" for a, b in ratio_cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for label, getter, digits in rows:
+        cells = [label] + [fmt_cell(getter(summ[t]), digits) for t in tools]
         cells += [ratio(getter(summ[a]), getter(summ[b])) for a, b in ratio_cols]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
-    for st in STEPS:
-        row(STEP_LABEL[st], lambda s, st=st: s[st], 2)
-    row("repository size (MiB)", lambda s: s["repo_mib"], 1)
-    row("peak RSS (MiB, max over commands)", lambda s: s["rss_mib"], 0)
+
+def markdown(summ, tools, rounds, meta):
+    served = "strongroom-https" in tools
+    main_rows = [(STEP_LABEL[st], lambda s, st=st: s[st], 2) for st in STEPS]
+    main_rows += [("repository size (MiB)", lambda s: s["repo_mib"], 1),
+                  ("peak RSS (MiB, max over commands)", lambda s: s["rss_mib"], 0)]
+    if served:
+        main_rows.append(("peak RSS of the vault server (MiB, max over steps)", lambda s: s["server_rss_mib"], 0))
+    cpu_rows = [(f"{st} (CPU s/GiB)", lambda s, st=st: s["cpu_per_gib_by_step"][st], 2) for st in STEPS]
 
     c = meta["corpus"]
     out = [
-        f"Corpus: `bench/corpus.py create --small {c['small']} --scale {c['scale']}` "
+        f"Corpus: `bench/corpus.py create --meta --small {c['small']} --scale {c['scale']}` "
         f"({c['files']} files, {c['bytes'] / MiB:.1f} MiB before mutation); "
         f"{meta['rounds']} round(s); median (min–max) over rounds; warm page cache; "
         f"{meta['machine']['cpus']} CPUs, {meta['machine']['platform']}.",
         "",
-        *lines,
+        *table(summ, tools, main_rows),
         "",
-        "Ratios are strongroom's median divided by the peer's (below 1 = strongroom is faster/smaller).",
-        "Repository size is `du -sb` of the repository after the three backups.",
+        "Ratios are the first tool's median divided by the second's (below 1 = faster/smaller).",
+        "Repository size is `du -sb` of the repository after the three backups. ⚠N: N of the",
+        "values came from a command that exited with its tool's warning code (counted, flagged).",
+        "",
+        "CPU seconds (user+sys) per GiB of the corpus as the step found it"
+        + ("; strongroom-https: the agent's plus the vault server's during the step:" if served else ":"),
+        "",
+        *table(summ, tools, cpu_rows),
     ]
-    # details: CPU, per-step RSS, client-side state
-    det = ["| detail | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for st in STEPS:
-        det.append(f"| CPU user+sys, {st} (s) | " + " | ".join(fmt_cell(summ[t]["cpu_by_step"][st], 2) for t in cols) + " |")
-    for st in STEPS:
-        det.append(f"| peak RSS, {st} (MiB) | " + " | ".join(fmt_cell(summ[t]["rss_by_step"][st], 0) for t in cols) + " |")
-    det.append("| client-side cache/state (MiB) | " + " | ".join(fmt_cell(summ[t]["client_state_mib"], 1) for t in cols) + " |")
-    servers = [tr["server"] for r in rounds for tn, tr in r["tools"].items() if tr.get("server")]
-    if servers:
-        det.append("| strongroom-https: `vault serve` CPU over a round (s) / its peak RSS (MiB) | "
-                   + " | ".join(f"{statistics.median(x['cpu_s'] for x in servers):.1f} / "
-                                f"{max(x['maxrss_mib'] for x in servers):.0f}" if t == "strongroom-https" else ""
-                                for t in cols) + " |")
-    out += ["", "Details:", "", *det]
+    det_rows = [(f"CPU user+sys, {st} (s)", lambda s, st=st: s["cpu_by_step"][st], 2) for st in STEPS]
+    if served:
+        det_rows += [(f"of which the vault server, {st} (s)", lambda s, st=st: s["server_cpu_by_step"][st], 2)
+                     for st in STEPS]
+    det_rows += [(f"peak RSS, {st} (MiB)", lambda s, st=st: s["rss_by_step"][st], 0) for st in STEPS]
+    if served:
+        det_rows += [(f"vault server peak RSS, {st} (MiB)", lambda s, st=st: s["server_rss_by_step"][st], 0)
+                     for st in STEPS]
+    det_rows.append(("client-side cache/state (MiB)", lambda s: s["client_state_mib"], 1))
+    positions = sorted({p for t in tools for p in summ[t]["restore_by_position"]}, key=int)
+    det_rows += [(f"full restore, #{p} of the round's restores (s)",
+                  lambda s, p=p: s["restore_by_position"].get(p), 2) for p in positions]
+    out += ["", "Details:", "", *table(summ, tools, det_rows, ratios=False)]
+    out += ["", "Order of the tools in each round (the first one starts every step):", ""]
+    out += [f"- round {r['round']}: {', '.join(r['order'])}" for r in rounds]
+    left_out = never_first(tools, len(rounds))
+    if left_out:
+        out.append(f"- with {len(rounds)} rounds, {', '.join(left_out)} never started a round "
+                   f"(run --rounds {len(tools)} or more for every tool to start one)")
 
     if "strongroom" in tools:
         sr = ["| strongroom --json stats | bytes_read (MiB) | bytes_added (MiB) | files new/changed/unchanged |",
@@ -726,6 +966,13 @@ def markdown(summ, tools, rounds, meta):
                           f"{s.get('files_new')}/{s.get('files_changed')}/{s.get('files_unchanged')} |")
         out += ["", *sr]
 
+    warns = [(r["round"], tn, st, x) for r in rounds for tn, tr in r["tools"].items()
+             for st, x in tr["steps"].items() if x.get("warning")]
+    if warns:
+        out += ["", "Warning exits (counted as completed, flagged ⚠ above):", ""]
+        for rnd, tn, st, x in warns:
+            last = (x.get("warning_text") or "").strip().splitlines()
+            out.append(f"- round {rnd}, {tn}, {st}: exit {x['rc']}: `{last[-1] if last else ''}`")
     errs = [(r["round"], tn, tr["error"]) for r in rounds for tn, tr in r["tools"].items() if tr.get("error")]
     if errs:
         out += ["", "Failures:", ""]
@@ -742,11 +989,10 @@ def main():
     ap.add_argument("--workdir", default=os.path.join(HERE, "work"))
     ap.add_argument("--small", type=int, default=50_000, help="number of small files in the corpus")
     ap.add_argument("--scale", type=float, default=1.0, help="scale of the large files (1.0 = 1.5 GiB)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds (default: the number of tools, at least 3, so every tool starts one)")
     ap.add_argument("--tools", default=",".join(ALL_TOOLS))
     ap.add_argument("--strongroom-bin", default=None, help="strongroom executable (default: venv / PATH)")
-    ap.add_argument("--verify", choices=("sample", "full"), default="sample",
-                    help="restore check: paths+sizes and sha256 of a sample (default) or of every file")
     ap.add_argument("--timeout", type=float, default=3600, help="per-command timeout in seconds")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restored trees")
     ap.add_argument("--reuse-corpus", action="store_true",
@@ -757,6 +1003,12 @@ def main():
     bad = [t for t in tools if t not in ALL_TOOLS]
     if bad or not tools:
         ap.error(f"unknown tools {bad}; choose from {','.join(ALL_TOOLS)}")
+    if args.rounds is None:
+        args.rounds = max(3, len(tools))
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if never_first(tools, args.rounds):
+        log(f"note: with {args.rounds} rounds, {', '.join(never_first(tools, args.rounds))} never starts a round")
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
 
@@ -770,9 +1022,9 @@ def main():
     if os.path.exists(os.path.join(workdir, "logs")):
         shutil.rmtree(os.path.join(workdir, "logs"))
 
-    corpus, cstate = prepare_corpus(workdir, args.small, args.scale, args.reuse_corpus)
+    corpus, cstate = prepare_corpus(workdir, args.small, args.scale, args.reuse_corpus, meta=True)
     cstate["base_gen"] = cstate.get("gen", 0)
-    man = tree_manifest(corpus)
+    files, nbytes = corpus_totals(corpus)
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": vars(args),
@@ -781,8 +1033,7 @@ def main():
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "corpus": {"path": corpus, "small": args.small, "scale": args.scale, "seed": SEED,
                    "start_generation": cstate["base_gen"],
-                   "files": sum(1 for k, _ in man.values() if k == "f"),
-                   "bytes": sum(s for k, s in man.values() if k == "f")},
+                   "files": files, "bytes": nbytes},
         "rounds": args.rounds,
     }
     log(f"corpus: {meta['corpus']['files']} files, {meta['corpus']['bytes'] / MiB:.1f} MiB; tools {tools}")
@@ -792,11 +1043,11 @@ def main():
     res_md = os.path.join(workdir, "results.md")
     for rnd in range(1, args.rounds + 1):
         rounds.append(run_round(rnd, args, tools, corpus, cstate, workdir))
-        summ = summarize(rounds, tools)
+        summ = summarize(rounds, tools, nbytes)
         with open(res_json, "w") as f:  # written after every round, so a crash keeps what was measured
             json.dump({"meta": meta, "summary": summ, "rounds": rounds}, f, indent=1)
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    summ = summarize(rounds, tools)
+    summ = summarize(rounds, tools, nbytes)
     md = markdown(summ, tools, rounds, meta)
     with open(res_json, "w") as f:
         json.dump({"meta": meta, "summary": summ, "rounds": rounds}, f, indent=1)

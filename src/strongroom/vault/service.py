@@ -344,25 +344,25 @@ class VaultService:
         if row is None or row.machine_id != machine_id:
             raise VaultError(f"no point {base} of this machine to take the refs from; send them all")
         uid = self.machine_uid(machine_id)
-        made = reflist.apply_delta(reflist.ids(self.point_refs(uid, base)), reflist.ids(reflist.rechunk(removed)),
+        made = reflist.apply_delta(self.point_refs(uid, base), reflist.ids(reflist.rechunk(removed)),
                                    reflist.ids(self._present(machine_id, added)))
         seen = 0
 
         def counted() -> Iterator[bytes]:
             nonlocal seen
-            for chunk in reflist.chunked(made):
+            for chunk in reflist.rechunk(made):
                 seen += len(chunk) // reflist.ID_SIZE
                 yield chunk
             if seen != count:
                 raise VaultError(f"the point's refs made from point {base} number {seen}, not the {count} "
                                  "the agent expects; send them all")
         return self.add_point(machine_id, kind, mode, stats, manifest, counted(), point_id, retain_until_ns,
-                              present_checked=True)
+                              from_delta=True)
 
     def add_point(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any],
                   manifest: bytes, refs: Iterable[bytes], point_id: str | None = None,
                   retain_until_ns: int | None = None, created_ns: int | None = None,
-                  present_checked: bool = False) -> PointRecord:
+                  from_delta: bool = False) -> PointRecord:
         """Records a point after checking that every blob it references is this machine's and
         in the vault. `refs` are the blob IDs, ascending, in pieces of any size (streamed:
         a point has no size limit). The agent may choose the ID, so that a retried request
@@ -385,8 +385,10 @@ class VaultService:
         fd, spool = tempfile.mkstemp(prefix=".refs-", dir=self.spool_dir())
         try:
             with os.fdopen(fd, "wb") as out:
-                count, checksum = reflist.write_refs(refs if present_checked else self._present(machine_id, refs),
-                                                     out)
+                # A delta's refs were checked on their way in (add_point_delta): only the IDs it
+                # added were looked up, and its order holds by construction.
+                count, checksum = reflist.write_refs(refs if from_delta else self._present(machine_id, refs),
+                                                     out, ordered=from_delta)
             self.storage.put_file(records.refs_object(uid, pid), Path(spool))
         finally:
             Path(spool).unlink(missing_ok=True)
