@@ -85,7 +85,7 @@ _QUEUED_STEPS = 512
 # reader's bound on all prefetched bytes).
 _AHEAD_GROUP = 8
 _AHEAD_BYTES = 4 * 1024 * 1024
-_AHEAD_GROUPS = 3  # groups fetched (or being fetched) ahead of the walk, beyond its own
+_AHEAD_GROUPS = 2  # groups fetched (or being fetched) ahead of the walk, beyond its own
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -154,7 +154,7 @@ class Restore:
         workers = min(8, (os.cpu_count() or 2) + 1)
         with (_few_collections(), ThreadPoolExecutor(workers, thread_name_prefix="writer") as self.pool,
               ThreadPoolExecutor(2, thread_name_prefix="small") as self.small_pool,
-              ThreadPoolExecutor(2, thread_name_prefix="fetch") as self.fetcher):
+              ThreadPoolExecutor(1, thread_name_prefix="fetch") as self.fetcher):
             try:
                 for parts, parents, entry in selections:
                     self._restore_selection(parts, parents, entry)
