@@ -40,6 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from strongroom import chunker
+from strongroom.agent.arenas import cap_arenas
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
     DIR_FLAGS,
@@ -151,6 +152,7 @@ class Restore:
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
         """Each selection: the path components, the entries of its parent dirs, and its entry."""
         self.root_fd = root_fd
+        cap_arenas()  # before the writers start: each thread's own arena would keep MiBs freed
         workers = min(8, (os.cpu_count() or 2) + 1)
         with (_few_collections(), ThreadPoolExecutor(workers, thread_name_prefix="writer") as self.pool,
               ThreadPoolExecutor(2, thread_name_prefix="small") as self.small_pool,
