@@ -12,6 +12,8 @@ other with a warm page cache for the corpus and a cold one for the mount (fresh 
 2. a fresh mount; `find POINT -type f | wc -l` over the latest point;
 3. in that mount, `cat` of every file (`find -type f -print0 | xargs -0 cat`): time and
    throughput;
+   for 2 and 3 also the CPU seconds (user + system) of the mount process, which other work
+   on a shared machine hardly moves;
 4. the peak RSS of the mount process (VmHWM) after all that.
 
 restic is installed from Debian when missing (root only). Prints a Markdown table; the
@@ -38,6 +40,14 @@ def proc_field(pid, name, fname="status"):
             if line.startswith(name):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process and its threads so far (/proc/PID/stat): unlike
+    wall-clock time, hardly moved by other work on a shared machine."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mounted_ok(mnt, probe):
@@ -156,14 +166,16 @@ def measure(tool, corpus, largest):
         r["middle_read_fetched"] = json.loads(out)["bytes_fetched"]
 
     tool.start()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(tool.proc.pid), time.perf_counter()
     found = subprocess.run(f"find '{tool.point()}' -type f | wc -l", shell=True, capture_output=True, text=True,
                            check=True)
     r["find_s"] = time.perf_counter() - t0
+    r["find_cpu_s"] = cpu_seconds(tool.proc.pid) - c0
     r["files"] = int(found.stdout.strip())
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(tool.proc.pid), time.perf_counter()
     subprocess.run(f"find '{tool.point()}' -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True)
     r["cat_s"] = time.perf_counter() - t0
+    r["cat_cpu_s"] = cpu_seconds(tool.proc.pid) - c0
     r["rss_mib"] = proc_field(tool.proc.pid, "VmHWM") / 1024
     tool.stop()
     return r
@@ -193,6 +205,9 @@ def main():
     for tool in runners:
         log(f"{tool.name}: backing up the corpus (not timed)")
         tool.setup()
+    # The backups' writes reach the disk before anything is timed (else the first tool measured
+    # competes with the last one's writeback).
+    os.sync()
     for tool in runners:
         log(f"{tool.name}: mounting and measuring")
         results[tool.name] = measure(tool, corpus, largest)
@@ -200,8 +215,10 @@ def main():
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _s, fs in os.walk(corpus) for f in fs)
     with open(os.path.join(args.workdir, "mount-results.json"), "w") as f:
         json.dump({"corpus_bytes": total, "largest": largest, "results": results}, f, indent=1)
-    rows = [("find -type f | wc -l (s)", "find_s", "{:.2f}"), ("files found", "files", "{}"),
+    rows = [("find -type f | wc -l (s)", "find_s", "{:.2f}"),
+            ("  CPU seconds of the mount process for it", "find_cpu_s", "{:.2f}"), ("files found", "files", "{}"),
             ("cat every file (s)", "cat_s", "{:.1f}"),
+            ("  CPU seconds of the mount process for it", "cat_cpu_s", "{:.2f}"),
             ("cat throughput (MiB/s)", None, None),
             ("1 MiB at the middle of the largest file (s)", "middle_read_s", "{:.3f}"),
             ("  bytes read by the mount process for it (MiB)", "middle_read_rchar", None),

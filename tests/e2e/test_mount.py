@@ -433,3 +433,108 @@ def test_a_stdin_point_reads_through_the_mount(registered, tmp_path):
         assert (mnt / "by-id" / point / "db.sql").read_bytes() == data
         subprocess.run(sr.cmd + ["unmount", str(mnt)], env=sr.env(), check=True, capture_output=True)
     finish(proc)
+
+
+def test_a_folder_whose_tree_fails_fails_alone(registered, tmp_path):
+    """Listing a folder reads the trees of the folders below it ahead: one of those that is
+    missing from the vault or is no tree fails only its own listing (EIO), never its parent's
+    or a sibling's."""
+    from test_safety import _entry, _plant_point
+
+    def entries(blob, tree):
+        text = blob(b"intact\n")
+        deeper = tree([_entry(b"leaf.txt", s=7, c=[text], cl=[7])])
+        good = tree([_entry(b"ok.txt", s=7, c=[text], cl=[7]), _entry(b"deeper", "d", tree=deeper)])
+        return [
+            _entry(b"a-good", "d", tree=good),
+            _entry(b"b-missing", "d", tree=b"\x5a" * 32),  # no such blob in the vault
+            _entry(b"c-not-a-tree", "d", tree=blob(b"plain data, not a tree")),
+            _entry(b"d-good", "d", tree=good),
+        ]
+
+    _plant_point(registered.home, entries)
+    mnt = tmp_path / "mnt"
+    with mounted(registered, mnt) as proc:
+        root = mnt / "by-id" / "0bad0bad0bad0bad"
+        assert sorted(os.listdir(root)) == ["a-good", "b-missing", "c-not-a-tree", "d-good"]
+        for name in ("b-missing", "c-not-a-tree"):
+            with pytest.raises(OSError) as caught:
+                os.listdir(root / name)
+            assert caught.value.errno == errno.EIO, name
+        for name in ("a-good", "d-good"):
+            assert (root / name / "deeper" / "leaf.txt").read_bytes() == b"intact\n"
+        registered.run("unmount", mnt)
+    summary = finish(proc)
+    assert summary["read_errors"] == 2, proc.err
+    assert "by-id/0bad0bad0bad0bad/b-missing: blob 5a5a5a5a5a5a5a5a is not in the vault" in proc.err, proc.err
+
+
+def test_read_ahead_bounds_list_every_folder(registered, tmp_path, monkeypatch):
+    """The folders below a listed one are listed ahead within bounds, and those left at the
+    edge start the next read-ahead: with tiny bounds every folder of a wide and deep tree still
+    lists exactly its own entries, in the order find visits them and in any other."""
+    from conftest import PASSPHRASE
+
+    from strongroom.agent import mount_fs
+    from strongroom.agent.home import AgentHome
+    from strongroom.agent.mount_content import BlobSource, CachingReader
+    from strongroom.agent.pointbook import PointBook
+
+    src = tmp_path / "src"
+    for i in range(6):
+        for j in range(4):
+            leaf = src / f"d{i}" / f"e{j}" / "f" / "g"
+            leaf.mkdir(parents=True)
+            (leaf / f"file{i}{j}").write_text(f"{i}{j}\n")
+    registered.backup(src)
+    agent = AgentHome(registered.home)
+    vault = agent.vault()
+    key = agent.master_key(PASSPHRASE)
+    monkeypatch.setattr(mount_fs, "_TREES_AHEAD", 3)
+    monkeypatch.setattr(mount_fs, "_FRONTIER", 5)
+
+    def walk(fs, node, path: Path, reverse: bool) -> int:
+        kids = fs._kids(node)
+        assert sorted(kids) == sorted(p.name.encode() for p in path.iterdir()), path
+        listed = 1
+        for name, ino in sorted(kids.items(), reverse=reverse):
+            kid = fs.nodes[ino]
+            if kid.entry["t"] == mount_fs.DIR:
+                listed += walk(fs, kid, path / name.decode(), reverse)
+            else:
+                assert kid.entry["s"] == (path / name.decode()).stat().st_size
+        return listed
+
+    for reverse in (False, True):
+        reader = CachingReader(vault, key, None, None)
+        fs = mount_fs.PointsFS(PointBook(agent, vault, key, None), reader, BlobSource(reader), print)
+        fs.refresh(force=True)
+        assert fs.local  # an embedded vault: answered one request at a time
+        node = fs.nodes[fs.point_root[next(iter(fs.points))]]
+        for part in src.parts[1:]:
+            node = fs.nodes[fs._kids(node)[part.encode()]]
+        # Listing its parent listed src and some of its subfolders ahead.
+        assert node.kids is not None and any(fs.nodes[i].kids is not None for i in node.kids.values())
+        assert walk(fs, node, src, reverse) == 1 + 6 + 6 * 4 * 3
+        assert len(fs.frontier) <= 5
+
+
+def test_the_kernel_reads_a_blob_ahead_in_one_request(registered, tmp_path):
+    """As root the mount raises its read-ahead from the kernel's 128 KiB to 1 MiB (about a
+    blob: one request instead of eight), after the kernel's INIT, which would lower it again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3 * MiB)
+    (src / "f.bin").write_bytes(data)
+    point = registered.backup(src)["id"]
+    mnt = tmp_path / "mnt"
+    with mounted(registered, mnt) as proc:
+        with open("/proc/self/mountinfo") as table:
+            device = next(line.split()[2] for line in table if line.split()[4] == str(mnt))
+        deadline = time.monotonic() + 10
+        while Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() != "1024":
+            assert time.monotonic() < deadline, "the read-ahead stayed at the kernel's default"
+            time.sleep(0.05)
+        assert in_point(mnt, point, src / "f.bin").read_bytes() == data
+        registered.run("unmount", mnt)
+    assert finish(proc)["read_errors"] == 0

@@ -84,7 +84,9 @@ class KnownBlobs:
     def stored(self, blob_ids: list[bytes]) -> None:
         """Blobs of a pack the vault has just stored and indexed: known from now on."""
         with self.lock:
+            self.db.execute("BEGIN")  # one commit per pack, not per blob
             self.db.executemany("INSERT OR IGNORE INTO known (id) VALUES (?)", ((i,) for i in blob_ids))
+            self.db.execute("COMMIT")
 
     def caught_up(self, vault: Vault) -> None:
         """After a backup's packs have all landed: moves the set's seq to the vault's current

@@ -295,6 +295,9 @@ class FileContent:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
+        if self.extents and self.extents[0][0] == 0 and self.extents[0][1] >= end and not self.extents[0][2]:
+            # All data here (no hole): the pieces of the blobs, copied once.
+            return self._data(get, offset, end - offset)
         out = bytearray(end - offset)  # zeros: holes and anything past the data
         for ext_off, ext_len, data_off in self.extents:
             lo, hi = max(offset, ext_off), min(end, ext_off + ext_len)
@@ -303,12 +306,12 @@ class FileContent:
         return bytes(out)
 
     def _data(self, get: Callable[[bytes, int], bytes], at: int, size: int) -> bytes:
-        """`size` bytes of the blobs back to back, from `at`."""
+        """`size` bytes of the blobs back to back, from `at` (one copy of the bytes asked for)."""
         pieces = []
         i = bisect.bisect_right(self.starts, at) - 1
         while size > 0 and i < len(self.ids):
-            blob = get(self.ids[i], self.starts[i + 1] - self.starts[i])
-            piece = blob[at - self.starts[i]:at - self.starts[i] + size]
+            blob = memoryview(get(self.ids[i], self.starts[i + 1] - self.starts[i]))
+            piece = blob[at - self.starts[i]:at - self.starts[i] + size]  # a view: joined below
             pieces.append(piece)
             at, size, i = at + len(piece), size - len(piece), i + 1
         return b"".join(pieces)

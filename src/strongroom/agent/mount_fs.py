@@ -41,31 +41,52 @@ _POINT_TIMEOUT = 3600.0  # a point's contents never change
 _REFRESH_SECONDS = 2.0
 _READ_AHEAD_BYTES = 4 * 1024 * 1024  # small files fetched with the first one read in a folder
 _READ_AHEAD_FILES = 256
-_SUBTREES_AHEAD = 64
+# Folders below one listed from the vault, listed ahead breadth first: `find`, `ls -R` and
+# `cp -r` list them next, and then need no thread and no request each. Bounded by count and
+# by their trees' sealed bytes per read-ahead. A folder looked up in (opening a path) reads
+# ahead _LOOKUP_AHEAD_BYTES; one read (a walk) reads ahead from _WALK_AHEAD_BYTES, each next
+# time twice as much, up to _TREES_AHEAD_BYTES. The folders left at the edge of a read-ahead
+# (at most _FRONTIER) start the next one.
+_TREES_AHEAD = 512
+_LOOKUP_AHEAD_BYTES = 16 * 1024
+_WALK_AHEAD_BYTES = 64 * 1024
+_TREES_AHEAD_BYTES = 1024 * 1024
+_FRONTIER = 4096
 _TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO,
               CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}
 T = TypeVar("T")
 
 
 _INT_FIELDS = ("m", "u", "g", "mt", "at", "ct", "s", "r")
+_INT_LOW, _INT_HIGH = -2**63, 2**63
+_ABSENT = object()
 
 
 def _shown(e: Any) -> bool:
     """Whether a tree entry has a safe name and well-formed attributes (a malformed one, which
-    only a hostile or broken writer makes, is left out rather than failing its whole folder)."""
-    if not isinstance(e, dict) or not isinstance(e.get("n"), bytes) or not is_safe_name(e["n"]):
+    only a hostile or broken writer makes, is left out rather than failing its whole folder).
+    Runs once per entry of every folder listed: written as plain tests and a loop (about half
+    the time of the same checks with isinstance and a generator)."""
+    if not isinstance(e, dict):
         return False
-    if e.get("t") not in _TYPE_BITS or not isinstance(e.get("m"), int) or not isinstance(e.get("mt"), int):
+    name = e.get("n")
+    if type(name) is not bytes or not is_safe_name(name):
         return False
-    if any(k in e and (not isinstance(e[k], int) or isinstance(e[k], bool) or not -2**63 <= e[k] < 2**63)
-           for k in _INT_FIELDS):
+    kind = e.get("t")
+    if kind not in _TYPE_BITS or type(e.get("m")) is not int or type(e.get("mt")) is not int:
         return False
-    if e["t"] == SYMLINK and not isinstance(e.get("l"), bytes):
+    for k in _INT_FIELDS:  # exactly int (not bool), within 64 bits
+        v = e.get(k, _ABSENT)
+        if v is not _ABSENT and (type(v) is not int or not _INT_LOW <= v < _INT_HIGH):
+            return False
+    if kind == SYMLINK and type(e.get("l")) is not bytes:
         return False
-    if e["t"] == DIR and "tree" in e and not isinstance(e["tree"], bytes):
+    if kind == DIR and "tree" in e and type(e["tree"]) is not bytes:
         return False
-    xattrs = e.get("x", {})
-    return isinstance(xattrs, dict) and all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in xattrs.items())
+    xattrs = e.get("x", _ABSENT)
+    if xattrs is _ABSENT:
+        return True
+    return isinstance(xattrs, dict) and all(type(k) is bytes and type(v) is bytes for k, v in xattrs.items())
 
 
 def guarded(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -121,6 +142,10 @@ class PointsFS(pyfuse3.Operations):
         self.date_links: list[tuple[bytes, int]] = []
         self.links: dict[tuple[str, int, int], int] = {}  # (point, st_dev, st_ino) -> inode
         self.date_inos: dict[str, int] = {}  # point id -> inode of its by-date link
+        self.frontier: list[Node] = []  # folders an earlier read-ahead left unlisted at its edge
+        self.walk_ahead = _WALK_AHEAD_BYTES  # the bound of the next read-ahead of a walk
+        self.serial = False  # requests answered one at a time: vault work needs no thread
+        self.initialized = False  # the kernel's INIT answered
         self.contents: dict[int, FileContent] = {}  # open files
         self.open_count: dict[int, int] = {}
         self.refreshed = 0.0
@@ -130,6 +155,17 @@ class PointsFS(pyfuse3.Operations):
         for ino in (ROOT, BY_ID, BY_DATE):
             self.nodes[ino] = Node(ino, None, synthetic)
         self.nodes[LATEST] = Node(LATEST, None, {**synthetic, "t": SYMLINK, "m": 0o777}, b"")
+
+    def init(self) -> None:
+        """Called by pyfuse3 while it answers the kernel's INIT (mount.serve waits for it)."""
+        self.initialized = True
+
+    @property
+    def local(self) -> bool:
+        """Whether the vault is on a local disk (embedded): its reads take micro- to
+        milliseconds, so requests are answered one at a time (see mount.serve, which sets
+        `serial` when it does so)."""
+        return str(getattr(self.reader.vault, "url", "")).startswith("file:")
 
     # -- the list of points -----------------------------------------------------------------
 
@@ -174,8 +210,9 @@ class PointsFS(pyfuse3.Operations):
 
     # -- folders ----------------------------------------------------------------------------
 
-    def _kids(self, node: Node) -> dict[bytes, int]:
-        """The children of a folder (name -> inode, in order), listed once from its tree (blocking)."""
+    def _kids(self, node: Node, walk: bool = True) -> dict[bytes, int]:
+        """The children of a folder (name -> inode, in order), listed once from its tree
+        (blocking); `walk`: it is read (else looked up in), so read further ahead."""
         if node.ino == ROOT:
             return {b"by-date": BY_DATE, b"by-id": BY_ID, **({b"latest": LATEST} if self.points else {})}
         if node.ino == BY_ID:
@@ -184,15 +221,59 @@ class PointsFS(pyfuse3.Operations):
             return dict(self.date_links)
         if node.kids is None:
             entries = self.reader.tree(node.entry["tree"]) if node.entry.get("tree") else []
-            # The subfolders' trees come along (one request to a served vault): `find`, `ls -R`
-            # and `cp -r` go there next, and then need no thread to list them.
-            subtrees = [e["tree"] for e in entries if e.get("t") == DIR and e.get("tree")][:_SUBTREES_AHEAD]
-            self.reader.prefetch(subtrees)
-            for tree_id in subtrees:
-                self.reader.tree(tree_id)
-            self.reader.drop(subtrees)  # any that another thread had decoded meanwhile: not held
             self._set_kids(node, entries)
+            try:
+                self._list_ahead(node, walk)
+            except Exception:  # noqa: BLE001 - only a read-ahead: each folder's own listing reports its failure
+                pass
         return node.kids  # type: ignore[return-value]
+
+    def _list_ahead(self, node: Node, walk: bool) -> None:
+        """Lists the folders below `node` ahead, breadth first, a level per request, with those
+        an earlier read-ahead left unlisted at its edge (else each would cost `find` a thread
+        and a request of its own). Bounded: see _TREES_AHEAD. A folder whose tree fails is
+        skipped: its own listing reports it."""
+        with self.lock:
+            todo, self.frontier = self._folders_in(node) + self.frontier, []
+            bound = self.walk_ahead if walk else _LOOKUP_AHEAD_BYTES
+            if walk:
+                self.walk_ahead = min(2 * self.walk_ahead, _TREES_AHEAD_BYTES)
+        fetched = size = 0
+        while todo and fetched < _TREES_AHEAD and size < bound:
+            # Located before they are chosen, by size: no more than could fit (a tree's blob
+            # takes a KiB or more), since locating reads the vault's catalog.
+            head = todo[:min(_TREES_AHEAD - fetched, max(1, (bound - size) // 1024))]
+            self.reader.locate([n.entry["tree"] for n in head if n.kids is None and n.entry.get("tree")])
+            batch = []
+            for folder in head:  # as many as the bound takes (at least one)
+                loc = self.reader.locations.get(folder.entry.get("tree", b""))
+                length = loc.length if loc is not None and folder.kids is None else 0
+                if batch and size + length > bound:
+                    break
+                batch.append(folder)
+                size += length
+            todo = todo[len(batch):]
+            ids = [n.entry["tree"] for n in batch if n.kids is None and n.entry.get("tree")]
+            self.reader.prefetch(ids)  # one request (a few MiB each) to a served vault
+            for folder in batch:
+                if folder.kids is not None:
+                    continue
+                try:
+                    entries = self.reader.tree(folder.entry["tree"]) if folder.entry.get("tree") else []
+                except StrongroomError:
+                    continue
+                self._set_kids(folder, entries)
+                todo.extend(self._folders_in(folder))
+                fetched += 1
+            self.reader.drop(ids)  # any not decoded (failed, or decoded meanwhile by another thread)
+        with self.lock:
+            self.frontier = (todo + self.frontier)[:_FRONTIER]
+
+    def _folders_in(self, node: Node) -> list[Node]:
+        """The subfolders of a listed folder that are not listed yet."""
+        nodes = self.nodes
+        return [kid for kid in (nodes[i] for i in (node.kids or {}).values())
+                if kid.kids is None and kid.entry["t"] == DIR]
 
     def _set_kids(self, node: Node, entries: list[Entry]) -> None:
         with self.lock:
@@ -239,8 +320,12 @@ class PointsFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)  # pruned or deleted while mounted
 
     async def _blocking(self, node: Node, fn: Callable[..., T], *args: Any) -> T:
-        """Runs vault work in a thread, so other requests go on; failures become EIO."""
+        """Runs vault work in a thread, so other requests go on; failures become EIO. On a local
+        disk it runs in place: requests are answered one at a time there (see `local`), so a
+        thread would only add two hand-overs to each."""
         try:
+            if self.serial:
+                return fn(*args)
             return await trio.to_thread.run_sync(fn, *args)
         except pyfuse3.FUSEError:
             raise
@@ -264,29 +349,36 @@ class PointsFS(pyfuse3.Operations):
     # -- attributes -------------------------------------------------------------------------
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        # Every field was checked by _shown (plain ints): no conversions. Called for every
+        # entry of every folder listed (readdirplus), so kept to plain lookups.
         e = node.entry
+        get = e.get
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         kind = e["t"]
-        a.st_mode = _TYPE_BITS[kind] | (int(e.get("m", 0)) & 0o7777)
-        a.st_nlink = 2 if "h" in e and kind != DIR else 1  # dirs: 1 means "not counted" to find
-        a.st_uid, a.st_gid = int(e.get("u", 0)), int(e.get("g", 0))
+        a.st_mode = _TYPE_BITS[kind] | (e["m"] & 0o7777)
+        a.st_nlink = 2 if kind != DIR and "h" in e else 1  # dirs: 1 means "not counted" to find
+        a.st_uid = get("u", 0)
+        a.st_gid = get("g", 0)
         if node.target is not None:
             size = len(node.target)
+        elif kind == FILE:
+            size = get("s", 0)
+            # what the data holds: a sparse file looks sparse to cp and du
+            a.st_blocks = ((sum(get("cl", ())) if "sp" in e else size) + 511) // 512
         elif kind == SYMLINK:
-            size = len(e.get("l", b""))
+            size = len(get("l", b""))
         else:
-            size = int(e.get("s", 0)) if kind == FILE else 0
+            size = 0
         a.st_size = size
-        a.st_rdev = int(e.get("r", 0))
-        mtime = int(e.get("mt", 0))
-        a.st_mtime_ns, a.st_atime_ns, a.st_ctime_ns = mtime, int(e.get("at", mtime)), int(e.get("ct", mtime))
+        a.st_rdev = get("r", 0)
+        mtime = e["mt"]
+        a.st_mtime_ns = mtime
+        a.st_atime_ns = get("at", mtime)
+        a.st_ctime_ns = get("ct", mtime)
         a.st_blksize = 4096
-        if kind == FILE:  # what the data holds: a sparse file looks sparse to cp and du
-            data = sum(e.get("cl", ())) if "sp" in e else size
-            a.st_blocks = (data + 511) // 512
-        timeout = _TOP_TIMEOUT if node.point is None or node.ino == self.point_root.get(node.point) else _POINT_TIMEOUT
-        a.attr_timeout = a.entry_timeout = timeout
+        a.attr_timeout = a.entry_timeout = (
+            _TOP_TIMEOUT if node.point is None or node.parent is None else _POINT_TIMEOUT)
         return a
 
     @guarded
@@ -301,12 +393,12 @@ class PointsFS(pyfuse3.Operations):
         self._check_live(parent)
         if name == b".":
             return self._attrs(parent)
-        ino = (await self._kids_of(parent)).get(name)
+        ino = (await self._kids_of(parent, walk=False)).get(name)
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attrs(self.nodes[ino])
 
-    async def _kids_of(self, node: Node) -> dict[bytes, int]:
+    async def _kids_of(self, node: Node, walk: bool = True) -> dict[bytes, int]:
         # A folder listed before needs no thread: most lookups and readdirs are of those.
         if node.kids is not None:
             return node.kids
@@ -316,7 +408,7 @@ class PointsFS(pyfuse3.Operations):
             if cached is not None:  # its tree came with its parent's: no thread, no fetch
                 self._set_kids(node, cached[0])
                 return node.kids  # type: ignore[return-value]
-        return await self._blocking(node, self._kids, node)
+        return await self._blocking(node, self._kids, node, walk)
 
     @guarded
     async def readlink(self, inode: int, ctx: Any) -> bytes:
