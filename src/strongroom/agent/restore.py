@@ -8,20 +8,39 @@ first), never by name, so a user who can write the target and races the restore 
 it change another file (fsmeta).
 Files are written by a thread pool; a directory's own metadata is set once its contents
 are in place. An entry that cannot be restored is reported and the rest goes on.
+
+Pipeline, in named stages (why it is shaped so: one Python thread walking and writing
+50,000 small files left the second core idle, and waiting at the end of each folder for its
+large files serialised the two kinds):
+- walk (the calling thread): reads trees, resolves conflicts, fetches and decodes small
+  files' content a window at a time, makes every new large file (O_EXCL) itself;
+- small writers (`small` pool): make, write and set the metadata of small files, a batch of
+  one folder's files per task, from content the walk decoded (syscalls release the GIL, so
+  they overlap the walk's Python work);
+- large writers (`writer` pool): fetch, decode and write large files' content into the
+  descriptor the walk opened, and set their metadata.
+The walk does not wait at the end of each folder: it goes on while the work handed off stays
+under a bound (files, batches, bytes), and a folder's own metadata is set once everything
+that makes names in it has finished (a queue in order). Nothing is fsynced per file: a
+restore killed half-way leaves files of mode 0600 whose content or times are not yet set,
+and folders without their metadata, which a rerun with `--conflict overwrite` replaces.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from strongroom import chunker
+from strongroom.agent.arenas import cap_arenas
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
     DIR_FLAGS,
@@ -46,9 +65,28 @@ from strongroom.model import (
     display_path,
     is_safe_name,
 )
+from strongroom.testhook import hook
 
 CONFLICTS = ("copy", "overwrite", "skip")
 _SMALL_WINDOW = 256  # small files whose content is fetched in one go
+# New large files whose content is being written (or waits for a writer) while the walk goes
+# on: each holds two descriptors and no data until a writer takes it, so memory stays bounded
+# by the writers' batches.
+_IN_FLIGHT = 64
+# Small files go to a writer a batch at a time (one hop per batch, not per file), with their
+# decoded content: a batch closes at this many files or bytes, and the walk waits once this
+# many bytes or queued steps are handed off.
+_BATCH_FILES = 64
+_BATCH_BYTES = 2 * 1024 * 1024
+_BATCHES_HELD_BYTES = 12 * 1024 * 1024
+_QUEUED_STEPS = 512
+# Look-ahead into subfolders: a served vault answers each request in a round trip, so the
+# subfolders' blobs are located, and their small files fetched, a group of subfolders at a
+# time by a fetch thread while the walk writes (bounded: bytes fetched per group, and the
+# reader's bound on all prefetched bytes).
+_AHEAD_GROUP = 8
+_AHEAD_BYTES = 4 * 1024 * 1024
+_AHEAD_GROUPS = 2  # groups fetched (or being fetched) ahead of the walk, beyond its own
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -104,15 +142,40 @@ class Restore:
         # hardlink group -> where its first file went, and its (st_dev, st_ino)
         self.links: dict[tuple[int, int], tuple[bytes, tuple[int, int]]] = {}
         self.first_links: dict[tuple[int, int], Future | Finished] = {}
+        self.pending: deque[tuple[bytes, Future]] = deque()  # detached large files, oldest first
+        # Steps that make names in folders (small-file batches, workers' jobs) and folders'
+        # metadata, in order: a folder's metadata comes after all that was queued before it.
+        self.queued: deque[Callable[[], None]] = deque()
+        self.held = 0  # bytes of decoded content in queued batches
+        self.ahead: dict[bytes, tuple[_Ahead, int]] = {}  # subfolder tree -> its look-ahead, group
 
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
         """Each selection: the path components, the entries of its parent dirs, and its entry."""
         self.root_fd = root_fd
+        cap_arenas()  # before the writers start: each thread's own arena would keep MiBs freed
         workers = min(8, (os.cpu_count() or 2) + 1)
-        with ThreadPoolExecutor(workers, thread_name_prefix="writer") as self.pool:
-            for parts, parents, entry in selections:
-                self._restore_selection(parts, parents, entry)
+        with (_few_collections(), ThreadPoolExecutor(workers, thread_name_prefix="writer") as self.pool,
+              ThreadPoolExecutor(2, thread_name_prefix="small") as self.small_pool,
+              ThreadPoolExecutor(1, thread_name_prefix="fetch") as self.fetcher):
+            try:
+                for parts, parents, entry in selections:
+                    self._restore_selection(parts, parents, entry)
+            finally:
+                self._drain()
         return self.result
+
+    def _drain(self) -> None:
+        """Waits for everything handed off, and sets the folders' metadata queued behind it."""
+        while self.queued:
+            self.queued.popleft()()
+        while self.pending:
+            self._collect(*self.pending.popleft())
+
+    def _queue(self, step: Callable[[], None], held: int = 0) -> None:
+        self.queued.append(step)
+        self.held += held
+        while self.held > _BATCHES_HELD_BYTES or len(self.queued) > _QUEUED_STEPS:
+            self.queued.popleft()()
 
     def _error(self, path: bytes, message: str) -> None:
         self.result.errors.append((path, message))
@@ -136,10 +199,11 @@ class Restore:
                 if job is not None:
                     self._collect(path + b"/" + parts[-1], job)
             else:  # the whole point, whose root is the target itself
-                self._restore_children(fd, b"", entry["tree"])
+                self._restore_children(fd, b"", entry["tree"], False)
         finally:
             if fd is not None:
                 os.close(fd)
+            self._drain()
             for made_fd, parent, made_path in reversed(made):
                 self._dir_meta(made_fd, parent, made_path)
                 os.close(made_fd)
@@ -192,15 +256,30 @@ class Restore:
         if fd is None:
             return
         try:
-            self._restore_children(fd, path, entry["tree"])
+            self._restore_children(fd, path, entry["tree"], created)
             if created or self.conflict == "overwrite":
-                self._dir_meta(fd, entry, path)
+                self._queue(self._dir_meta_step(fd, entry, path))
+                fd = None  # closed by that step
         except StrongroomError as exc:
             self._error(path, str(exc))
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
-    def _restore_children(self, fd: int, path: bytes, tree_id: bytes) -> None:
+    def _dir_meta_step(self, fd: int, entry: Entry, path: bytes) -> Callable[[], None]:
+        def step() -> None:
+            try:
+                self._dir_meta(fd, entry, path)
+            finally:
+                os.close(fd)
+        return step
+
+    def _restore_children(self, fd: int, path: bytes, tree_id: bytes, fresh: bool) -> None:
+        """`fresh`: the folder is the empty one the restore just made, so no name in it needs
+        a conflict check (a name raced in makes the O_EXCL create fail, reported)."""
+        ahead = self.ahead.pop(tree_id, None)
+        if ahead is not None:
+            ahead[0].wait(ahead[1])  # what it fetched is at hand; what it could not, is read below
         children = self.reader.tree(tree_id)
         if self.keep is not None:
             children = [e for e in children if self.keep(path, e)]
@@ -213,20 +292,67 @@ class Restore:
                    for k in range(0, len(small), _SMALL_WINDOW)}
         if not windows:
             self.reader.prefetch(subtrees)
+            self._look_ahead(subtrees)
         fetched: list[bytes] = []
-        jobs: list[tuple[bytes, Future | Finished]] = []
+        batch = _Batch()
         for i, child in enumerate(children):
             if i in windows:
                 self.reader.drop(fetched)  # what skipped files did not read
                 fetched = windows[i]
                 self.reader.prefetch(fetched + subtrees)
+                self._look_ahead(subtrees)
                 subtrees = []
-            job = self._restore_entry(fd, path + b"/" + child["n"], child)
+            child_path = path + b"/" + child["n"]
+            if child["t"] == DIR:  # not held while the subtree is walked
+                self._send(fd, batch)
+                batch = _Batch()
+            job = self._restore_entry(fd, child_path, child, batch, fresh)
             if job is not None:
-                jobs.append((path + b"/" + child["n"], job))
+                self._queue(lambda p=child_path, j=job: self._collect(p, j))
+            if batch.files >= _BATCH_FILES or batch.size >= _BATCH_BYTES:
+                self._send(fd, batch)
+                batch = _Batch()
         self.reader.drop(fetched)
-        for child_path, job in jobs:
-            self._collect(child_path, job)
+        self._send(fd, batch)
+
+    def _look_ahead(self, subtrees: list[bytes]) -> None:
+        """Has the fetch thread locate what the subfolders hold and fetch their small files'
+        content, a group of subfolders per task, in a few requests instead of a few per
+        subfolder; their walk then finds it at hand (and drops what it does not use)."""
+        if self.keep is not None:
+            return  # a selective restore would fetch what it leaves out
+        groups = [subtrees[k:k + _AHEAD_GROUP] for k in range(0, len(subtrees), _AHEAD_GROUP)]
+        ahead = _Ahead(self.fetcher, self._fetch_ahead, groups)
+        for g, group in enumerate(groups):
+            self.ahead.update(dict.fromkeys(group, (ahead, g)))
+        ahead.start(0)
+
+    def _fetch_ahead(self, group: list[bytes]) -> None:
+        try:
+            ids: list[bytes] = []
+            trees: list[bytes] = []
+            small: list[bytes] = []
+            for tree_id in group:
+                for e in self.reader.tree(tree_id):
+                    content = e.get("c", ())
+                    ids.extend(content)
+                    if e["t"] == DIR and "tree" in e:
+                        ids.append(e["tree"])
+                        trees.append(e["tree"])
+                    elif e["t"] == FILE and _inline(e):
+                        small.extend(content)
+            self.reader.locate(ids)
+            small = trees + small  # the subfolders' trees first: their walk needs them first
+            budget = _AHEAD_BYTES
+            for n, blob_id in enumerate(small):
+                loc = self.reader.locations.get(blob_id)
+                budget -= loc.length if loc is not None else 0
+                if budget < 0:
+                    small = small[:n]
+                    break
+            self.reader.prefetch(small)
+        except (OSError, StrongroomError):
+            pass  # the walk reads it again, and reports what it cannot
 
     def _count(self, copied: bool, written: int) -> None:
         self.result.bytes_written += written
@@ -243,7 +369,10 @@ class Restore:
 
     # -- entries ----------------------------------------------------------------------------
 
-    def _restore_entry(self, dfd: int, path: bytes, entry: Entry) -> Future | Finished | None:
+    def _restore_entry(self, dfd: int, path: bytes, entry: Entry, batch: _Batch | None = None,
+                       fresh: bool = False) -> Future | Finished | None:
+        """Restores or hands off one entry; returns a job to collect (None: done, handed off
+        or reported). Small new files go into `batch` if one is given."""
         name = entry.get("n", b"")
         if not isinstance(name, bytes) or not is_safe_name(name):
             self._error(path, "refused: the name would leave its directory")
@@ -255,12 +384,18 @@ class Restore:
                 self._error(path, getattr(exc, "strerror", None) or str(exc))
             return None
         try:
-            target = self._resolve_conflict(dfd, name, path)
+            target = (name, None) if fresh else self._resolve_conflict(dfd, name, path)
             if target is None:
                 return None
             final, tmp = target
             if entry["t"] == FILE:
                 group = tuple(entry["h"]) if "h" in entry else None
+                if group is None and tmp is None and not _inline(entry):
+                    self._detach(dfd, final, entry, path)
+                    return None
+                if group is None and batch is not None:
+                    batch.add(final, tmp, entry, path, [self.reader.read(i) for i in entry.get("c", ())])
+                    return None
                 first = self.first_links.get(group) if group else None
                 args = (os.dup(dfd), final, tmp, entry, path, first)
                 job = Finished(self._write_file, *args) if _inline(entry) else self.pool.submit(self._write_file, *args)
@@ -316,7 +451,76 @@ class Restore:
         with _made(dfd, name, open_made(dfd, name, entry)) as fd:
             return apply_metadata(entry, fd_path(fd))
 
+    def _send(self, dfd: int, batch: _Batch) -> None:
+        """Hands a batch of one folder's small files to a small writer."""
+        if not batch.files:
+            return
+        future = self.small_pool.submit(self._write_batch, os.dup(dfd), batch)
+        self._queue(lambda: self._collect_batch(future), batch.size)
+
+    def _collect_batch(self, future: Future) -> None:
+        batch = future.result()  # _write_batch reports each file's failure itself
+        self.held -= batch.size
+        for copied, written in batch.done:
+            self._count(copied, written)
+        hook("restore-batch-written")  # tests: a kill -9 with large files and folders half done
+
+    def _detach(self, dfd: int, name: bytes, entry: Entry, path: bytes) -> None:
+        """Makes the new file `name` here and now and leaves its content and metadata to a
+        writer, without waiting for it (at most _IN_FLIGHT wait at once)."""
+        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)
+        try:
+            own_dfd = os.dup(dfd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.pending.append((path, self.pool.submit(self._fill, own_dfd, fd, name, entry, path)))
+        while len(self.pending) > _IN_FLIGHT:
+            self._collect(*self.pending.popleft())
+
     # -- files (pool threads) ---------------------------------------------------------------
+
+    def _write_batch(self, dfd: int, batch: _Batch) -> _Batch:
+        try:
+            for final, tmp, entry, path, content in batch.items:
+                try:
+                    batch.done.append(self._write_small(dfd, final, tmp, entry, path, content))
+                except (OSError, StrongroomError) as exc:
+                    self._error(path, getattr(exc, "strerror", None) or str(exc))
+            batch.items = []  # the content is written: not held until collected
+            return batch
+        finally:
+            os.close(dfd)
+
+    def _write_small(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
+                     content: list[bytes]) -> tuple[bool, int]:
+        """One small file from decoded content: (written as a copy, bytes written)."""
+        name = tmp or final
+        written = 0
+        with _made(dfd, name, os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)) as fd:
+            for piece in content:
+                written += _write_all(fd, piece)
+            refused = apply_metadata(entry, fd)
+        if refused:
+            self._error(path, "attributes not restored: " + "; ".join(refused))
+        if tmp:
+            os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        self._note_written(path, final, entry)
+        return final != entry["n"], written
+
+    def _fill(self, dfd: int, fd: int, name: bytes, entry: Entry, path: bytes) -> tuple[bool, int]:
+        """Content and metadata of a new file that the walk made as `name` and opened as `fd`
+        (O_EXCL: the descriptor is of the file made there); (False, bytes written)."""
+        try:
+            with _made(dfd, name, fd):
+                written = self._write_content(fd, entry)
+                refused = apply_metadata(entry, fd)
+            if refused:
+                self._error(path, "attributes not restored: " + "; ".join(refused))
+            self._note_written(path, name, entry)
+            return False, written
+        finally:
+            os.close(dfd)
 
     def _write_file(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
                     first_link: Future | Finished | None) -> tuple[bool, int]:
@@ -396,11 +600,67 @@ class Restore:
         # A small file's blob may wait prefetched; a large file's come a few MiB a request.
         contents = (self.reader.read(i) for i in blob_ids) if _inline(entry) else self.reader.read_in_order(blob_ids)
         for content in contents:
-            data = memoryview(content)
-            while data:
-                n = os.write(fd, data)
-                data, written = data[n:], written + n
+            written += _write_all(fd, content)
         return written
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """The cyclic collector's full passes walk every object alive, most of them the modules
+    and state loaded before the restore (measured: ~4% of a restore's CPU): those are frozen
+    out of its reach while the restore runs. Its thresholds stay: a served vault's responses
+    (several MiB each) can be freed only by it, and collecting less often held 270 MiB."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _write_all(fd: int, content: bytes) -> int:
+    """Writes all of `content` (one call unless the kernel takes less)."""
+    n = os.write(fd, content)
+    if n < len(content):
+        data = memoryview(content)
+        while n < len(data):
+            n += os.write(fd, data[n:])
+    return n
+
+
+class _Ahead:
+    """The look-ahead fetches for one folder's subfolders, in groups: at most _AHEAD_GROUPS
+    beyond the one the walk is in are started, so what waits in memory stays bounded (a
+    group the walk skips, e.g. a folder it could not make, is passed over)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, fetch: Callable[[list[bytes]], None],
+                 groups: list[list[bytes]]) -> None:
+        self.pool, self.fetch, self.groups = pool, fetch, groups
+        self.futures: list[Future] = []
+
+    def start(self, group: int) -> None:
+        while len(self.futures) < min(len(self.groups), group + 1 + _AHEAD_GROUPS):
+            self.futures.append(self.pool.submit(self.fetch, self.groups[len(self.futures)]))
+
+    def wait(self, group: int) -> None:
+        self.start(group)
+        self.futures[group].result()
+
+
+class _Batch:
+    """Small files of one folder for one small writer: (final name, temp name or None, entry,
+    path, decoded content) each, and what the writer did with them."""
+
+    __slots__ = ("items", "files", "size", "done")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes | None, Entry, bytes, list[bytes]]] = []
+        self.files = self.size = 0
+        self.done: list[tuple[bool, int]] = []
+
+    def add(self, final: bytes, tmp: bytes | None, entry: Entry, path: bytes, content: list[bytes]) -> None:
+        self.items.append((final, tmp, entry, path, content))
+        self.files += 1
+        self.size += sum(map(len, content))
 
 
 def select_entries(reader: BlobReader, root_tree: bytes, paths: list[bytes],

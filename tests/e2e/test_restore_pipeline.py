@@ -1,0 +1,86 @@
+"""The restore pipeline (walk, small-file writers, large-file writers, look-ahead fetches):
+exact trees through the embedded and the served vault, and a restore killed with SIGKILL
+half-way that a rerun with --conflict overwrite completes exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from treeutil import assert_trees_equal
+
+MTIME = 1_600_000_000_123_456_789
+
+
+def _make_tree(root: Path) -> None:
+    """More files in one folder than a fetch window (256) and a writer batch (64), more
+    subfolders than a look-ahead group (8), large files (several blobs) beside small ones in
+    the same folders, a hardlink pair, an empty file, a read-only folder, and set modes and
+    times everywhere, folders included."""
+    rng = random.Random(11)
+    crowded = root / "crowded"
+    crowded.mkdir(parents=True)
+    for i in range(300):
+        (crowded / f"f{i:03d}.txt").write_bytes(b"line %d\n" % i * rng.randint(1, 300))
+    for i in range(12):
+        sub = root / "many" / f"sub{i:02d}" / "deeper"
+        sub.mkdir(parents=True)
+        for j in range(5):
+            (sub.parent / f"s{j}").write_bytes(rng.randbytes(rng.randint(0, 5000)))
+        (sub / "leaf").write_bytes(b"leaf %d\n" % i)
+    big = root / "mixed"
+    big.mkdir()
+    for i in range(3):
+        (big / f"big{i}.bin").write_bytes(rng.randbytes(1_500_000 + i * 700_001))
+        (big / f"small{i}.txt").write_bytes(b"small %d\n" % i)
+    (big / "empty").write_bytes(b"")
+    (big / "linked-a").write_bytes(b"one inode\n" * 100)
+    os.link(big / "linked-a", root / "many" / "linked-b")
+    for i, path in enumerate(sorted(root.rglob("*"), reverse=True)):  # children before parents
+        os.chmod(path, (0o640, 0o600, 0o604)[i % 3] if path.is_file() else 0o750)
+        os.utime(path, ns=(MTIME + i, MTIME + 7 * i))
+    os.chmod(root / "many" / "sub03", 0o555)  # the restore must still fill it
+    os.utime(root / "many" / "sub03", ns=(MTIME, MTIME))
+
+
+def test_restore_is_exact_embedded(registered, tmp_path):
+    src = tmp_path / "src"
+    _make_tree(src)
+    registered.backup(src)
+    doc = registered.restore("latest", target=tmp_path / "out")
+    assert doc["errors"] == []
+    assert doc["files_restored"] == sum(1 for p in src.rglob("*") if not p.is_dir())
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+
+
+def test_restore_is_exact_served(served_machine, tmp_path):
+    agent = served_machine("web-01")
+    src = tmp_path / "src"
+    _make_tree(src)
+    agent.backup(src)
+    doc = agent.restore("latest", target=tmp_path / "out")
+    assert doc["errors"] == []
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+
+
+def test_killed_restore_is_completed_by_a_rerun_with_overwrite(registered, tmp_path):
+    src = tmp_path / "src"
+    _make_tree(src)
+    registered.backup(src)
+    target = tmp_path / "out"
+    killed = registered.run("restore", "latest", "--target", target, "--conflict", "overwrite", "--json",
+                            check=False, env_extra={"STRONGROOM_TEST_HOOK": "restore-batch-written=kill"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    restored = target / str(src).lstrip("/")
+    assert restored.is_dir()  # it had begun
+    with pytest.raises(AssertionError):  # and not finished
+        assert_trees_equal(src, restored)
+    doc = registered.restore("latest", target=target, conflict="overwrite")
+    assert doc["errors"] == []
+    assert_trees_equal(src, restored)
+    leftovers = [p for p in target.rglob("*") if p.name.startswith(".strongroom-restore-")]
+    assert leftovers == []
