@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import re
 import shutil
 import signal

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
