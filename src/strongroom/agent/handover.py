@@ -28,27 +28,23 @@ client may run the backup in-process instead).
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import io
 import json
-import logging
 import os
-import resource
 import signal
 import socket
 import stat
 import struct
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from strongroom.crypto import MasterKey
 
-log = logging.getLogger("strongroom.agent")
+# Imported here: only what the client needs too (cli/handover.py runs before anything else is
+# loaded); the daemon's and the worker's other imports are in their functions.
 
 SOCKET_NAME = "agent.sock"
 MAGIC = b"SRHANDv1"
@@ -114,6 +110,8 @@ class BadRequest(Exception):
 def _set_pdeathsig() -> None:
     """This process gets SIGTERM when the thread that forked it ends (the daemon, the zygote):
     a backup whose daemon died is cancelled and recorded so, never left running unseen."""
+    import ctypes  # noqa: PLC0415 - daemon side only
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
@@ -121,13 +119,11 @@ def _set_pdeathsig() -> None:
 # -- the daemon side ----------------------------------------------------------------------------
 
 
-@dataclass
 class Server:
     """The socket and the zygote serving it; `stop` ends both and removes the socket."""
 
-    path: Path
-    inode: tuple[int, int]
-    zygote: int
+    def __init__(self, path: Path, inode: tuple[int, int], zygote: int) -> None:
+        self.path, self.inode, self.zygote = path, inode, zygote
 
     def stop(self) -> None:
         try:
@@ -148,6 +144,7 @@ def start(home: Path, key: MasterKey) -> Server | None:
     None (and a warning) when the socket cannot be made: backups then run in-process."""
     home = home.absolute()
     _preload()
+    log = _log()
     path = socket_path(home)
     temp = home / f".agent.sock.{os.getpid()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -186,9 +183,20 @@ def start(home: Path, key: MasterKey) -> Server | None:
     return Server(path, (st.st_dev, st.st_ino), pid)
 
 
+def _log() -> Any:
+    import logging  # noqa: PLC0415 - daemon side only
+
+    return logging.getLogger("strongroom.agent")
+
+
 def _preload() -> None:
-    """Imports what a backup imports, once, in the daemon: the workers find it all loaded."""
+    """Imports what a backup imports, once, in the daemon: the workers find it all loaded
+    (what the backup imports only when it runs, too: the SQLite dialect, throttling)."""
+    import sqlalchemy.dialects.sqlite  # noqa: F401, PLC0415
+    import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401, PLC0415
+
     import strongroom.agent.btrfs_changes  # noqa: F401, PLC0415
+    import strongroom.agent.throttle  # noqa: F401, PLC0415
     import strongroom.cli.backup_cmd  # noqa: F401, PLC0415
     import strongroom.cli.main  # noqa: F401, PLC0415
 
@@ -196,6 +204,7 @@ def _preload() -> None:
 def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
     """Accepts connections and forks a worker for each; single-threaded by design."""
     workers: dict[int, float] = {}
+    log = _log()
 
     def reap(_signum: int = 0, _frame: Any = None) -> None:
         while workers:
@@ -341,6 +350,8 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
 def _take_over(doc: dict[str, Any], fds: list[int]) -> None:
     """Becomes the client's process as far as the backup can tell: its cwd, its stdio, its
     terminal's environment; logging as an in-process command has it (warnings on stderr)."""
+    import io  # noqa: PLC0415
+    import logging  # noqa: PLC0415
     cwd, *stdio = fds
     os.fchdir(cwd)
     os.close(cwd)
@@ -383,6 +394,7 @@ def _new_consoles() -> None:
 def _run_backup(args: list[str], home: Path, key: MasterKey, conn: socket.socket) -> int:
     """Runs `strongroom --home HOME backup ARGS` as the CLI does; cancelled (as by Ctrl-C) when
     the client asks or goes away."""
+    import resource  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     from strongroom.cli import common, handover  # noqa: PLC0415
