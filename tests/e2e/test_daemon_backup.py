@@ -80,6 +80,14 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
     point = sr.points()[0]
     assert point["sources"] == [str(src)]
     assert_trees_equal(src, _restored(sr, point["id"], src, tmp_path / "r1"))
+    # Standard input is the client's: a stream backed up through the daemon.
+    data = os.urandom(300_000)
+    proc = subprocess.run(sr.cmd + ["backup", "--stdin", "dump.bin", "--json"], input=data, env=sr.env(),
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads(proc.stdout)
+    assert b["via"] == "daemon"
+    assert sr.run("dump", b["id"], "/dump.bin").stdout.encode("utf-8", "surrogateescape") == data
     # What stays in-process, and says why.
     assert sr.backup(src, env_extra={"STRONGROOM_NO_DAEMON": "1"})["via_reason"] == "$STRONGROOM_NO_DAEMON is set"
     pf = tmp_path / "pass"
@@ -87,7 +95,7 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
     b = sr.backup(src, "--passphrase-file", pf)
     assert (b["via"], b["via_reason"]) == ("in-process", "--passphrase-file runs in the command's own process")
     log = Path(daemon.log.name).read_text()
-    assert log.count("`strongroom backup` worker") == 7, log
+    assert log.count("`strongroom backup` worker") == 8, log
 
 
 @pytest.mark.parametrize("args", [["--retain-until", "2000-01-01"], ["/does/not/exist"], ["--no-such-option"], []])
