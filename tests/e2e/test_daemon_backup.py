@@ -231,19 +231,20 @@ def test_a_hostile_local_user_gets_nothing(setup, tmp_path):
     os.chmod(sr.home, 0o755)
     os.chmod(sock, 0o666)
     answer = _as_nobody(lambda: _ask(Path(sock.name), b""), sr.home)
-    assert json.loads(answer) == {"refused": f"the agent daemon of {sr.home} serves only its own user (uid 0)",
-                                  "fallback": False}
+    assert answer == f"refused the agent daemon of {sr.home} serves only its own user (uid 0)\n"
     os.chmod(sr.home, 0o700)
     # Garbage, a huge length, no descriptors, a silent client: refused, and the daemon goes on.
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(str(sock))
-    assert json.loads(_ask(sock, b"GET / HTTP/1.0\r\n\r\n" * 10, [0]))["refused"] == \
-        "bad request: not a request of this version of strongroom"
-    assert json.loads(_ask(sock, struct.pack(">8sI", b"SRHANDv1", 1 << 31), [0]))["refused"].startswith(
-        "bad request: the request is 2147483648 bytes")
-    body = b'{"args": []}'
-    assert json.loads(_ask(sock, struct.pack(">8sI", b"SRHANDv1", len(body)) + body))["refused"] == \
-        "bad request: the request lacks its fields"
+    assert _ask(sock, b"GET / HTTP/1.0\r\n\r\n" * 10, [0]) == \
+        "refused bad request: not a request of this version of strongroom\n"
+    assert _ask(sock, struct.pack(">8sI", b"SRHANDv1", 1 << 31), [0]).startswith(
+        "refused bad request: the request is 2147483648 bytes")
+    for body, why in [(b'{"args": []}', "the request lacks its fields"),
+                      (b"1\x002\0a\0b\0c\0d\0e\0f\x005\0x", "the request has fewer arguments than it says"),
+                      (b"1\x002\0a\0b\0c\0d\0e\0f\x000\0NOEQUALS", "the request's environment is not NAME=VALUE"),
+                      (b"1\x002\0a\0b\0c\0d\0e\0f\x000", "the request carries 0 descriptors instead of 4")]:
+        assert _ask(sock, struct.pack(">8sI", b"SRHANDv1", len(body)) + body) == f"refused bad request: {why}\n"
     b = sr.backup(src)
     assert b["via"] == "daemon"
     silent.close()

@@ -11,14 +11,15 @@ The daemon's worker writes the backup's output to this process's own stdout and 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import stat
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+TYPE_CHECKING = False  # typing is not imported: start-up is what this module saves
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 from strongroom.agent import handover as wire
 from strongroom.agent.homepath import home_path
@@ -109,11 +110,11 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
         except OSError:  # closed: the worker gets /dev/null there, as Python would have nothing
             fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
     streams = (sys.stdin, sys.stdout, sys.stderr)
-    doc = {"home": [home_st.st_dev, home_st.st_ino], "args": args, "env": wire.passed_env(os.environ),
-           "stdio": [[getattr(s, "encoding", None) or "utf-8", getattr(s, "errors", None) or "strict"]
-                     for s in streams]}
+    doc = wire.Request((home_st.st_dev, home_st.st_ino),
+                       [(getattr(s, "encoding", None) or "utf-8", getattr(s, "errors", None) or "strict") for s in streams],
+                       args, wire.passed_env(os.environ))
     try:
-        data = wire.encode_request(doc)
+        data = doc.encode()
     except ValueError:
         return "the arguments are too long to hand over"
     sent = socket.send_fds(sock, [data[:65536]], fds)
@@ -122,51 +123,48 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
         if fd > 2:
             os.close(fd)
     reader = _Lines(sock)
-    answer = reader.next()
-    if answer is None:
+    word, text = reader.next()
+    if word is None:
         return "the agent daemon closed the connection without taking the backup"
-    if "refused" in answer:
-        if answer.get("fallback"):
-            return str(answer["refused"])
-        _fail(str(answer["refused"]))
-    if answer.get("accepted") is not True:
+    if word == "declined":
+        return text
+    if word == "refused":
+        _fail(text)
+    if word != "accepted":
         return "the agent daemon sent an answer this client does not understand"
     sock.settimeout(None)  # a backup takes as long as it takes
     _pass_signals_on(sock)
-    answer = reader.next()
-    if answer is None or not isinstance(answer.get("exit"), int):
+    word, text = reader.next()
+    if word != "exit" or not text.isdigit():
         _fail("the agent daemon stopped before the backup ended (run the backup again; "
               "the vault records the interrupted job as failed)")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os._exit(answer["exit"])
+    os._exit(int(text))
 
 
 class _Lines:
-    """The daemon's JSON lines, each at most MAX_REPLY bytes."""
+    """The daemon's answer lines (word, text), each at most MAX_REPLY bytes; (None, "") at the end."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock, self.buf = sock, b""
 
-    def next(self) -> dict[str, Any] | None:
+    def next(self) -> tuple[str | None, str]:
         while b"\n" not in self.buf:
             if len(self.buf) > wire.MAX_REPLY:
-                return None
+                return None, ""
             chunk = self.sock.recv(4096)
             if not chunk:
-                return None
+                return None, ""
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
+        word, _sep, text = os.fsdecode(line).partition(" ")
+        return word, text
 
 
 def _pass_signals_on(sock: socket.socket) -> None:
     """Ctrl-C, SIGTERM and a closed terminal cancel the backup in the daemon, as they would here."""
-    def cancel(_signum: int, _frame: Any) -> None:
+    def cancel(_signum: int, _frame: object) -> None:
         try:
             sock.send(wire.CANCEL)
         except OSError:
