@@ -365,8 +365,12 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
         return 2
     except OSError:
         return 2
+    import atexit  # noqa: PLC0415
+
+    atexit._clear()  # the daemon's exit handlers are not this backup's
     _take_over(doc, fds)
     code = _run_backup(doc.args, home, key, conn)
+    atexit._run_exitfuncs()  # the backup's: closing the catalog folds its write-ahead log in
     try:
         send_line(conn, "exit", str(code))
     except OSError:
