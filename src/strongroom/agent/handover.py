@@ -34,7 +34,6 @@ import errno
 import os
 import signal
 import socket
-import stat
 import struct
 import sys
 import time
@@ -243,7 +242,7 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
     log = _log()
 
     def reap(_signum: int = 0, _frame: Any = None) -> None:
-        while workers:
+        while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
@@ -278,13 +277,23 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
             if len(workers) >= MAX_WORKERS:
                 send_line(conn, "declined", "the agent daemon is busy with other requests")
                 continue
-            pid = os.fork()
-            if pid == 0:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                listener.close()
-                os._exit(_worker(conn, home, key))
-            workers[pid] = time.monotonic()
+            # SIGCHLD held until the worker is in `workers`: one that ends at once is reaped after.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                    listener.close()
+                    code = 1
+                    try:  # whatever happens, a worker never returns into the zygote's loop
+                        code = _worker(conn, home, key)
+                    finally:
+                        os._exit(code)
+                workers[pid] = time.monotonic()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         except OSError:
             pass  # a client gone already, or a fork refused: that client sees the connection close
         finally:
@@ -425,7 +434,6 @@ def _new_consoles() -> None:
 def _run_backup(args: list[str], home: Path, key: MasterKey, conn: socket.socket) -> int:
     """Runs `strongroom --home HOME backup ARGS` as the CLI does; cancelled (as by Ctrl-C) when
     the client asks or goes away."""
-    import resource  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     from strongroom.cli import common, handover  # noqa: PLC0415
@@ -450,9 +458,6 @@ def _run_backup(args: list[str], home: Path, key: MasterKey, conn: socket.socket
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     threading.Thread(target=watch_client, name="client", daemon=True).start()
     try:
         try:
@@ -479,12 +484,5 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def is_socket(path: Path) -> bool:
-    try:
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-__all__ = ["BadRequest", "CANCEL", "MAGIC", "Request", "Server", "connectable", "is_socket",
+__all__ = ["BadRequest", "CANCEL", "MAGIC", "Request", "Server", "connectable",
            "passed_env", "peer_uid", "send_line", "socket_path", "start"]
