@@ -377,7 +377,12 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
     import atexit  # noqa: PLC0415
 
     atexit._clear()  # the daemon's exit handlers are not this backup's
-    _take_over(doc, fds)
+    try:
+        _take_over(doc, fds)
+    except OSError as exc:
+        send_line(conn, "refused", f"the agent daemon cannot take over this command's folder and output "
+                                   f"({exc.strerror or exc})")
+        return 1
     code = _run_backup(doc.args, home, key, conn)
     atexit._run_exitfuncs()  # the backup's: closing the catalog folds its write-ahead log in
     try:

@@ -135,6 +135,8 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
     sock.settimeout(None)  # a backup takes as long as it takes
     _pass_signals_on(sock)
     word, text = reader.next()
+    if word == "refused":
+        _fail(text)
     if word != "exit" or not text.isdigit():
         _fail("the agent daemon stopped before the backup ended (run the backup again; "
               "the vault records the interrupted job as failed)")
