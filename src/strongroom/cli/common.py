@@ -100,6 +100,10 @@ def iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
+# This machine's key when the agent daemon carries out the command (agent/handover.py): it
+# was unwrapped when the daemon started, so no passphrase is asked for.
+HELD_KEY: MasterKey | None = None
+
 from_machine_option = click.option("--from-machine", "machine", metavar="NAME",
                                    help="Another machine registered with the same vault; "
                                    "needs that machine's passphrase.")
@@ -117,6 +121,8 @@ def open_agent(ctx: click.Context, passphrase_file: Path | None,
     if machine and machine != vault.machine:
         keyfile = vault.keyfile(machine)
         key = unwrap_key(keyfile, read_passphrase(passphrase_file, prompt=f"Encryption passphrase of {machine}: "))
+    elif HELD_KEY is not None:
+        key = HELD_KEY
     else:
         key = agent.master_key(read_passphrase(passphrase_file))
     return agent, vault, key, BlobReader(vault, key, machine)
