@@ -52,7 +52,7 @@ from strongroom.globmatch import compile_globs
 from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
 from strongroom.packs import KIND_DATA, KIND_TREE
 from strongroom.vault.interface import Vault
-from strongroom.vault.service import PointRecord
+from strongroom.vault.shapes import PointRecord
 
 _MAX_IN_FLIGHT = 256
 _MAX_PENDING_DIRS = 32

@@ -11,7 +11,7 @@ from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, VaultError
 from strongroom.model import Entry, decode_tree
 from strongroom.vault.interface import Vault
-from strongroom.vault.service import BlobLocation
+from strongroom.vault.shapes import BlobLocation
 
 _LOCATE_BATCH = 4096
 # Decoded trees kept, by the size of their blobs: a tree of a million entries is ~100 MB,
