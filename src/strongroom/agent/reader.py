@@ -17,7 +17,7 @@ _LOCATE_BATCH = 4096
 # Decoded trees kept, by the size of their blobs: a tree of a million entries is ~100 MB,
 # so a bound by count would be no bound at all. Decoded, a tree takes several times its
 # blob (a 1000-file folder: ~1 MB of dicts); a walk needs few trees twice.
-_TREE_CACHE_BYTES = 4 * 1024 * 1024
+_TREE_CACHE_BYTES = 512 * 1024
 # Blobs fetched ahead in one request each: a served vault answers a directory's trees or
 # small files in one round trip instead of one each. Bounded, since prefetched blobs wait
 # in memory until read.
