@@ -9,6 +9,7 @@ be rebuilt from storage (vault/rebuild.py).
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import json
 import mmap
@@ -107,6 +108,9 @@ class VaultService:
             raise CatalogUntrusted(f"the vault's catalog {catalog} is empty or belongs to another vault; "
                                    f"{rebuild_hint(root)}")
         self.incarnation: str = facts["incarnation"]
+        # Closed at exit, the last connection folds the write-ahead log into the catalog and
+        # removes it: a vault at rest is its catalog file, not also a few MB of log.
+        atexit.register(self.engine.dispose)
         self.jobs = JobBook(self.engine, self._archive_job)
         # token hash -> (machine, name, until when to trust this without the catalog)
         self.known_tokens: dict[str, tuple[int, str, float]] = {}
