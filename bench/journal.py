@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,7 +52,8 @@ def measured(cmd: list[str], env: dict[str, str]) -> dict:
         err.seek(0)
         if proc.returncode not in (0, 3):
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read().decode()[-2000:]}")
-        result = {"s": round(wall, 3), "rss_mib": round(usage.ru_maxrss / 1024, 1)}
+        result = {"s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                  "rss_mib": round(usage.ru_maxrss / 1024, 1)}
         try:
             result["json"] = json.loads(out.read())
         except ValueError:
@@ -79,6 +81,7 @@ class Strongroom:
         self.corpus, self.journal, self.sr = corpus, journal, strongroom_bin()
         self.env = {**os.environ, "STRONGROOM_HOME": self.home, "STRONGROOM_PASSPHRASE": PASSPHRASE}
         self.daemon: subprocess.Popen | None = None
+        self.daemon_log = os.path.join(work, name, "daemon.log")
         cred = os.path.join(work, name, "cred")
         for args in (["vault", "create", self.vault], ["vault", "credentials", self.vault, "--out", cred],
                      ["register", "--credentials", cred, "--machine", name],
@@ -86,19 +89,39 @@ class Strongroom:
             subprocess.run([self.sr, *args], env=self.env, check=True, stdout=subprocess.DEVNULL)
         if journal:
             self.daemon = subprocess.Popen([self.sr, "agent", "run"], env=self.env, stdout=subprocess.DEVNULL,
-                                           stderr=open(os.path.join(work, name, "daemon.log"), "wb"))
+                                           stderr=open(self.daemon_log, "wb"))
             marker = os.path.join(self.home, "cache", "journal", "journal")
             deadline = time.monotonic() + 120
             while not os.path.exists(marker) and time.monotonic() < deadline:
                 time.sleep(0.1)
 
-    def backup(self) -> dict:
+    def backup(self, in_process: bool = False) -> dict:
         extra = [] if self.journal else ["--unoptimized"]
-        r = measured([self.sr, "backup", self.corpus, "--json", *extra], self.env)
-        r["mode"], r["mode_reason"] = r["json"]["mode"], r["json"]["mode_reason"]
+        env = {**self.env, "STRONGROOM_NO_DAEMON": "1"} if in_process else self.env
+        workers = self._workers()
+        r = measured([self.sr, "backup", self.corpus, "--json", *extra], env)
+        r["mode"], r["mode_reason"], r["via"] = r["json"]["mode"], r["json"]["mode_reason"], r["json"].get("via")
         r["inner_s"] = r["json"]["stats"]["duration_s"]  # the backup itself: no start-up, no key derivation
         del r["json"]
+        if r["via"] == "daemon":
+            # The daemon's worker did the backup; this process (the client) only waited for it. The
+            # worker is no child of ours: its figures are in the daemon's log (from its zygote's wait4).
+            deadline = time.monotonic() + 10
+            while len(self._workers()) == len(workers) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            s, cpu, rss = self._workers()[-1]
+            r["worker"] = {"s": s, "cpu_s": cpu, "rss_mib": rss}
         return r
+
+    def _workers(self) -> list[tuple[float, float, float]]:
+        """(wall, CPU, peak RSS) of each backup the daemon's workers carried out, from its log."""
+        try:
+            with open(self.daemon_log, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        return [(float(a), float(b), float(c)) for a, b, c in
+                re.findall(r"worker \d+: exit \S+ in ([\d.]+) s, ([\d.]+) s CPU, peak RSS ([\d.]+) MiB", text)]
 
     def stop(self) -> None:
         if self.daemon is not None:
@@ -208,6 +231,9 @@ def main() -> None:
             for name, tool in tools.items():
                 results[name][step] = tool.backup()
                 log(f"{step:9} {name:11} {results[name][step]}")
+                if step == "nochange" and name == "optimized":  # before the hand-over to the daemon: in-process
+                    results[name]["nochange_in_process"] = tool.backup(in_process=True)
+                    log(f"{step:9} {name:11} in-process {results[name]['nochange_in_process']}")
         daemon = tools["optimized"].daemon
         if args.churn_seconds > 0 and daemon is not None:
             results["daemon_churn"] = churn(daemon.pid, os.path.join(corpus, "churn"), args.churn_seconds)
@@ -227,6 +253,13 @@ def main() -> None:
         o, u, r = (results[n][step]["s"] for n in ("optimized", "unoptimized", "restic"))
         oi, ui = (results[n][step]["inner_s"] for n in ("optimized", "unoptimized"))
         print(f"| {step} | {o} | {u} | {r} | {o / r:.2f}x | {oi} / {ui} |")
+    n, p = results["optimized"]["nochange"], results["optimized"]["nochange_in_process"]
+    w = n.get("worker") or {}
+    print(f"\nno-change optimized backup: via {n['via']} {n['s']} s wall (client {n['cpu_s']} s CPU, "
+          f"{n['rss_mib']} MiB; worker {w.get('s')} s, {w.get('cpu_s')} s CPU, {w.get('rss_mib')} MiB) against "
+          f"in-process {p['s']} s wall, {p['cpu_s']} s CPU, {p['rss_mib']} MiB; "
+          f"restic {results['restic']['nochange']['s']} s, {results['restic']['nochange']['cpu_s']} s CPU, "
+          f"{results['restic']['nochange']['rss_mib']} MiB\n")
     print(json.dumps(results, indent=1))
 
 

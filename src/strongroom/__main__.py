@@ -1,5 +1,5 @@
 """Allows `python -m strongroom`."""
 
-from strongroom.cli.main import main
+from strongroom.cli.handover import main
 
 main()

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -172,6 +173,29 @@ def test_optimized_and_unoptimized_backups_of_random_changes_restore_alike(setup
     assert _mode(idle) == ("optimized", f"{backend} journal: 0 changed directories")
     assert idle["stats"]["dirs"] == 0 and idle["stats"]["bytes_read"] == 0
     assert_trees_equal(src, _restored(sr, idle["id"], src, tmp_path / "idle"))
+
+
+def test_a_chain_of_optimized_backups_names_every_blob_it_needs(setup, tmp_path):
+    """Each optimized point's refs are the parent's updated by the change: after several in a
+    row, the older points purged and every unneeded blob pruned, the last still restores."""
+    sr, src, start = setup
+    start()
+    sr.backup(src)
+    rng = random.Random("chain")
+    ids = []
+    for _ in range(4):
+        mutate(src, rng, 12)
+        b = sr.backup(src)
+        assert b["mode"] == "optimized", b["mode_reason"]
+        ids.append(b["id"])
+    # Only the last point stays: the others and the first are purged as if long deleted.
+    with sqlite3.connect(sr.vault / "catalog.sqlite") as db:
+        db.execute("UPDATE points SET deleted_ns = 1 WHERE id != ?", (ids[-1],))
+    report = sr.json("vault", "prune", sr.vault, "--repack-below", "1.0")
+    assert len(report["points_purged"]) == 4
+    assert report["packs_deleted"] + report["packs_repacked"] > 0  # blobs only the others named are gone
+    assert sr.json("check", "--read-data")["ok"]
+    assert_trees_equal(src, _restored(sr, ids[-1], src, tmp_path / "last"))
 
 
 def _remove_while_rewritten(folder: Path) -> None:

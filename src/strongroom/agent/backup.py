@@ -42,7 +42,7 @@ from strongroom.agent.fsmeta import (
 )
 from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
-from strongroom.agent.reader import BlobReader
+from strongroom.agent.reader import WALK_TREE_CACHE_BYTES, BlobReader
 from strongroom.agent.selection import Selection, change_base
 from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
@@ -52,7 +52,7 @@ from strongroom.globmatch import compile_globs
 from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
 from strongroom.packs import KIND_DATA, KIND_TREE
 from strongroom.vault.interface import Vault
-from strongroom.vault.service import PointRecord
+from strongroom.vault.shapes import PointRecord
 
 _MAX_IN_FLIGHT = 256
 _MAX_PENDING_DIRS = 32
@@ -195,7 +195,7 @@ class Backup:
         self.view_warnings = 0  # how many of self.warnings the view gave (kept if the walk starts again)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
-        self.reader = BlobReader(vault, key)
+        self.reader = BlobReader(vault, key, tree_cache_bytes=WALK_TREE_CACHE_BYTES)
         self.pending: deque[_PendingDir] = deque()
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
         self.hardlinks: dict[tuple[int, int], Future | Finished] = {}
@@ -307,14 +307,13 @@ class Backup:
             self._finalize(self.pending.popleft())
         return root
 
-    def _parent_entries(self, tree_id: bytes | None) -> dict[bytes, Entry]:
+    def _parent_entries(self, tree_id: bytes | None, path: bytes) -> dict[bytes, Entry]:
         if not tree_id:
             return {}
         entries = {e["n"]: e for e in self.reader.tree(tree_id)}
-        if self.plan.optimized:  # optimized mode: most subdirectories' trees are carried, never read
-            return entries
-        # The walk will want the subdirectories' old trees next: one request for them all.
-        self.reader.prefetch([e["tree"] for e in entries.values() if e["t"] == DIR and "tree" in e])
+        # The walk will want the subdirectories' old trees next: one request for them all (in
+        # optimized mode only those on the way to changed directories: the others are carried).
+        self.reader.prefetch(optimized.subtrees_wanted(self.plan, path or b"/", entries))
         return entries
 
     # -- walking ----------------------------------------------------------------------------
@@ -336,7 +335,7 @@ class Backup:
 
     def _build_virtual(self, node: dict[bytes, Any], path: bytes, parent_tree: bytes | None) -> _PendingDir:
         """A directory on the way to the sources: holds only the paths that lead to them."""
-        parent = self._parent_entries(parent_tree)
+        parent = self._parent_entries(parent_tree, path)
         items: list[Any] = []
         fd = os.open(path or b"/", DIR_FLAGS)
         try:
@@ -385,7 +384,7 @@ class Backup:
             passed = optimized.pass_through(self, dfd, path or b"/", parent_tree)
             if passed is not None:
                 return passed
-        parent = self._parent_entries(parent_tree)
+        parent = self._parent_entries(parent_tree, path)
         with os.scandir(dfd) as it:
             names = sorted(os.fsencode(de.name) for de in it)
         names = self.selection.listing(dfd, path, names)

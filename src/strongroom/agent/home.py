@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from strongroom.agent.homepath import home_path
 from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import StrongroomError, UsageError, WrongPassphrase
 from strongroom.fsutil import write_private
 from strongroom.policy import Policy
 from strongroom.vault.connect import connect
 from strongroom.vault.interface import Vault
-
-ENV_VAR = "STRONGROOM_HOME"
-
 
 class SeenPoint(NamedTuple):
     """The newest point of a machine that this home has seen (times from its sealed manifest)."""
@@ -33,17 +31,9 @@ class SeenPoint(NamedTuple):
     kind: str = "files"  # retention keeps each kind of point as a series of its own
 
 
-def default_home() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/strongroom")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "strongroom"
-
-
 class AgentHome:
     def __init__(self, path: Path | None) -> None:
-        env = os.environ.get(ENV_VAR)
-        self.path = path or (Path(env) if env else default_home())
+        self.path = home_path(path)
         self.config_path = self.path / "config.json"
         self.token_path = self.path / "token"
         self.keyfile_path = self.path / "key.json"

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import secrets
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from typing import Any
 
 import msgpack
 
-from strongroom.agent.watch import Drained, Fanotify, Inotify, WatchError, fsid_of, under, wait_readable
+from strongroom.agent.watch import Drained, Fanotify, Inotify, WatchError, folder_watch, fsid_of, under
 from strongroom.fsutil import write_private
 
 log = logging.getLogger("strongroom.agent")
@@ -136,6 +137,7 @@ class Keeper:
         self.segments: list[_Segment] = []
         self.seq = 0
         self.thread = threading.Thread(target=self._loop, name="journal", daemon=True)
+        self.wake = -1  # readable when a cut is requested (folder_watch); else the poll finds it
 
     def _open(self, backend: str | None) -> Fanotify | Inotify:
         if backend != "inotify" and os.geteuid() == 0:
@@ -150,6 +152,7 @@ class Keeper:
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.dir / "cut-request").unlink(missing_ok=True)
+        self.wake = folder_watch(os.fsencode(self.dir))
         self._write()
         w = self.watcher
         incomplete = getattr(w, "incomplete", None)
@@ -164,6 +167,9 @@ class Keeper:
             self.thread.join(timeout=10)
         self._write(stopped=True)
         self.watcher.close()
+        if self.wake >= 0:
+            os.close(self.wake)
+            self.wake = -1
 
     def _loop(self) -> None:
         self.looked = time.monotonic()
@@ -177,8 +183,15 @@ class Keeper:
 
     def _step(self) -> None:
         request = self.dir / "cut-request"
-        if wait_readable(self.watcher.fileno(), _POLL_S):
+        ready, _w, _x = select.select([self.watcher.fileno()] + ([self.wake] if self.wake >= 0 else []), [], [], _POLL_S)
+        if self.watcher.fileno() in ready:
             self._drain()
+        if self.wake >= 0 and self.wake in ready:
+            while True:  # what woke us is looked at below; the events themselves say nothing more
+                try:
+                    os.read(self.wake, 65536)
+                except BlockingIOError:
+                    break
         if time.monotonic() - self.looked > 1.0:  # the cache folder emptied or moved: written anew
             self.looked = time.monotonic()
             if not (self.dir / "journal").exists():
@@ -319,7 +332,7 @@ def request_cut(cache: Path, run_id: str | None, timeout_s: float = CUT_TIMEOUT_
             if run_id is not None and ack.get("run") != run_id:
                 raise Unusable("the change journal daemon restarted while this backup began")
             return str(ack["run"]), int(ack["seq"])
-        time.sleep(0.02)
+        time.sleep(0.005)  # the keeper answers in milliseconds (it wakes on the request)
     (folder / "cut-request").unlink(missing_ok=True)
     raise Unusable(f"the change journal daemon did not answer within {timeout_s:.0f} s")
 

@@ -22,6 +22,7 @@ import os
 import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,7 @@ def pass_through(backup: Backup, dfd: int, path: bytes, parent_tree: bytes) -> A
     subdirectories on the way looked at. None if the parent point does not hold them (the
     journal must have missed this directory's change: it is listed instead)."""
     parent = {e["n"]: e for e in backup.reader.tree(parent_tree)}
+    backup.reader.prefetch(subtrees_wanted(backup.plan, path, parent))
     base = path if path != b"/" else b""
     children = backup.plan.children.get(path, set())
     if any(n not in parent or parent[n]["t"] != DIR for n in children):
@@ -260,6 +262,17 @@ def pass_through(backup: Backup, dfd: int, path: bytes, parent_tree: bytes) -> A
     return backup._queue(items, parent_tree)
 
 
+def subtrees_wanted(plan: Plan, path: bytes, entries: dict[bytes, Entry]) -> list[bytes]:
+    """The old trees of the subdirectories that the walk will read next: all of them in
+    unoptimized mode, only those on the way to changed directories in optimized mode."""
+    if plan.optimized:
+        names = plan.children.get(path, ())
+        picked = [entries[n] for n in names if n in entries]
+    else:
+        picked = list(entries.values())
+    return [e["tree"] for e in picked if e["t"] == DIR and "tree" in e]
+
+
 def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
     """A changed file with other names: an optimized walk cannot know where they are."""
     if backup.plan.optimized and not backup.plan.links_followed and backup.plan.fallback is None:
@@ -268,6 +281,9 @@ def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
 
 
 # -- the refs ---------------------------------------------------------------------------------
+
+
+_NET_BOUND = 65536  # blob IDs whose net change a directory's update holds in memory at most
 
 
 def own_refs(tree_id: bytes, entries: list[Entry]) -> list[bytes]:
@@ -285,6 +301,7 @@ class RefCounts:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.final = self.folder / "refcounts.sqlite"
         self.fresh, self.reader, self.persist = fresh, reader, persist
+        self.pending: list[tuple[bytes, int]] = []  # (blob id, change of its count), not yet in SQLite
         self.path = self.folder / f"refcounts-{os.getpid()}.sqlite" if fresh else self.final
         if fresh:
             self.path.unlink(missing_ok=True)
@@ -314,38 +331,57 @@ class RefCounts:
             return False
         return row is not None and row[0] == point_id
 
-    def _add(self, ids: list[bytes], delta: int) -> None:
+    def _add(self, deltas: list[tuple[bytes, int]]) -> None:
+        self.pending.extend(deltas)
+        if len(self.pending) >= _NET_BOUND:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Many directories' changes in one statement each: a call per directory costs more
+        than the few rows a changed directory brings."""
+        if not self.pending:
+            return
         if not self.fresh:
             self.db.executemany("INSERT OR IGNORE INTO touched (id, old) "
-                                "SELECT ?, coalesce((SELECT n FROM refs WHERE id = ?), 0)", ((i, i) for i in ids))
+                                "SELECT ?, coalesce((SELECT n FROM refs WHERE id = ?), 0)",
+                                ((i, i) for i, _d in self.pending))
         self.db.executemany("INSERT INTO refs (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = n + ?",
-                            ((i, delta, delta) for i in ids))
+                            ((i, d, d) for i, d in self.pending))
+        self.pending = []
 
     def dir_done(self, refs: list[bytes], old_tree: bytes | None, kept: dict[bytes, bytes]) -> None:
         """A directory's new tree is made: its refs count; in an update, its old tree's own
         refs no longer do, nor those of old subdirectories not kept (`kept`: name -> old tree
         id still used, carried over or updated in place)."""
-        self._add(refs, 1)
         if self.fresh or not old_tree:
+            self._add([(i, 1) for i in refs])
             return
+        # Only the net change reaches SQLite: a changed directory mostly lists the same files
+        # again, and their +1 and -1 cancel here instead of costing four row updates each.
+        net = Counter(refs)
         old = self.reader.tree(old_tree)
-        self._add(own_refs(old_tree, old), -1)
+        net.subtract(own_refs(old_tree, old))
         for e in old:
             if e["t"] == DIR and "tree" in e and kept.get(e["n"]) != e["tree"]:
-                self._drop_subtree(e["tree"])
+                self._drop_subtree(e["tree"], net)
+        self._add([(i, d) for i, d in net.items() if d])
 
-    def _drop_subtree(self, tree_id: bytes) -> None:
+    def _drop_subtree(self, tree_id: bytes, net: Counter[bytes]) -> None:
         stack = [tree_id]
         while stack:
             tid = stack.pop()
             entries = self.reader.tree(tid)
-            self._add(own_refs(tid, entries), -1)
+            net.subtract(own_refs(tid, entries))
             stack.extend(e["tree"] for e in entries if e["t"] == DIR and "tree" in e)
+            if len(net) > _NET_BOUND:  # a large subtree gone: counted in steps, memory stays bounded
+                self._add([(i, d) for i, d in net.items() if d])
+                net.clear()
 
     def sorted_chunks(self) -> Iterator[bytes]:
         return self._chunks("SELECT id FROM refs WHERE n > 0 ORDER BY id")
 
     def _chunks(self, sql: str, per_chunk: int = 32768) -> Iterator[bytes]:
+        self._flush()
         rows = self.db.execute(sql)
         while batch := rows.fetchmany(per_chunk):
             yield b"".join(r[0] for r in batch)
@@ -361,9 +397,11 @@ class RefCounts:
                             "WHERE t.old > 0 AND coalesce(r.n, 0) <= 0 ORDER BY t.id")
 
     def count(self) -> int:
+        self._flush()
         return self.db.execute("SELECT count(*) FROM refs WHERE n > 0").fetchone()[0]
 
     def commit(self, point_id: str) -> None:
+        self._flush()
         self.db.execute("DELETE FROM refs WHERE n <= 0")
         self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('point', ?)", (point_id,))
         self.db.execute("COMMIT")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from strongroom.agent import handover
 from strongroom.agent.daemon import Daemon
 from strongroom.agent.passphrase import read_passphrase
 from strongroom.cli.common import PrintableFormatter, home, passphrase_option
@@ -30,10 +31,14 @@ def run(ctx: click.Context, passphrase_file: Path | None) -> None:
     logging.basicConfig(handlers=[log_output], level=logging.INFO)
     agent = home(ctx)
     key = agent.master_key(read_passphrase(passphrase_file))
+    server = handover.start(agent.path, key)  # before the daemon's threads: it forks
     try:
         Daemon(agent, key).run_forever()
     except KeyboardInterrupt:
         logging.getLogger("strongroom.agent").info("stopped")
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def add_to(cli: click.Group) -> None:

@@ -15,7 +15,7 @@ from strongroom.agent.kinds import prepare_kind_backup
 from strongroom.agent.seed import WAITING, prepare_seed
 from strongroom.agent.selection import Selection
 from strongroom.cli.backup_more import Extras, dry_run, more_options, prepare_stdin
-from strongroom.cli import kinds_cmds
+from strongroom.cli import handover, kinds_cmds
 from strongroom.cli.common import (
     echo,
     emit_json,
@@ -98,7 +98,7 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
                    "mode": result.point.mode, "mode_reason": result.mode_reason, **kinds_cmds.kind_fields(run.manifest_extra),
                    "snapshot": run.view.kind if run.view else None, "sources": [display_path(s) for s in run.sources],
                    "tags": extra.tags, "stats": result.stats,
-                   "warnings": warnings, **seed})
+                   "warnings": warnings, **seed, **_via()})
     elif offline_seed is not None:
         echo(f"Recovery point {result.point.id} written to the offline seed {offline_seed.absolute()}: "
              f"{s['files_new']} files, {human_bytes(s['bytes_added'])} in {s['packs_added']} packs.")
@@ -116,8 +116,15 @@ def backup(ctx: click.Context, paths: tuple[Path, ...], excludes: tuple[str, ...
             echo(f"Files: {s['files_new']} new, {s['files_changed']} changed, "
                  f"{s['files_unchanged']} unchanged; {s['dirs']} directories.")
         echo(f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}; "
-             f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s.")
+             f"added {human_bytes(s['bytes_added'])} to the vault in {s['duration_s']:.1f} s"
+             f"{' (run by the agent daemon)' if handover.VIA[0] == 'daemon' else ''}.")
     exit_if_incomplete(ctx, warnings, as_json, "were not backed up as they were")
+
+
+def _via() -> dict[str, str]:
+    """How the backup ran: "daemon" (handed to `strongroom agent run`) or "in-process", and why."""
+    how, why = handover.VIA
+    return {"via": how, **({"via_reason": why} if why else {})}
 
 
 def add_to(cli: click.Group) -> None:

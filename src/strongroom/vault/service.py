@@ -9,6 +9,7 @@ be rebuilt from storage (vault/rebuild.py).
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import json
 import mmap
@@ -18,7 +19,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from strongroom.vault import privacy, protection, records
 from strongroom.vault import refs as reflist
 from strongroom.vault.jobs import JobBook, JobRecord
 from strongroom.vault.records import pack_object
+from strongroom.vault.shapes import BLOB_PAGE, BlobLocation, PointRecord  # noqa: F401 - re-exported
 from strongroom.vault.storage.fs import FolderStorage
 
 VAULT_FILE = "vault.json"
@@ -54,7 +55,6 @@ SPOOL_DIR = "incoming"
 # makes a tree blob of ~100 MB, and that travels in a pack of its own.
 MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # one batched read: bounded memory in the vault
-BLOB_PAGE = 262144  # blob IDs in one page of blob_ids_since: 8 MiB
 TOKEN_CACHE_S = 5.0  # how long a checked token is trusted from memory
 
 
@@ -85,25 +85,6 @@ def read_vault_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-@dataclass(frozen=True)
-class PointRecord:
-    id: str
-    machine: str
-    created_ns: int
-    kind: str
-    mode: str
-    stats: dict[str, Any]
-    manifest: bytes
-
-
-@dataclass(frozen=True)
-class BlobLocation:
-    pack: str
-    offset: int
-    length: int
-    kind: int
-
-
 class VaultService:
     def __init__(self, root: Path) -> None:
         self.meta = read_vault_meta(root)
@@ -127,6 +108,9 @@ class VaultService:
             raise CatalogUntrusted(f"the vault's catalog {catalog} is empty or belongs to another vault; "
                                    f"{rebuild_hint(root)}")
         self.incarnation: str = facts["incarnation"]
+        # Closed at exit, the last connection folds the write-ahead log into the catalog and
+        # removes it: a vault at rest is its catalog file, not also a few MB of log.
+        atexit.register(self.engine.dispose)
         self.jobs = JobBook(self.engine, self._archive_job)
         # token hash -> (machine, name, until when to trust this without the catalog)
         self.known_tokens: dict[str, tuple[int, str, float]] = {}

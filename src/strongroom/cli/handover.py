@@ -1,0 +1,182 @@
+"""The `strongroom` command's entry point, which first hands `strongroom backup` to the running
+agent daemon of its home (agent/handover.py) and otherwise runs the CLI in this process.
+
+Checked with the standard library only, before cli/main.py and the backup's imports load and
+before any passphrase is asked or key derived: that start-up is what the hand-over saves.
+The daemon's worker writes the backup's output to this process's own stdout and stderr
+(passed as descriptors), so this process only waits for its exit code and passes Ctrl-C on.
+
+`VIA` says how the backup ran, for `strongroom backup --json` ("via", "via_reason").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+TYPE_CHECKING = False  # typing is not imported: start-up is what this module saves
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+from strongroom.agent import handover as wire
+from strongroom.agent.homepath import home_path
+
+VIA: tuple[str, str | None] = ("in-process", None)
+NO_DAEMON_ENV = "STRONGROOM_NO_DAEMON"
+# Options the daemon does not carry out: a passphrase given for this run is to be checked;
+# the other kinds of points and a command run for --stdin need this process's environment.
+_OWN_PROCESS_OPTIONS = ("--passphrase-file", "--volume", "--system-state", "--image", "--stdin-from-command",
+                        "--help", "-h")
+
+
+def main() -> None:
+    global VIA
+    reason = hand_over(sys.argv[1:])
+    if reason is not None:
+        VIA = ("in-process", reason)
+    from strongroom.cli.main import main as run_here  # noqa: PLC0415 - the heavy part, only now
+    run_here()
+
+
+def _backup_args(argv: list[str]) -> tuple[Path | None, list[str]] | None:
+    """(--home, the backup's arguments) when argv is a `backup` command, else None."""
+    home: Path | None = None
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--home" and i + 1 < len(argv):
+            home, i = Path(argv[i + 1]), i + 2
+        elif argv[i].startswith("--home="):
+            home, i = Path(argv[i][len("--home="):]), i + 1
+        else:
+            break
+    if i >= len(argv) or argv[i] != "backup":
+        return None
+    return home, argv[i + 1:]
+
+
+def hand_over(argv: list[str]) -> str | None:
+    """Exits with the daemon's exit code when the home's daemon carried out the backup; else
+    why not (None: not a backup command)."""
+    parsed = _backup_args(argv)
+    if parsed is None:
+        return None
+    given_home, args = parsed
+    if os.environ.get(NO_DAEMON_ENV):
+        return f"${NO_DAEMON_ENV} is set"
+    for a in args:
+        if a == "--":
+            break
+        if a.split("=", 1)[0] in _OWN_PROCESS_OPTIONS:
+            return f"{a.split('=', 1)[0]} runs in the command's own process"
+    home = home_path(given_home)
+    path = wire.socket_path(home)
+    try:
+        st = os.lstat(path)
+        home_st = os.stat(home)
+    except FileNotFoundError:
+        return "no agent daemon runs for this home"
+    except OSError as exc:
+        return f"cannot look for the agent daemon's socket ({exc.strerror})"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"{path} is not a socket"
+    if st.st_uid != os.geteuid():
+        return "the agent daemon's socket belongs to another user"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(wire.REQUEST_TIMEOUT_S)
+        sock.connect(wire.connectable(path))
+        if wire.peer_uid(sock) != os.geteuid():  # a socket swapped in between: give it nothing
+            return "the agent daemon's socket is served by another user"
+        return _request(sock, home_st, args)
+    except ConnectionRefusedError:
+        return "the agent daemon's socket is stale (its daemon is gone)"
+    except (socket.timeout, TimeoutError):
+        return f"the agent daemon did not answer within {wire.REQUEST_TIMEOUT_S:.0f} s"
+    except OSError as exc:
+        return f"cannot reach the agent daemon ({exc.strerror or exc})"
+    finally:
+        sock.close()
+
+
+def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> str | None:
+    fds = [os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:  # closed: the worker gets /dev/null there, as Python would have nothing
+            fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+    streams = (sys.stdin, sys.stdout, sys.stderr)
+    doc = wire.Request((home_st.st_dev, home_st.st_ino),
+                       [(getattr(s, "encoding", None) or "utf-8", getattr(s, "errors", None) or "strict") for s in streams],
+                       args, wire.passed_env(os.environ))
+    try:
+        data = doc.encode()
+    except ValueError:
+        return "the arguments are too long to hand over"
+    sent = socket.send_fds(sock, [data[:65536]], fds)
+    sock.sendall(data[sent:])
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    reader = _Lines(sock)
+    word, text = reader.next()
+    if word is None:
+        return "the agent daemon closed the connection without taking the backup"
+    if word == "declined":
+        return text
+    if word == "refused":
+        _fail(text)
+    if word != "accepted":
+        return "the agent daemon sent an answer this client does not understand"
+    sock.settimeout(None)  # a backup takes as long as it takes
+    _pass_signals_on(sock)
+    word, text = reader.next()
+    if word == "refused":
+        _fail(text)
+    if word != "exit" or not text.isdigit():
+        _fail("the agent daemon stopped before the backup ended (run the backup again; "
+              "the vault records the interrupted job as failed)")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(int(text))
+
+
+class _Lines:
+    """The daemon's answer lines (word, text), each at most MAX_REPLY bytes; (None, "") at the end."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, b""
+
+    def next(self) -> tuple[str | None, str]:
+        while b"\n" not in self.buf:
+            if len(self.buf) > wire.MAX_REPLY:
+                return None, ""
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                return None, ""
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        word, _sep, text = os.fsdecode(line).partition(" ")
+        return word, text
+
+
+def _pass_signals_on(sock: socket.socket) -> None:
+    """Ctrl-C, SIGTERM and a closed terminal cancel the backup in the daemon, as they would here."""
+    def cancel(_signum: int, _frame: object) -> None:
+        try:
+            sock.send(wire.CANCEL)
+        except OSError:
+            pass
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, cancel)
+
+
+def _fail(message: str) -> NoReturn:
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
+    sys.stderr.write(f"strongroom: error: {shown}\n")
+    sys.stderr.flush()
+    os._exit(1)
