@@ -123,6 +123,9 @@ def main() -> int:
     loop = LoopFs(workdir, args.fs == "journal", args.loop_gib) if args.fs != "here" else None
     root = loop.make() if loop else os.path.join(workdir, "restores")
     os.makedirs(root, exist_ok=True)
+    for leftover in os.listdir(root):  # an interrupted run's trees
+        if leftover.startswith(("r", "previous")) and not os.path.ismount(os.path.join(root, leftover)):
+            shutil.rmtree(os.path.join(root, leftover))
     previous = os.path.join(root, "previous")
     if args.state == "deleted":  # the first restore too comes after a deletion
         subprocess.run(["cp", "-a", corpus, previous], check=True)

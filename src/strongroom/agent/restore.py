@@ -80,6 +80,7 @@ _BATCH_FILES = 64
 _BATCH_BYTES = 2 * 1024 * 1024
 _BATCHES_HELD_BYTES = 12 * 1024 * 1024
 _QUEUED_STEPS = 512
+_MADE_HELD = 1024  # small files made and still open, waiting for a writer
 # Look-ahead into subfolders: a served vault answers each request in a round trip, so the
 # subfolders' blobs are located, and their small files fetched, a group of subfolders at a
 # time by a fetch thread while the walk writes (bounded: bytes fetched per group, and the
@@ -150,6 +151,7 @@ class Restore:
         # metadata, in order: a folder's metadata comes after all that was queued before it.
         self.queued: deque[Callable[[], None]] = deque()
         self.held = 0  # bytes of decoded content in queued batches
+        self.made = 0  # small files made by the walk and not yet written (each an open descriptor)
         self.ahead: dict[bytes, tuple[_Ahead, int]] = {}  # subfolder tree -> its look-ahead, group
         self.premade: dict[bytes, tuple[int, int]] = {}  # folder made by _premake -> (st_dev, st_ino)
         self.premake_pending = False  # the selection's folders are yet to be made (_restore_dir)
@@ -179,7 +181,7 @@ class Restore:
     def _queue(self, step: Callable[[], None], held: int = 0) -> None:
         self.queued.append(step)
         self.held += held
-        while self.held > _BATCHES_HELD_BYTES or len(self.queued) > _QUEUED_STEPS:
+        while self.held > _BATCHES_HELD_BYTES or len(self.queued) > _QUEUED_STEPS or self.made > _MADE_HELD:
             self.queued.popleft()()
 
     def _error(self, path: bytes, message: str) -> None:
@@ -372,25 +374,30 @@ class Restore:
             self._look_ahead(subtrees)
         fetched: list[bytes] = []
         batch = _Batch()
-        for i, child in enumerate(children):
-            if i in windows:
-                self.reader.drop(fetched)  # what skipped files did not read
-                fetched = windows[i]
-                self.reader.prefetch(fetched + subtrees)
-                self._look_ahead(subtrees)
-                subtrees = []
-            child_path = path + b"/" + child["n"]
-            if child["t"] == DIR:  # not held while the subtree is walked
-                self._send(fd, batch)
-                batch = _Batch()
-            job = self._restore_entry(fd, child_path, child, batch, fresh)
-            if job is not None:
-                self._queue(lambda p=child_path, j=job: self._collect(p, j))
-            if batch.files >= _BATCH_FILES or batch.size >= _BATCH_BYTES:
-                self._send(fd, batch)
-                batch = _Batch()
-        self.reader.drop(fetched)
-        self._send(fd, batch)
+        try:
+            for i, child in enumerate(children):
+                if i in windows:
+                    self.reader.drop(fetched)  # what skipped files did not read
+                    fetched = windows[i]
+                    self.reader.prefetch(fetched + subtrees)
+                    self._look_ahead(subtrees)
+                    subtrees = []
+                child_path = path + b"/" + child["n"]
+                if child["t"] == DIR:  # not held while the subtree is walked
+                    self._send(fd, batch)
+                    batch = _Batch()
+                job = self._restore_entry(fd, child_path, child, batch, fresh)
+                if job is not None:
+                    self._queue(lambda p=child_path, j=job: self._collect(p, j))
+                if batch.files >= _BATCH_FILES or batch.size >= _BATCH_BYTES:
+                    self._send(fd, batch)
+                    batch = _Batch()
+            self.reader.drop(fetched)
+            self._send(fd, batch)
+        except BaseException:
+            if not batch.sent:
+                batch.close()  # files made but never handed to a writer: left empty, 0600
+            raise
 
     def _look_ahead(self, subtrees: list[bytes]) -> None:
         """Has the fetch thread locate what the subfolders hold and fetch their small files'
@@ -471,7 +478,10 @@ class Restore:
                     self._detach(dfd, final, entry, path)
                     return None
                 if group is None and batch is not None:
-                    batch.add(final, tmp, entry, path, [self.reader.read(i) for i in entry.get("c", ())])
+                    content = [self.reader.read(i) for i in entry.get("c", ())]
+                    # Made here, by the walk, not by the writer: see _Batch.
+                    batch.add(final, tmp, entry, path, content, os.open(tmp or final, _NEW_FILE, 0o600, dir_fd=dfd))
+                    self.made += 1
                     return None
                 first = self.first_links.get(group) if group else None
                 args = (os.dup(dfd), final, tmp, entry, path, first)
@@ -533,11 +543,13 @@ class Restore:
         if not batch.files:
             return
         future = self.small_pool.submit(self._write_batch, os.dup(dfd), batch)
+        batch.sent = True
         self._queue(lambda: self._collect_batch(future), batch.size)
 
     def _collect_batch(self, future: Future) -> None:
         batch = future.result()  # _write_batch reports each file's failure itself
         self.held -= batch.size
+        self.made -= batch.files
         for copied, written in batch.done:
             self._count(copied, written)
         hook("restore-batch-written")  # tests: a kill -9 with large files and folders half done
@@ -559,22 +571,24 @@ class Restore:
 
     def _write_batch(self, dfd: int, batch: _Batch) -> _Batch:
         try:
-            for final, tmp, entry, path, content in batch.items:
+            while batch.items:
+                final, tmp, entry, path, content, fd = batch.items.popleft()
                 try:
-                    batch.done.append(self._write_small(dfd, final, tmp, entry, path, content))
+                    batch.done.append(self._write_small(dfd, final, tmp, entry, path, content, fd))
                 except (OSError, StrongroomError) as exc:
                     self._error(path, getattr(exc, "strerror", None) or str(exc))
-            batch.items = []  # the content is written: not held until collected
             return batch
         finally:
+            batch.close()  # what an unexpected error left unwritten: empty 0600 files, as after a kill
             os.close(dfd)
 
     def _write_small(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
-                     content: list[bytes]) -> tuple[bool, int]:
-        """One small file from decoded content: (written as a copy, bytes written)."""
+                     content: list[bytes], made: int) -> tuple[bool, int]:
+        """One small file from decoded content, into the file the walk made as `tmp or final`
+        and opened as `made` (O_EXCL); (written as a copy, bytes written)."""
         name = tmp or final
         written = 0
-        with _made(dfd, name, os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)) as fd:
+        with _made(dfd, name, made) as fd:
             for piece in content:
                 written += _write_all(fd, piece)
             refused = apply_metadata(entry, fd)
@@ -725,19 +739,35 @@ class _Ahead:
 
 class _Batch:
     """Small files of one folder for one small writer: (final name, temp name or None, entry,
-    path, decoded content) each, and what the writer did with them."""
+    path, decoded content, descriptor of the empty file made for it) each, and what the writer
+    did with them.
 
-    __slots__ = ("items", "files", "size", "done")
+    The walk makes the files (O_CREAT|O_EXCL) and the writer only fills them, so that a single
+    thread allocates inodes. Why: ext4 without a journal skips recently freed inodes one by one
+    at each allocation (find_inode_bit -> recently_deleted), so right after a big deletion each
+    create scans for ~0.2 ms; two threads creating in one folder wait for each other on the
+    folder's lock and, in one block group, collide on the same free inode and scan again under
+    the group's lock, spinning meanwhile: that tripled the kernel time of a restore."""
+
+    __slots__ = ("items", "files", "size", "done", "sent")
 
     def __init__(self) -> None:
-        self.items: list[tuple[bytes, bytes | None, Entry, bytes, list[bytes]]] = []
+        self.items: deque[tuple[bytes, bytes | None, Entry, bytes, list[bytes], int]] = deque()
         self.files = self.size = 0
         self.done: list[tuple[bool, int]] = []
+        self.sent = False  # handed to a writer, which then owns the descriptors
 
-    def add(self, final: bytes, tmp: bytes | None, entry: Entry, path: bytes, content: list[bytes]) -> None:
-        self.items.append((final, tmp, entry, path, content))
+    def add(self, final: bytes, tmp: bytes | None, entry: Entry, path: bytes, content: list[bytes],
+            fd: int) -> None:
+        self.items.append((final, tmp, entry, path, content, fd))
         self.files += 1
         self.size += sum(map(len, content))
+
+    def close(self) -> None:
+        """Closes the descriptors of files not written (an error or interruption before)."""
+        while self.items:
+            with suppress(OSError):
+                os.close(self.items.popleft()[5])
 
 
 def select_entries(reader: BlobReader, root_tree: bytes, paths: list[bytes],
