@@ -12,18 +12,20 @@ are in place. An entry that cannot be restored is reported and the rest goes on.
 Pipeline, in named stages (why it is shaped so: one Python thread walking and writing
 50,000 small files left the second core idle, and waiting at the end of each folder for its
 large files serialised the two kinds):
+- folders first (_premake): every missing folder of the selection is made before any file;
 - walk (the calling thread): reads trees, resolves conflicts, fetches and decodes small
-  files' content a window at a time, makes every new large file (O_EXCL) itself;
-- small writers (`small` pool): make, write and set the metadata of small files, a batch of
-  one folder's files per task, from content the walk decoded (syscalls release the GIL, so
-  they overlap the walk's Python work);
+  files' content a window at a time, makes every new file (O_EXCL) itself, so that one
+  thread allocates inodes (see _Batch);
+- small writers (`small` pool): write and set the metadata of small files, a batch of one
+  folder's files per task, from content the walk decoded, into the files it made (syscalls
+  release the GIL, so they overlap the walk's Python work);
 - large writers (`writer` pool): fetch, decode and write large files' content into the
   descriptor the walk opened, and set their metadata.
 The walk does not wait at the end of each folder: it goes on while the work handed off stays
 under a bound (files, batches, bytes), and a folder's own metadata is set once everything
 that makes names in it has finished (a queue in order). Nothing is fsynced per file: a
 restore killed half-way leaves files of mode 0600 whose content or times are not yet set,
-and folders without their metadata, which a rerun with `--conflict overwrite` replaces.
+and folders (some still empty) without their metadata, which a rerun with `--conflict overwrite` replaces.
 """
 
 from __future__ import annotations
