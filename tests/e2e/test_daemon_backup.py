@@ -268,3 +268,35 @@ def test_a_hostile_local_user_gets_nothing(setup, tmp_path):
     with pytest.raises(BlockingIOError):
         trap.accept()
     trap.close()
+
+
+def _on_a_terminal(sr, args: list[str], env_extra: dict[str, str] | None = None) -> str:
+    """What `strongroom ARGS` shows on a terminal (stdout and stderr on one pseudo-terminal)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(sr.cmd + args, env=sr.env({"TERM": "xterm", "COLUMNS": "200", **(env_extra or {})}),
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the command and every copy of the terminal's other end are gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, out
+    return out.decode("utf-8", "replace")
+
+
+def test_progress_shows_on_the_clients_terminal(setup):
+    sr, src, start = setup
+    sr.backup(src)
+    start()
+    (src / "big.bin").write_bytes(os.urandom(20 << 20))
+    shown = _on_a_terminal(sr, ["backup", str(src)])
+    assert "Backing up: " in shown and "\x1b[" in shown, shown  # rich's live status, in colour
+    assert "(run by the agent daemon)." in shown
+    here = _on_a_terminal(sr, ["backup", str(src)], {"STRONGROOM_NO_DAEMON": "1"})
+    assert "Backing up: " in here and "(run by the agent daemon)" not in here
