@@ -72,6 +72,9 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
         b = sr.backup(src)
         assert (b["via"], b["mode"]) == ("daemon", "optimized"), b
         assert b["stats"]["files_changed"] == 1, b
+    b = sr.backup(src, "--unoptimized", "--tag", "by-daemon", "--exclude", "*.nothing")
+    assert (b["via"], b["mode"], b["mode_reason"], b["tags"]) == ("daemon", "unoptimized", "asked for (--unoptimized)",
+                                                                  ["by-daemon"])
     # Relative paths resolve in the client's working directory; the text summary says who ran it.
     proc = subprocess.run(sr.cmd + ["backup", src.name], cwd=src.parent, env=sr.env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -95,7 +98,7 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
     b = sr.backup(src, "--passphrase-file", pf)
     assert (b["via"], b["via_reason"]) == ("in-process", "--passphrase-file runs in the command's own process")
     log = Path(daemon.log.name).read_text()
-    assert log.count("`strongroom backup` worker") == 8, log
+    assert log.count("`strongroom backup` worker") == 9, log
 
 
 @pytest.mark.parametrize("args", [["--retain-until", "2000-01-01"], ["/does/not/exist"], ["--no-such-option"], []])

@@ -258,6 +258,11 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
     def leave(_signum: int, _frame: Any) -> None:
         raise SystemExit(0)  # the workers get SIGTERM from their own death signal and cancel
 
+    import gc  # noqa: PLC0415
+
+    # What the zygote holds stays out of the workers' garbage collections: they would touch
+    # every object's header and so copy every page they share with it.
+    gc.freeze()
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the daemon's terminal: the daemon decides
     signal.signal(signal.SIGCHLD, reap)
