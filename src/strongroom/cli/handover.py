@@ -85,11 +85,13 @@ def hand_over(argv: list[str]) -> str | None:
     if st.st_uid != os.geteuid():
         return "the agent daemon's socket belongs to another user"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    signals = _PassedOn(sock)
     try:
         sock.settimeout(wire.REQUEST_TIMEOUT_S)
         sock.connect(wire.connectable(path))
         if wire.peer_uid(sock) != os.geteuid():  # a socket swapped in between: give it nothing
             return "the agent daemon's socket is served by another user"
+        signals.install()  # from here a Ctrl-C cancels what the daemon may have begun
         return _request(sock, home_st, args)
     except ConnectionRefusedError:
         return "the agent daemon's socket is stale (its daemon is gone)"
@@ -98,7 +100,10 @@ def hand_over(argv: list[str]) -> str | None:
     except OSError as exc:
         return f"cannot reach the agent daemon ({exc.strerror or exc})"
     finally:
+        signals.restore()
         sock.close()
+        if signals.cancelled:  # interrupted before the daemon took the backup: nothing runs here either
+            _fail("interrupted", 130)
 
 
 def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> str | None:
@@ -115,13 +120,14 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
                        args, wire.passed_env(os.environ))
     try:
         data = doc.encode()
+        sent = socket.send_fds(sock, [data[:65536]], fds)
+        sock.sendall(data[sent:])
     except ValueError:
         return "the arguments are too long to hand over"
-    sent = socket.send_fds(sock, [data[:65536]], fds)
-    sock.sendall(data[sent:])
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
+    finally:
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
     reader = _Lines(sock)
     word, text = reader.next()
     if word is None:
@@ -133,7 +139,6 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
     if word != "accepted":
         return "the agent daemon sent an answer this client does not understand"
     sock.settimeout(None)  # a backup takes as long as it takes
-    _pass_signals_on(sock)
     word, text = reader.next()
     if word == "refused":
         _fail(text)
@@ -164,19 +169,33 @@ class _Lines:
         return word, text
 
 
-def _pass_signals_on(sock: socket.socket) -> None:
-    """Ctrl-C, SIGTERM and a closed terminal cancel the backup in the daemon, as they would here."""
-    def cancel(_signum: int, _frame: object) -> None:
+class _PassedOn:
+    """Ctrl-C, SIGTERM and a closed terminal cancel the backup in the daemon, as they would here
+    (the worker prints "interrupted" and ends with 130); `restore` before running in-process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.cancelled, self.before = sock, False, {}
+
+    def install(self) -> None:
+        self.before = {sig: signal.signal(sig, self._cancel) for sig in self.SIGNALS}
+
+    def _cancel(self, _signum: int, _frame: object) -> None:
+        self.cancelled = True
         try:
-            sock.send(wire.CANCEL)
+            self.sock.send(wire.CANCEL)
         except OSError:
             pass
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, cancel)
+
+    def restore(self) -> None:
+        for sig, handler in self.before.items():
+            signal.signal(sig, handler)
+        self.before = {}
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
     sys.stderr.write(f"strongroom: error: {shown}\n")
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(code)
