@@ -147,8 +147,9 @@ def create_meta(root: str, seed: int) -> None:
 def mutate(root: str, seed: int, gen: int, small: int) -> None:
     rng = random.Random(f"mutate-{seed}-{gen}")
     present = [i for i in range(small) if os.path.exists(os.path.join(root, small_path(i)))]
-    rewrite = max(1, small // 100)
-    chosen = rng.sample(present, rewrite + 100)
+    rewrite = min(max(1, small // 100), len(present))
+    deleted = min(100, len(present) - rewrite)  # fewer in a corpus of fewer than 101 small files
+    chosen = rng.sample(present, rewrite + deleted)
     changed = 0
     for i in chosen[:rewrite]:
         data = small_data(seed, i, gen)
@@ -176,7 +177,7 @@ def mutate(root: str, seed: int, gen: int, small: int) -> None:
     if os.path.exists(retouched):  # corpora made before meta/ existed have none
         os.chmod(retouched, 0o600 if gen % 2 else 0o644)
         os.utime(retouched, ns=(META_OLD_MTIME_NS + gen, META_OLD_MTIME_NS + gen))
-    print(f"mutation {gen}: {rewrite} small files rewritten, 100 deleted, 100 added, 16 MiB appended, "
+    print(f"mutation {gen}: {rewrite} small files rewritten, {deleted} deleted, 100 added, 16 MiB appended, "
           f"1 MiB overwritten, one file's mode and mtime changed; about {changed / MiB:.1f} MiB of new data")
 
 

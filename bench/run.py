@@ -731,7 +731,6 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
             t.setup()
         except CommandFailed as e:
             fail(t, "setup", e)
-    warm_cache(corpus)
 
     def describe(r):
         extra = f"  cpu {r['user_s'] + r['sys_s']:.2f}s"
@@ -745,6 +744,9 @@ def run_round(rnd, args, tools_order, corpus, corpus_state, workdir):
         for t in tools:
             if t.failed:
                 continue
+            # Borg's chunker drops every file it reads from the page cache
+            # (posix_fadvise DONTNEED): without this, the tool after Borg read a cold corpus.
+            warm_cache(corpus)
             try:
                 r = t.backup(name)
             except CommandFailed as e:

@@ -103,10 +103,16 @@ def seal_into(key: MasterKey, blob_id: bytes, codec: int, payload: Any, out: byt
     size = max_envelope(len(payload))
     if len(out) < size:
         out.extend(bytes(size - len(out)))
-    view = memoryview(out)
+    view = memoryview(out)[:size]
+    seal_to(key, blob_id, codec, payload, view)
+    return view
+
+
+def seal_to(key: MasterKey, blob_id: bytes, codec: int, payload: Any, view: memoryview) -> None:
+    """Writes the envelope of a payload into `view`, which is `max_envelope(len(payload))` long
+    (the packer seals straight into its pack buffer: no copy, no buffer per thread)."""
     view[0] = codec
     key.seal_into(blob_id + bytes((codec,)), payload, view[1:])
-    return view[:size]
 
 
 def encode(key: MasterKey, blob_id: bytes, data: bytes | memoryview) -> bytes:

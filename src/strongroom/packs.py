@@ -9,6 +9,7 @@ without the key. A pack's name is the BLAKE3 hash of its bytes, checked by the v
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
@@ -67,6 +68,17 @@ class PackBuilder:
     def add(self, blob_id: bytes, kind: int, envelope: bytes | memoryview) -> None:
         self.refs.append(BlobRef(blob_id, kind, self.size, len(envelope)))
         self._write(envelope)
+
+    def add_written(self, blob_id: bytes, kind: int, length: int, write: Callable[[memoryview], None]) -> None:
+        """Like `add` for an envelope of `length` bytes that `write` puts straight into the
+        buffer (the packer seals there: one copy of each blob less)."""
+        end = self.size + length
+        if end > len(self.buffer):
+            self.buffer.extend(bytes(end - len(self.buffer)))
+        with memoryview(self.buffer) as view:  # released before any later extend
+            write(view[self.size:end])
+        self.refs.append(BlobRef(blob_id, kind, self.size, length))
+        self.size = end
 
     def __len__(self) -> int:
         return len(self.refs)

@@ -42,7 +42,7 @@ from strongroom.agent.fsmeta import (
 )
 from strongroom.agent.packer import Packer
 from strongroom.agent.pointbook import OpenedPoint, PointBook
-from strongroom.agent.reader import BlobReader
+from strongroom.agent.reader import WALK_TREE_CACHE_BYTES, BlobReader
 from strongroom.agent.selection import Selection, change_base
 from strongroom.agent.snapshot import View, consistent_view, home_tag
 from strongroom.agent.sparse import ExtentReader, data_extents
@@ -52,7 +52,7 @@ from strongroom.globmatch import compile_globs
 from strongroom.model import DIR, FILE, SYMLINK, Entry, encode_tree, join, split_abs
 from strongroom.packs import KIND_DATA, KIND_TREE
 from strongroom.vault.interface import Vault
-from strongroom.vault.service import PointRecord
+from strongroom.vault.shapes import PointRecord
 
 _MAX_IN_FLIGHT = 256
 _MAX_PENDING_DIRS = 32
@@ -195,7 +195,7 @@ class Backup:
         self.view_warnings = 0  # how many of self.warnings the view gave (kept if the walk starts again)
         self.counters = Counters()
         self.warnings: list[tuple[bytes, str]] = []
-        self.reader = BlobReader(vault, key)
+        self.reader = BlobReader(vault, key, tree_cache_bytes=WALK_TREE_CACHE_BYTES)
         self.pending: deque[_PendingDir] = deque()
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
         self.hardlinks: dict[tuple[int, int], Future | Finished] = {}

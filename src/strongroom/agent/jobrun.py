@@ -30,7 +30,7 @@ from strongroom.fsutil import write_private
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
 from strongroom.vault.interface import Vault
-from strongroom.vault.jobs import LEASE_SECONDS, MAX_FAILED_RECORDED, MAX_SEALED_FAILED
+from strongroom.vault.shapes import LEASE_SECONDS, MAX_FAILED_RECORDED, MAX_SEALED_FAILED
 
 _RENEW_EVERY = LEASE_SECONDS / 4
 _FAILED_AAD = b"strongroom job failed v1\0"

@@ -28,7 +28,7 @@ from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 from strongroom.model import Entry
 from strongroom.vault.interface import Vault
-from strongroom.vault.service import BlobLocation
+from strongroom.vault.shapes import BlobLocation
 
 MEMORY_BYTES = 32 * 1024 * 1024  # decoded blobs kept in memory: a few files read at once
 DISK_BYTES = 2 * 1024**3  # default bound of the cache of sealed blobs on disk

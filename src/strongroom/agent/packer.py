@@ -10,6 +10,7 @@ memory stays bounded while the disk or network works.
 from __future__ import annotations
 
 import errno
+import mmap
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,6 @@ class Packer:
         self.known = known
         self.synced = False  # brought up to date on first need: a no-change backup never needs it
         self.lock = threading.Lock()
-        self.scratch = threading.local()  # one reusable envelope buffer per thread
         self.spare: queue.Queue[bytearray] = queue.Queue()
         self.buffers_made = 0
         # Trees are few and small: their pack grows as needed instead of taking a full buffer.
@@ -95,24 +95,16 @@ class Packer:
         finally:
             self.batch_slots.release()
 
-    def _scratch(self) -> bytearray:
-        scratch = getattr(self.scratch, "buffer", None)
-        if scratch is None:  # grows to the largest blob this thread seals, then stays
-            scratch = self.scratch.buffer = bytearray()
-        return scratch
-
     def _seal_and_append(self, blob_id: bytes, kind: int, codec: int, payload: Any) -> None:
-        envelope = blobs.seal_into(self.key, blob_id, codec, payload, self._scratch())
-        try:
-            self._append(blob_id, kind, envelope)
-        finally:
-            envelope.release()
-
-    def _append(self, blob_id: bytes, kind: int, envelope: memoryview) -> None:
+        """Seals the payload straight into the open pack, under the lock: AES-GCM takes about
+        0.5 ms for the largest chunk, and sealing in place spares each thread a scratch buffer
+        of the largest envelope (4 MiB each, held all backup long) and a copy of every blob."""
+        size = blobs.max_envelope(len(payload))
         with self.lock:
             builder = self.builders[kind]
-            builder.add(blob_id, kind, envelope)
-            self.bytes_added += len(envelope)
+            builder.add_written(blob_id, kind, size,
+                                lambda view: blobs.seal_to(self.key, blob_id, codec, payload, view))
+            self.bytes_added += size
             self.blobs_added += 1
             full = builder.full
             if full:
@@ -128,7 +120,9 @@ class Packer:
             pass
         if self.buffers_made < _MAX_BUFFERS:
             self.buffers_made += 1
-            return PackBuilder()
+            # Anonymous memory, not bytearray(), which zeroes all 12.5 MiB: only the pages a
+            # pack fills count, and a backup that adds nothing costs none of them.
+            return PackBuilder(mmap.mmap(-1, BUFFER_SIZE))  # type: ignore[arg-type]
         return PackBuilder(self.spare.get())
 
     def _send(self, builder: PackBuilder) -> None:

@@ -25,7 +25,7 @@ from strongroom.errors import IntegrityError, StrongroomError
 from strongroom.policy import Policy
 from strongroom.vault.interface import Vault
 from strongroom.vault.retention import expired_per_kind
-from strongroom.vault.service import PointRecord
+from strongroom.vault.shapes import PointRecord
 
 # The vault expires points by its own clock, which may be set differently from this machine's.
 # Its plaintext times are that clock's, so only their order is held against the sealed times:

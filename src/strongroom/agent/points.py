@@ -14,7 +14,7 @@ import msgpack
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, UsageError
 from strongroom.model import MANIFEST_VERSION, decode_manifest, encode_manifest
-from strongroom.vault.service import PointRecord
+from strongroom.vault.shapes import PointRecord
 
 _LABEL = "strongroom point manifest"
 _V1_AAD = b"strongroom point manifest v1"  # format 1's constant: kept only to name it in a refusal

@@ -11,13 +11,16 @@ from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, VaultError
 from strongroom.model import Entry, decode_tree
 from strongroom.vault.interface import Vault
-from strongroom.vault.service import BlobLocation
+from strongroom.vault.shapes import BlobLocation
 
 _LOCATE_BATCH = 4096
 # Decoded trees kept, by the size of their blobs: a tree of a million entries is ~100 MB,
 # so a bound by count would be no bound at all. Decoded, a tree takes several times its
 # blob (a 1000-file folder: ~1 MB of dicts); a walk needs few trees twice.
 _TREE_CACHE_BYTES = 4 * 1024 * 1024
+# A backup's walk reads each tree of the parent point once: a small bound, since a no-change
+# backup of 20,000 files otherwise held 30 MiB of decoded trees at its end.
+WALK_TREE_CACHE_BYTES = 512 * 1024
 # Blobs fetched ahead in one request each: a served vault answers a directory's trees or
 # small files in one round trip instead of one each. Bounded, since prefetched blobs wait
 # in memory until read.
@@ -26,8 +29,10 @@ _PREFETCH_HELD = 64 * 1024 * 1024
 
 
 class BlobReader:
-    def __init__(self, vault: Vault, key: MasterKey, machine: str | None = None) -> None:
+    def __init__(self, vault: Vault, key: MasterKey, machine: str | None = None,
+                 tree_cache_bytes: int = _TREE_CACHE_BYTES) -> None:
         self.vault, self.key = vault, key
+        self.tree_cache_bytes = tree_cache_bytes
         self.machine = machine  # whose blobs: this machine's unless restoring another's
         self.locations: dict[bytes, BlobLocation] = {}
         self.trees: OrderedDict[bytes, tuple[list[Entry], int]] = OrderedDict()
@@ -119,7 +124,7 @@ class BlobReader:
             if tree_id not in self.trees:
                 self.trees[tree_id] = (entries, len(raw))
                 self.tree_bytes += len(raw)
-            while self.tree_bytes > _TREE_CACHE_BYTES and len(self.trees) > 1:
+            while self.tree_bytes > self.tree_cache_bytes and len(self.trees) > 1:
                 self.tree_bytes -= self.trees.popitem(last=False)[1][1]
         return entries
 

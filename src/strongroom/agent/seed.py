@@ -38,9 +38,8 @@ from strongroom.seedfmt import LAYOUT, PACKS, POINT_FILE, REFS_FILE, SEED_FILE, 
 from strongroom.vault import records
 from strongroom.vault import refs as reflist
 from strongroom.vault.interface import Vault
-from strongroom.vault.jobs import JobRecord
 from strongroom.vault.records import pack_object
-from strongroom.vault.service import BLOB_PAGE, PointRecord, VaultService
+from strongroom.vault.shapes import BLOB_PAGE, JobRecord, PointRecord
 from strongroom.vault.storage.fs import FolderStorage
 
 WAITING = "waiting_for_seed"  # the job status of a seed backup until its import
@@ -97,6 +96,8 @@ class SeedFolder:
         for name in os.listdir(self.root):
             if _TEMP.match(name):
                 (self.root / name).unlink()
+        from strongroom.vault.service import VaultService  # SQLAlchemy: only where a seed is written
+
         known: list[bytes] = []
         for sub in sorted((self.root / PACKS).glob("??")):
             for path in sorted(sub.iterdir()):

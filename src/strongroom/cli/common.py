@@ -117,14 +117,16 @@ def open_agent(ctx: click.Context, passphrase_file: Path | None,
     with that machine's passphrase: how one machine restores another's data.
     """
     agent = home(ctx)
+    # This machine's key before the vault is opened: Argon2id's 64 MiB then come on top of
+    # the command's modules alone, not of SQLAlchemy and the catalog too (peak RSS).
+    agent.config()  # "not registered" before any passphrase is asked for
+    key = None if machine else HELD_KEY or agent.master_key(read_passphrase(passphrase_file))
     vault = agent.vault()
     if machine and machine != vault.machine:
         keyfile = vault.keyfile(machine)
         key = unwrap_key(keyfile, read_passphrase(passphrase_file, prompt=f"Encryption passphrase of {machine}: "))
-    elif HELD_KEY is not None:
-        key = HELD_KEY
-    else:
-        key = agent.master_key(read_passphrase(passphrase_file))
+    elif key is None:
+        key = HELD_KEY or agent.master_key(read_passphrase(passphrase_file))
     return agent, vault, key, BlobReader(vault, key, machine)
 
 

@@ -9,9 +9,15 @@ from urllib.parse import unquote, urlparse
 
 from strongroom.credentials import Credentials
 from strongroom.errors import UsageError, VaultError
-from strongroom.vault import machine_admin
-from strongroom.vault.jobs import JobRecord
-from strongroom.vault.service import BlobLocation, PointRecord, VaultService
+from strongroom.vault.shapes import BlobLocation, JobRecord, PointRecord
+
+# The service (SQLAlchemy, 22 MiB) is imported when a vault is opened, not with this module:
+# commands derive the key first, and Argon2's 64 MiB then come on top of less (cli/common.py).
+
+
+def _admin() -> Any:
+    from strongroom.vault import machine_admin
+    return machine_admin
 
 
 def folder_url(path: Path) -> str:
@@ -27,6 +33,8 @@ def folder_of(url: str) -> Path:
 
 class EmbeddedVault:
     def __init__(self, url: str) -> None:
+        from strongroom.vault.service import VaultService
+
         self.url = url
         self.service = VaultService(folder_of(url))
         self.machine_id: int | None = None
@@ -40,27 +48,27 @@ class EmbeddedVault:
     # -- a machine's registration (vault/machine_admin.py) ---------------------------------------
 
     def replace_keyfile(self, creds: Credentials, machine: str) -> str:
-        return machine_admin.replace_keyfile(self.service, creds, machine)
+        return _admin().replace_keyfile(self.service, creds, machine)
 
     def replace_machine(self, creds: Credentials, machine: str, proof: str | None) -> str:
-        token = machine_admin.replace_machine(self.service, creds, machine, proof)
+        token = _admin().replace_machine(self.service, creds, machine, proof)
         self.bind(token)
         return token
 
     def change_keyfile(self, keyfile: str, proof: str | None = None) -> None:
-        machine_admin.change_keyfile(self.service, self._me(), keyfile, proof)
+        _admin().change_keyfile(self.service, self._me(), keyfile, proof)
 
     def former_names(self, machine: str) -> list[str]:
         self._me()
-        return machine_admin.names_of(self.service, machine)
+        return _admin().names_of(self.service, machine)
 
     def remove_machine(self, name: str, pin: str | None = None) -> int:
         self._me()
-        return machine_admin.remove_machine(self.service, name, pin)
+        return _admin().remove_machine(self.service, name, pin)
 
     def rename_machine(self, old: str, new: str, pin: str | None = None) -> None:
         self._me()
-        machine_admin.rename_machine(self.service, old, new, pin)
+        _admin().rename_machine(self.service, old, new, pin)
 
     def bind(self, token: str) -> str:
         self.machine_id, self.machine = self.service.authenticate(token)

@@ -6,8 +6,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from strongroom.credentials import Credentials
-from strongroom.vault.jobs import JobRecord
-from strongroom.vault.service import BlobLocation, PointRecord
+from strongroom.vault.shapes import BlobLocation, JobRecord, PointRecord
 
 
 class Vault(Protocol):

@@ -17,46 +17,20 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as DuplicateRow
-from sqlalchemy.orm import aliased
 
 from strongroom.errors import UsageError, VaultError
 from strongroom.vault import catalog as cat
+from strongroom.vault.shapes import LEASE_SECONDS, MAX_FAILED_RECORDED, MAX_SEALED_FAILED, JobRecord  # noqa: F401 - re-exported
 
-LEASE_SECONDS = 90
 # waiting_for_seed: a backup written to an offline seed folder, not in the vault until
 # `vault import-seed` brings it in (then completed).
 STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled", "waiting_for_seed")
 KINDS = ("backup", "restore", "prune", "import", "mount")  # mount: a `strongroom mount` while it lasts
 LEASED = ("backup", "prune", "import")  # they change a machine's data: one at a time
-MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
-MAX_SEALED_FAILED = 512 * 1024  # base64 characters of the sealed list: well within a request
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    machine: str
-    kind: str
-    status: str
-    started_ns: int
-    ended_ns: int | None = None
-    source_machine: str | None = None
-    mode: str = ""
-    point_id: str | None = None
-    files: int = 0
-    bytes: int = 0
-    failed_count: int = 0
-    failed_sealed: str | None = None  # base64 of the sealed list of {path, error}, opened by the agent
-    message: str = ""
-    mode_reason: str = ""  # why a backup ran optimized or unoptimized
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _expire_stale(db: Any, now_ns: int, *where: Any) -> bool:
@@ -179,7 +153,7 @@ class JobBook:
                 self.archive(machine_id, self.get(job_id))
 
     def _query(self) -> Any:
-        me, src = aliased(cat.machines), aliased(cat.machines)
+        me, src = cat.machines.alias(), cat.machines.alias()  # Core aliases: no ORM import (6 MiB)
         return (select(cat.jobs, me.c.name.label("machine_name"), src.c.name.label("source_name"))
                 .join(me, me.c.id == cat.jobs.c.machine_id)
                 .outerjoin(src, src.c.id == cat.jobs.c.source_machine_id))

@@ -19,7 +19,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from strongroom.vault import privacy, protection, records
 from strongroom.vault import refs as reflist
 from strongroom.vault.jobs import JobBook, JobRecord
 from strongroom.vault.records import pack_object
+from strongroom.vault.shapes import BLOB_PAGE, BlobLocation, PointRecord  # noqa: F401 - re-exported
 from strongroom.vault.storage.fs import FolderStorage
 
 VAULT_FILE = "vault.json"
@@ -55,7 +55,6 @@ SPOOL_DIR = "incoming"
 # makes a tree blob of ~100 MB, and that travels in a pack of its own.
 MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # one batched read: bounded memory in the vault
-BLOB_PAGE = 262144  # blob IDs in one page of blob_ids_since: 8 MiB
 TOKEN_CACHE_S = 5.0  # how long a checked token is trusted from memory
 
 
@@ -84,25 +83,6 @@ def read_vault_meta(root: Path) -> dict[str, Any]:
         raise VaultError(f"the vault at {root} has format {meta.get('version')!r}; this Strongroom reads format "
                          f"{VAULT_FORMAT} only (make a new vault and back up again)")
     return meta
-
-
-@dataclass(frozen=True)
-class PointRecord:
-    id: str
-    machine: str
-    created_ns: int
-    kind: str
-    mode: str
-    stats: dict[str, Any]
-    manifest: bytes
-
-
-@dataclass(frozen=True)
-class BlobLocation:
-    pack: str
-    offset: int
-    length: int
-    kind: int
 
 
 class VaultService:

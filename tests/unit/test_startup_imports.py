@@ -1,0 +1,27 @@
+"""The commands that derive this machine's key load no SQLAlchemy before they open the vault.
+
+Argon2id takes 64 MiB while it runs; `open_agent` derives the key before it opens the vault,
+so that those 64 MiB come on top of the command's own modules only. SQLAlchemy (22 MiB) must
+therefore not come in with the command modules: an import of it from an agent-side module
+(a record type taken from vault/service.py instead of vault/shapes.py) would quietly put it
+back under the peak.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+# The modules of the commands that call open_agent (cli/main.py COMMAND_MODULES).
+KEYED = ["backup_cmd", "restore_cmd", "browse_cmds", "check_cmd", "read_cmds", "mount_cmd", "kinds_cmds", "stats_cmd"]
+
+
+@pytest.mark.parametrize("module", KEYED)
+def test_command_module_loads_no_sqlalchemy(module: str) -> None:
+    code = (f"import sys, strongroom.cli.main, strongroom.cli.{module}\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'httpx'))\n"
+            "print(' '.join(heavy[:5]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"strongroom.cli.{module} loads {out} before the key is derived"
