@@ -303,3 +303,19 @@ def test_progress_shows_on_the_clients_terminal(setup):
     assert "(run by the agent daemon)." in shown
     here = _on_a_terminal(sr, ["backup", str(src)], {"STRONGROOM_NO_DAEMON": "1"})
     assert "Backing up: " in here and "(run by the agent daemon)" not in here
+
+
+def test_a_served_vault_through_the_daemon(served, served_machine, tmp_path):
+    sr = served_machine("web-01")
+    src = tmp_path / "src"
+    _make_tree(src)
+    sr.run("policy", "set", "--include", src, "--daily", "03:00", "--keep-daily", "7")
+    sr.backup(src)
+    daemon = Daemon(sr)
+    try:
+        (src / "a" / "file0.txt").write_bytes(b"changed over HTTPS\n")
+        b = sr.backup(src)
+        assert (b["via"], b["stats"]["files_changed"]) == ("daemon", 1), b
+        assert_trees_equal(src, _restored(sr, b["id"], src, tmp_path / "r"))
+    finally:
+        daemon.stop()

@@ -175,7 +175,7 @@ def start(home: Path, key: MasterKey) -> Server | None:
     import threading  # noqa: PLC0415
 
     home = home.absolute()
-    _preload()
+    _preload(home)
     log = _log()
     if threading.active_count() != 1:  # a fork now could copy a lock another thread holds
         log.warning("threads run already; backups run in their own process")
@@ -224,16 +224,30 @@ def _log() -> Any:
     return logging.getLogger("strongroom.agent")
 
 
-def _preload() -> None:
+def _preload(home: Path) -> None:
     """Imports what a backup imports, once, in the daemon: the workers find it all loaded
-    (what the backup imports only when it runs, too: the SQLite dialect, throttling)."""
-    import sqlalchemy.dialects.sqlite  # noqa: F401, PLC0415
-    import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401, PLC0415
+    (what the backup imports only when it runs, too: throttling, and the vault's side: the
+    catalog with SQLAlchemy's SQLite dialect for a vault in a folder, the HTTP client for a
+    served one)."""
+    import importlib  # noqa: PLC0415
 
     import strongroom.agent.btrfs_changes  # noqa: F401, PLC0415
     import strongroom.agent.throttle  # noqa: F401, PLC0415
     import strongroom.cli.backup_cmd  # noqa: F401, PLC0415
     import strongroom.cli.main  # noqa: F401, PLC0415
+    from strongroom.agent.home import AgentHome  # noqa: PLC0415
+    from strongroom.errors import StrongroomError  # noqa: PLC0415
+    try:
+        url = str(AgentHome(home).config().get("vault", ""))
+    except (StrongroomError, ValueError, OSError):
+        return
+    served = url.startswith(("https:", "http:"))
+    for module in (("strongroom.vault.client",) if served else
+                   ("strongroom.vault.embedded", "strongroom.vault.service", "sqlalchemy.dialects.sqlite.pysqlite")):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the worker imports it (and says what is missing) as the CLI would
+            pass
 
 
 def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
