@@ -97,8 +97,16 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
     pf.write_text(sr.passphrase)
     b = sr.backup(src, "--passphrase-file", pf)
     assert (b["via"], b["via_reason"]) == ("in-process", "--passphrase-file runs in the command's own process")
+    # The home's key file replaced (registered again, a new passphrase): the daemon's key may be stale.
+    keyfile = sr.home / "key.json"
+    original = keyfile.read_text()
+    keyfile.write_text(json.dumps(json.loads(original)))
+    b = sr.backup(src)
+    assert (b["via"], b["via_reason"]) == ("in-process", "the home's key file changed since the agent daemon "
+                                                         "started (restart the daemon)")
+    keyfile.write_text(original)
     log = Path(daemon.log.name).read_text()
-    assert log.count("`strongroom backup` worker") == 9, log
+    assert log.count("`strongroom backup` worker") == 10, log  # the one that declined too
 
 
 @pytest.mark.parametrize("args", [["--retain-until", "2000-01-01"], ["/does/not/exist"], ["--no-such-option"], []])

@@ -180,6 +180,11 @@ def start(home: Path, key: MasterKey) -> Server | None:
     if threading.active_count() != 1:  # a fork now could copy a lock another thread holds
         log.warning("threads run already; backups run in their own process")
         return None
+    try:
+        keyfile = _keyfile(home)
+    except OSError as exc:
+        log.warning("cannot read the key file (%s); backups run in their own process", exc)
+        return None
     path = socket_path(home)
     temp = home / f".agent.sock.{os.getpid()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -209,7 +214,7 @@ def start(home: Path, key: MasterKey) -> Server | None:
             _set_pdeathsig()
             if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
                 os._exit(0)
-            _zygote(listener, home, key)
+            _zygote(listener, home, key, keyfile)
         except BaseException:  # noqa: BLE001 - the zygote never returns into the daemon's code
             code = 1
         os._exit(code)
@@ -250,7 +255,12 @@ def _preload(home: Path) -> None:
             pass
 
 
-def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
+def _keyfile(home: Path) -> bytes:
+    """The home's key file as it is now: the key the daemon holds is the one it wraps."""
+    return (home / "key.json").read_bytes()
+
+
+def _zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> None:
     """Accepts connections and forks a worker for each; single-threaded by design."""
     workers: dict[int, float] = {}
     log = _log()
@@ -307,7 +317,7 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
                     listener.close()
                     code = 1
                     try:  # whatever happens, a worker never returns into the zygote's loop
-                        code = _worker(conn, home, key)
+                        code = _worker(conn, home, key, keyfile)
                     finally:
                         os._exit(code)
                 workers[pid] = time.monotonic()
@@ -372,17 +382,16 @@ def _recv_exactly(conn: socket.socket, n: int, deadline: float) -> bytes:
     return b"".join(parts)
 
 
-def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
+def _worker(conn: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> int:
     """Carries out one request; the exit code of this process."""
     _set_pdeathsig()
     try:
         doc, fds = _receive(conn)
         st = os.stat(home)
         if doc.home != (st.st_dev, st.st_ino):
-            for fd in fds:
-                os.close(fd)
-            send_line(conn, "declined", f"the agent daemon answering there serves another home ({home})")
-            return 2
+            return _decline(conn, fds, f"the agent daemon answering there serves another home ({home})")
+        if _keyfile(home) != keyfile:  # registered again, or a new passphrase: maybe not the key held
+            return _decline(conn, fds, "the home's key file changed since the agent daemon started (restart the daemon)")
         conn.settimeout(None)
         send_line(conn, "accepted")  # fails if the client gave up waiting: nothing runs then
     except BadRequest as exc:
@@ -409,6 +418,14 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
     except OSError:
         pass
     return code
+
+
+def _decline(conn: socket.socket, fds: list[int], why: str) -> int:
+    """The client runs the backup itself, and says why."""
+    for fd in fds:
+        os.close(fd)
+    send_line(conn, "declined", why)
+    return 2
 
 
 def _take_over(doc: Request, fds: list[int]) -> None:
