@@ -510,7 +510,8 @@ def _run_backup(args: list[str], home: Path, key: MasterKey, conn: socket.socket
             code = 130
         finally:
             running.clear()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # it ended: the answer goes out whatever comes
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
