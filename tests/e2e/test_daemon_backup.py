@@ -252,9 +252,9 @@ def test_a_hostile_local_user_gets_nothing(setup, tmp_path):
     assert _ask(sock, struct.pack(">8sI", b"SRHANDv1", 1 << 31), [0]).startswith(
         "refused bad request: the request is 2147483648 bytes")
     for body, why in [(b'{"args": []}', "the request lacks its fields"),
-                      (b"1\x002\0a\0b\0c\0d\0e\0f\x005\0x", "the request has fewer arguments than it says"),
-                      (b"1\x002\0a\0b\0c\0d\0e\0f\x000\0NOEQUALS", "the request's environment is not NAME=VALUE"),
-                      (b"1\x002\0a\0b\0c\0d\0e\0f\x000", "the request carries 0 descriptors instead of 4")]:
+                      (b"1\x002\x0018\0a\0b\0c\0d\0e\0f\x005\0x", "the request has fewer arguments than it says"),
+                      (b"1\x002\x0018\0a\0b\0c\0d\0e\0f\x000\0NOEQUALS", "the request's environment is not NAME=VALUE"),
+                      (b"1\x002\x0018\0a\0b\0c\0d\0e\0f\x000", "the request carries 0 descriptors instead of 4")]:
         assert _ask(sock, struct.pack(">8sI", b"SRHANDv1", len(body)) + body) == f"refused bad request: {why}\n"
     b = sr.backup(src)
     assert b["via"] == "daemon"

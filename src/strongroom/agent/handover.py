@@ -20,7 +20,7 @@ code to the same descriptors. It answers with the exit code.
 Wire format (docs/format.md, "The agent home"): client to daemon, MAGIC, a 4-byte big-endian
 length, then that many bytes of NUL-separated fields (no JSON: its import alone costs the
 client a tenth of its start-up; argv and environment strings cannot hold a NUL): the home's
-st_dev and st_ino, the encoding and errors of stdin, stdout and stderr, the number of
+st_dev and st_ino, the client's umask, the encoding and errors of stdin, stdout and stderr, the number of
 arguments, the arguments, then NAME=VALUE environment entries. The first sendmsg carries four
 descriptors (SCM_RIGHTS): cwd, stdin, stdout, stderr. Afterwards the client sends one byte
 b"C" to cancel (Ctrl-C, SIGTERM, SIGHUP); a closed connection cancels too. Daemon to client:
@@ -90,12 +90,12 @@ _dir_fds: dict[str, int] = {}
 class Request:
     """What the client asks: the backup's arguments, in its home, with its terminal's settings."""
 
-    def __init__(self, home: tuple[int, int], stdio: list[tuple[str, str]], args: list[str],
+    def __init__(self, home: tuple[int, int], umask: int, stdio: list[tuple[str, str]], args: list[str],
                  env: dict[str, str]) -> None:
-        self.home, self.stdio, self.args, self.env = home, stdio, args, env
+        self.home, self.umask, self.stdio, self.args, self.env = home, umask, stdio, args, env
 
     def encode(self) -> bytes:
-        fields = [str(self.home[0]), str(self.home[1]), *(x for pair in self.stdio for x in pair),
+        fields = [str(self.home[0]), str(self.home[1]), str(self.umask), *(x for pair in self.stdio for x in pair),
                   str(len(self.args)), *self.args, *(f"{k}={v}" for k, v in self.env.items())]
         body = b"\0".join(os.fsencode(f) for f in fields)
         if len(body) > MAX_REQUEST:
@@ -108,17 +108,17 @@ class Request:
         if b"\0" not in body:
             raise BadRequest("the request lacks its fields")
         fields = [os.fsdecode(f) for f in body.split(b"\0")]
-        if len(fields) < 9 or not all(f.isdigit() for f in (fields[0], fields[1], fields[8])):
+        if len(fields) < 10 or not all(f.isdigit() for f in (fields[0], fields[1], fields[2], fields[9])):
             raise BadRequest("the request lacks its fields")
-        nargs = int(fields[8])
-        if len(fields) < 9 + nargs:
+        nargs = int(fields[9])
+        if len(fields) < 10 + nargs:
             raise BadRequest("the request has fewer arguments than it says")
-        env = [f.partition("=") for f in fields[9 + nargs:]]
+        env = [f.partition("=") for f in fields[10 + nargs:]]
         if any(not sep for _k, sep, _v in env):
             raise BadRequest("the request's environment is not NAME=VALUE")
-        return cls((int(fields[0]), int(fields[1])), [(fields[2], fields[3]), (fields[4], fields[5]),
-                                                      (fields[6], fields[7])],
-                   fields[9:9 + nargs], {k: v for k, _sep, v in env})
+        return cls((int(fields[0]), int(fields[1])), int(fields[2]) & 0o777,
+                   [(fields[3], fields[4]), (fields[5], fields[6]), (fields[7], fields[8])],
+                   fields[10:10 + nargs], {k: v for k, _sep, v in env})
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -436,6 +436,7 @@ def _take_over(doc: Request, fds: list[int]) -> None:
     cwd, *stdio = fds
     os.fchdir(cwd)
     os.close(cwd)
+    os.umask(doc.umask)  # what the backup creates (an offline seed) gets the client's rights
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
         os.close(fd)

@@ -115,7 +115,9 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
         except OSError:  # closed: the worker gets /dev/null there, as Python would have nothing
             fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
     streams = (sys.stdin, sys.stdout, sys.stderr)
-    doc = wire.Request((home_st.st_dev, home_st.st_ino),
+    umask = os.umask(0o077)
+    os.umask(umask)
+    doc = wire.Request((home_st.st_dev, home_st.st_ino), umask,
                        [(getattr(s, "encoding", None) or "utf-8", getattr(s, "errors", None) or "strict") for s in streams],
                        args, wire.passed_env(os.environ))
     try:
