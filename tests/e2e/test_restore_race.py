@@ -261,8 +261,9 @@ def _empty(folder: Path) -> None:
 # Runs the real CLI with the node-creating calls wrapped: right after the restore makes a node
 # in the attacker's folder, the "attacker" moves it to NAME.taken and puts in its place a
 # symlink to a victim, a hardlink to a root-owned victim of the same type (only its link count
-# tells it apart), or, for the folder `sub`, a folder of its own; when `sub` is made, hl-a
-# (the first name of a hardlink pair) is swapped for a symlink too. Nothing of the restore is
+# tells it apart), or, for the folder `sub`, a folder of its own; when the walk reaches `sub`
+# (made before any file, see restore._premake), hl-a (the first name of a hardlink pair) is
+# swapped for a symlink too. Nothing of the restore is
 # replaced: this only fixes the instant of each swap at the worst one.
 LAUNCHER = r"""
 import json, os, runpy, stat, sys, time
@@ -286,22 +287,30 @@ def swap(name, dir_fd, kind):
     with open(plan["log"], "a") as log:
         log.write(os.fsdecode(name) + "\n")
 
+def in_lead(dir_fd):
+    st = os.fstat(dir_fd) if dir_fd is not None else None
+    return st is not None and (st.st_dev, st.st_ino) == (lead.st_dev, lead.st_ino)
+
 def wrap(f, kind_of):
     def wrapped(*args, dir_fd=None, **kw):
-        real[f](*args, dir_fd=dir_fd, **kw)
-        st = os.fstat(dir_fd) if dir_fd is not None else None
-        if st is None or (st.st_dev, st.st_ino) != (lead.st_dev, lead.st_ino):
+        try:
+            real[f](*args, dir_fd=dir_fd, **kw)
+        except FileExistsError:
+            # The restore makes every folder before any file, then the walk meets `sub` again
+            # (mkdir: it exists): that is when it is about to fill `sub`, whose hl-b links to hl-a.
+            if f == "mkdir" and args[0] == b"sub" and plan["first_link"] and in_lead(dir_fd):
+                while True:  # hl-a is written by a pool thread (it has hardlinks): wait until it is there
+                    try:
+                        os.stat(b"hl-a", dir_fd=dir_fd, follow_symlinks=False)
+                        break
+                    except FileNotFoundError:
+                        time.sleep(0.001)
+                swap(b"hl-a", dir_fd, "file")
+            raise
+        if not in_lead(dir_fd):
             return
         name = os.fsencode(args[1] if f == "symlink" else args[0])
         kind = kind_of(name, *args)
-        if kind == "dir" and plan["first_link"]:
-            while True:  # hl-a is written by a pool thread (it has hardlinks): wait until it is there
-                try:
-                    os.stat(b"hl-a", dir_fd=dir_fd, follow_symlinks=False)
-                    break
-                except FileNotFoundError:
-                    time.sleep(0.001)
-            swap(b"hl-a", dir_fd, "file")
         if kind:
             swap(name, dir_fd, kind)
     return wrapped

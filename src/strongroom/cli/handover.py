@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 from strongroom.agent import handover as wire
-from strongroom.agent.homepath import home_path
+from strongroom.agent.homepath import command_start, home_path
 
 VIA: tuple[str, str | None] = ("in-process", None)
 NO_DAEMON_ENV = "STRONGROOM_NO_DAEMON"
@@ -37,21 +37,15 @@ def main() -> None:
     reason = hand_over(sys.argv[1:])
     if reason is not None:
         VIA = ("in-process", reason)
+    from strongroom.cli.earlykey import derive_early  # noqa: PLC0415
+    derive_early(sys.argv[1:])  # before the heavy part: Argon2's 64 MiB on top of less
     from strongroom.cli.main import main as run_here  # noqa: PLC0415 - the heavy part, only now
     run_here()
 
 
 def _backup_args(argv: list[str]) -> tuple[Path | None, list[str]] | None:
     """(--home, the backup's arguments) when argv is a `backup` command, else None."""
-    home: Path | None = None
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--home" and i + 1 < len(argv):
-            home, i = Path(argv[i + 1]), i + 2
-        elif argv[i].startswith("--home="):
-            home, i = Path(argv[i][len("--home="):]), i + 1
-        else:
-            break
+    home, i = command_start(argv)
     if i >= len(argv) or argv[i] != "backup":
         return None
     return home, argv[i + 1:]
