@@ -257,7 +257,9 @@ def _preload(home: Path) -> None:
 
 def _keyfile(home: Path) -> bytes:
     """The home's key file as it is now: the key the daemon holds is the one it wraps."""
-    return (home / "key.json").read_bytes()
+    from strongroom.agent.homepath import KEYFILE  # noqa: PLC0415
+
+    return (home / KEYFILE).read_bytes()
 
 
 def _zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> None:
