@@ -7,6 +7,7 @@ vault is all another machine needs to restore, given the passphrase.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
 from dataclasses import dataclass
@@ -109,16 +110,28 @@ def wrap_key(key: MasterKey, passphrase: str) -> str:
                        "cipher": "aes-256-gcm", "nonce": b64(nonce), "wrapped": b64(wrapped)}, indent=1)
 
 
+# The last key unwrapped in this process, under a digest of the key file and passphrase that
+# gave it: a command whose key was derived at start-up (cli/earlykey.py) gets it back here
+# without a second Argon2 run. Never written anywhere; the process holds the key anyway.
+_last_unwrapped: tuple[bytes, MasterKey] | None = None
+
+
 def unwrap_key(keyfile: str, passphrase: str) -> MasterKey:
     """The master key from its key file; refuses files this version did not write before
     spending any time on the KDF."""
+    global _last_unwrapped
     doc, salt, nonce, wrapped = _parse_keyfile(keyfile)
+    inputs = blake3.blake3(json.dumps([keyfile, passphrase]).encode()).digest()
+    if _last_unwrapped is not None and hmac.compare_digest(_last_unwrapped[0], inputs):
+        return _last_unwrapped[1]
     kek = _kdf(passphrase, salt, doc)
     try:
         secret = AESGCM(kek).decrypt(nonce, wrapped, _KEYFILE_AAD)
     except InvalidTag:
         raise WrongPassphrase("wrong passphrase: it does not unlock this machine's key") from None
-    return MasterKey(secret)
+    key = MasterKey(secret)
+    _last_unwrapped = (inputs, key)
+    return key
 
 
 def check_keyfile(keyfile: str) -> None:

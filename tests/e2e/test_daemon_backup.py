@@ -72,6 +72,9 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
         b = sr.backup(src)
         assert (b["via"], b["mode"]) == ("daemon", "optimized"), b
         assert b["stats"]["files_changed"] == 1, b
+    b = sr.backup(src, "--unoptimized", "--tag", "by-daemon", "--exclude", "*.nothing")
+    assert (b["via"], b["mode"], b["mode_reason"], b["tags"]) == ("daemon", "unoptimized", "asked for (--unoptimized)",
+                                                                  ["by-daemon"])
     # Relative paths resolve in the client's working directory; the text summary says who ran it.
     proc = subprocess.run(sr.cmd + ["backup", src.name], cwd=src.parent, env=sr.env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -94,8 +97,16 @@ def test_the_daemon_runs_the_backup_with_the_same_output_and_sees_every_change_b
     pf.write_text(sr.passphrase)
     b = sr.backup(src, "--passphrase-file", pf)
     assert (b["via"], b["via_reason"]) == ("in-process", "--passphrase-file runs in the command's own process")
+    # The home's key file replaced (registered again, a new passphrase): the daemon's key may be stale.
+    keyfile = sr.home / "key.json"
+    original = keyfile.read_text()
+    keyfile.write_text(json.dumps(json.loads(original)))
+    b = sr.backup(src)
+    assert (b["via"], b["via_reason"]) == ("in-process", "the home's key file changed since the agent daemon "
+                                                         "started (restart the daemon)")
+    keyfile.write_text(original)
     log = Path(daemon.log.name).read_text()
-    assert log.count("`strongroom backup` worker") == 8, log
+    assert log.count("`strongroom backup` worker") == 10, log  # the one that declined too
 
 
 @pytest.mark.parametrize("args", [["--retain-until", "2000-01-01"], ["/does/not/exist"], ["--no-such-option"], []])
@@ -241,9 +252,9 @@ def test_a_hostile_local_user_gets_nothing(setup, tmp_path):
     assert _ask(sock, struct.pack(">8sI", b"SRHANDv1", 1 << 31), [0]).startswith(
         "refused bad request: the request is 2147483648 bytes")
     for body, why in [(b'{"args": []}', "the request lacks its fields"),
-                      (b"1\x002\0a\0b\0c\0d\0e\0f\x005\0x", "the request has fewer arguments than it says"),
-                      (b"1\x002\0a\0b\0c\0d\0e\0f\x000\0NOEQUALS", "the request's environment is not NAME=VALUE"),
-                      (b"1\x002\0a\0b\0c\0d\0e\0f\x000", "the request carries 0 descriptors instead of 4")]:
+                      (b"1\x002\x0018\0a\0b\0c\0d\0e\0f\x005\0x", "the request has fewer arguments than it says"),
+                      (b"1\x002\x0018\0a\0b\0c\0d\0e\0f\x000\0NOEQUALS", "the request's environment is not NAME=VALUE"),
+                      (b"1\x002\x0018\0a\0b\0c\0d\0e\0f\x000", "the request carries 0 descriptors instead of 4")]:
         assert _ask(sock, struct.pack(">8sI", b"SRHANDv1", len(body)) + body) == f"refused bad request: {why}\n"
     b = sr.backup(src)
     assert b["via"] == "daemon"
@@ -268,3 +279,51 @@ def test_a_hostile_local_user_gets_nothing(setup, tmp_path):
     with pytest.raises(BlockingIOError):
         trap.accept()
     trap.close()
+
+
+def _on_a_terminal(sr, args: list[str], env_extra: dict[str, str] | None = None) -> str:
+    """What `strongroom ARGS` shows on a terminal (stdout and stderr on one pseudo-terminal)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(sr.cmd + args, env=sr.env({"TERM": "xterm", "COLUMNS": "200", **(env_extra or {})}),
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the command and every copy of the terminal's other end are gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, out
+    return out.decode("utf-8", "replace")
+
+
+def test_progress_shows_on_the_clients_terminal(setup):
+    sr, src, start = setup
+    sr.backup(src)
+    start()
+    (src / "big.bin").write_bytes(os.urandom(20 << 20))
+    shown = _on_a_terminal(sr, ["backup", str(src)])
+    assert "Backing up: " in shown and "\x1b[" in shown, shown  # rich's live status, in colour
+    assert "(run by the agent daemon)." in shown
+    here = _on_a_terminal(sr, ["backup", str(src)], {"STRONGROOM_NO_DAEMON": "1"})
+    assert "Backing up: " in here and "(run by the agent daemon)" not in here
+
+
+def test_a_served_vault_through_the_daemon(served, served_machine, tmp_path):
+    sr = served_machine("web-01")
+    src = tmp_path / "src"
+    _make_tree(src)
+    sr.run("policy", "set", "--include", src, "--daily", "03:00", "--keep-daily", "7")
+    sr.backup(src)
+    daemon = Daemon(sr)
+    try:
+        (src / "a" / "file0.txt").write_bytes(b"changed over HTTPS\n")
+        b = sr.backup(src)
+        assert (b["via"], b["stats"]["files_changed"]) == ("daemon", 1), b
+        assert_trees_equal(src, _restored(sr, b["id"], src, tmp_path / "r"))
+    finally:
+        daemon.stop()

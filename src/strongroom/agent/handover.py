@@ -20,7 +20,7 @@ code to the same descriptors. It answers with the exit code.
 Wire format (docs/format.md, "The agent home"): client to daemon, MAGIC, a 4-byte big-endian
 length, then that many bytes of NUL-separated fields (no JSON: its import alone costs the
 client a tenth of its start-up; argv and environment strings cannot hold a NUL): the home's
-st_dev and st_ino, the encoding and errors of stdin, stdout and stderr, the number of
+st_dev and st_ino, the client's umask, the encoding and errors of stdin, stdout and stderr, the number of
 arguments, the arguments, then NAME=VALUE environment entries. The first sendmsg carries four
 descriptors (SCM_RIGHTS): cwd, stdin, stdout, stderr. Afterwards the client sends one byte
 b"C" to cancel (Ctrl-C, SIGTERM, SIGHUP); a closed connection cancels too. Daemon to client:
@@ -90,12 +90,12 @@ _dir_fds: dict[str, int] = {}
 class Request:
     """What the client asks: the backup's arguments, in its home, with its terminal's settings."""
 
-    def __init__(self, home: tuple[int, int], stdio: list[tuple[str, str]], args: list[str],
+    def __init__(self, home: tuple[int, int], umask: int, stdio: list[tuple[str, str]], args: list[str],
                  env: dict[str, str]) -> None:
-        self.home, self.stdio, self.args, self.env = home, stdio, args, env
+        self.home, self.umask, self.stdio, self.args, self.env = home, umask, stdio, args, env
 
     def encode(self) -> bytes:
-        fields = [str(self.home[0]), str(self.home[1]), *(x for pair in self.stdio for x in pair),
+        fields = [str(self.home[0]), str(self.home[1]), str(self.umask), *(x for pair in self.stdio for x in pair),
                   str(len(self.args)), *self.args, *(f"{k}={v}" for k, v in self.env.items())]
         body = b"\0".join(os.fsencode(f) for f in fields)
         if len(body) > MAX_REQUEST:
@@ -108,17 +108,17 @@ class Request:
         if b"\0" not in body:
             raise BadRequest("the request lacks its fields")
         fields = [os.fsdecode(f) for f in body.split(b"\0")]
-        if len(fields) < 9 or not all(f.isdigit() for f in (fields[0], fields[1], fields[8])):
+        if len(fields) < 10 or not all(f.isdigit() for f in (fields[0], fields[1], fields[2], fields[9])):
             raise BadRequest("the request lacks its fields")
-        nargs = int(fields[8])
-        if len(fields) < 9 + nargs:
+        nargs = int(fields[9])
+        if len(fields) < 10 + nargs:
             raise BadRequest("the request has fewer arguments than it says")
-        env = [f.partition("=") for f in fields[9 + nargs:]]
+        env = [f.partition("=") for f in fields[10 + nargs:]]
         if any(not sep for _k, sep, _v in env):
             raise BadRequest("the request's environment is not NAME=VALUE")
-        return cls((int(fields[0]), int(fields[1])), [(fields[2], fields[3]), (fields[4], fields[5]),
-                                                      (fields[6], fields[7])],
-                   fields[9:9 + nargs], {k: v for k, _sep, v in env})
+        return cls((int(fields[0]), int(fields[1])), int(fields[2]) & 0o777,
+                   [(fields[3], fields[4]), (fields[5], fields[6]), (fields[7], fields[8])],
+                   fields[10:10 + nargs], {k: v for k, _sep, v in env})
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -175,10 +175,15 @@ def start(home: Path, key: MasterKey) -> Server | None:
     import threading  # noqa: PLC0415
 
     home = home.absolute()
-    _preload()
+    _preload(home)
     log = _log()
     if threading.active_count() != 1:  # a fork now could copy a lock another thread holds
         log.warning("threads run already; backups run in their own process")
+        return None
+    try:
+        keyfile = _keyfile(home)
+    except OSError as exc:
+        log.warning("cannot read the key file (%s); backups run in their own process", exc)
         return None
     path = socket_path(home)
     temp = home / f".agent.sock.{os.getpid()}"
@@ -209,7 +214,7 @@ def start(home: Path, key: MasterKey) -> Server | None:
             _set_pdeathsig()
             if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
                 os._exit(0)
-            _zygote(listener, home, key)
+            _zygote(listener, home, key, keyfile)
         except BaseException:  # noqa: BLE001 - the zygote never returns into the daemon's code
             code = 1
         os._exit(code)
@@ -224,19 +229,40 @@ def _log() -> Any:
     return logging.getLogger("strongroom.agent")
 
 
-def _preload() -> None:
+def _preload(home: Path) -> None:
     """Imports what a backup imports, once, in the daemon: the workers find it all loaded
-    (what the backup imports only when it runs, too: the SQLite dialect, throttling)."""
-    import sqlalchemy.dialects.sqlite  # noqa: F401, PLC0415
-    import sqlalchemy.dialects.sqlite.pysqlite  # noqa: F401, PLC0415
+    (what the backup imports only when it runs, too: throttling, and the vault's side: the
+    catalog with SQLAlchemy's SQLite dialect for a vault in a folder, the HTTP client for a
+    served one)."""
+    import importlib  # noqa: PLC0415
 
     import strongroom.agent.btrfs_changes  # noqa: F401, PLC0415
     import strongroom.agent.throttle  # noqa: F401, PLC0415
     import strongroom.cli.backup_cmd  # noqa: F401, PLC0415
     import strongroom.cli.main  # noqa: F401, PLC0415
+    from strongroom.agent.home import AgentHome  # noqa: PLC0415
+    from strongroom.errors import StrongroomError  # noqa: PLC0415
+    try:
+        url = str(AgentHome(home).config().get("vault", ""))
+    except (StrongroomError, ValueError, OSError):
+        return
+    served = url.startswith(("https:", "http:"))
+    for module in (("strongroom.vault.client",) if served else
+                   ("strongroom.vault.embedded", "strongroom.vault.service", "sqlalchemy.dialects.sqlite.pysqlite")):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the worker imports it (and says what is missing) as the CLI would
+            pass
 
 
-def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
+def _keyfile(home: Path) -> bytes:
+    """The home's key file as it is now: the key the daemon holds is the one it wraps."""
+    from strongroom.agent.homepath import KEYFILE  # noqa: PLC0415
+
+    return (home / KEYFILE).read_bytes()
+
+
+def _zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> None:
     """Accepts connections and forks a worker for each; single-threaded by design."""
     workers: dict[int, float] = {}
     log = _log()
@@ -258,6 +284,11 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
     def leave(_signum: int, _frame: Any) -> None:
         raise SystemExit(0)  # the workers get SIGTERM from their own death signal and cancel
 
+    import gc  # noqa: PLC0415
+
+    # What the zygote holds stays out of the workers' garbage collections: they would touch
+    # every object's header and so copy every page they share with it.
+    gc.freeze()
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the daemon's terminal: the daemon decides
     signal.signal(signal.SIGCHLD, reap)
@@ -288,7 +319,7 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey) -> None:
                     listener.close()
                     code = 1
                     try:  # whatever happens, a worker never returns into the zygote's loop
-                        code = _worker(conn, home, key)
+                        code = _worker(conn, home, key, keyfile)
                     finally:
                         os._exit(code)
                 workers[pid] = time.monotonic()
@@ -353,17 +384,16 @@ def _recv_exactly(conn: socket.socket, n: int, deadline: float) -> bytes:
     return b"".join(parts)
 
 
-def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
+def _worker(conn: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> int:
     """Carries out one request; the exit code of this process."""
     _set_pdeathsig()
     try:
         doc, fds = _receive(conn)
         st = os.stat(home)
         if doc.home != (st.st_dev, st.st_ino):
-            for fd in fds:
-                os.close(fd)
-            send_line(conn, "declined", f"the agent daemon answering there serves another home ({home})")
-            return 2
+            return _decline(conn, fds, f"the agent daemon answering there serves another home ({home})")
+        if _keyfile(home) != keyfile:  # registered again, or a new passphrase: maybe not the key held
+            return _decline(conn, fds, "the home's key file changed since the agent daemon started (restart the daemon)")
         conn.settimeout(None)
         send_line(conn, "accepted")  # fails if the client gave up waiting: nothing runs then
     except BadRequest as exc:
@@ -392,6 +422,14 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey) -> int:
     return code
 
 
+def _decline(conn: socket.socket, fds: list[int], why: str) -> int:
+    """The client runs the backup itself, and says why."""
+    for fd in fds:
+        os.close(fd)
+    send_line(conn, "declined", why)
+    return 2
+
+
 def _take_over(doc: Request, fds: list[int]) -> None:
     """Becomes the client's process as far as the backup can tell: its cwd, its stdio, its
     terminal's environment; logging as an in-process command has it (warnings on stderr)."""
@@ -400,6 +438,7 @@ def _take_over(doc: Request, fds: list[int]) -> None:
     cwd, *stdio = fds
     os.fchdir(cwd)
     os.close(cwd)
+    os.umask(doc.umask)  # what the backup creates (an offline seed) gets the client's rights
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
         os.close(fd)
@@ -474,7 +513,8 @@ def _run_backup(args: list[str], home: Path, key: MasterKey, conn: socket.socket
             code = 130
         finally:
             running.clear()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # it ended: the answer goes out whatever comes
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from strongroom.agent.homepath import home_path
+from strongroom.agent.homepath import KEYFILE, home_path
 from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import StrongroomError, UsageError, WrongPassphrase
 from strongroom.fsutil import write_private
@@ -36,7 +36,7 @@ class AgentHome:
         self.path = home_path(path)
         self.config_path = self.path / "config.json"
         self.token_path = self.path / "token"
-        self.keyfile_path = self.path / "key.json"
+        self.keyfile_path = self.path / KEYFILE
         # The key wrapped with a new passphrase while `passphrase change` runs (vault copy
         # being replaced): until it replaces key.json, either passphrase opens the key.
         self.pending_keyfile_path = self.path / "key.json.new"

@@ -211,7 +211,7 @@ class SystemStateBackup(Backup):
 
     def _build_root(self, parent_root: bytes | None) -> _PendingDir:
         # The pieces first: their folders queue before the root's, so they are finished first.
-        parent = self._parent_entries(parent_root)
+        parent = self._parent_entries(parent_root, b"")  # the root's entries
         fd = os.open(os.fsencode(self.stage.parent), DIR_FLAGS)
         try:
             generated = self._scan_entry(fd, b"/" + STATE_DIR, STATE_DIR, parent)

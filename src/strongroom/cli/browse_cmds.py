@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
 
 from strongroom.agent.browse import list_path
 from strongroom.agent.pointbook import PointBook
+from strongroom.agent.reader import WALK_TREE_CACHE_BYTES
 from strongroom.agent.seed import waiting_seeds
 from strongroom.cli import kinds_cmds
 from strongroom.cli.backup_more import point_filter
@@ -18,6 +20,7 @@ from strongroom.cli.common import (
     cells,
     echo,
     emit_json,
+    emit_json_list,
     from_machine_option,
     home,
     human_bytes,
@@ -27,7 +30,7 @@ from strongroom.cli.common import (
     out_console,
     passphrase_option,
 )
-from strongroom.model import FILE, SYMLINK, TYPE_NAMES, display_path
+from strongroom.model import FILE, SYMLINK, TYPE_NAMES, Entry, display_path
 
 
 @click.group("points", invoke_without_command=True)
@@ -100,18 +103,13 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
        as_json: bool) -> None:
     """List the entries of POINT (id, unique id prefix, or "latest"), under PATH if given."""
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    reader.tree_cache_bytes = WALK_TREE_CACHE_BYTES  # each tree is read once, depth first
     manifest = PointBook(agent, vault, key, machine).find(point).manifest
-    root = manifest["tree"]
-    rows = []
-    for full, e in list_path(reader, root, os.fsencode(path) if path else None):
-        row = {"path": display_path(full), "type": TYPE_NAMES.get(e["t"], e["t"]), "mode": e["m"],
-               "size": e.get("s", 0), "mtime": iso(e["mt"]), "uid": e.get("u"), "gid": e.get("g"),
-               "user": e.get("U"), "group": e.get("G")}
-        if e["t"] == SYMLINK:
-            row["target"] = display_path(e["l"])
-        rows.append(row)
+    # Rows are written as the walk finds them, never all held: a point of millions of files
+    # is listed in the memory of one folder.
+    rows = (_ls_row(full, e) for full, e in list_path(reader, manifest["tree"], os.fsencode(path) if path else None))
     if as_json:
-        emit_json(rows)
+        emit_json_list(rows)
         return
     kinds_cmds.echo_summary(manifest)
     for r in rows:
@@ -120,6 +118,15 @@ def ls(ctx: click.Context, point: str, path: Path | None, machine: str | None, p
         link = f" -> {r['target']}" if "target" in r else ""
         size = str(r["size"]) if r["type"] == TYPE_NAMES[FILE] else "-"
         echo(f"{mode} {owner:>16} {size:>12} {r['mtime']} {r['path']}{link}")
+
+
+def _ls_row(full: bytes, e: Entry) -> dict[str, Any]:
+    row = {"path": display_path(full), "type": TYPE_NAMES.get(e["t"], e["t"]), "mode": e["m"],
+           "size": e.get("s", 0), "mtime": iso(e["mt"]), "uid": e.get("u"), "gid": e.get("g"),
+           "user": e.get("U"), "group": e.get("G")}
+    if e["t"] == SYMLINK:
+        row["target"] = display_path(e["l"])
+    return row
 
 
 def add_to(cli: click.Group) -> None:

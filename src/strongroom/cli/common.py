@@ -11,8 +11,9 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -94,6 +95,16 @@ def emit_document(text: str) -> None:
 
 def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def emit_json_list(rows: Iterable[Any]) -> None:
+    """A JSON array, printed as `emit_json` prints a list, but row by row: never held whole."""
+    first = True
+    click.echo("[", nl=False)
+    for row in rows:
+        click.echo(("\n" if first else ",\n") + textwrap.indent(json.dumps(row, indent=2), "  "), nl=False)
+        first = False
+    click.echo("]" if first else "\n]")
 
 
 def iso(ns: int) -> str:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 from strongroom.agent import handover as wire
-from strongroom.agent.homepath import home_path
+from strongroom.agent.homepath import command_start, home_path
 
 VIA: tuple[str, str | None] = ("in-process", None)
 NO_DAEMON_ENV = "STRONGROOM_NO_DAEMON"
@@ -37,21 +37,15 @@ def main() -> None:
     reason = hand_over(sys.argv[1:])
     if reason is not None:
         VIA = ("in-process", reason)
+    from strongroom.cli.earlykey import derive_early  # noqa: PLC0415
+    derive_early(sys.argv[1:])  # before the heavy part: Argon2's 64 MiB on top of less
     from strongroom.cli.main import main as run_here  # noqa: PLC0415 - the heavy part, only now
     run_here()
 
 
 def _backup_args(argv: list[str]) -> tuple[Path | None, list[str]] | None:
     """(--home, the backup's arguments) when argv is a `backup` command, else None."""
-    home: Path | None = None
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--home" and i + 1 < len(argv):
-            home, i = Path(argv[i + 1]), i + 2
-        elif argv[i].startswith("--home="):
-            home, i = Path(argv[i][len("--home="):]), i + 1
-        else:
-            break
+    home, i = command_start(argv)
     if i >= len(argv) or argv[i] != "backup":
         return None
     return home, argv[i + 1:]
@@ -85,11 +79,13 @@ def hand_over(argv: list[str]) -> str | None:
     if st.st_uid != os.geteuid():
         return "the agent daemon's socket belongs to another user"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    signals = _PassedOn(sock)
     try:
         sock.settimeout(wire.REQUEST_TIMEOUT_S)
         sock.connect(wire.connectable(path))
         if wire.peer_uid(sock) != os.geteuid():  # a socket swapped in between: give it nothing
             return "the agent daemon's socket is served by another user"
+        signals.install()  # from here a Ctrl-C cancels what the daemon may have begun
         return _request(sock, home_st, args)
     except ConnectionRefusedError:
         return "the agent daemon's socket is stale (its daemon is gone)"
@@ -98,7 +94,10 @@ def hand_over(argv: list[str]) -> str | None:
     except OSError as exc:
         return f"cannot reach the agent daemon ({exc.strerror or exc})"
     finally:
+        signals.restore()
         sock.close()
+        if signals.cancelled:  # interrupted before the daemon took the backup: nothing runs here either
+            _fail("interrupted", 130)
 
 
 def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> str | None:
@@ -110,18 +109,21 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
         except OSError:  # closed: the worker gets /dev/null there, as Python would have nothing
             fds.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
     streams = (sys.stdin, sys.stdout, sys.stderr)
-    doc = wire.Request((home_st.st_dev, home_st.st_ino),
+    umask = os.umask(0o077)
+    os.umask(umask)
+    doc = wire.Request((home_st.st_dev, home_st.st_ino), umask,
                        [(getattr(s, "encoding", None) or "utf-8", getattr(s, "errors", None) or "strict") for s in streams],
                        args, wire.passed_env(os.environ))
     try:
         data = doc.encode()
+        sent = socket.send_fds(sock, [data[:65536]], fds)
+        sock.sendall(data[sent:])
     except ValueError:
         return "the arguments are too long to hand over"
-    sent = socket.send_fds(sock, [data[:65536]], fds)
-    sock.sendall(data[sent:])
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
+    finally:
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
     reader = _Lines(sock)
     word, text = reader.next()
     if word is None:
@@ -133,7 +135,6 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
     if word != "accepted":
         return "the agent daemon sent an answer this client does not understand"
     sock.settimeout(None)  # a backup takes as long as it takes
-    _pass_signals_on(sock)
     word, text = reader.next()
     if word == "refused":
         _fail(text)
@@ -164,19 +165,33 @@ class _Lines:
         return word, text
 
 
-def _pass_signals_on(sock: socket.socket) -> None:
-    """Ctrl-C, SIGTERM and a closed terminal cancel the backup in the daemon, as they would here."""
-    def cancel(_signum: int, _frame: object) -> None:
+class _PassedOn:
+    """Ctrl-C, SIGTERM and a closed terminal cancel the backup in the daemon, as they would here
+    (the worker prints "interrupted" and ends with 130); `restore` before running in-process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.cancelled, self.before = sock, False, {}
+
+    def install(self) -> None:
+        self.before = {sig: signal.signal(sig, self._cancel) for sig in self.SIGNALS}
+
+    def _cancel(self, _signum: int, _frame: object) -> None:
+        self.cancelled = True
         try:
-            sock.send(wire.CANCEL)
+            self.sock.send(wire.CANCEL)
         except OSError:
             pass
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, cancel)
+
+    def restore(self) -> None:
+        for sig, handler in self.before.items():
+            signal.signal(sig, handler)
+        self.before = {}
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
     sys.stderr.write(f"strongroom: error: {shown}\n")
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(code)
