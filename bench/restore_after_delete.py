@@ -8,7 +8,8 @@ for that in kernel time. bench/run.py sees it by position in a round; this scrip
 state on purpose and times Strongroom's and restic's restores in it, alternating, with the
 tools from bench/run.py (same commands, same environment). Standard library only.
 
-    python bench/restore_after_delete.py [--small 50000] [--scale 0.05] [--rounds 3]
+    python bench/restore_after_delete.py [--workdir bench/work/after-delete] [--small 50000]
+        [--scale 0.05] [--rounds 3] [--baseline-bin OTHER/strongroom] [--verify]
         [--fs here|nojournal|journal] [--state deleted|calm] [--tools strongroom,restic]
 
 --fs: where the restores go: `here` (a folder under --workdir, on its filesystem), or a
@@ -78,7 +79,7 @@ class Baseline(bench.Strongroom):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default=os.path.join(bench.HERE, "work-after-delete"))
+    ap.add_argument("--workdir", default=os.path.join(bench.HERE, "work", "after-delete"))
     ap.add_argument("--small", type=int, default=50000)
     ap.add_argument("--scale", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=3)
