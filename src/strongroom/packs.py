@@ -24,9 +24,14 @@ KIND_TREE = 1
 # 8 MiB: "several MiB" for object stores, while the four buffers in flight (see
 # agent/packer.py) stay within the agent's memory budget.
 TARGET_SIZE = 8 * 1024 * 1024
-# Room for one more blob of the largest chunk and the header of a pack of small blobs.
+# Room for one more blob of the largest chunk past the target (the header counts towards
+# the target: see `PackBuilder.full`).
 BUFFER_SIZE = TARGET_SIZE + 4 * 1024 * 1024 + 512 * 1024
 _TRAILER = struct.Struct("<I")
+# The most a header row takes: fixarray(4) of bin8 ID (2 + 32), kind, offset and length
+# (uint32 each at most 5 bytes); plus the array's own header and the trailer, once.
+_ROW_MAX = 1 + 34 + 1 + 5 + 5
+_HEADER_FIXED = 5 + _TRAILER.size + len(END)
 # The smallest envelope (codec byte, nonce, tag) and the most blobs a pack may list: a
 # full buffer of the smallest blobs, and never more than its bytes allow. A hostile header
 # of millions of rows would otherwise cost the vault minutes of indexing under its lock.
@@ -60,10 +65,21 @@ class PackBuilder:
 
     def _write(self, data: bytes | memoryview) -> None:
         end = self.size + len(data)
-        if end > len(self.buffer):  # a tree blob larger than any chunk: grow this once
-            self.buffer.extend(bytes(end - len(self.buffer)))
+        self._room(end)
         self.buffer[self.size:end] = data
         self.size = end
+
+    def _room(self, end: int) -> None:
+        """A tree blob larger than any chunk: the buffer grows, once (a fixed-size buffer, the
+        packer's anonymous memory, is copied into a bytearray that can)."""
+        if end <= len(self.buffer):
+            return
+        if isinstance(self.buffer, bytearray):
+            self.buffer.extend(bytes(end - len(self.buffer)))
+            return
+        grown = bytearray(end)
+        grown[: self.size] = self.buffer[: self.size]
+        self.buffer = grown
 
     def add(self, blob_id: bytes, kind: int, envelope: bytes | memoryview) -> None:
         self.refs.append(BlobRef(blob_id, kind, self.size, len(envelope)))
@@ -73,8 +89,7 @@ class PackBuilder:
         """Like `add` for an envelope of `length` bytes that `write` puts straight into the
         buffer (the packer seals there: one copy of each blob less)."""
         end = self.size + length
-        if end > len(self.buffer):
-            self.buffer.extend(bytes(end - len(self.buffer)))
+        self._room(end)
         with memoryview(self.buffer) as view:  # released before any later extend
             write(view[self.size:end])
         self.refs.append(BlobRef(blob_id, kind, self.size, length))
@@ -85,7 +100,9 @@ class PackBuilder:
 
     @property
     def full(self) -> bool:
-        return self.size >= TARGET_SIZE
+        """The header counts: a pack of 8-byte files lists ~110,000 blobs, 5 MB of header,
+        which must still fit in the buffer after the last blob."""
+        return self.size + _HEADER_FIXED + _ROW_MAX * len(self.refs) >= TARGET_SIZE
 
     def finish(self) -> tuple[str, memoryview, list[BlobRef]]:
         """The pack's name, bytes (a view of the buffer) and map; no more adds afterwards."""

@@ -22,14 +22,18 @@ def tiny_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)])
 
 
-def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path):
+@pytest.mark.parametrize("files", [(3, 3 * 1024 * 1024), (4000, 10 * 1024)], ids=["large", "small"])
+def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path, files):
+    # Small files: five packs' worth, all sealed on the encoder thread, which once waited
+    # forever for a pack buffer that a failed upload never gave back.
+    count, size = files
     sr = Strongroom(tmp_path / "home")
     vault = sr.create_vault(tiny_fs / "vault")
     sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(3):
-        (src / f"r{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    for i in range(count):
+        (src / f"r{i}.bin").write_bytes(os.urandom(size))
 
     res = sr.run("backup", src, check=False)
     assert_clean_failure(res, 1, "the vault's disk is full")
@@ -38,8 +42,8 @@ def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path
     assert sr.json("check")["ok"]
 
     # room again: the same machine's next backup completes
-    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], check=True)
-    assert sr.backup(src)["stats"]["files_new"] == 3
+    subprocess.run(["mount", "-o", "remount,size=128m", str(tiny_fs)], check=True)
+    assert sr.backup(src)["stats"]["files_new"] == count
     assert sr.json("check", "--read-data")["ok"]
 
 

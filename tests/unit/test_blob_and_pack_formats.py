@@ -1,6 +1,7 @@
 """The blob envelope, the pack layout and point refs: round trips, and every alteration is caught."""
 
 import io
+import mmap
 import struct
 import time
 import tracemalloc
@@ -76,6 +77,23 @@ def test_pack_round_trip(items: list[tuple[bytes, int]]) -> None:
     assert packs.read_header(raw) == refs
     for ref in refs:
         assert blobs.decode(KEY, ref.blob_id, raw[ref.offset:ref.offset + ref.length]) == expected[ref.blob_id]
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(packs.MIN_ENVELOPE, 400), st.integers(packs.MIN_ENVELOPE, 4 * 1024 * 1024 + 64))
+def test_a_full_pack_and_its_header_fit_the_fixed_buffer(small: int, last: int) -> None:
+    """The packer fills fixed-size anonymous buffers: a pack of the tiniest blobs (whose header
+    is most of a megabyte per 20,000) and one last blob of the largest chunk still fit."""
+    builder = packs.PackBuilder(mmap.mmap(-1, packs.BUFFER_SIZE))  # type: ignore[arg-type]
+    n = 0
+    while not builder.full:
+        builder.add(n.to_bytes(32, "big"), packs.KIND_DATA, bytes(small))
+        n += 1
+    builder.add(n.to_bytes(32, "big"), packs.KIND_DATA, bytes(last))
+    assert isinstance(builder.buffer, mmap.mmap), "the buffer had to grow: the next pack would not reuse it"
+    _name, data, refs = builder.finish()
+    assert len(data) <= packs.BUFFER_SIZE and len(refs) == n + 1
+    assert packs.read_header(data) == refs
 
 
 @settings(max_examples=30, deadline=None)

@@ -123,31 +123,39 @@ class Packer:
             # Anonymous memory, not bytearray(), which zeroes all 12.5 MiB: only the pages a
             # pack fills count, and a backup that adds nothing costs none of them.
             return PackBuilder(mmap.mmap(-1, BUFFER_SIZE))  # type: ignore[arg-type]
-        return PackBuilder(self.spare.get())
+        while True:  # a failed upload ends the wait: the buffer may never come back
+            try:
+                return PackBuilder(self.spare.get(timeout=0.2))
+            except queue.Empty:
+                if self.error is not None:
+                    raise self.error from None
 
     def _send(self, builder: PackBuilder) -> None:
         if self.error is not None:
+            self._recycle(builder)
             raise self.error
         self.queue.put(builder)
 
+    def _recycle(self, builder: PackBuilder) -> None:
+        if len(builder.buffer) >= BUFFER_SIZE:  # a data pack's buffer: the next one fills it
+            self.spare.put(builder.buffer)
+
     def _upload_loop(self) -> None:
         while (builder := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain, so that producers never block on a dead uploader
-            try:
-                name, data, refs = builder.finish()
-                with data:
-                    self.vault.store_pack(name, data)
-                self.known.stored([r.blob_id for r in refs])
-                self.packs_uploaded += 1
-            except OSError as exc:
-                # Not an OSError any more: readers must not take it for one file's problem.
-                hint = " (the vault's disk is full)" if exc.errno == errno.ENOSPC else ""
-                self.error = VaultError(f"storing a pack in the vault failed: {exc.strerror or exc}{hint}")
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
-                self.error = exc
-            if len(builder.buffer) >= BUFFER_SIZE:  # a data pack's buffer: recycle it
-                self.spare.put(builder.buffer)
+            if self.error is None:  # else drained, so that producers never block on a dead uploader
+                try:
+                    name, data, refs = builder.finish()
+                    with data:
+                        self.vault.store_pack(name, data)
+                    self.known.stored([r.blob_id for r in refs])
+                    self.packs_uploaded += 1
+                except OSError as exc:
+                    # Not an OSError any more: readers must not take it for one file's problem.
+                    hint = " (the vault's disk is full)" if exc.errno == errno.ENOSPC else ""
+                    self.error = VaultError(f"storing a pack in the vault failed: {exc.strerror or exc}{hint}")
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
+                    self.error = exc
+            self._recycle(builder)
 
     def close(self) -> None:
         """Uploads what is left and waits until every pack has landed."""
