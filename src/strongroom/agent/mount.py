@@ -88,9 +88,11 @@ def _read_ahead(mountpoint: Path, kib: int) -> None:
 
 
 def _dead(path: Path) -> bool:
-    """A FUSE mount whose process is gone answers ENOTCONN to everything."""
+    """A FUSE mount whose process is gone answers ENOTCONN to every request. Opening the
+    folder is one that always reaches the process: a stat may be answered from the kernel's
+    attribute cache for a while after the process died."""
     try:
-        os.stat(path)
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
