@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +299,9 @@ class Backup:
         self.book.made(point_id, manifest)
         self.refs.commit(point_id)
         optimized.record_success(self.cache, self.plan, point_id)
+        # Dated as `points` dates it, by the sealed manifest (this machine's clock when the walk
+        # ended), not by the vault's clock when it recorded the point, a backup's length later.
+        point = replace(point, created_ns=manifest["created"])
         return BackupResult(point, stats, self.warnings, self.plan.reason)
 
     def _walk(self, parent_root: bytes | None) -> _PendingDir:
