@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_journal import Daemon, _make_tree
+from test_journal import Daemon, _make_tree, _restored, watched
 from treeutil import assert_trees_equal, is_root
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="the daemon's journal (fanotify) and a second uid need root")
@@ -24,24 +24,12 @@ NOBODY = 65534
 
 @pytest.fixture
 def setup(registered, tmp_path):
-    sr = registered
-    src = tmp_path / "src"
-    _make_tree(src)
-    sr.run("policy", "set", "--include", src, "--daily", "03:00", "--keep-daily", "7")
-    daemons: list[Daemon] = []
-
-    def start() -> Daemon:
-        daemons.append(Daemon(sr))
-        assert (sr.home / "agent.sock").is_socket()
-        return daemons[-1]
-    yield sr, src, start
-    for d in daemons:
-        d.stop()
-
-
-def _restored(sr, point: str, src: Path, target: Path) -> Path:
-    sr.restore(point, target=target)
-    return target / str(src).lstrip("/")
+    with watched(registered, tmp_path) as (src, start_daemon):
+        def start() -> Daemon:
+            daemon = start_daemon()
+            assert (registered.home / "agent.sock").is_socket()
+            return daemon
+        yield registered, src, start
 
 
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:

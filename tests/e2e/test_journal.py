@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,9 @@ class Daemon:
         self.log.close()
 
 
-@pytest.fixture
-def setup(registered, tmp_path):
-    sr = registered
+@contextmanager
+def watched(sr, tmp_path: Path):
+    """A tree under the policy, and a way to start daemons on it, all stopped at the end."""
     src = tmp_path / "src"
     _make_tree(src)
     sr.run("policy", "set", "--include", src, "--daily", "03:00", "--keep-daily", "7")
@@ -66,9 +67,17 @@ def setup(registered, tmp_path):
     def start(backend: str | None = None) -> Daemon:
         daemons.append(Daemon(sr, backend))
         return daemons[-1]
-    yield sr, src, start
-    for d in daemons:
-        d.stop()
+    try:
+        yield src, start
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+@pytest.fixture
+def setup(registered, tmp_path):
+    with watched(registered, tmp_path) as (src, start):
+        yield registered, src, start
 
 
 def _make_tree(src: Path) -> None:
