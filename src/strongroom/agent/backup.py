@@ -391,8 +391,12 @@ class Backup:
         with os.scandir(dfd) as it:
             names = sorted(os.fsencode(de.name) for de in it)
         names = self.selection.listing(dfd, path, names)
+        unread = self.plan.unread(path or b"/", parent, names)  # optimized mode: entries no change names
         items = []
         for name in names:
+            if name in unread:
+                items.append(parent[name])
+                continue
             full = join(path, name) if path else b"/" + name
             if self.excluded(full, name):
                 continue
@@ -458,6 +462,7 @@ class Backup:
             return sub
         if self.plan.carries(full, st, prev):  # optimized mode: the same directory, unchanged within
             return {**_dir_entry(name, st, proc_path(dfd, name)), "tree": prev["tree"]}  # type: ignore[index]
+        self.plan.entering(full, st, prev)  # optimized mode: whether it may be listed by changed names
         fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
         try:
             entry = _dir_entry(name, st)
@@ -492,7 +497,7 @@ class Backup:
         if self.on_file is not None:
             self.on_file(what, full, st.st_size)
         link_key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-        if link_key:
+        if link_key or (prev is not None and "h" in prev):  # had other names: their ctime changed too
             optimized.hard_link_seen(self, full, st)
         if link_key in self.hardlinks:
             return _FileJob(self.hardlinks[link_key], name)

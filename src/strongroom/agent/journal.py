@@ -2,7 +2,8 @@
 
 `strongroom agent run` starts a `Keeper` thread that watches the filesystems of the policy's
 sources (watch.py: fanotify, else inotify) and gathers the directories whose listing or
-entries changed. A backup asks the keeper for a *cut* (`request_cut`): the keeper reads
+entries changed, each with the names of its changed entries (or "whole": look at all), and
+the directories created or moved in. A backup asks the keeper for a *cut* (`request_cut`): the keeper reads
 every event queued so far, closes the current segment of changed directories, writes the
 journal file durably and answers with the segment's number. Everything that changed before
 the answer is in a segment up to the cut; everything after it, in a later one, so a change
@@ -41,12 +42,13 @@ from typing import Any
 
 import msgpack
 
-from strongroom.agent.watch import Drained, Fanotify, Inotify, WatchError, folder_watch, fsid_of, under
+from strongroom.agent.watch import MAX_NAMES, Drained, Fanotify, Inotify, WatchError, folder_watch, fsid_of, under
 from strongroom.fsutil import write_private
 
 log = logging.getLogger("strongroom.agent")
 
 MAGIC = b"SRJRNL01"
+FORMAT = 2  # of the `journal` record: 2 keeps changed names per directory (1 kept directories only)
 DIR_NAME = "journal"
 CUT_TIMEOUT_S = 30.0  # a live keeper answers in milliseconds; a disk busy with fsyncs may take seconds
 _POLL_S = 0.1
@@ -113,12 +115,29 @@ def when(ns: int) -> str:
 # -- the keeper (daemon side) -----------------------------------------------------------------
 
 
+Names = set[bytes] | None  # a changed directory's changed entries; None: all of them
+
+
 @dataclass
 class _Segment:
     first: int
     last: int
-    dirs: set = field(default_factory=set)
+    dirs: dict = field(default_factory=dict)  # path -> Names
     overflow_ns: int | None = None
+    trees: set = field(default_factory=set)  # directories created or moved in: none under them listed by names
+
+
+def merge_dirs(into: dict[bytes, Any], more: dict[bytes, Any]) -> dict[bytes, Any]:
+    """`more`'s changed directories added to `into` (a directory whole in either is whole)."""
+    for path, names in more.items():
+        if path not in into:
+            into[path] = set(names) if names is not None else None
+        elif into[path] is not None:
+            if names is None or len(into[path]) + len(names) > MAX_NAMES:
+                into[path] = None
+            else:
+                into[path] |= names
+    return into
 
 
 class Keeper:
@@ -212,6 +231,7 @@ class Keeper:
             self._said_overflow = True
         if len(self.pending.dirs) > _MAX_DIRS:
             self.pending.dirs.clear()
+            self.pending.trees.clear()
             self.pending.overflow = True
 
     def _cut(self, nonce: bytes) -> None:
@@ -220,17 +240,18 @@ class Keeper:
         if isinstance(self.watcher, Inotify):
             self.watcher.settle()
         self.seq += 1
-        dirs: set[bytes] = set()
-        for key in self.pending.dirs:
-            try:
-                path = self.watcher.resolve(key)
-            except OSError as exc:  # a directory that cannot be named may be one of ours: trust nothing
-                log.warning("change journal: a changed directory cannot be named (%s)", exc.strerror)
-                self.pending.overflow = True
-                continue
-            if path is not None and under(path, self.sources):
-                dirs.add(path)
-        seg = _Segment(self.seq, self.seq, dirs, time.time_ns() if self.pending.overflow else None)
+        dirs: dict[bytes, Any] = {}
+        trees: set[bytes] = set()
+        paths: dict[Any, bytes | None] = {}
+        for key, names in self.pending.dirs.items():
+            path = paths[key] = self._resolve(key)
+            if path is not None:  # two keys may name one directory (a plain FID's is its file's)
+                merge_dirs(dirs, {path: names})
+        for key, name in self.pending.trees:
+            path = paths[key] if key in paths else self._resolve(key)
+            if path is not None:
+                trees.add(path.rstrip(b"/") + b"/" + name)
+        seg = _Segment(self.seq, self.seq, dirs, time.time_ns() if self.pending.overflow else None, trees)
         self.pending = Drained()
         self._said_overflow = False
         self.segments.append(seg)
@@ -239,6 +260,16 @@ class Keeper:
         write_record(self.dir / "cut-ack", {"nonce": nonce, "run": self.run_id, "seq": self.seq})
         log.info("change journal: cut %d, %d changed director%s, in %.2f s", self.seq, len(dirs),
                  "y" if len(dirs) == 1 else "ies", time.monotonic() - began)
+
+    def _resolve(self, key: Any) -> bytes | None:
+        """The path of a directory key now, if under the sources."""
+        try:
+            path = self.watcher.resolve(key)
+        except OSError as exc:  # a directory that cannot be named may be one of ours: trust nothing
+            log.warning("change journal: a changed directory cannot be named (%s)", exc.strerror)
+            self.pending.overflow = True
+            return None
+        return path if path is not None and under(path, self.sources) else None
 
     def _prune(self) -> None:
         try:
@@ -250,15 +281,18 @@ class Keeper:
             self.segments = [s for s in self.segments if s.last > cut.get("seq", 0)]
         while len(self.segments) > _MAX_SEGMENTS:
             a, b = self.segments[0], self.segments[1]
-            self.segments[:2] = [_Segment(a.first, b.last, a.dirs | b.dirs, a.overflow_ns or b.overflow_ns)]
+            self.segments[:2] = [_Segment(a.first, b.last, merge_dirs(a.dirs, b.dirs), a.overflow_ns or b.overflow_ns,
+                                          a.trees | b.trees)]
 
     def _write(self, stopped: bool = False) -> None:
-        doc = {"format": 1, "run": self.run_id, "pid": os.getpid(), "boot_id": boot_id(),
+        doc = {"format": FORMAT, "run": self.run_id, "pid": os.getpid(), "boot_id": boot_id(),
                "backend": self.watcher.backend, "watches": self.watcher.watches, "started_ns": self.started_ns,
                "stopped_ns": time.time_ns() if stopped else None, "sources": self.sources,
                "ids": source_ids(self.sources), "incomplete": getattr(self.watcher, "incomplete", None),
                "seq": self.seq,
-               "segments": [{"first": s.first, "last": s.last, "dirs": sorted(s.dirs), "overflow_ns": s.overflow_ns}
+               "segments": [{"first": s.first, "last": s.last, "overflow_ns": s.overflow_ns,
+                             "dirs": [[d, sorted(n) if n is not None else None] for d, n in sorted(s.dirs.items())],
+                             "trees": sorted(s.trees)}
                             for s in self.segments]}
         write_record(self.dir / "journal", doc)
 
@@ -293,6 +327,7 @@ def live_journal(cache: Path, sources: list[bytes]) -> dict[str, Any]:
         raise Unusable(f"the change journal is damaged ({exc})", damaged=True) from None
     if doc is None:
         raise Unusable("no change journal is kept (`strongroom agent run` is not running)")
+    _known_format(doc)
     try:
         if doc["boot_id"] != boot_id():
             raise Unusable("the change journal is from another boot (the machine restarted)")
@@ -316,6 +351,12 @@ def live_journal(cache: Path, sources: list[bytes]) -> dict[str, Any]:
     return doc
 
 
+def _known_format(doc: dict[str, Any]) -> None:
+    if doc.get("format") != FORMAT:
+        raise Unusable(f"the change journal is of format {doc.get('format')!r}, not {FORMAT} (written by another "
+                       "version of `strongroom agent run`: restart it)")
+
+
 def request_cut(cache: Path, run_id: str | None, timeout_s: float = CUT_TIMEOUT_S) -> tuple[str, int]:
     """Asks the keeper to close its segment; its run and the segment's number once it is on
     disk. `run_id` None: whichever keeper answers (its journal file was damaged)."""
@@ -337,28 +378,36 @@ def request_cut(cache: Path, run_id: str | None, timeout_s: float = CUT_TIMEOUT_
     raise Unusable(f"the change journal daemon did not answer within {timeout_s:.0f} s")
 
 
-def changed_since(cache: Path, run_id: str, since_seq: int, cut_seq: int) -> tuple[set[bytes], str]:
+def changed_since(cache: Path, run_id: str, since_seq: int,
+                  cut_seq: int) -> tuple[dict[bytes, Names], set[bytes], str]:
     """The directories the journal names in segments (since_seq, cut_seq], read back from
-    disk, and the keeper's backend."""
+    disk, each with its changed names (None: look at every entry); the directories created or
+    moved in; the keeper's backend."""
     try:
         doc = read_record(journal_dir(cache) / "journal")
     except Damaged as exc:
         raise Unusable(f"the change journal is damaged ({exc})") from None
     if doc is None or doc.get("run") != run_id:
         raise Unusable("the change journal daemon restarted while this backup began")
+    _known_format(doc)
     if doc.get("incomplete"):
         raise Unusable(f"the change journal is incomplete: {doc['incomplete']}")
     wanted = [s for s in doc["segments"] if s["last"] > since_seq and s["first"] <= cut_seq]
     covered = since_seq
-    dirs: set[bytes] = set()
+    dirs: dict[bytes, Names] = {}
+    trees: set[bytes] = set()
     for seg in sorted(wanted, key=lambda s: s["first"]):
         if seg["first"] > covered + 1:
             break
         if seg["overflow_ns"]:
             raise Unusable(f"the change journal's event queue overflowed on {when(seg['overflow_ns'])}: "
                            "changes were lost")
-        dirs.update(bytes(d) for d in seg["dirs"])
+        try:
+            merge_dirs(dirs, {bytes(d): None if n is None else {bytes(x) for x in n} for d, n in seg["dirs"]})
+            trees.update(bytes(t) for t in seg["trees"])
+        except (KeyError, TypeError, ValueError):
+            raise Unusable("the change journal is damaged (a segment does not decode)") from None
         covered = max(covered, seg["last"])
     if covered < cut_seq:
         raise Unusable(f"the change journal lacks the changes after cut {covered}")
-    return dirs, str(doc.get("backend"))
+    return dirs, trees, str(doc.get("backend"))

@@ -6,8 +6,12 @@ may not. An optimized walk then lists only the directories the journal names ("d
 passes through their ancestors taking every other entry from the parent point without a
 stat, and carries a subdirectory's whole tree over when it is not on the way to a dirty
 directory and still is the same directory (inode, ctime and mtime as in the parent point:
-a directory moved, replaced or new is scanned whole). The point is the same as an
-unoptimized backup of the same state would make.
+a directory moved, replaced or new is scanned whole). In a dirty directory for which the
+daemon's journal kept the changed names, and which is the same directory as in the parent
+point (its inode) and lies in no tree created or moved in since, only the entries named,
+new, on the way to other dirty directories or mount points are stat'ed; the others come from
+the parent point (`Plan.unread`). The point is the same as an unoptimized backup of the same
+state would make.
 
 The point's refs must still name every blob of the point, also those of the trees carried
 over unread. `RefCounts` keeps, in the cache folder, how many times each blob is referenced
@@ -41,11 +45,19 @@ OPTIMIZED, UNOPTIMIZED = "optimized", "unoptimized"
 FULL_SCAN_EVERY_NS = 7 * 86400 * 10**9
 
 
+_LINKS_REASON = "a file with hard links changed: its other names are found only by a full scan"
+_NOTHING: frozenset[bytes] = frozenset()
+
+
 @dataclass
 class Plan:
     mode: str
     reason: str
-    dirty: set[bytes] = field(default_factory=set)  # directories to list again
+    dirty: dict[bytes, set[bytes] | None] = field(default_factory=dict)  # directories to list again: changed
+    # names in each (None: stat every entry)
+    trees: set[bytes] = field(default_factory=set)  # created or moved in: no directory under them listed by names
+    by_name: set[bytes] = field(default_factory=set)  # dirty directories the walk found fit to list by names
+    mount_names: dict[bytes, set[bytes]] = field(default_factory=dict)  # directory -> its mount points' names
     trie: set[bytes] = field(default_factory=set)  # the dirty ones and all their ancestors
     children: dict[bytes, set[bytes]] = field(default_factory=dict)  # trie path -> names on the trie below it
     devices: set[int] = field(default_factory=set)  # the sources' filesystems, which the journal watches
@@ -70,6 +82,41 @@ class Plan:
                 and prev.get("mt") == st.st_mtime_ns and st.st_dev in self.devices
                 and not any(path == m or path.startswith(m + b"/") for m in self.mounts))
 
+    def entering(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
+        """The walk is about to list directory `path` (stat'ed as `st`; `prev` its entry in the
+        parent point): whether it may be listed by its changed names. Only the same directory
+        as in the parent point (a new or replaced one: every entry is new to it), never one in
+        a tree created or moved in (inotify keeps names by path, which a move shifts), nor on or
+        under a mount point (another filesystem's changes are not in the journal)."""
+        if (self.optimized and self.dirty.get(path) is not None and prev is not None and prev["t"] == DIR
+                and "tree" in prev and prev.get("i") == st.st_ino and st.st_dev in self.devices
+                and not self._in_tree(path)
+                and not any(path == m or path.startswith(m + b"/") for m in self.mounts)):
+            self.by_name.add(path)
+
+    def _in_tree(self, path: bytes) -> bool:
+        while path not in self.trees:
+            if path in (b"/", b""):
+                return False
+            path = os.path.dirname(path)
+        return True
+
+    def unread(self, path: bytes, parent: dict[bytes, Entry], listed: list[bytes]) -> frozenset[bytes] | set[bytes]:
+        """Of a directory's listing, the names taken from the parent point without a stat:
+        none unless optimized mode lists a dirty directory by names (`entering`). Also: an
+        entry with hard links gone from a dirty directory changed the other names' link count
+        and ctime, with no event where they are: only a full scan finds them."""
+        if path not in self.dirty:
+            return _NOTHING
+        if not self.links_followed and self.fallback is None:
+            gone = parent.keys() - set(listed)
+            if gone and any("h" in parent[n] for n in gone):
+                self.fallback = _LINKS_REASON
+        if path not in self.by_name:
+            return _NOTHING
+        look = self.dirty[path] | self.children.get(path, _NOTHING) | self.mount_names.get(path, _NOTHING)  # type: ignore[operator]
+        return parent.keys() - look
+
     def read_from(self, view: Any, sources: list[bytes]) -> None:
         """The walk reads the sources where the view says (a btrfs snapshot: another device)."""
         for src in sources:
@@ -79,10 +126,11 @@ class Plan:
                 pass
 
     def unoptimize(self, reason: str) -> None:
-        self.mode, self.reason, self.dirty, self.trie, self.children = UNOPTIMIZED, reason, set(), set(), {}
+        self.mode, self.reason, self.dirty, self.trie, self.children = UNOPTIMIZED, reason, {}, set(), {}
+        self.trees, self.by_name, self.mount_names = set(), set(), {}
 
 
-def _trie(dirs: set[bytes]) -> tuple[set[bytes], dict[bytes, set[bytes]]]:
+def _trie(dirs: dict[bytes, Any]) -> tuple[set[bytes], dict[bytes, set[bytes]]]:
     out: set[bytes] = set()
     children: dict[bytes, set[bytes]] = {}
     for d in dirs:
@@ -176,15 +224,16 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     full_ns = good.get("full_ns") or 0
     if time.time_ns() - full_ns > FULL_SCAN_EVERY_NS:
         return no("7 days since the last full scan (the safety net for changes no journal sees)")
-    dirs: set[bytes] | None = None
+    dirs: dict[bytes, set[bytes] | None] | None = None
+    trees: set[bytes] = set()
     how = ""
     old_gens = good.get("btrfs") or {}
     if gens and set(gens) == set(old_gens) == set(backup.sources) and all(
             gens[s][:2] == old_gens[s][:2] for s in gens):
         try:
-            dirs = set()
-            for src, (fsid, subvol, _gen, top) in gens.items():
-                dirs |= btrfs_changes.changed_dirs(top, subvol, old_gens[src][2])
+            dirs = {}
+            for src, (fsid, subvol, _gen, top) in gens.items():  # btrfs names directories only: whole
+                dirs.update(dict.fromkeys(btrfs_changes.changed_dirs(top, subvol, old_gens[src][2])))
             how = f"btrfs generations since {min(g[2] for g in old_gens.values())}"
         except btrfs_changes.Unavailable as exc:
             dirs, journal_reason = None, str(exc)
@@ -197,20 +246,22 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
             return no("the change journal daemon was not watching for the whole interval since the last point "
                       "(it was started, restarted or rebooted since)")
         try:
-            dirs, backend = jr.changed_since(cache, now["run"], before["seq"], now["seq"])
+            dirs, trees, backend = jr.changed_since(cache, now["run"], before["seq"], now["seq"])
         except jr.Unusable as exc:
             return no(str(exc))
         how = f"{backend} journal"
-    dirs = {d for d in dirs if any(d == s or d.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)
+    dirs = {d: n for d, n in dirs.items() if any(d == s or d.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)
             and not _excluded(backup, d)}
     plan = Plan(OPTIMIZED, f"{how}: {len(dirs)} changed director{'y' if len(dirs) == 1 else 'ies'}",
-                dirty=dirs, record=record, links_followed=how.startswith("btrfs"))
+                dirty=dirs, trees=trees, record=record, links_followed=how.startswith("btrfs"))
     plan.trie, plan.children = _trie(dirs)
     # A filesystem mounted inside a source (a bind mount of the same one among them) reports its
     # changes under other paths, or not at all: what lies there is listed whole every time.
     plan.devices = {os.stat(s).st_dev for s in backup.sources}
     plan.mounts = [m for m in _mount_points() if m not in backup.sources
                    and any(m.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)]
+    for m in plan.mounts:  # stat'ed wherever their directory is listed by names
+        plan.mount_names.setdefault(os.path.dirname(m), set()).add(os.path.basename(m))
     record["full_ns"] = full_ns
     return plan
 
@@ -277,7 +328,7 @@ def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
     """A changed file with other names: an optimized walk cannot know where they are."""
     if backup.plan.optimized and not backup.plan.links_followed and backup.plan.fallback is None:
         # Said without the path: a mode reason reaches the vault in plain text.
-        backup.plan.fallback = "a file with hard links changed: its other names are found only by a full scan"
+        backup.plan.fallback = _LINKS_REASON
 
 
 # -- the refs ---------------------------------------------------------------------------------

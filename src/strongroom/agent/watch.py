@@ -1,7 +1,12 @@
 """The kernel's change notifications, as the change journal uses them: fanotify or inotify.
 
-Both report "something in this directory changed" and nothing finer: the journal only needs
-the directories whose listing or entries changed, never what changed in them.
+Both report the directory an event happened in and, mostly, the name of the entry it
+concerns. The journal keeps, per changed directory, the names of its changed entries (so that
+a backup stats only those), or "whole" when it cannot be sure which entries changed: an event
+without a name (a directory's own metadata, its move, an inode event with no directory), or
+more changed names than a directory may hold in memory (`MAX_NAMES`). A directory created or
+moved in is also kept as a *tree*: no directory under it is listed by names (inotify names
+directories by paths, which a move shifts; a new tree is looked at whole anyway).
 
 - fanotify (root, Linux 5.9+): one mark per filesystem (`FAN_MARK_FILESYSTEM`) with
   `FAN_REPORT_DFID_NAME`, so every event names its directory by a file handle. Handles are
@@ -56,12 +61,44 @@ class WatchError(OSError):
     """The kernel refused to watch (not root, old kernel, a filesystem without file handles)."""
 
 
+MAX_NAMES = 2000  # changed names kept per directory; more: the directory is listed whole
+MAX_ALL_NAMES = 100_000  # changed names kept in all; more: every directory is listed whole
+
+
 @dataclass
 class Drained:
-    """What one read of the queue found."""
+    """What reads of the queue found since the last cut."""
 
-    dirs: set = field(default_factory=set)  # directory keys (fanotify handles or inotify paths)
+    # directory key (fanotify handle or inotify path) -> names of its changed entries, or None:
+    # every entry is to be looked at (bounded by MAX_NAMES, and all by MAX_ALL_NAMES)
+    dirs: dict = field(default_factory=dict)
+    trees: set = field(default_factory=set)  # (directory key, name): a directory created or moved in there
     overflow: bool = False
+    names: int = 0  # how many names `dirs` holds
+
+    def note(self, key: object, name: bytes) -> None:
+        """Entry `name` of directory `key` changed."""
+        names = self.dirs.get(key, ())
+        if names is None or name in names:
+            return
+        if not names:
+            self.dirs[key] = names = set()
+        if len(names) >= MAX_NAMES:
+            self.names -= len(names)
+            self.dirs[key] = None
+            return
+        names.add(name)
+        self.names += 1
+        if self.names > MAX_ALL_NAMES:  # memory stays bounded: every directory listed whole
+            self.dirs = dict.fromkeys(self.dirs)
+            self.names = 0
+
+    def whole(self, key: object) -> None:
+        """Something in directory `key` changed that no name says: look at every entry."""
+        names = self.dirs.get(key)
+        if names:
+            self.names -= len(names)
+        self.dirs[key] = None
 
 
 def under(path: bytes, roots: list[bytes]) -> bool:
@@ -119,11 +156,20 @@ class Fanotify:
                     if kind in (_FAN_INFO_DFID_NAME, _FAN_INFO_DFID, _FAN_INFO_FID):
                         fsid = bytes(buf[info + 4:info + 12])
                         nbytes, htype = struct.unpack_from("=Ii", buf, info + 12)
-                        handle = bytes(buf[info + 20:info + 20 + nbytes])
-                        # A plain FID without a directory: an inode event with no name, such as
-                        # a link count change (a hard link made or removed anywhere): kept, and
-                        # resolved to its directory at the cut like the others.
-                        out.dirs.add((fsid, htype, handle, kind == _FAN_INFO_FID))
+                        end = info + 20 + nbytes
+                        key = (fsid, htype, bytes(buf[info + 20:end]), kind == _FAN_INFO_FID)
+                        name = b""
+                        if kind == _FAN_INFO_DFID_NAME and end < info + length:
+                            name = bytes(buf[end:info + length]).split(b"\0", 1)[0]
+                        if name and name != b"." and b"/" not in name:
+                            out.note(key, name)
+                            if mask & FAN_ONDIR and mask & (FAN_CREATE | FAN_MOVED_TO):
+                                out.trees.add((key, name))
+                        else:
+                            # No name: the directory's own metadata or move ("."), or an inode
+                            # event with no directory (a plain FID, resolved to its directory at
+                            # the cut): every entry of that directory is looked at.
+                            out.whole(key)
                     info += length
                 pos += event_len
 
@@ -224,8 +270,11 @@ class Inotify:
                 parent = self.paths.get(wd)
                 if parent is None:
                     continue
-                out.dirs.add(parent)
-                if not mask & IN_ISDIR or not name:
+                if not name:  # the watched directory's own metadata, or its move or deletion
+                    out.whole(parent)
+                    continue
+                out.note(parent, name)
+                if not mask & IN_ISDIR:
                     continue
                 path = parent.rstrip(b"/") + b"/" + name
                 if mask & IN_MOVED_FROM:
@@ -236,7 +285,8 @@ class Inotify:
                         self._rename(old, path)
                     else:
                         self.add_tree(path)  # new, or moved in from outside: watched from now on
-                    out.dirs.add(path)  # and looked at whole by the next backup (a new subtree)
+                    out.whole(path)  # and looked at whole by the next backup (a new subtree)
+                    out.trees.add((parent, name))
 
     def settle(self) -> None:
         """Directories moved away and never moved back in are no longer ours to watch."""
