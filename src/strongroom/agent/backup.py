@@ -313,7 +313,9 @@ class Backup:
     def _parent_entries(self, tree_id: bytes | None, path: bytes) -> dict[bytes, Entry]:
         if not tree_id:
             return {}
-        entries = {e["n"]: e for e in self.reader.tree(tree_id)}
+        old = self.reader.tree(tree_id)
+        self.refs.saw(tree_id, old)  # optimized mode: its directory's refs update reads it again
+        entries = {e["n"]: e for e in old}
         # The walk will want the subdirectories' old trees next: one request for them all (in
         # optimized mode only those on the way to changed directories: the others are carried).
         self.reader.prefetch(optimized.subtrees_wanted(self.plan, path or b"/", entries))

@@ -295,7 +295,9 @@ def pass_through(backup: Backup, dfd: int, path: bytes, parent_tree: bytes) -> A
     """A directory on the way to dirty ones: its tree from the parent point, with only the
     subdirectories on the way looked at. None if the parent point does not hold them (the
     journal must have missed this directory's change: it is listed instead)."""
-    parent = {e["n"]: e for e in backup.reader.tree(parent_tree)}
+    old = backup.reader.tree(parent_tree)
+    backup.refs.saw(parent_tree, old)
+    parent = {e["n"]: e for e in old}
     backup.reader.prefetch(subtrees_wanted(backup.plan, path, parent))
     base = path if path != b"/" else b""
     children = backup.plan.children.get(path, set())
@@ -334,6 +336,7 @@ def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
 # -- the refs ---------------------------------------------------------------------------------
 
 
+_SEEN_BOUND = 256  # old trees kept for `dir_done`: the walk finishes a directory at most 32 later
 _NET_BOUND = 65536  # blob IDs whose net change a directory's update holds in memory at most
 
 
@@ -353,6 +356,7 @@ class RefCounts:
         self.final = self.folder / "refcounts.sqlite"
         self.fresh, self.reader, self.persist = fresh, reader, persist
         self.pending: list[tuple[bytes, int]] = []  # (blob id, change of its count), not yet in SQLite
+        self.seen: dict[bytes, list[Entry]] = {}  # old trees the walk read, until their directory is done
         self.path = self.folder / f"refcounts-{os.getpid()}.sqlite" if fresh else self.final
         if fresh:
             self.path.unlink(missing_ok=True)
@@ -382,6 +386,15 @@ class RefCounts:
             return False
         return row is not None and row[0] == point_id
 
+    def saw(self, tree_id: bytes, entries: list[Entry]) -> None:
+        """The walk read this old tree: its directory's update will want it again (the reader's
+        small cache has mostly dropped it by then: decoding it again cost a tenth of the walk)."""
+        if self.fresh:
+            return
+        if len(self.seen) >= _SEEN_BOUND:  # one the walk read and never finished: a few at most
+            del self.seen[next(iter(self.seen))]
+        self.seen[tree_id] = entries
+
     def _add(self, deltas: list[tuple[bytes, int]]) -> None:
         self.pending.extend(deltas)
         if len(self.pending) >= _NET_BOUND:
@@ -410,7 +423,9 @@ class RefCounts:
         # Only the net change reaches SQLite: a changed directory mostly lists the same files
         # again, and their +1 and -1 cancel here instead of costing four row updates each.
         net = Counter(refs)
-        old = self.reader.tree(old_tree)
+        old = self.seen.pop(old_tree, None)
+        if old is None:
+            old = self.reader.tree(old_tree)
         net.subtract(own_refs(old_tree, old))
         for e in old:
             if e["t"] == DIR and "tree" in e and kept.get(e["n"]) != e["tree"]:
