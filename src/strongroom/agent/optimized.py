@@ -263,7 +263,25 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     for m in plan.mounts:  # stat'ed wherever their directory is listed by names
         plan.mount_names.setdefault(os.path.dirname(m), set()).add(os.path.basename(m))
     record["full_ns"] = full_ns
+    _locate_trie(backup, plan, parent.manifest["tree"])
     return plan
+
+
+def _locate_trie(backup: Backup, plan: Plan, root: bytes) -> None:
+    """Where the parent point's trees of the directories on the trie lie, asked level by level
+    (a request or so per level), instead of once by each directory the walk passes through:
+    after the 1 % mutation, 110 lookups of ~1.3 ms each, a third of the walk."""
+    level = [(b"/", root)]
+    while level:
+        backup.reader.prefetch([tree for _path, tree in level])  # one lookup, then batched reads
+        below = []
+        for path, tree in level:
+            names = plan.children.get(path)
+            if names:
+                base = path if path != b"/" else b""
+                below.extend((base + b"/" + e["n"], e["tree"]) for e in backup.reader.tree(tree)
+                             if e["n"] in names and e["t"] == DIR and "tree" in e)
+        level = below
 
 
 def _mount_points() -> list[bytes]:
