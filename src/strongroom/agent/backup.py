@@ -318,7 +318,8 @@ class Backup:
         if not tree_id:
             return {}
         old = self.reader.tree(tree_id)
-        self.refs.saw(tree_id, old)  # optimized mode: its directory's refs update reads it again
+        if self.plan.optimized:  # its directory's refs update reads it again (a dry run has no refs)
+            self.refs.saw(tree_id, old)
         entries = {e["n"]: e for e in old}
         # The walk will want the subdirectories' old trees next: one request for them all (in
         # optimized mode only those on the way to changed directories: the others are carried).
