@@ -145,6 +145,34 @@ def test_a_changed_folder_stats_only_its_changed_names(registered, tmp_path, bac
 
 
 @needs_root
+@pytest.mark.parametrize("backend", ["fanotify", "inotify"])
+def test_names_kept_by_path_do_not_follow_a_folder_moved_away_and_back(registered, tmp_path, backend):
+    """inotify keeps names by path: while folder P is away, another folder's change is kept as
+    P/S's; P's own change as Q/S's. Back at P, P/S (the same inode as in the last point) must
+    not be listed by the other folder's names: a tree moved in is never listed by names."""
+    with watched(registered, tmp_path) as (src, start):
+        sr = registered
+        for top, name in (("P", "x"), ("R", "y")):
+            (src / top / "S").mkdir(parents=True)
+            for i in range(KEEP):
+                _write(src / top / "S" / f"keep{i}", f"{top}{i}".encode())
+            _write(src / top / "S" / name, f"{top} {name}\n".encode())
+        start(backend)
+        sr.backup(src)
+        (src / "P").rename(src / "Q")
+        with open(src / "Q" / "S" / "x", "ab") as f:
+            f.write(b"changed while away")
+        (src / "R").rename(src / "P")
+        with open(src / "P" / "S" / "y", "ab") as f:
+            f.write(b"the other folder's change, kept as P/S's")
+        (src / "P").rename(src / "R")
+        (src / "Q").rename(src / "P")
+        fast = sr.backup(src)
+        assert fast["mode"] == "optimized", fast["mode_reason"]
+        _both_restore_as_source(sr, src, tmp_path, "away", fast)
+
+
+@needs_root
 def test_hard_links_still_send_the_backup_to_a_full_scan(registered, tmp_path):
     """A changed file with other names changes their ctime and link count where no event is:
     written through one name, one name removed, a name replaced, a name added."""

@@ -6,7 +6,8 @@ may not. An optimized walk then lists only the directories the journal names ("d
 passes through their ancestors taking every other entry from the parent point without a
 stat, and carries a subdirectory's whole tree over when it is not on the way to a dirty
 directory and still is the same directory (inode, ctime and mtime as in the parent point:
-a directory moved, replaced or new is scanned whole). In a dirty directory for which the
+a directory moved, replaced or new is scanned whole, and so is every directory in a tree
+created or moved in since the parent point). In a dirty directory for which the
 daemon's journal kept the changed names, and which is the same directory as in the parent
 point (its inode) and lies in no tree created or moved in since, only the entries named,
 new, on the way to other dirty directories or mount points are stat'ed; the others come from
@@ -80,7 +81,10 @@ class Plan:
         return (self.optimized and path not in self.trie and prev is not None and prev["t"] == DIR
                 and "tree" in prev and prev.get("i") == st.st_ino and prev.get("ct") == st.st_ctime_ns
                 and prev.get("mt") == st.st_mtime_ns and st.st_dev in self.devices
-                and not any(path == m or path.startswith(m + b"/") for m in self.mounts))
+                and not any(path == m or path.startswith(m + b"/") for m in self.mounts)
+                # inotify keeps the changes inside a tree moved since under the paths they had:
+                # a moved tree is walked whole (a change inside moves no folder's ctime or mtime)
+                and not self._in_tree(path))
 
     def entering(self, path: bytes, st: os.stat_result, prev: Entry | None) -> None:
         """The walk is about to list directory `path` (stat'ed as `st`; `prev` its entry in the
@@ -95,6 +99,8 @@ class Plan:
             self.by_name.add(path)
 
     def _in_tree(self, path: bytes) -> bool:
+        if not self.trees:
+            return False
         while path not in self.trees:
             if path in (b"/", b""):
                 return False
