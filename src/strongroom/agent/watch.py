@@ -5,8 +5,9 @@ concerns. The journal keeps, per changed directory, the names of its changed ent
 a backup stats only those), or "whole" when it cannot be sure which entries changed: an event
 without a name (a directory's own metadata, its move, an inode event with no directory), or
 more changed names than a directory may hold in memory (`MAX_NAMES`). A directory created or
-moved in is also kept as a *tree*: no directory under it is listed by names (inotify names
-directories by paths, which a move shifts; a new tree is looked at whole anyway).
+moved in is also kept as a *tree*: no directory under it is listed by names or carried over
+unread (inotify names directories by paths, which a move shifts; a new tree is looked at
+whole anyway).
 
 - fanotify (root, Linux 5.9+): one mark per filesystem (`FAN_MARK_FILESYSTEM`) with
   `FAN_REPORT_DFID_NAME`, so every event names its directory by a file handle. Handles are
