@@ -50,7 +50,8 @@ def main() -> None:
     preload(sys.argv[1:])  # the command's own modules, while the key is derived on the other core
     if deriving is not None:
         deriving.join()
-    run_here()
+    from strongroom.cli import quickexit  # noqa: PLC0415
+    quickexit.run(run_here)  # and no teardown of the interpreter afterwards
 
 
 def _backup_args(argv: list[str]) -> tuple[Path | None, list[str]] | None:
