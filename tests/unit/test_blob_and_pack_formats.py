@@ -92,7 +92,7 @@ def test_a_full_pack_and_its_header_fit_the_fixed_buffer(small: int, last: int) 
     builder.add(n.to_bytes(32, "big"), packs.KIND_DATA, bytes(last))
     assert isinstance(builder.buffer, mmap.mmap), "the buffer had to grow: the next pack would not reuse it"
     _name, data, refs = builder.finish()
-    assert len(data) <= packs.BUFFER_SIZE and len(refs) == n + 1
+    assert len(data) <= packs.BUFFER_SIZE and len(refs) == n + 1 <= packs.BLOBS_PER_PACK + 1
     assert packs.read_header(data) == refs
 
 

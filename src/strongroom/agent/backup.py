@@ -56,7 +56,10 @@ from strongroom.vault.interface import Vault
 from strongroom.vault.shapes import PointRecord
 
 _MAX_IN_FLIGHT = 256
+# Folders whose tree waits for its files' reads, and their entries: a bound in folders alone
+# let 32 folders of 1,000 small files each hold 32,000 entries (~30 MiB) at once.
 _MAX_PENDING_DIRS = 32
+_MAX_PENDING_ENTRIES = 4096
 _READ_ATTEMPTS = 3
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _GC_THRESHOLD = 20_000
@@ -199,6 +202,7 @@ class Backup:
         self.warnings: list[tuple[bytes, str]] = []
         self.reader = BlobReader(vault, key, tree_cache_bytes=WALK_TREE_CACHE_BYTES)
         self.pending: deque[_PendingDir] = deque()
+        self.pending_entries = 0
         self.in_flight = threading.BoundedSemaphore(_MAX_IN_FLIGHT)
         self.hardlinks: dict[tuple[int, int], Future | Finished] = {}
         self.local = threading.local()
@@ -595,7 +599,8 @@ class Backup:
     def _queue(self, items: list[Any], parent_tree: bytes | None) -> _PendingDir:
         pending = _PendingDir(items, parent_tree)
         self.pending.append(pending)
-        while len(self.pending) > _MAX_PENDING_DIRS:
+        self.pending_entries += len(items)
+        while len(self.pending) > _MAX_PENDING_DIRS or self.pending_entries > _MAX_PENDING_ENTRIES:
             self._finalize(self.pending.popleft())
         return pending
 
@@ -633,4 +638,5 @@ class Backup:
         refs.append(tree_id)
         self.refs.dir_done(refs, pending.parent_tree, kept)
         pending.tree_id = tree_id
+        self.pending_entries -= len(pending.items)
         pending.items = []
