@@ -20,6 +20,9 @@ _OPEN_FDS = 64
 _DIRECT_MIN = 1024 * 1024
 _DIRECT_ALIGN = 4096  # the block size O_DIRECT wants on ext4/XFS/btrfs; 512 would do on some
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+# How a write with O_DIRECT is refused before anything is written: an unaligned buffer (EINVAL),
+# a filesystem that takes the flag but not such writes (some FUSE filesystems).
+_DIRECT_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 class FolderStorage:
@@ -158,7 +161,7 @@ def _write_direct(fd: int, view: memoryview) -> memoryview:
         while done < head:
             done += os.write(fd, view[done:head])
     except OSError as exc:
-        if exc.errno != errno.EINVAL:
+        if exc.errno not in _DIRECT_REFUSED:
             raise
         # A buffer that is not aligned (bytes from a caller other than the packer) is refused
         # before anything is written; the file offset is where the last full write left it.
