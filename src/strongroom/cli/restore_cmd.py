@@ -10,6 +10,7 @@ import click
 from strongroom.agent.browse import selected_bytes
 from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.pointbook import PointBook
+from strongroom.agent.reader import WALK_TREE_CACHE_BYTES
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.agent.restore_plan import DryRun, Selector, dry_run, selected, verify
 from strongroom.cli import kinds_cmds
@@ -59,6 +60,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     if dry_run_only and verify_after:
         raise UsageError("--dry-run writes nothing, so there is nothing to --verify")
     agent, vault, key, reader = open_agent(ctx, passphrase_file, machine)
+    reader.tree_cache_bytes = WALK_TREE_CACHE_BYTES
     record = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
     manifest = record.manifest
     if image or force:
