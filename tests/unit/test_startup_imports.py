@@ -25,3 +25,21 @@ def test_command_module_loads_no_sqlalchemy(module: str) -> None:
             "print(' '.join(heavy[:5]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"strongroom.cli.{module} loads {out} before the key is derived"
+
+
+def test_the_start_up_derivation_runs_before_cryptography_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """cli/earlykey.py derives with argon2 alone (keyfile.py): cryptography, blake3 and the
+    agent's modules would add ~12 MiB under Argon2's 64."""
+    from strongroom.agent.homepath import KEYFILE  # noqa: PLC0415
+    from strongroom.crypto import MasterKey, wrap_key  # noqa: PLC0415
+
+    (tmp_path / KEYFILE).write_text(wrap_key(MasterKey.generate(), "correct horse battery staple"))
+    code = ("import sys\n"
+            "from strongroom import keyfile\n"
+            "from strongroom.cli.earlykey import derive_early\n"
+            f"derive_early(['--home', {str(tmp_path)!r}, 'points'])\n"
+            "assert keyfile._last_kek is not None, 'not derived'\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'blake3', 'click', 'rich'))))")
+    env = {"PATH": "/usr/bin:/bin", "STRONGROOM_PASSPHRASE": "correct horse battery staple"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    assert out == "", f"loaded before the key was derived: {out}"

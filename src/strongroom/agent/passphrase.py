@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from strongroom.crypto import check_passphrase_strength
+from strongroom.keyfile import check_passphrase_strength
 from strongroom.errors import UsageError
 
 ENV_VAR = "STRONGROOM_PASSPHRASE"

@@ -24,7 +24,8 @@ import click
 
 from strongroom.agent.passphrase import read_passphrase
 from strongroom.cli.common import echo, emit_json, home, json_option, passphrase_option
-from strongroom.crypto import check_passphrase_strength, wrap_key
+from strongroom.crypto import wrap_key
+from strongroom.keyfile import check_passphrase_strength
 from strongroom.errors import UsageError
 from strongroom.fsutil import write_private
 from strongroom.names import check_machine_name

@@ -44,12 +44,9 @@ def main() -> None:
     reason = hand_over(sys.argv[1:])
     if reason is not None:
         VIA = ("in-process", reason)
-    from strongroom.cli.earlykey import derive_meanwhile  # noqa: PLC0415
-    deriving = derive_meanwhile(sys.argv[1:])  # before the catalog: Argon2's 64 MiB on top of less
-    from strongroom.cli.main import main as run_here, preload  # noqa: PLC0415 - the heavy part, only now
-    preload(sys.argv[1:])  # the command's own modules, while the key is derived on the other core
-    if deriving is not None:
-        deriving.join()
+    from strongroom.cli.earlykey import derive_early  # noqa: PLC0415
+    derive_early(sys.argv[1:])  # before the heavy part: Argon2's 64 MiB on top of less
+    from strongroom.cli.main import main as run_here  # noqa: PLC0415 - the heavy part, only now
     from strongroom.cli import quickexit  # noqa: PLC0415
     quickexit.run(run_here)  # and no teardown of the interpreter afterwards
 

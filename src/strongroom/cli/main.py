@@ -15,7 +15,6 @@ import click
 
 from strongroom import __version__
 from strongroom.agent.home import AgentHome
-from strongroom.agent.homepath import command_start
 from strongroom.cli.common import fail_line
 from strongroom.errors import EXIT_FAILURE, EXIT_USAGE, StrongroomError
 
@@ -97,13 +96,6 @@ def _cancel_on_sigterm() -> None:
     def handler(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)
-
-
-def preload(argv: list[str]) -> None:
-    """Imports the modules of the command argv names (cli/handover.py: while Argon2 runs)."""
-    _home, at = command_start(argv)
-    for module in COMMAND_MODULES.get(argv[at] if at < len(argv) else "", ()):
-        importlib.import_module(f"strongroom.cli.{module}")
 
 
 def main() -> None:
