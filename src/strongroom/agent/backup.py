@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -62,6 +63,7 @@ _MAX_PENDING_ENTRIES = 4096
 _READ_ATTEMPTS = 3
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _GC_THRESHOLD = 20_000
+_FS_ENCODING = sys.getfilesystemencoding()  # what os.fsencode uses, without its call per name
 _EUID = os.geteuid()  # O_NOATIME is allowed to the file's owner and to root only
 
 
@@ -395,21 +397,24 @@ class Backup:
             if passed is not None:
                 return passed
         parent = self._parent_entries(parent_tree, path)
-        with os.scandir(dfd) as it:
-            names = sorted(os.fsencode(de.name) for de in it)
+        # listdir, not scandir: no DirEntry per name (the walk stats each entry itself anyway).
+        names = sorted([name.encode(_FS_ENCODING, "surrogateescape") for name in os.listdir(dfd)])
         names = self.selection.listing(dfd, path, names)
         unread = self.plan.unread(path or b"/", parent, names)  # optimized mode: entries no change names
         items = []
+        prefix = join(path, b"") if path else b"/"
+        excluded = self.excluded if self.excludes else None  # no pattern: no call per entry
+        scan_entry, append = self._scan_entry, items.append
         for name in names:
             if name in unread:
-                items.append(parent[name])
+                append(parent[name])
                 continue
-            full = join(path, name) if path else b"/" + name
-            if self.excluded(full, name):
+            full = prefix + name
+            if excluded is not None and excluded(full, name):
                 continue
-            item = self._scan_entry(dfd, full, name, parent)
+            item = scan_entry(dfd, full, name, parent)
             if item is not None:
-                items.append(item)
+                append(item)
         if not items and path and self.selection.drops_empty(path):
             return None
         self.counters.dirs += 1
@@ -427,7 +432,7 @@ class Backup:
             self._warn(full, exc.strerror or str(exc))
             return None
         kind = entry_type(st)
-        if self.selection.leaves_out(full, name, st, kind == DIR):
+        if self.selection.active and self.selection.leaves_out(full, name, st, kind == DIR):
             return None
         prev = parent.get(name)
         try:
@@ -611,22 +616,26 @@ class Backup:
         entries: list[Entry] = []
         refs: list[bytes] = []
         kept: dict[bytes, bytes] = {}  # optimized mode: subdirectory -> its tree in the parent point, still used
+        add_refs, append = refs.extend, entries.append
         for item in pending.items:
-            if isinstance(item, _PendingDir) and item.parent_tree:
-                kept[item.entry["n"]] = item.parent_tree  # type: ignore[index]
-            elif isinstance(item, dict) and item.get("tree"):
-                kept[item["n"]] = item["tree"]
-            if isinstance(item, _FileJob):
+            kind = type(item)
+            if kind is dict:  # carried from the parent point, or not a file (the most common first)
+                entry = item
+                tree = entry.get("tree")
+                if tree:
+                    kept[entry["n"]] = tree
+            elif kind is _FileJob:
                 result = item.future.result()
                 if result is None:
                     continue
                 entry = {**result, "n": item.name}
-            elif isinstance(item, _PendingDir):
+            else:  # a _PendingDir
+                if item.parent_tree:
+                    kept[item.entry["n"]] = item.parent_tree  # type: ignore[index]
                 entry = {**item.entry, "tree": item.tree_id}
-            else:
-                entry = item
-            refs.extend(entry.get("c", ()))
-            entries.append(entry)
+            if "c" in entry:
+                add_refs(entry["c"])
+            append(entry)
         data = encode_tree(entries)
         if len(data) > blobs.MAX_TREE_BYTES:  # a restore would refuse it: say so now
             raise StrongroomError(f"a directory of {len(entries)} entries is too large to back up: its listing "

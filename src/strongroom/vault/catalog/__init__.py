@@ -208,16 +208,32 @@ def absent_by_chunk(where: Engine | Connection, machine_id: int,
     """(chunk, its IDs the machine has no blob for) for chunks of 32-byte IDs back to back;
     a transaction of its own per chunk when given the engine."""
     for chunk in chunks:
-        ids = [chunk[i:i + ID_SIZE] for i in range(0, len(chunk), ID_SIZE)]
         if isinstance(where, Engine):
             with where.begin() as db:
-                missing = _absent(db, machine_id, ids)
+                missing = _absent(db, machine_id, chunk)
         else:
-            missing = _absent(where, machine_id, ids)
+            missing = _absent(where, machine_id, chunk)
         yield chunk, missing
 
 
-def _absent(db: Connection, machine_id: int, ids: list[bytes]) -> list[bytes]:
+# SQLite: the chunk goes in as one parameter, and a recursive CTE walks its 32-byte IDs in the
+# engine, probing the blobs index for each: 3x cheaper than filling a temporary table row by
+# row first (0.021 against 0.061-0.073 CPU-s for 22,479 IDs), which a point's check pays for
+# every ID it references.
+_COUNT_PRESENT_SQLITE = (
+    "WITH RECURSIVE pos(i) AS (SELECT 1 UNION ALL SELECT i + ? FROM pos WHERE i + ? <= ?) "
+    "SELECT count(*) FROM pos WHERE EXISTS (SELECT 1 FROM blobs WHERE machine_id = ? AND blob_id = substr(?, i, ?))")
+
+
+def _absent(db: Connection, machine_id: int, chunk: bytes) -> list[bytes]:
+    if not chunk:
+        return []
+    if db.dialect.name == "sqlite" and len(chunk) % ID_SIZE == 0:
+        present = db.exec_driver_sql(_COUNT_PRESENT_SQLITE, (ID_SIZE, ID_SIZE, len(chunk), machine_id, chunk,
+                                                             ID_SIZE)).scalar_one()
+        if present == len(chunk) // ID_SIZE:
+            return []
+    ids = [chunk[i:i + ID_SIZE] for i in range(0, len(chunk), ID_SIZE)]
     # Counted first: a point's check almost always finds every blob, and counting them costs
     # far less than reading back tens of thousands of rows (0.35 s a point of 20,000 files).
     mark = _wanted(db, ids)
