@@ -403,3 +403,28 @@ def test_moves_across_sources_symlinks_hard_links_and_mounts(registered, tmp_pat
             subprocess.run(["umount", str(two / "e")], check=True)
     finally:
         daemon.stop()
+
+
+def test_a_change_inside_a_mount_below_unchanged_folders_is_in_the_point(registered, tmp_path):
+    """The journal watches the sources' filesystem only: a filesystem mounted deeper inside a
+    source reports nothing, so the folders on the way to it must be walked every time, not
+    carried over from the last point."""
+    sr = registered
+    src = tmp_path / "src"
+    _make_tree(src)
+    deep = src / "a" / "b" / "c"
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(deep)], check=True)
+    try:
+        (deep / "inside.txt").write_text("first")
+        sr.run("policy", "set", "--include", src, "--daily", "03:00", "--keep-daily", "7")
+        daemon = Daemon(sr)
+        try:
+            sr.backup(src)
+            (deep / "inside.txt").write_text("second, longer")  # nothing changes on the watched filesystem
+            b = sr.backup(src)
+            assert b["mode"] == "optimized", b["mode_reason"]
+            assert_trees_equal(src, _restored(sr, b["id"], src, tmp_path / "r"))
+        finally:
+            daemon.stop()
+    finally:
+        subprocess.run(["umount", str(deep)], check=True)

@@ -260,12 +260,16 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
             and not _excluded(backup, d)}
     plan = Plan(OPTIMIZED, f"{how}: {len(dirs)} changed director{'y' if len(dirs) == 1 else 'ies'}",
                 dirty=dirs, trees=trees, record=record, links_followed=how.startswith("btrfs"))
-    plan.trie, plan.children = _trie(dirs)
     # A filesystem mounted inside a source (a bind mount of the same one among them) reports its
-    # changes under other paths, or not at all: what lies there is listed whole every time.
+    # changes under other paths, or not at all: what lies there is listed whole every time, and
+    # so the folders on the way to it are walked, never carried over (they may be unchanged).
     plan.devices = {os.stat(s).st_dev for s in backup.sources}
     plan.mounts = [m for m in _mount_points() if m not in backup.sources
                    and any(m.startswith(s.rstrip(b"/") + b"/") for s in backup.sources)]
+    for m in plan.mounts:
+        if not _excluded(backup, m):
+            dirs[m] = None
+    plan.trie, plan.children = _trie(dirs)
     for m in plan.mounts:  # stat'ed wherever their directory is listed by names
         plan.mount_names.setdefault(os.path.dirname(m), set()).add(os.path.basename(m))
     record["full_ns"] = full_ns
