@@ -16,6 +16,7 @@ import click
 from strongroom import __version__
 from strongroom.agent.home import AgentHome
 from strongroom.cli.common import fail_line
+from strongroom.cli.handover import startup_done
 from strongroom.errors import EXIT_FAILURE, EXIT_USAGE, StrongroomError
 
 
@@ -48,6 +49,7 @@ class StrongroomGroup(click.Group):
             if module not in self._loaded:
                 self._loaded.add(module)
                 importlib.import_module(f"strongroom.cli.{module}").add_to(self)
+        startup_done()
         return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
