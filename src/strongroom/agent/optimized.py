@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from strongroom.agent import journal as jr
+from strongroom.agent.watch import under
 from strongroom.model import DIR, Entry
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ class Plan:
     # names in each (None: stat every entry)
     trees: set[bytes] = field(default_factory=set)  # created or moved in: no directory under them listed by names
     by_name: set[bytes] = field(default_factory=set)  # dirty directories the walk found fit to list by names
-    mount_names: dict[bytes, set[bytes]] = field(default_factory=dict)  # directory -> its mount points' names
     trie: set[bytes] = field(default_factory=set)  # the dirty ones and all their ancestors
     children: dict[bytes, set[bytes]] = field(default_factory=dict)  # trie path -> names on the trie below it
     devices: set[int] = field(default_factory=set)  # the sources' filesystems, which the journal watches
@@ -81,7 +81,7 @@ class Plan:
         return (self.optimized and path not in self.trie and prev is not None and prev["t"] == DIR
                 and "tree" in prev and prev.get("i") == st.st_ino and prev.get("ct") == st.st_ctime_ns
                 and prev.get("mt") == st.st_mtime_ns and st.st_dev in self.devices
-                and not any(path == m or path.startswith(m + b"/") for m in self.mounts)
+                and not under(path, self.mounts)
                 # inotify keeps the changes inside a tree moved since under the paths they had:
                 # a moved tree is walked whole (a change inside moves no folder's ctime or mtime)
                 and not self._in_tree(path))
@@ -95,7 +95,7 @@ class Plan:
         if (self.optimized and self.dirty.get(path) is not None and prev is not None and prev["t"] == DIR
                 and "tree" in prev and prev.get("i") == st.st_ino and st.st_dev in self.devices
                 and not self._in_tree(path)
-                and not any(path == m or path.startswith(m + b"/") for m in self.mounts)):
+                and not under(path, self.mounts)):
             self.by_name.add(path)
 
     def _in_tree(self, path: bytes) -> bool:
@@ -120,7 +120,7 @@ class Plan:
                 self.fallback = _LINKS_REASON
         if path not in self.by_name:
             return _NOTHING
-        look = self.dirty[path] | self.children.get(path, _NOTHING) | self.mount_names.get(path, _NOTHING)  # type: ignore[operator]
+        look = self.dirty[path] | self.children.get(path, _NOTHING)  # type: ignore[operator]
         return parent.keys() - look
 
     def read_from(self, view: Any, sources: list[bytes]) -> None:
@@ -133,7 +133,7 @@ class Plan:
 
     def unoptimize(self, reason: str) -> None:
         self.mode, self.reason, self.dirty, self.trie, self.children = UNOPTIMIZED, reason, {}, set(), {}
-        self.trees, self.by_name, self.mount_names = set(), set(), {}
+        self.trees, self.by_name = set(), set()
 
 
 def _trie(dirs: dict[bytes, Any]) -> tuple[set[bytes], dict[bytes, set[bytes]]]:
@@ -269,9 +269,7 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     for m in plan.mounts:
         if not _excluded(backup, m):
             dirs[m] = None
-    plan.trie, plan.children = _trie(dirs)
-    for m in plan.mounts:  # stat'ed wherever their directory is listed by names
-        plan.mount_names.setdefault(os.path.dirname(m), set()).add(os.path.basename(m))
+    plan.trie, plan.children = _trie(dirs)  # a mount point is then stat'ed where its directory is listed by names
     record["full_ns"] = full_ns
     _locate_trie(backup, plan, parent.manifest["tree"])
     return plan
