@@ -55,6 +55,7 @@ from strongroom.agent.fsmeta import (
 )
 from strongroom.agent.reader import BlobReader
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.fsutil import write_all
 from strongroom.model import (
     BLOCK,
     CHAR,
@@ -592,7 +593,7 @@ class Restore:
         written = 0
         with _made(dfd, name, made) as fd:
             for piece in content:
-                written += _write_all(fd, piece)
+                written += write_all(fd, piece)
             refused = apply_metadata(entry, fd)
         if refused:
             self._error(path, "attributes not restored: " + "; ".join(refused))
@@ -693,7 +694,7 @@ class Restore:
         # A small file's blob may wait prefetched; a large file's come a few MiB a request.
         contents = (self.reader.read(i) for i in blob_ids) if _inline(entry) else self.reader.read_in_order(blob_ids)
         for content in contents:
-            written += _write_all(fd, content)
+            written += write_all(fd, content)
         return written
 
 
@@ -708,16 +709,6 @@ def _few_collections() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def _write_all(fd: int, content: bytes) -> int:
-    """Writes all of `content` (one call unless the kernel takes less)."""
-    n = os.write(fd, content)
-    if n < len(content):
-        data = memoryview(content)
-        while n < len(data):
-            n += os.write(fd, data[n:])
-    return n
 
 
 class _Ahead:

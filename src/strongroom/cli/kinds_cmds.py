@@ -43,6 +43,7 @@ from strongroom.cli.common import (
 )
 from strongroom.crypto import MasterKey
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.fsutil import write_all
 from strongroom.model import display_path
 from strongroom.vault.interface import Vault
 
@@ -207,7 +208,7 @@ def after_restore(manifest: dict[str, Any], root: bytes, target: str, point_id: 
         return {}  # only some files were restored
     guide = folder / "RESTORE.md"
     text = restore_md(folder, point_id).encode()
-    write_file_atomically(os.fsencode(guide), True, lambda fd: _write_all(fd, text))
+    write_file_atomically(os.fsencode(guide), True, lambda fd: write_all(fd, text))
     return {"restore_md": str(guide)}
 
 
@@ -284,12 +285,6 @@ def write_file_atomically(path: bytes, force: bool, fill: Callable[[int], None])
         os.fsync(dfd)
     finally:
         os.close(dfd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 @click.command("export")

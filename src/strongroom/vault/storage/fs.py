@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from strongroom.errors import VaultError
+from strongroom.fsutil import write_all
 
 _OPEN_FDS = 64
 # Objects this large (packs) are written with O_DIRECT when the buffer allows it: the kernel
@@ -45,7 +46,7 @@ class FolderStorage:
             view = memoryview(data).cast("B")
             if len(view) >= _DIRECT_MIN:
                 view = _write_direct(fd, view)
-            _write_all(fd, view)
+            write_all(fd, view)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -136,11 +137,6 @@ class FolderStorage:
                     continue  # temp files of writes in progress or killed
                 full = Path(dirpath) / f
                 yield str(full.relative_to(self.root)), full.stat().st_size
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _write_direct(fd: int, view: memoryview) -> memoryview:
