@@ -133,7 +133,7 @@ class EmbeddedVault:
     def read_range(self, pack: str, offset: int, length: int) -> bytes:
         return self.service.read_range(pack, offset, length)
 
-    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[memoryview]:
         return self.service.read_ranges(ranges)
 
     def read_pack(self, pack: str) -> bytes:

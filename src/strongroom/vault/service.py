@@ -55,6 +55,7 @@ SPOOL_DIR = "incoming"
 # makes a tree blob of ~100 MB, and that travels in a pack of its own.
 MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # one batched read: bounded memory in the vault
+_READ_GAP = 16 * 1024  # bytes between two ranges of one batched read that are read along (read_ranges)
 TOKEN_CACHE_S = 5.0  # how long a checked token is trusted from memory
 
 
@@ -309,11 +310,38 @@ class VaultService:
     def read_range(self, pack: str, offset: int, length: int) -> bytes:
         return self.storage.get_range(pack_object(pack), offset, length)
 
-    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
-        """Many blobs in one call: what a served vault answers in one request."""
-        if sum(n for _p, _o, n in ranges) > MAX_READ_BYTES:
+    def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[memoryview]:
+        """Many blobs in one call: what a served vault answers in one request.
+
+        Ranges that lie together in a pack are read in one go and handed out as views of it:
+        a backup packs a folder's small files one after the other, so a restore asks for runs
+        of neighbours, and one read per blob cost a system call and a lock each (20,000 for
+        the bench's small files). A gap of at most _READ_GAP between two of them is read and
+        dropped, a few KiB costing less than another call, while all gaps together keep the
+        bytes read within MAX_READ_BYTES (a request of many ranges 16 KiB apart is read one by one)."""
+        spare = MAX_READ_BYTES - sum(n for _p, _o, n in ranges)
+        if spare < 0:
             raise UsageError(f"at most {MAX_READ_BYTES} bytes in one read")
-        return [self.read_range(p, o, n) for p, o, n in ranges]
+        parts: list[memoryview] = [memoryview(b"")] * len(ranges)
+        order = sorted(range(len(ranges)), key=lambda i: (ranges[i][0], ranges[i][1]))
+        start = 0
+        while start < len(order):
+            pack, first, _n = ranges[order[start]]
+            end, stop = first, start
+            while stop < len(order):
+                p, o, n = ranges[order[stop]]
+                gap = max(o - end, 0)
+                if p != pack or gap > min(_READ_GAP, spare):
+                    break
+                spare -= gap
+                end = max(end, o + n)
+                stop += 1
+            data = memoryview(self.read_range(pack, first, end - first))
+            for i in order[start:stop]:
+                offset = ranges[i][1] - first
+                parts[i] = data[offset:offset + ranges[i][2]]
+            start = stop
+        return parts
 
     def read_pack(self, pack: str) -> bytes:
         return self.storage.get(pack_object(pack))
