@@ -126,7 +126,8 @@ def decode(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview, limit: 
     if len(envelope) < 1:
         raise IntegrityError("empty blob envelope")
     codec = envelope[0]
-    payload = key.open(blob_id + bytes((codec,)), envelope[1:])
+    # A view: slicing bytes would copy the whole sealed blob (up to a chunk) just to skip a byte.
+    payload = key.open(blob_id + bytes((codec,)), memoryview(envelope)[1:])
     if codec == CODEC_ZSTD:
         data = _decompress(payload, limit)
     elif codec == CODEC_RAW:

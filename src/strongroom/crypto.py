@@ -67,8 +67,9 @@ class MasterKey:
         return size
 
     def open(self, aad: bytes, sealed: bytes | memoryview) -> bytes:
+        view = memoryview(sealed)  # slices of a view: the ciphertext is not copied before decrypting
         try:
-            return self.aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+            return self.aead.decrypt(view[:NONCE_BYTES], view[NONCE_BYTES:], aad)
         except InvalidTag:
             raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
 
