@@ -84,3 +84,32 @@ def test_killed_restore_is_completed_by_a_rerun_with_overwrite(registered, tmp_p
     assert_trees_equal(src, restored)
     leftovers = [p for p in target.rglob("*") if p.name.startswith(".strongroom-restore-")]
     assert leftovers == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners are restored only as root")
+def test_owners_are_exact_when_new_files_get_another_group_than_the_point_says(registered, tmp_path):
+    """Files made in a folder the restore made skip the chown when they were made with the
+    point's owner already (restore._write_batch): under a setgid target they are made with
+    its group, not root's, so root's files there must still be given theirs."""
+    src = tmp_path / "src"
+    owners = {"a-root-target-group": (0, 4321), "b-root": (0, 0), "c-other": (1234, 5678), "d-root": (0, 0),
+              "e-other-group": (0, 5678)}
+    for folder in ("one", "two"):
+        (src / folder).mkdir(parents=True)
+        for name, (uid, gid) in owners.items():
+            path = src / folder / name
+            path.write_bytes(name.encode())
+            os.chown(path, uid, gid)
+    registered.backup(src)
+    for target_group, setgid in ((4321, 0o2000), (0, 0)):
+        target = tmp_path / f"out-{target_group}"
+        target.mkdir()
+        os.chown(target, 0, target_group)
+        os.chmod(target, 0o775 | setgid)
+        doc = registered.restore("latest", target=target)
+        assert doc["errors"] == []
+        restored = target / str(src).lstrip("/")
+        assert os.stat(restored / "one").st_gid == 0  # the folders' own owners came from the point too
+        for folder in ("one", "two"):
+            got = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in (restored / folder).iterdir()}
+            assert got == owners

@@ -149,13 +149,15 @@ def apply_xattrs(node: int | bytes, xattrs: dict[bytes, bytes]) -> list[str]:
     return refused
 
 
-def apply_metadata(entry: Entry, node: int | bytes) -> list[str]:
+def apply_metadata(entry: Entry, node: int | bytes, owner: tuple[int, int] | None = None) -> list[str]:
     """Owner (only as root), mode, attributes (POSIX ACLs among them), times, on an open fd or
     on fd_path() of an O_PATH one: never by name. Returns the attributes the filesystem refused.
+    `owner`: the (uid, gid) the node is known to have (one the restore just made): no chown
+    when it is the entry's already.
 
     Owner first: chown clears setuid, setgid and file capabilities, which mode and attributes
     then set back."""
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and owner != (entry.get("u", -1), entry.get("g", -1)):
         os.chown(node, entry.get("u", -1), entry.get("g", -1))
     if entry["t"] != SYMLINK:  # Linux has no symlink modes
         os.chmod(node, entry["m"])

@@ -376,7 +376,7 @@ class Restore:
             self.reader.prefetch(subtrees)
             self._look_ahead(subtrees)
         fetched: list[bytes] = []
-        batch = _Batch()
+        batch = _Batch(fresh)
         try:
             for i, child in enumerate(children):
                 if i in windows:
@@ -388,13 +388,13 @@ class Restore:
                 child_path = path + b"/" + child["n"]
                 if child["t"] == DIR:  # not held while the subtree is walked
                     self._send(fd, batch)
-                    batch = _Batch()
+                    batch = _Batch(fresh)
                 job = self._restore_entry(fd, child_path, child, batch, fresh)
                 if job is not None:
                     self._queue(lambda p=child_path, j=job: self._collect(p, j))
                 if batch.files >= _BATCH_FILES or batch.size >= _BATCH_BYTES:
                     self._send(fd, batch)
-                    batch = _Batch()
+                    batch = _Batch(fresh)
             self.reader.drop(fetched)
             self._send(fd, batch)
         except BaseException:
@@ -574,10 +574,17 @@ class Restore:
 
     def _write_batch(self, dfd: int, batch: _Batch) -> _Batch:
         try:
+            owner = None
+            if batch.fresh and batch.items and os.geteuid() == 0:
+                # In a folder the restore made (ours, 0700 until its own metadata comes after its
+                # files: no one else can change its group or setgid bit meanwhile), every file
+                # made gets the owner the first one got: files that had it need no chown.
+                st = os.fstat(batch.items[0][5])
+                owner = (st.st_uid, st.st_gid)
             while batch.items:
                 final, tmp, entry, path, content, fd = batch.items.popleft()
                 try:
-                    batch.done.append(self._write_small(dfd, final, tmp, entry, path, content, fd))
+                    batch.done.append(self._write_small(dfd, final, tmp, entry, path, content, fd, owner))
                 except (OSError, StrongroomError) as exc:
                     self._error(path, getattr(exc, "strerror", None) or str(exc))
             return batch
@@ -586,15 +593,16 @@ class Restore:
             os.close(dfd)
 
     def _write_small(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
-                     content: list[bytes], made: int) -> tuple[bool, int]:
+                     content: list[bytes], made: int, owner: tuple[int, int] | None) -> tuple[bool, int]:
         """One small file from decoded content, into the file the walk made as `tmp or final`
-        and opened as `made` (O_EXCL); (written as a copy, bytes written)."""
+        and opened as `made` (O_EXCL), whose (uid, gid) is `owner` if known; (written as a
+        copy, bytes written)."""
         name = tmp or final
         written = 0
         with _made(dfd, name, made) as fd:
             for piece in content:
                 written += write_all(fd, piece)
-            refused = apply_metadata(entry, fd)
+            refused = apply_metadata(entry, fd, owner)
         if refused:
             self._error(path, "attributes not restored: " + "; ".join(refused))
         if tmp:
@@ -742,13 +750,14 @@ class _Batch:
     folder's lock and, in one block group, collide on the same free inode and scan again under
     the group's lock, spinning meanwhile: that tripled the kernel time of a restore."""
 
-    __slots__ = ("items", "files", "size", "done", "sent")
+    __slots__ = ("items", "files", "size", "done", "sent", "fresh")
 
-    def __init__(self) -> None:
+    def __init__(self, fresh: bool) -> None:
         self.items: deque[tuple[bytes, bytes | None, Entry, bytes, list[bytes], int]] = deque()
         self.files = self.size = 0
         self.done: list[tuple[bool, int]] = []
         self.sent = False  # handed to a writer, which then owns the descriptors
+        self.fresh = fresh  # the folder is one the restore made (see _write_batch)
 
     def add(self, final: bytes, tmp: bytes | None, entry: Entry, path: bytes, content: list[bytes],
             fd: int) -> None:
