@@ -23,6 +23,7 @@ import msgpack
 
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.vault import httpstream
 from strongroom.vault.jobs import JobRecord
 from strongroom.vault.refs import rechunk
 from strongroom.vault.service import BlobLocation, PointRecord
@@ -104,9 +105,8 @@ class HttpVault:
                 if self.url.startswith("https:") and self.pin:
                     verify = pinned_context(self.host, self.port, self.pin, _CONNECT_TIMEOUT)
                 self._client = httpx.Client(
-                    base_url=self.url, verify=verify,
-                    timeout=httpx.Timeout(300.0, connect=_CONNECT_TIMEOUT),
-                    limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+                    base_url=self.url, timeout=httpx.Timeout(300.0, connect=_CONNECT_TIMEOUT),
+                    transport=httpstream.transport(verify, httpx.Limits(max_connections=32, max_keepalive_connections=32)))
             return self._client
 
     def _once(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
