@@ -27,6 +27,15 @@ def test_command_module_loads_no_sqlalchemy(module: str) -> None:
     assert out == "", f"strongroom.cli.{module} loads {out} before the key is derived"
 
 
+def test_the_served_vaults_client_loads_no_sqlalchemy() -> None:
+    """An agent of a served vault has no catalog: its record types come from vault/shapes.py,
+    and SQLAlchemy's import (~0.2 CPU-s) stays out of every served command."""
+    code = ("import sys, strongroom.vault.client\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy')[:5]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"strongroom.vault.client loads {out}"
+
+
 def test_the_start_up_derivation_runs_before_cryptography_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """cli/earlykey.py derives with argon2 alone (keyfile.py): cryptography, blake3 and the
     agent's modules would add ~12 MiB under Argon2's 64."""

@@ -24,9 +24,8 @@ import msgpack
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
 from strongroom.vault import httpstream
-from strongroom.vault.jobs import JobRecord
 from strongroom.vault.refs import rechunk
-from strongroom.vault.service import BlobLocation, PointRecord
+from strongroom.vault.shapes import BlobLocation, JobRecord, PointRecord
 from strongroom.vault.tls import pinned_context
 from strongroom.vault.wire import ERROR_CLASSES, MAX_LOCATE, MSGPACK, REFS_PART_IDS
 
