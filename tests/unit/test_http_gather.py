@@ -17,12 +17,16 @@ from strongroom.vault import httpstream
 from strongroom.vault.tls import ensure_self_signed
 
 
-def _serve(tmp_path: Path, answers: list[bytes]) -> int:
-    """A one-connection HTTP/1.1 server: answers each request in turn, then closes."""
+def _listen(tmp_path: Path) -> tuple[ssl.SSLContext, socket.socket]:
     cert, key = ensure_self_signed(tmp_path, "127.0.0.1")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    listener = socket.create_server(("127.0.0.1", 0))
+    return context, socket.create_server(("127.0.0.1", 0))
+
+
+def _serve(tmp_path: Path, answers: list[bytes]) -> int:
+    """A one-connection HTTP/1.1 server: answers each request in turn, then closes."""
+    context, listener = _listen(tmp_path)
 
     def run() -> None:
         conn, _addr = listener.accept()
@@ -64,10 +68,7 @@ def test_a_large_answer_arrives_exactly_in_fewer_reads(tmp_path, monkeypatch) ->
 
 
 def test_a_connection_dropped_mid_answer_is_a_transport_error(tmp_path) -> None:
-    cert, key = ensure_self_signed(tmp_path, "127.0.0.1")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    listener = socket.create_server(("127.0.0.1", 0))
+    context, listener = _listen(tmp_path)
 
     def run() -> None:
         conn, _addr = listener.accept()
