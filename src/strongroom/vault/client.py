@@ -103,9 +103,10 @@ class HttpVault:
                 verify: Any = True
                 if self.url.startswith("https:") and self.pin:
                     verify = pinned_context(self.host, self.port, self.pin, _CONNECT_TIMEOUT)
-                self._client = httpx.Client(
-                    base_url=self.url, timeout=httpx.Timeout(300.0, connect=_CONNECT_TIMEOUT),
-                    transport=httpstream.transport(verify, httpx.Limits(max_connections=32, max_keepalive_connections=32)))
+                limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+                self._client = httpx.Client(  # verify and limits still for a proxy's transport
+                    base_url=self.url, verify=verify, timeout=httpx.Timeout(300.0, connect=_CONNECT_TIMEOUT),
+                    limits=limits, transport=httpstream.transport(verify, limits))
             return self._client
 
     def _once(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
