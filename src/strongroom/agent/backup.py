@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import sqlite3
 import sys
 import threading
 import time
@@ -287,14 +288,19 @@ class Backup:
         sealed = self.book.seal(point_id, manifest)
         try:
             point = None
-            if self.plan.optimized and parent is not None:  # optimized mode: refs as a change to the parent's
+            # Refs as a change to the parent point's: an update's always (optimized mode); a fresh
+            # file's when the cache's counts are the parent's, so that the vault looks up only
+            # the added IDs, and checks the BLAKE3 of the refs it makes against the full list's.
+            if parent is not None and (self.plan.optimized or self.refs.based_on(parent.id)):
                 try:
                     point = self.vault.add_point_delta(
                         manifest["kind"], manifest["mode"], stats, sealed, self.refs.added_chunks(),
                         self.refs.removed_chunks(), parent.id, self.refs.count(), point_id=point_id,
-                        retain_until_ns=self.retain_until_ns)
-                except VaultError:
-                    point = None  # the parent gone meanwhile, or the counts disagree: all of them, checked
+                        retain_until_ns=self.retain_until_ns, checksum=self.refs.checksum())
+                except (VaultError, sqlite3.DatabaseError):
+                    # The parent gone meanwhile, the counts or the checksum disagree, or the cache's
+                    # counts of the parent unreadable: all of them, checked.
+                    point = None
             if point is None:
                 point = self.vault.add_point(manifest["kind"], manifest["mode"], stats, sealed,
                                              self.refs.sorted_chunks(), point_id=point_id,

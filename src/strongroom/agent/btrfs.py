@@ -8,7 +8,6 @@ BTRFS_IOC_SNAP_CREATE_V2 and `btrfs_ioctl_vol_args` for BTRFS_IOC_SNAP_DESTROY, 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -31,7 +30,9 @@ _VOL_ARGS = struct.Struct(f"=q{_PATH_NAME_MAX + 1}s")  # fd, name
 IOC_SNAP_CREATE_V2 = _iow(23, _VOL_ARGS_V2.size)
 IOC_SNAP_DESTROY = _iow(15, _VOL_ARGS.size)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols, libc's among them: find_library("c") ran `ldconfig -p` in a
+# subprocess when the module loaded, and every backup loads this module.
+_libc = ctypes.CDLL(None, use_errno=True)
 # Never through a symbolic link: a user who can write the subvolume's root could plant one.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -458,21 +458,8 @@ def _take_over(doc: Request, fds: list[int]) -> None:
     root.setLevel(logging.WARNING)
     from strongroom import testhook  # noqa: PLC0415 - loaded already; its switch follows the client's
     testhook.ACTIVE = bool(os.environ.get(testhook.ENV_VAR))
-    _new_consoles()
-
-
-def _new_consoles() -> None:
-    """rich's consoles decide colours and width when made: made again for the client's terminal."""
-    from rich.console import Console  # noqa: PLC0415
-
     from strongroom.cli import common  # noqa: PLC0415
-    fresh = {"err_console": Console(stderr=True),
-             "out_console": Console(width=None if sys.stdout.isatty() else 200)}
-    for name, new in fresh.items():
-        old = getattr(common, name)
-        for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("strongroom.") and getattr(module, name, None) is old:
-                setattr(module, name, new)
+    common.new_consoles()
 
 
 def _run_backup(args: list[str], home: Path, key: MasterKey, conn: socket.socket) -> int:

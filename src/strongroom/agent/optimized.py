@@ -33,9 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import blake3
+
 from strongroom.agent import journal as jr
 from strongroom.agent.watch import under
 from strongroom.model import DIR, Entry
+from strongroom.vault.refs import ID_SIZE
 
 if TYPE_CHECKING:
     from strongroom.agent.backup import Backup
@@ -364,6 +367,12 @@ def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
 
 _SEEN_BOUND = 256  # old trees kept for `dir_done`: the walk finishes a directory at most 32 later
 _NET_BOUND = 65536  # blob IDs whose net change a directory's update holds in memory at most
+# A fresh file's references, all +1, in one statement: the IDs sorted and joined into one
+# parameter that a recursive CTE walks in the engine. 0.045 -> 0.015 CPU-s for 20,000 refs
+# against an executemany of a row each (its per-row Python and random-order inserts).
+_COUNT_SORTED = ("WITH RECURSIVE pos(i) AS (SELECT 1 UNION ALL SELECT i + ? FROM pos WHERE i + ? <= ?) "
+                 "INSERT INTO refs (id, n) SELECT substr(?, i, ?), 1 FROM pos WHERE true "
+                 "ON CONFLICT (id) DO UPDATE SET n = n + 1")
 
 
 def own_refs(tree_id: bytes, entries: list[Entry]) -> list[bytes]:
@@ -382,6 +391,7 @@ class RefCounts:
         self.final = self.folder / "refcounts.sqlite"
         self.fresh, self.reader, self.persist = fresh, reader, persist
         self.pending: list[tuple[bytes, int]] = []  # (blob id, change of its count), not yet in SQLite
+        self.pending_refs: list[bytes] = []  # fresh: blob IDs referenced once more, not yet in SQLite
         self.seen: dict[bytes, list[Entry]] = {}  # old trees the walk read, until their directory is done
         self.path = self.folder / f"refcounts-{os.getpid()}.sqlite" if fresh else self.final
         if fresh:
@@ -394,6 +404,16 @@ class RefCounts:
         # An update notes each blob it touches with its count before, so that what the point
         # gains and loses can be sent to the vault as a change to the parent point's refs.
         self.db.execute("CREATE TEMP TABLE touched (id BLOB PRIMARY KEY, old INTEGER NOT NULL) WITHOUT ROWID")
+        # Fresh: the last good point's counts beside it (read only), so that the refs can go to
+        # the vault as a change to that point's (`based_on`). Attached before the transaction
+        # begins: SQLite refuses it within one.
+        self.parent_attached = False
+        if fresh and persist and self.final.exists():
+            try:
+                self.db.execute("ATTACH ? AS parent", (str(self.final),))
+                self.parent_attached = True
+            except sqlite3.DatabaseError:
+                pass
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM meta WHERE k = 'point'")  # until committed: the old point's no more
 
@@ -429,6 +449,10 @@ class RefCounts:
     def _flush(self) -> None:
         """Many directories' changes in one statement each: a call per directory costs more
         than the few rows a changed directory brings."""
+        if self.pending_refs:
+            joined = b"".join(sorted(self.pending_refs))
+            self.db.execute(_COUNT_SORTED, (ID_SIZE, ID_SIZE, len(joined), joined, ID_SIZE))
+            self.pending_refs = []
         if not self.pending:
             return
         if not self.fresh:
@@ -443,7 +467,12 @@ class RefCounts:
         """A directory's new tree is made: its refs count; in an update, its old tree's own
         refs no longer do, nor those of old subdirectories not kept (`kept`: name -> old tree
         id still used, carried over or updated in place)."""
-        if self.fresh or not old_tree:
+        if self.fresh:
+            self.pending_refs.extend(refs)
+            if len(self.pending_refs) >= _NET_BOUND:
+                self._flush()
+            return
+        if not old_tree:
             self._add([(i, 1) for i in refs])
             return
         # Only the net change reaches SQLite: a changed directory mostly lists the same files
@@ -478,13 +507,44 @@ class RefCounts:
         while batch := rows.fetchmany(per_chunk):
             yield b"".join(r[0] for r in batch)
 
+    def based_on(self, point_id: str) -> bool:
+        """Whether a fresh file can be sent as a change to point `point_id`'s refs: the last
+        good point's counts (attached when this file was made) are that point's. The walk
+        built this file whole all the same; only how the refs travel changes."""
+        if not self.parent_attached:
+            return False
+        try:
+            row = self.db.execute("SELECT v FROM parent.meta WHERE k = 'point'").fetchone()
+        except sqlite3.DatabaseError:
+            return False
+        return row is not None and row[0] == point_id
+
+    def checksum(self) -> str | None:
+        """Fresh: the BLAKE3 of the sorted refs, as the vault computes it of the refs it
+        records; with it the vault refuses a change that leads to any other refs (counts
+        left behind by something else than that point). None for an update: bounded by the
+        change, it reads no more of the file than the change touches."""
+        if not self.fresh:
+            return None
+        digest = blake3.blake3()
+        for chunk in self.sorted_chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
+
     def added_chunks(self) -> Iterator[bytes]:
-        """An update's blobs that the parent point did not reference, ascending."""
+        """The blobs that the parent point did not reference, ascending (fresh: against the
+        attached counts, see `based_on`)."""
+        if self.fresh:
+            return self._chunks("SELECT r.id FROM refs r WHERE r.n > 0 AND NOT EXISTS "
+                                "(SELECT 1 FROM parent.refs p WHERE p.id = r.id AND p.n > 0) ORDER BY r.id")
         return self._chunks("SELECT t.id FROM touched t JOIN refs r ON r.id = t.id WHERE t.old <= 0 AND r.n > 0 "
                             "ORDER BY t.id")
 
     def removed_chunks(self) -> Iterator[bytes]:
-        """An update's blobs that the parent point referenced and this one does not, ascending."""
+        """The blobs that the parent point referenced and this one does not, ascending."""
+        if self.fresh:
+            return self._chunks("SELECT p.id FROM parent.refs p WHERE p.n > 0 AND NOT EXISTS "
+                                "(SELECT 1 FROM refs r WHERE r.id = p.id AND r.n > 0) ORDER BY p.id")
         return self._chunks("SELECT t.id FROM touched t LEFT JOIN refs r ON r.id = t.id "
                             "WHERE t.old > 0 AND coalesce(r.n, 0) <= 0 ORDER BY t.id")
 

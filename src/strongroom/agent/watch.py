@@ -27,7 +27,6 @@ Python has no bindings for fanotify, so it is reached through ctypes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -55,7 +54,9 @@ IN_EVENTS = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | I
 _IN_EVENT = struct.Struct("=iIII")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The process's own symbols, libc's among them: find_library("c") ran `ldconfig -p` in a
+# subprocess when the module loaded, and every backup loads this module.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class WatchError(OSError):

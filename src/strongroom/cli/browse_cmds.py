@@ -75,7 +75,7 @@ def points(ctx: click.Context, deleted: bool, tags: tuple[str, ...], host: str |
         files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
         table.add_row(*cells(r["id"], r["created"], kinds_cmds.kind_cell(r), r["snapshot"] or "-", files, human_bytes(s["bytes_added"]),
                              ", ".join(r["sources"]), ",".join(r["tags"])))
-    out_console.print(table)
+    out_console().print(table)
     if not deleted:
         for job in waiting_seeds(vault) if machine is None else ():
             echo(f"Waiting for seed: point {job.point_id}, written to an offline seed by job {job.id} on "

@@ -17,19 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
 
 from strongroom.agent.home import AgentHome
 from strongroom.agent.passphrase import ENV_VAR as PASSPHRASE_ENV
@@ -39,9 +29,34 @@ from strongroom.crypto import MasterKey, unwrap_key
 from strongroom.errors import EXIT_WARNINGS
 from strongroom.vault.interface import Vault
 
-err_console = Console(stderr=True)
-# Piped output is not cut to 80 columns: tables stay readable in a pager or a log.
-out_console = Console(width=None if sys.stdout.isatty() else 200)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+# rich's consoles, made on first use: importing rich costs ~30 ms of CPU, which a command
+# that shows no table nor live status (`backup --json`, a backup run from cron) need not pay.
+_consoles: dict[str, Console] = {}
+
+
+def err_console() -> Console:
+    if "err" not in _consoles:
+        from rich.console import Console  # noqa: PLC0415
+        _consoles["err"] = Console(stderr=True)
+    return _consoles["err"]
+
+
+def out_console() -> Console:
+    if "out" not in _consoles:
+        from rich.console import Console  # noqa: PLC0415
+        # Piped output is not cut to 80 columns: tables stay readable in a pager or a log.
+        _consoles["out"] = Console(width=None if sys.stdout.isatty() else 200)
+    return _consoles["out"]
+
+
+def new_consoles() -> None:
+    """rich's consoles decide colours and width when made: the next use makes them again (the
+    daemon's worker, for its client's terminal)."""
+    _consoles.clear()
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, for scripts.")
 passphrase_option = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
@@ -72,6 +87,7 @@ def echo(message: object, err: bool = False) -> None:
 
 def cells(*values: object) -> list[Text]:
     """A rich table row whose text is shown as it is: `[bold]` in a name stays `[bold]`."""
+    from rich.text import Text  # noqa: PLC0415
     return [Text(printable(v)) for v in values]
 
 
@@ -177,10 +193,11 @@ def _refreshing(update: Callable[[], None]) -> Iterator[None]:
 @contextmanager
 def live_status(enabled: bool, render: Callable[[], str]) -> Iterator[None]:
     """A status line refreshed from the running job's counters, on a terminal only."""
-    if not enabled or not err_console.is_terminal:
+    if not enabled or not err_console().is_terminal:
         yield
         return
-    with (err_console.status(Text(printable(render()))) as status,
+    from rich.text import Text  # noqa: PLC0415
+    with (err_console().status(Text(printable(render()))) as status,
           _refreshing(lambda: status.update(Text(printable(render()))))):
         yield
 
@@ -188,12 +205,20 @@ def live_status(enabled: bool, render: Callable[[], str]) -> Iterator[None]:
 @contextmanager
 def progress_bar(enabled: bool, label: str, total: int, done: Callable[[], int]) -> Iterator[None]:
     """A bar of bytes done out of `total`, refreshed from the running job, on a terminal only."""
-    if not enabled or not err_console.is_terminal:
+    if not enabled or not err_console().is_terminal:
         yield
         return
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=err_console(), transient=True) as bar:
         task = bar.add_task(label, total=total)
         with _refreshing(lambda: bar.update(task, completed=done())):
             yield
@@ -202,7 +227,8 @@ def progress_bar(enabled: bool, label: str, total: int, done: Callable[[], int])
 def progress_line(message: str) -> None:
     """One line on stderr while a live status may be shown (`backup --verbose`): through rich's
     console, so that the status line is not torn, and through `printable`."""
-    err_console.print(Text(printable(message)), highlight=False, soft_wrap=True)
+    from rich.text import Text  # noqa: PLC0415
+    err_console().print(Text(printable(message)), highlight=False, soft_wrap=True)
 
 
 def fail_line(message: str) -> None:

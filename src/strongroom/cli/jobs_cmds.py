@@ -81,7 +81,7 @@ def jobs(ctx: click.Context, machine: str | None, limit: int, passphrase_file: P
         status = j["status"].replace("_", " ") + (f" ({j['failed_count']} failed)" if j["failed_count"] else "")
         table.add_row(*cells(j["id"], j["machine"], kind, status, _short_time(j["started_ns"]), _duration(j),
                              j["files"], human_bytes(j["bytes"])))
-    out_console.print(table)
+    out_console().print(table)
     for j in rows:
         if j["message"]:
             echo(f"{j['id']}: {j['message']}")
@@ -107,7 +107,7 @@ def machines(ctx: click.Context, as_json: bool) -> None:
         table.add_row(*cells(r["name"], _short_time(r["registered"] * 10**9), r["points"],
                              _short_time(r["last_backup_ns"]) if r["last_backup_ns"] else "never",
                              human_bytes(r["stored_bytes"])))
-    out_console.print(table)
+    out_console().print(table)
 
 
 def add_to(cli: click.Group) -> None:

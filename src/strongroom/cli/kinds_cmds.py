@@ -231,7 +231,7 @@ def restore_image(ctx: click.Context, agent: AgentHome, vault: Vault, key: Maste
     writer = ImageWriter(reader, entry)
     source = machine if machine and machine != vault.machine else None
     with (agent.lock(), recorded_job(vault, key, agent.job_marker, "restore", source) as job,
-          progress_bar(not as_json and err_console.is_terminal, "Restoring the image", size,
+          progress_bar(not as_json and err_console().is_terminal, "Restoring the image", size,
                        lambda: writer.written)):
         job.point_id = point.id
         if device:
@@ -320,7 +320,7 @@ def export(ctx: click.Context, point: str, vhd: Path | None, raw: Path | None, f
 
     source = machine if machine and machine != vault.machine else None
     with (agent.lock(), recorded_job(vault, key, agent.job_marker, "restore", source) as job,
-          progress_bar(not as_json and err_console.is_terminal, "Exporting", size, lambda: writer.written)):
+          progress_bar(not as_json and err_console().is_terminal, "Exporting", size, lambda: writer.written)):
         job.point_id = opened.id
         write_file_atomically(os.fsencode(os.path.abspath(out)), force, fill)
         job.files, job.bytes = 1, writer.written

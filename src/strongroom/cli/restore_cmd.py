@@ -87,7 +87,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
                   record_written=verify_after)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    interactive = not as_json and err_console.is_terminal
+    interactive = not as_json and err_console().is_terminal
     total = 0
     if interactive:  # a tree walk: only for the bar
         total = (sum(e.get("s", 0) for _p, e in selected(reader, selector, selections) if e["t"] == FILE)

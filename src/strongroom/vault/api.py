@@ -79,7 +79,9 @@ POINT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id", "kind", "mo
                                                # refs as a change to point `base`'s: the parts from
                                                # `removed_from_part` on are IDs removed, those before added
                                                "base": {"type": "string"}, "removed_from_part": {"type": "integer"},
-                                               "refs_count": {"type": "integer"}}}
+                                               "refs_count": {"type": "integer"},
+                                               # the BLAKE3 of the point's refs, sorted: checked when given
+                                               "refs_blake3": {"type": "string"}}}
 
 
 def _body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -476,8 +478,11 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
             retain_until = int(retain) if retain is not None else None
             base = str(doc["base"]) if "base" in doc else None
             split, count = (int(doc["removed_from_part"]), int(doc["refs_count"])) if base else (parts, 0)
+            checksum = str(doc["refs_blake3"]) if base and "refs_blake3" in doc else None
         except (KeyError, TypeError, ValueError):
             raise UsageError("malformed point") from None
+        if checksum is not None and not re.fullmatch("[0-9a-f]{64}", checksum):
+            raise UsageError("malformed point")
         _check_point_id(point_id)
         if base is not None:
             _check_point_id(base)
@@ -491,7 +496,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         else:
             added, removed = _read_parts(folder, split), _read_parts(folder, parts, split)
             point = await run_in_threadpool(service.add_point_delta, *args, added, removed, base, count,
-                                            point_id, retain_until)
+                                            point_id, retain_until, checksum)
         await run_in_threadpool(shutil.rmtree, folder, True)
         return msgpack_response(point_doc(point), 201)
 

@@ -287,14 +287,16 @@ class HttpVault:
 
     def add_point_delta(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
                         added: Iterable[bytes], removed: Iterable[bytes], base: str, count: int,
-                        point_id: str | None = None, retain_until_ns: int | None = None) -> PointRecord:
+                        point_id: str | None = None, retain_until_ns: int | None = None,
+                        checksum: str | None = None) -> PointRecord:
         # The same parts as add_point's: the added IDs first, then the removed ones.
         point_id = point_id or secrets.token_hex(8)
         first_removed = self._send_refs(point_id, added, 0)
         parts = self._send_refs(point_id, removed, first_removed)
         body = msgpack.packb({"id": point_id, "kind": kind, "mode": mode, "stats": stats, "manifest": manifest,
                               "refs_parts": parts, "retain_until_ns": retain_until_ns, "base": base,
-                              "removed_from_part": first_removed, "refs_count": count})
+                              "removed_from_part": first_removed, "refs_count": count,
+                              **({"refs_blake3": checksum} if checksum is not None else {})})
         return PointRecord(**self._msgpack("POST", "/api/v1/points", content=body,
                                            headers={"Content-Type": MSGPACK}))
 

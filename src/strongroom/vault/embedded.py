@@ -101,9 +101,10 @@ class EmbeddedVault:
 
     def add_point_delta(self, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
                         added: Iterable[bytes], removed: Iterable[bytes], base: str, count: int,
-                        point_id: str | None = None, retain_until_ns: int | None = None) -> PointRecord:
+                        point_id: str | None = None, retain_until_ns: int | None = None,
+                        checksum: str | None = None) -> PointRecord:
         return self.service.add_point_delta(self._me(), kind, mode, stats, manifest, added, removed, base, count,
-                                            point_id, retain_until_ns)
+                                            point_id, retain_until_ns, checksum)
 
     def points(self, machine: str | None = None, deleted: bool = False) -> list[PointRecord]:
         return self.service.points(self._machine(machine), deleted)

@@ -350,12 +350,14 @@ class VaultService:
 
     def add_point_delta(self, machine_id: int, kind: str, mode: str, stats: dict[str, Any], manifest: bytes,
                         added: Iterable[bytes], removed: Iterable[bytes], base: str, count: int,
-                        point_id: str | None = None, retain_until_ns: int | None = None) -> PointRecord:
+                        point_id: str | None = None, retain_until_ns: int | None = None,
+                        checksum: str | None = None) -> PointRecord:
         """`add_point` with the refs given as a change to those of point `base` (this
         machine's, live or soft-deleted): the IDs `added` and `removed`, each ascending. Only
         the added ones are looked up in the blob index, so an optimized backup's work is
-        bounded by its change. `count` is how many refs the agent expects the point to have:
-        a delta that does not lead there is refused (the agent then sends them all)."""
+        bounded by its change. `count` is how many refs the agent expects the point to have,
+        `checksum` (if given) the BLAKE3 of them all, sorted: a delta that does not lead there
+        is refused (the agent then sends them all)."""
         row = self._point_row(base)
         if row is None or row.machine_id != machine_id:
             raise VaultError(f"no point {base} of this machine to take the refs from; send them all")
@@ -363,15 +365,20 @@ class VaultService:
         made = reflist.apply_delta(self.point_refs(uid, base), reflist.ids(reflist.rechunk(removed)),
                                    reflist.ids(self._present(machine_id, added)))
         seen = 0
+        digest = blake3.blake3()
 
         def counted() -> Iterator[bytes]:
             nonlocal seen
             for chunk in reflist.rechunk(made):
                 seen += len(chunk) // reflist.ID_SIZE
+                digest.update(chunk)
                 yield chunk
             if seen != count:
                 raise VaultError(f"the point's refs made from point {base} number {seen}, not the {count} "
                                  "the agent expects; send them all")
+            if checksum is not None and digest.hexdigest() != checksum:
+                raise VaultError(f"the point's refs made from point {base} are not those the agent listed "
+                                 "(their checksums differ); send them all")
         return self.add_point(machine_id, kind, mode, stats, manifest, counted(), point_id, retain_until_ns,
                               from_delta=True)
 
