@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import secrets
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -46,6 +45,7 @@ from strongroom.vault.service import (
     PointRecord,
     VaultService,
 )
+from strongroom.vault.upload import PackReceiver
 from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MAX_REFS_PARTS, MSGPACK, REFS_PART_IDS
 
 MAX_JSON_BYTES = 1024 * 1024
@@ -256,6 +256,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
                           limits.failed_auth_burst, limits.failed_auth_per_s)
     registrations = Buckets("registrations from this address", limits.register_burst, limits.register_per_s)
     pins = Buckets("PIN attempts", limits.pin_burst, limits.pin_per_s)
+    packs_in = PackReceiver(service)
 
     @app.exception_handler(StrongroomError)
     async def strongroom_error(_request: Request, exc: StrongroomError) -> JSONResponse:
@@ -540,14 +541,8 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     @app.put("/api/v1/packs/{name}", status_code=201, openapi_extra=_body("application/octet-stream", BINARY))
     async def put_pack(name: PackName, request: Request, m: Machine = Depends(machine)) -> dict[str, str]:
         _check_pack_name(name)
-        spool = service.spool_dir() / f".{name}.{secrets.token_hex(6)}"
-        try:
-            with open(spool, "wb") as f:
-                async for chunk in request.stream():
-                    f.write(chunk)
-            await run_in_threadpool(service.store_pack_file, m.id, name, spool)
-        finally:
-            spool.unlink(missing_ok=True)
+        declared = request.headers.get("content-length", "")
+        await packs_in.receive(m.id, name, int(declared) if declared.isdigit() else None, request.stream())
         return {"pack": name}
 
     @app.get("/api/v1/packs/{name}", response_class=Response, dependencies=[Depends(reader)])

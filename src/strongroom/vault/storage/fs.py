@@ -31,6 +31,8 @@ class FolderStorage:
         self.root = root
         self.lock = threading.RLock()
         self.open_fds: dict[str, int] = {}
+        self.readers: dict[int, int] = {}  # descriptors being read: how many reads each
+        self.retired: set[int] = set()  # gone from open_fds while read: the last reader closes them
 
     def _path(self, name: str) -> Path:
         if name.startswith("/") or ".." in name.split("/"):
@@ -88,8 +90,11 @@ class FolderStorage:
         except FileNotFoundError:
             raise VaultError(f"object {name} is missing from the vault") from None
 
-    def _open(self, name: str) -> int:
-        """A read descriptor, kept open: restores read thousands of blobs from each pack."""
+    def _acquire(self, name: str) -> int:
+        """A read descriptor, kept open (restores read thousands of blobs from each pack), and
+        counted as in use until `_release`: the read itself runs outside the lock, so that
+        readers wait on the disk side by side, not one after another (packs are written with
+        O_DIRECT, so a restore's reads go to the disk)."""
         with self.lock:
             fd = self.open_fds.pop(name, None)
             if fd is None:
@@ -98,14 +103,34 @@ class FolderStorage:
                 except FileNotFoundError:
                     raise VaultError(f"object {name} is missing from the vault") from None
                 while len(self.open_fds) >= _OPEN_FDS:
-                    os.close(self.open_fds.pop(next(iter(self.open_fds))))
+                    self._retire(self.open_fds.pop(next(iter(self.open_fds))))
             self.open_fds[name] = fd  # most recently used last
+            self.readers[fd] = self.readers.get(fd, 0) + 1
             return fd
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def _release(self, fd: int) -> None:
         with self.lock:
-            fd = self._open(name)
+            left = self.readers.pop(fd) - 1
+            if left:
+                self.readers[fd] = left
+            elif fd in self.retired:
+                self.retired.discard(fd)
+                os.close(fd)
+
+    def _retire(self, fd: int) -> None:
+        """Closes a descriptor that left `open_fds`, or marks it for its last reader to close:
+        closing it under a reader would let the number name another file mid-read. Under the lock."""
+        if fd in self.readers:
+            self.retired.add(fd)
+        else:
+            os.close(fd)
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._acquire(name)
+        try:
             data = os.pread(fd, length, offset)
+        finally:
+            self._release(fd)
         if len(data) != length:
             raise VaultError(f"object {name} is shorter than the catalog says")
         return data
@@ -126,7 +151,7 @@ class FolderStorage:
         with self.lock:
             fd = self.open_fds.pop(name, None)
             if fd is not None:
-                os.close(fd)
+                self._retire(fd)
         self._path(name).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
