@@ -207,7 +207,13 @@ def start(home: Path, key: MasterKey) -> Server | None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # else the zygote's copy of what is buffered could be written twice
     daemon_pid = os.getpid()
-    pid = os.fork()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:  # the daemon, or a fork refused; the zygote unblocks once its handlers are set
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
     if pid == 0:
         code = 0
         try:
@@ -221,6 +227,12 @@ def start(home: Path, key: MasterKey) -> Server | None:
     listener.close()
     log.info("`strongroom backup` is carried out by this daemon (socket %s)", path)
     return Server(path, (st.st_dev, st.st_ino), pid)
+
+
+# Held across each fork: a handler that raises (SIGTERM's, SIGINT's) while os.fork runs the
+# fork handlers of logging is swallowed there and leaves logging's lock held, so the next log
+# call of that process hangs, and the signal is lost. Delivered once both sides are past it.
+_FORK_BLOCKED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def _log() -> Any:
@@ -292,6 +304,7 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes)
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the daemon's terminal: the daemon decides
     signal.signal(signal.SIGCHLD, reap)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
     while True:
         try:
             conn, _addr = listener.accept()
@@ -309,13 +322,13 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes)
                 send_line(conn, "declined", "the agent daemon is busy with other requests")
                 continue
             # SIGCHLD held until the worker is in `workers`: one that ends at once is reaped after.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *_FORK_BLOCKED})
             try:
                 pid = os.fork()
                 if pid == 0:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *_FORK_BLOCKED})
                     listener.close()
                     code = 1
                     try:  # whatever happens, a worker never returns into the zygote's loop
@@ -324,7 +337,7 @@ def _zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes)
                         os._exit(code)
                 workers[pid] = time.monotonic()
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, *_FORK_BLOCKED})
         except OSError:
             pass  # a client gone already, or a fork refused: that client sees the connection close
         finally:
