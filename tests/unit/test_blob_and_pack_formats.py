@@ -155,7 +155,13 @@ def test_a_header_that_lies_about_the_pack_is_refused() -> None:
     overlapping = ok + [[bytes(32), packs.KIND_DATA, start, len(envelope)]]
     too_short = [[KEY.blob_id(b"x"), packs.KIND_DATA, start, 3]]
     bad_kind = [[KEY.blob_id(b"x"), 7, start, len(envelope)]]
-    for rows in (overlapping, too_short, bad_kind):
+    # rows of another shape or type: each checked column by column, none let through
+    three_fields = [[KEY.blob_id(b"x"), packs.KIND_DATA, start]]
+    int_id = [[32, packs.KIND_DATA, start, len(envelope)]]
+    list_kind = [[KEY.blob_id(b"x"), [packs.KIND_DATA], start, len(envelope)]]
+    map_kind = [[KEY.blob_id(b"x"), {}, start, len(envelope)]]
+    float_offset = [[KEY.blob_id(b"x"), packs.KIND_DATA, float(start), len(envelope)]]
+    for rows in (overlapping, too_short, bad_kind, three_fields, int_id, list_kind, map_kind, float_offset):
         with pytest.raises(IntegrityError):
             packs.read_header(_pack_with_header(envelope, rows))
     # 300,000 rows over a few KiB of envelopes: refused by count, before any row is checked

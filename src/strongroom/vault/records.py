@@ -95,9 +95,9 @@ def _versioned(doc: Any, what: str) -> dict[str, Any]:
 
 def pack_index(pack: str, machine_uid: str, size: int, created: int,
                blobs: list[tuple[bytes, int, int, int]]) -> bytes:
-    """A pack's index record: whose pack it is and where each blob lies in it."""
-    return encode_binary({"pack": pack, "machine": machine_uid, "size": size, "created": created,
-                          "blobs": [list(b) for b in blobs]})
+    """A pack's index record: whose pack it is and where each blob lies in it (a tuple packs
+    as the array a list does)."""
+    return encode_binary({"pack": pack, "machine": machine_uid, "size": size, "created": created, "blobs": blobs})
 
 
 def read_pack_index(data: bytes, pack: str) -> dict[str, Any]:

@@ -290,7 +290,6 @@ class VaultService:
         Both under the catalog's write lock, after the owner check: two uploads of one pack
         (a retry racing its original, or another machine's copy of its bytes) then index it
         once, and an index record in storage is never rewritten to name another owner."""
-        rows = [(r.blob_id, r.kind, r.offset, r.length) for r in refs]
         uid = self.machine_uid(machine_id)
         with cat.write(self.engine) as db:
             owner = db.execute(select(cat.packs.c.machine_id).where(cat.packs.c.name == name)).first()
@@ -299,8 +298,9 @@ class VaultService:
                     raise VaultError(f"pack {name} belongs to another machine")
                 return  # a retried upload
             created = int(time.time())
-            self.storage.put(records.index_object(name), records.pack_index(name, uid, size, created, rows))
-            index_pack_rows(db, machine_id, name, size, created, rows)
+            # A ref is the row (id, kind, offset, length) that the record and the catalog take.
+            self.storage.put(records.index_object(name), records.pack_index(name, uid, size, created, refs))
+            index_pack_rows(db, machine_id, name, size, created, refs)
 
     def blob_locations(self, machine_id: int, ids: list[bytes]) -> dict[bytes, BlobLocation]:
         with self.engine.begin() as db:
