@@ -290,13 +290,13 @@ class VaultService:
         Both under the catalog's write lock, after the owner check: two uploads of one pack
         (a retry racing its original, or another machine's copy of its bytes) then index it
         once, and an index record in storage is never rewritten to name another owner."""
-        uid = self.machine_uid(machine_id)
         with cat.write(self.engine) as db:
-            owner = db.execute(select(cat.packs.c.machine_id).where(cat.packs.c.name == name)).first()
+            owner = cat.driver_sql(db, "SELECT machine_id FROM packs WHERE name = ?", (name,)).first()
             if owner is not None:
-                if owner.machine_id != machine_id:
+                if owner[0] != machine_id:
                     raise VaultError(f"pack {name} belongs to another machine")
                 return  # a retried upload
+            (uid,) = cat.driver_sql(db, "SELECT uid FROM machines WHERE id = ?", (machine_id,)).one()
             created = int(time.time())
             # A ref is the row (id, kind, offset, length) that the record and the catalog take.
             self.storage.put(records.index_object(name), records.pack_index(name, uid, size, created, refs))
@@ -588,11 +588,10 @@ def init_catalog(path: Path, vault_id: str) -> Engine:
 def index_pack_rows(db: Any, machine_id: int, name: str, size: int, created: int,
                     rows: list[tuple[bytes, int, int, int]]) -> int:
     """Catalog rows for an indexed pack; the machine's pack sequence moves on."""
-    seq = db.execute(update(cat.machines).where(cat.machines.c.id == machine_id)
-                     .values(pack_seq=cat.machines.c.pack_seq + 1)
-                     .returning(cat.machines.c.pack_seq)).scalar_one()
-    pack_id = db.execute(insert(cat.packs).values(name=name, machine_id=machine_id, size=size, created=created,
-                                                  seq=seq)).inserted_primary_key[0]
+    (seq,) = cat.driver_sql(db, "UPDATE machines SET pack_seq = pack_seq + 1 WHERE id = ? RETURNING pack_seq",
+                            (machine_id,)).one()
+    (pack_id,) = cat.driver_sql(db, "INSERT INTO packs (name, machine_id, size, created, seq) VALUES (?, ?, ?, ?, ?) "
+                                "RETURNING id", (name, machine_id, size, created, seq)).one()
     cat.insert_blobs(db, machine_id, pack_id, rows)
     return pack_id
 
