@@ -144,10 +144,9 @@ class Packer:
         while (builder := self.queue.get()) is not None:
             if self.error is None:  # else drained, so that producers never block on a dead uploader
                 try:
-                    name, data, refs = builder.finish()
+                    name, data, _refs = builder.finish()
                     with data:
                         self.vault.store_pack(name, data)
-                    self.known.stored([r.blob_id for r in refs])
                     self.packs_uploaded += 1
                 except OSError as exc:
                     # Not an OSError any more: readers must not take it for one file's problem.
