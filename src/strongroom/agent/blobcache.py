@@ -57,6 +57,9 @@ class KnownBlobs:
         cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = cache / CACHE_FILE
         self.lock = threading.Lock()
+        # Found by `sync`: the set holds no ID (a first backup), so claims need not look in it.
+        # Nothing else adds to it until `caught_up`, at the backup's end.
+        self.empty = False
         try:
             self.db = _connect(self.path)
         except sqlite3.DatabaseError:  # damaged: start again from the vault
@@ -91,6 +94,7 @@ class KnownBlobs:
             _epoch, _seq, page = vault.blob_ids_since(epoch if current == epoch else None, since, last)
         self.db.executemany("INSERT OR REPLACE INTO facts (key, value) VALUES (?, ?)",
                             [("epoch", current), ("seq", str(seq))])
+        self.empty = self.db.execute("SELECT NOT EXISTS (SELECT 1 FROM known)").fetchone()[0] == 1
         self.db.execute("COMMIT")
 
     def caught_up(self, vault: Vault) -> None:
@@ -118,6 +122,7 @@ class KnownBlobs:
             if current == facts["epoch"]:
                 self.db.execute("INSERT OR REPLACE INTO facts (key, value) VALUES ('seq', ?)", (str(seq),))
             self.db.execute("COMMIT")
+            self.empty = False
 
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller is the one to store this blob (not in the vault, not on its way)."""
@@ -132,7 +137,7 @@ class KnownBlobs:
             return []
         unique = list(dict.fromkeys(ids))
         with self.lock:
-            present = {row[0] for row in self.db.execute(_KNOWN_OF, _joined(unique))}
+            present = set() if self.empty else {row[0] for row in self.db.execute(_KNOWN_OF, _joined(unique))}
             if present:
                 unique = [i for i in unique if i not in present]
             new = {row[0] for row in self.claims.execute(_CLAIM, _joined(unique))} if unique else set()
