@@ -151,7 +151,8 @@ def read_header(data: bytes | memoryview) -> list[BlobRef]:
 def _check_rows(refs: list[BlobRef], start: int) -> None:
     """In order, apart, inside the pack, each a possible envelope of a known kind: a map that
     lies about the pack cannot make the vault index more than the pack holds. Column by column
-    in C-level passes (map, set, all), not a Python loop per row: 1.3 -> 0.3 µs a blob."""
+    in C-level passes (map, set, all), not a Python loop per row: with the decoding and the
+    refs, 1.9 -> 0.7-1.1 µs a blob."""
     ids, kinds, offsets, lengths = zip(*refs)
     ends = list(map(operator.add, offsets, lengths)) if {*map(type, offsets), *map(type, lengths)} == {int} else []
     if (not ends or set(map(type, ids)) != {bytes} or set(map(len, ids)) != {32} or min(lengths) < MIN_ENVELOPE
