@@ -99,13 +99,26 @@ class BackupResult:
 
 
 class _PendingDir:
-    __slots__ = ("entry", "items", "tree_id", "parent_tree")
+    __slots__ = ("entry", "items", "tree_id", "parent_tree", "ready_upto")
 
     def __init__(self, items: list[Any], parent_tree: bytes | None) -> None:
         self.entry: Entry | None = None
         self.items = items
         self.tree_id: bytes | None = None
         self.parent_tree = parent_tree  # the same directory's tree in the parent point
+        self.ready_upto = 0  # its first items known read or made (they stay so): checked once each
+
+    def ready(self) -> bool:
+        """Whether its tree can be made without waiting: every file read, every subfolder's tree made."""
+        items = self.items
+        for i in range(self.ready_upto, len(items)):
+            item = items[i]
+            kind = type(item)
+            if (kind is _FileJob and not item.future.done()) or (kind is _PendingDir and item.tree_id is None):
+                self.ready_upto = i
+                return False
+        self.ready_upto = len(items)
+        return True
 
 
 class _FileJob:
@@ -318,8 +331,10 @@ class Backup:
 
     def _walk(self, parent_root: bytes | None) -> _PendingDir:
         root = self._build_root(parent_root)
+        if testhook.ACTIVE:
+            testhook.hook("backup-walked")  # a test holds a large file's read until the walk got here
         while self.pending:
-            self._finalize(self.pending.popleft())
+            self._finalize(self._next_ready())
         return root
 
     def _parent_entries(self, tree_id: bytes | None, path: bytes) -> dict[bytes, Entry]:
@@ -541,6 +556,8 @@ class Backup:
 
     def _read_file(self, fd: int, full: bytes, st: os.stat_result, inline: bool) -> Entry | None:
         """Reads a file until two stats around the read agree; its entry, or None if unreadable."""
+        if not inline and testhook.ACTIVE:
+            testhook.hook("backup-pool-read")  # a test holds a large file's read (see `_next_ready`)
         try:
             # Content and metadata from the same inode: the one opened, whatever the walk saw.
             # The walk's own stat stands for the first "before": a file replaced or changed
@@ -615,8 +632,21 @@ class Backup:
         self.pending.append(pending)
         self.pending_entries += len(items)
         while len(self.pending) > _MAX_PENDING_DIRS or self.pending_entries > _MAX_PENDING_ENTRIES:
-            self._finalize(self.pending.popleft())
+            self._finalize(self._next_ready())
         return pending
+
+    def _next_ready(self) -> _PendingDir:
+        """The first waiting folder whose tree can be made now, taken out of the queue; the
+        head (made by waiting for its reads) when none can. A folder whose large files are
+        still being read (large/, listed first) so holds up none of the folders listed after
+        it, and the bounds on the folders and entries held stay as they were. Its parent
+        waits: folders are queued after their subfolders, and one is ready only when they are."""
+        pending = self.pending
+        for i, candidate in enumerate(pending):
+            if candidate.ready():
+                del pending[i]
+                return candidate
+        return pending.popleft()
 
     def _finalize(self, pending: _PendingDir) -> None:
         entries: list[Entry] = []
