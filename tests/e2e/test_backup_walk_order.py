@@ -1,6 +1,8 @@
 """The walk's folders waiting for their tree (agent/backup.py `_next_ready`): a folder whose
 large file is still being read holds up none of the folders listed after it, and the point
-made that way restores exactly, in a first backup and in the unoptimized one after a change."""
+made that way restores exactly, in a first backup and in the unoptimized one after a change.
+A folder whose entries are the parent point's keeps that point's tree without encoding it
+again (`_finalize`): a change of one entry's metadata or name still makes a new tree."""
 
 from __future__ import annotations
 
@@ -71,3 +73,20 @@ def test_a_large_file_being_read_holds_up_no_later_folder(registered: Strongroom
     assert second["stats"]["files_changed"] == 2
     registered.restore(second["id"], target=tmp_path / "r2")
     assert_trees_equal(src, under(tmp_path / "r2", src))
+
+
+def test_a_folder_keeps_its_parent_tree_only_while_every_entry_is_the_same(registered: Strongroom, tmp_path) -> None:
+    src = tmp_path / "src"
+    for rel in ("d1/sub/a.txt", "d1/b.txt", "d2/c.txt", "d3/e.txt"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode() * 50)
+    registered.backup(src)
+    same = registered.backup(src)
+    assert same["stats"]["blobs_added"] == 0 and same["stats"]["files_unchanged"] == 4
+    os.chmod(src / "d2" / "c.txt", 0o600)  # metadata only: the same content, another mode
+    (src / "d1" / "sub" / "a.txt").rename(src / "d1" / "sub" / "a2.txt")  # as many entries, another name
+    os.utime(src / "d3", ns=(1_000_000_000, 1_000_000_000))  # a folder's own entry, in its parent's tree
+    changed = registered.backup(src)
+    assert changed["stats"]["blobs_added"] > 0
+    registered.restore(changed["id"], target=tmp_path / "r")
+    assert_trees_equal(src, under(tmp_path / "r", src))

@@ -99,13 +99,15 @@ class BackupResult:
 
 
 class _PendingDir:
-    __slots__ = ("entry", "items", "tree_id", "parent_tree", "ready_upto")
+    __slots__ = ("entry", "items", "tree_id", "parent_tree", "parent_entries", "ready_upto")
 
-    def __init__(self, items: list[Any], parent_tree: bytes | None) -> None:
+    def __init__(self, items: list[Any], parent_tree: bytes | None,
+                 parent_entries: dict[bytes, Entry] | None = None) -> None:
         self.entry: Entry | None = None
         self.items = items
         self.tree_id: bytes | None = None
         self.parent_tree = parent_tree  # the same directory's tree in the parent point
+        self.parent_entries = parent_entries  # that tree's entries by name (when the walk read them)
         self.ready_upto = 0  # its first items known read or made (they stay so): checked once each
 
     def ready(self) -> bool:
@@ -391,7 +393,7 @@ class Backup:
                 items.append(sub)
         finally:
             os.close(fd)
-        return self._queue(items, parent_tree)
+        return self._queue(items, parent_tree, parent)
 
     def _scan_source(self, dfd: int, full: bytes, name: bytes, parent: dict[bytes, Entry]) -> Any:
         """A source, read where the view says (a snapshot), recorded under its own path and name."""
@@ -439,7 +441,7 @@ class Backup:
         if not items and path and self.selection.drops_empty(path):
             return None
         self.counters.dirs += 1
-        return self._queue(items, parent_tree)
+        return self._queue(items, parent_tree, parent)
 
     def _warn(self, path: bytes, message: str) -> None:
         self.warnings.append((path, message))
@@ -627,8 +629,9 @@ class Backup:
 
     # -- finalising trees -------------------------------------------------------------------
 
-    def _queue(self, items: list[Any], parent_tree: bytes | None) -> _PendingDir:
-        pending = _PendingDir(items, parent_tree)
+    def _queue(self, items: list[Any], parent_tree: bytes | None,
+               parent_entries: dict[bytes, Entry] | None = None) -> _PendingDir:
+        pending = _PendingDir(items, parent_tree, parent_entries)
         self.pending.append(pending)
         self.pending_entries += len(items)
         while len(self.pending) > _MAX_PENDING_DIRS or self.pending_entries > _MAX_PENDING_ENTRIES:
@@ -672,15 +675,23 @@ class Backup:
             if "c" in entry:
                 add_refs(entry["c"])
             append(entry)
-        data = encode_tree(entries)
-        if len(data) > blobs.MAX_TREE_BYTES:  # a restore would refuse it: say so now
-            raise StrongroomError(f"a directory of {len(entries)} entries is too large to back up: its listing "
-                                  f"takes {len(data)} bytes, more than the {blobs.MAX_TREE_BYTES} a tree may hold")
-        tree_id = self.key.blob_id(data)
-        if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
-            self.packer.add_later(tree_id, KIND_TREE, data)
+        old = pending.parent_entries
+        if old and len(old) == len(entries) and entries == list(old.values()):
+            # The parent point's entries, in its order (unchanged files are its very dicts, so
+            # the comparison is mostly identity): its tree, kept in the vault by that point,
+            # without encoding and hashing the same bytes again.
+            tree_id = pending.parent_tree
+        else:
+            data = encode_tree(entries)
+            if len(data) > blobs.MAX_TREE_BYTES:  # a restore would refuse it: say so now
+                raise StrongroomError(f"a directory of {len(entries)} entries is too large to back up: its listing "
+                                      f"takes {len(data)} bytes, more than the {blobs.MAX_TREE_BYTES} a tree may hold")
+            tree_id = self.key.blob_id(data)
+            if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
+                self.packer.add_later(tree_id, KIND_TREE, data)
         refs.append(tree_id)
         self.refs.dir_done(refs, pending.parent_tree, kept)
         pending.tree_id = tree_id
         self.pending_entries -= len(pending.items)
         pending.items = []
+        pending.parent_entries = None
