@@ -280,6 +280,7 @@ class Backup:
                     del self.warnings[self.view_warnings:]  # the view's own stay: its snapshots do
                     self.hardlinks.clear()
                     root = self._walk(parent_root)
+            self.refs.prepare()  # what the point's record needs of it, worked out while the packer closes
             self.packer.close()
         except BaseException:
             self.packer.abort()
