@@ -4,11 +4,13 @@ The walk runs in the calling thread, relative to open directory descriptors. Fil
 than one chunk are read, chunked, hashed, compressed and encrypted on a thread pool (the
 libraries release the GIL); small files are read and hashed by the walker itself and
 sealed in batches by the packer's encoder thread (measured faster than handing each one
-to a pool). Directory trees are finalised in post-order from a bounded queue, so the pool
-never waits for the walk and memory does not grow with the size of the tree.
+to a pool). Directory trees are finalised from a bounded queue, each once its files are read
+and its subfolders' trees made (a folder still reading a large file holds up none listed after
+it), so the pool never waits for the walk and memory does not grow with the size of the tree.
 
 Change detection (unoptimized mode): a file whose size, mtime, ctime and inode equal those
-in the parent point is not read; its entry, content IDs and all, is carried over. In
+in the parent point is not read; its entry, content IDs and all, is carried over, and a
+directory whose entries all are the parent's keeps the parent's tree. In
 optimized mode (optimized.py) only the directories a change journal names are listed; the
 hooks that do it are marked "optimized mode".
 """
