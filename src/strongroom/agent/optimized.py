@@ -366,7 +366,9 @@ def hard_link_seen(backup: Backup, full: bytes, st: os.stat_result) -> None:
 # -- the refs ---------------------------------------------------------------------------------
 
 
-_SEEN_BOUND = 256  # old trees kept for `dir_done`: the walk finishes a directory at most 32 later
+# Old trees kept for `dir_done`: the walk finishes most directories at most 32 later (one still
+# reading a large file may come later, its old tree then read again).
+_SEEN_BOUND = 256
 _NET_BOUND = 65536  # blob IDs whose net change a directory's update holds in memory at most
 # A fresh file's references, all +1, in one statement: the IDs sorted and joined into one
 # parameter that a recursive CTE walks in the engine. 0.045 -> 0.015 CPU-s for 20,000 refs
