@@ -81,3 +81,27 @@ def test_a_chain_of_unoptimized_points_sent_as_changes_survives_prune(registered
     assert report["packs_deleted"] + report["packs_repacked"] > 0
     assert sr.json("check", "--read-data")["ok"]
     assert_trees_equal(src, _restored(sr, ids[-1], src, tmp_path / "last"))
+
+
+def test_refs_counted_on_the_writer_thread_in_batches_and_a_backup_killed_after_its_walk(registered, tmp_path):
+    """More refs than one batch of the fresh file's writer thread (optimized.py `_FRESH_BATCH`),
+    and the count, checksum and change worked out there while the packer closes: the refs the
+    vault records are still those counted; a backup killed once its walk is over (batches
+    written, nothing recorded) leaves a vault and cache that the next backup and check accept."""
+    sr = registered
+    src = tmp_path / "src"
+    for d in range(60):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for i in range(300):
+            (src / f"d{d:02d}" / f"f{i}").write_bytes(b"%d/%d\n" % (d, i))
+    first = sr.backup(src, "--unoptimized")
+    assert len(_counted(sr)) > 18_000
+    assert _refs(sr.vault, first["id"]) == _counted(sr)
+    mutate(src, random.Random("batches"), 40)
+    killed = sr.run("backup", src, "--unoptimized", check=False, env_extra={"STRONGROOM_TEST_HOOK": "backup-walked=kill"})
+    assert killed.returncode == -9
+    assert len(sr.points()) == 1
+    point = sr.backup(src, "--unoptimized")
+    assert _refs(sr.vault, point["id"]) == _counted(sr)
+    assert sr.json("check")["ok"]
+    assert_trees_equal(src, _restored(sr, point["id"], src, tmp_path / "r"))

@@ -4,11 +4,13 @@ The walk runs in the calling thread, relative to open directory descriptors. Fil
 than one chunk are read, chunked, hashed, compressed and encrypted on a thread pool (the
 libraries release the GIL); small files are read and hashed by the walker itself and
 sealed in batches by the packer's encoder thread (measured faster than handing each one
-to a pool). Directory trees are finalised in post-order from a bounded queue, so the pool
-never waits for the walk and memory does not grow with the size of the tree.
+to a pool). Directory trees are finalised from a bounded queue, each once its files are read
+and its subfolders' trees made (a folder still reading a large file holds up none listed after
+it), so the pool never waits for the walk and memory does not grow with the size of the tree.
 
 Change detection (unoptimized mode): a file whose size, mtime, ctime and inode equal those
-in the parent point is not read; its entry, content IDs and all, is carried over. In
+in the parent point is not read; its entry, content IDs and all, is carried over, and a
+directory whose entries all are the parent's keeps the parent's tree. In
 optimized mode (optimized.py) only the directories a change journal names are listed; the
 hooks that do it are marked "optimized mode".
 """
@@ -99,13 +101,28 @@ class BackupResult:
 
 
 class _PendingDir:
-    __slots__ = ("entry", "items", "tree_id", "parent_tree")
+    __slots__ = ("entry", "items", "tree_id", "parent_tree", "parent_entries", "ready_upto")
 
-    def __init__(self, items: list[Any], parent_tree: bytes | None) -> None:
+    def __init__(self, items: list[Any], parent_tree: bytes | None,
+                 parent_entries: dict[bytes, Entry] | None = None) -> None:
         self.entry: Entry | None = None
         self.items = items
         self.tree_id: bytes | None = None
         self.parent_tree = parent_tree  # the same directory's tree in the parent point
+        self.parent_entries = parent_entries  # that tree's entries by name (when the walk read them)
+        self.ready_upto = 0  # its first items known read or made (they stay so): checked once each
+
+    def ready(self) -> bool:
+        """Whether its tree can be made without waiting: every file read, every subfolder's tree made."""
+        items = self.items
+        for i in range(self.ready_upto, len(items)):
+            item = items[i]
+            kind = type(item)
+            if (kind is _FileJob and not item.future.done()) or (kind is _PendingDir and item.tree_id is None):
+                self.ready_upto = i
+                return False
+        self.ready_upto = len(items)
+        return True
 
 
 class _FileJob:
@@ -265,6 +282,7 @@ class Backup:
                     del self.warnings[self.view_warnings:]  # the view's own stay: its snapshots do
                     self.hardlinks.clear()
                     root = self._walk(parent_root)
+            self.refs.prepare()  # what the point's record needs of it, worked out while the packer closes
             self.packer.close()
         except BaseException:
             self.packer.abort()
@@ -318,8 +336,10 @@ class Backup:
 
     def _walk(self, parent_root: bytes | None) -> _PendingDir:
         root = self._build_root(parent_root)
+        if testhook.ACTIVE:
+            testhook.hook("backup-walked")  # a test holds a large file's read until the walk got here
         while self.pending:
-            self._finalize(self.pending.popleft())
+            self._finalize(self._next_ready())
         return root
 
     def _parent_entries(self, tree_id: bytes | None, path: bytes) -> dict[bytes, Entry]:
@@ -376,7 +396,7 @@ class Backup:
                 items.append(sub)
         finally:
             os.close(fd)
-        return self._queue(items, parent_tree)
+        return self._queue(items, parent_tree, parent)
 
     def _scan_source(self, dfd: int, full: bytes, name: bytes, parent: dict[bytes, Entry]) -> Any:
         """A source, read where the view says (a snapshot), recorded under its own path and name."""
@@ -424,7 +444,7 @@ class Backup:
         if not items and path and self.selection.drops_empty(path):
             return None
         self.counters.dirs += 1
-        return self._queue(items, parent_tree)
+        return self._queue(items, parent_tree, parent)
 
     def _warn(self, path: bytes, message: str) -> None:
         self.warnings.append((path, message))
@@ -541,6 +561,8 @@ class Backup:
 
     def _read_file(self, fd: int, full: bytes, st: os.stat_result, inline: bool) -> Entry | None:
         """Reads a file until two stats around the read agree; its entry, or None if unreadable."""
+        if not inline and testhook.ACTIVE:
+            testhook.hook("backup-pool-read")  # a test holds a large file's read (see `_next_ready`)
         try:
             # Content and metadata from the same inode: the one opened, whatever the walk saw.
             # The walk's own stat stands for the first "before": a file replaced or changed
@@ -610,13 +632,27 @@ class Backup:
 
     # -- finalising trees -------------------------------------------------------------------
 
-    def _queue(self, items: list[Any], parent_tree: bytes | None) -> _PendingDir:
-        pending = _PendingDir(items, parent_tree)
+    def _queue(self, items: list[Any], parent_tree: bytes | None,
+               parent_entries: dict[bytes, Entry] | None = None) -> _PendingDir:
+        pending = _PendingDir(items, parent_tree, parent_entries)
         self.pending.append(pending)
         self.pending_entries += len(items)
         while len(self.pending) > _MAX_PENDING_DIRS or self.pending_entries > _MAX_PENDING_ENTRIES:
-            self._finalize(self.pending.popleft())
+            self._finalize(self._next_ready())
         return pending
+
+    def _next_ready(self) -> _PendingDir:
+        """The first waiting folder whose tree can be made now, taken out of the queue; the
+        head (made by waiting for its reads) when none can. A folder whose large files are
+        still being read (large/, listed first) so holds up none of the folders listed after
+        it, and the bounds on the folders and entries held stay as they were. Its parent
+        waits: folders are queued after their subfolders, and one is ready only when they are."""
+        pending = self.pending
+        for i, candidate in enumerate(pending):
+            if candidate.ready():
+                del pending[i]
+                return candidate
+        return pending.popleft()
 
     def _finalize(self, pending: _PendingDir) -> None:
         entries: list[Entry] = []
@@ -642,15 +678,23 @@ class Backup:
             if "c" in entry:
                 add_refs(entry["c"])
             append(entry)
-        data = encode_tree(entries)
-        if len(data) > blobs.MAX_TREE_BYTES:  # a restore would refuse it: say so now
-            raise StrongroomError(f"a directory of {len(entries)} entries is too large to back up: its listing "
-                                  f"takes {len(data)} bytes, more than the {blobs.MAX_TREE_BYTES} a tree may hold")
-        tree_id = self.key.blob_id(data)
-        if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
-            self.packer.add_later(tree_id, KIND_TREE, data)
+        old = pending.parent_entries
+        if old and len(old) == len(entries) and entries == list(old.values()):
+            # The parent point's entries, in its order (unchanged files are its very dicts, so
+            # the comparison is mostly identity): its tree, kept in the vault by that point,
+            # without encoding and hashing the same bytes again.
+            tree_id = pending.parent_tree
+        else:
+            data = encode_tree(entries)
+            if len(data) > blobs.MAX_TREE_BYTES:  # a restore would refuse it: say so now
+                raise StrongroomError(f"a directory of {len(entries)} entries is too large to back up: its listing "
+                                      f"takes {len(data)} bytes, more than the {blobs.MAX_TREE_BYTES} a tree may hold")
+            tree_id = self.key.blob_id(data)
+            if tree_id != pending.parent_tree:  # else the parent point keeps it in the vault already
+                self.packer.add_later(tree_id, KIND_TREE, data)
         refs.append(tree_id)
         self.refs.dir_done(refs, pending.parent_tree, kept)
         pending.tree_id = tree_id
         self.pending_entries -= len(pending.items)
         pending.items = []
+        pending.parent_entries = None

@@ -37,7 +37,8 @@ class DryRun(Backup):
                  "warnings": len(self.warnings)}
         return DryRunResult(stats, self.warnings)
 
-    def _queue(self, items: list[Any], parent_tree: bytes | None) -> _PendingDir:
+    def _queue(self, items: list[Any], parent_tree: bytes | None,
+               parent_entries: dict[bytes, Entry] | None = None) -> _PendingDir:
         return _PendingDir([], parent_tree)  # no tree is made: nothing would keep it
 
     def _scan_file(self, dfd: int, full: bytes, name: bytes, st: os.stat_result, prev: Entry | None) -> Any:

@@ -26,3 +26,6 @@ class Finished:
 
     def exception(self) -> BaseException | None:
         return self.error
+
+    def done(self) -> bool:
+        return True
