@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from strongroom import blobs
 from strongroom.crypto import MasterKey
@@ -40,6 +40,8 @@ class BlobReader:
         self.prefetched: dict[bytes, bytes | memoryview] = {}  # blob id -> sealed envelope, until read once
         self.held = 0
         self.lock = threading.Lock()
+        self.taken = threading.Condition(self.lock)  # notified as `held` drops and as trees are read
+        self.reading: set[bytes] = set()  # trees being read by a thread (the others wait for it)
 
     def locate(self, ids: list[bytes]) -> None:
         """Looks up where blobs lie, in batches, ahead of reading them."""
@@ -75,15 +77,27 @@ class BlobReader:
             envelopes = self._envelopes(batch)
             with self.lock:
                 for (blob_id, _loc), envelope in zip(batch, envelopes):
-                    self.prefetched[blob_id] = envelope
-                    self.held += len(envelope)
+                    if blob_id not in self.prefetched:  # another thread's prefetch may have put it there
+                        self.prefetched[blob_id] = envelope
+                        self.held += len(envelope)
 
     def _take(self, blob_id: bytes) -> bytes | memoryview | None:
         with self.lock:
             envelope = self.prefetched.pop(blob_id, None)
             if envelope is not None:
                 self.held -= len(envelope)
+                self.taken.notify_all()
         return envelope
+
+    def wait_held(self, limit: int, stopped: Callable[[], bool]) -> None:
+        """Waits until at most `limit` prefetched bytes wait to be read, or `stopped()` (see `wake`)."""
+        with self.taken:
+            self.taken.wait_for(lambda: self.held <= limit or stopped())
+
+    def wake(self) -> None:
+        """Has `wait_held` look at its `stopped` again."""
+        with self.taken:
+            self.taken.notify_all()
 
     def drop(self, ids: list[bytes]) -> None:
         """Forgets prefetched blobs that will not be read after all."""
@@ -115,17 +129,24 @@ class BlobReader:
 
     def tree(self, tree_id: bytes) -> list[Entry]:
         with self.lock:
+            # a tree another thread is reading (a restore's read-ahead and its walk): not twice
+            self.taken.wait_for(lambda: tree_id not in self.reading)
             if tree_id in self.trees:
                 self.trees.move_to_end(tree_id)
                 return self.trees[tree_id][0]
-        raw = self.read(tree_id, blobs.MAX_TREE_BYTES)
-        entries = decode_tree(raw)
-        with self.lock:
-            if tree_id not in self.trees:
+            self.reading.add(tree_id)
+        try:
+            raw = self.read(tree_id, blobs.MAX_TREE_BYTES)
+            entries = decode_tree(raw)
+            with self.lock:
                 self.trees[tree_id] = (entries, len(raw))
                 self.tree_bytes += len(raw)
-            while self.tree_bytes > self.tree_cache_bytes and len(self.trees) > 1:
-                self.tree_bytes -= self.trees.popitem(last=False)[1][1]
+                while self.tree_bytes > self.tree_cache_bytes and len(self.trees) > 1:
+                    self.tree_bytes -= self.trees.popitem(last=False)[1][1]
+        finally:
+            with self.lock:
+                self.reading.discard(tree_id)
+                self.taken.notify_all()
         return entries
 
 
