@@ -264,10 +264,11 @@ class HttpVault:
 
     def blob_locations(self, ids: list[bytes], machine: str | None = None) -> dict[bytes, BlobLocation]:
         found: dict[bytes, BlobLocation] = {}
+        packs: dict[str, str] = {}  # one string per pack, not one per blob (a restore keeps them all)
         for start in range(0, len(ids), MAX_LOCATE):
             doc = self._msgpack("POST", "/api/v1/blobs/locate", params={"machine": self._name(machine)},
                                 content=b"".join(ids[start:start + MAX_LOCATE]))
-            found.update((k, BlobLocation(*v)) for k, v in doc.items())
+            found.update((k, BlobLocation(packs.setdefault(v[0], v[0]), v[1], v[2], v[3])) for k, v in doc.items())
         return found
 
     def read_range(self, pack: str, offset: int, length: int) -> bytearray:
