@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PASSPHRASE
+from strongroom.agent.home import AgentHome
+from strongroom.agent.pointbook import PointBook
+from strongroom.agent.reader import RESTORE_SEALED_TREES_BYTES, BlobReader
+from strongroom.model import DIR
 from treeutil import assert_trees_equal
 
 MTIME = 1_600_000_000_123_456_789
@@ -138,3 +143,47 @@ def test_served_restore_reads_ahead_past_a_folder_it_cannot_make(served_machine,
     for d in (0, 2, 3, 4, 5):
         assert_trees_equal(src / f"d{d}", restored / f"d{d}")
     assert (restored / "d1").read_bytes() == b"in the way"
+
+
+class _CountedVault:
+    """The machine's real vault, counting the blobs read from it by offset."""
+
+    def __init__(self, vault) -> None:
+        self.vault, self.reads = vault, []
+
+    def __getattr__(self, name):
+        return getattr(self.vault, name)
+
+    def read_range(self, pack, offset, length):
+        self.reads.append((pack, offset))
+        return self.vault.read_range(pack, offset, length)
+
+    def read_ranges(self, ranges):
+        self.reads.extend((pack, offset) for pack, offset, _n in ranges)
+        return self.vault.read_ranges(ranges)
+
+
+@pytest.mark.parametrize("kept", [RESTORE_SEALED_TREES_BYTES, 0])
+def test_a_restores_three_walks_read_each_tree_once(registered, tmp_path, kept):
+    """A restore walks the trees three times (folders first, read-ahead, walk) with a small
+    cache of decoded trees: their sealed envelopes are kept, so each is read from the vault
+    once (without them, once per walk)."""
+    src = tmp_path / "src"
+    _make_tree(src)
+    registered.backup(src)
+    agent = AgentHome(registered.home)
+    key = agent.master_key(PASSPHRASE)
+    vault = _CountedVault(agent.vault())
+    root = PointBook(agent, vault, key, None).find("latest").manifest["tree"]
+    reader = BlobReader(vault, key, tree_cache_bytes=1)
+    reader.sealed_bytes_max = kept
+    vault.reads.clear()
+    trees = 0
+    for _walk in range(3):
+        todo, trees = [root], 0
+        while todo:
+            trees += 1
+            todo.extend(e["tree"] for e in reader.tree(todo.pop()) if e["t"] == DIR)
+    assert trees > 20
+    assert len(vault.reads) == (trees if kept else 3 * trees)
+    assert len(set(vault.reads)) == trees

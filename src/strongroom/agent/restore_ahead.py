@@ -27,7 +27,7 @@ from strongroom.model import DIR, FILE, Entry, is_safe_name
 
 SMALL_WINDOW = 256  # small files whose content the walk fetches in one go
 _AHEAD_BYTES = 8 * 1024 * 1024  # fetched content waiting for the walk before this thread waits
-_BATCH_BYTES = 2 * 1024 * 1024  # windows fetched together, by their files' sizes
+_BATCH_BYTES = 4 * 1024 * 1024  # windows fetched together (one locate request), by their files' sizes
 _BATCH_IDS = 4096  # blob IDs located together (one locate request)
 
 Key = tuple[bytes, int]  # (tree ID, the index of the window's first file in the tree)
@@ -107,7 +107,7 @@ class ReadAhead:
     def _run(self, root_tree: bytes) -> None:
         try:
             self._folder(root_tree)
-            self._flush([])
+            self._flush()
         except (_Stopped, OSError, StrongroomError):
             pass  # the walk reads what was not fetched, and reports what cannot be read
 
@@ -126,9 +126,9 @@ class ReadAhead:
                 if i in starts:
                     self._add((tree_id, i), *starts[i])
                 if id(entry) in subs:
-                    if not fetched_trees:  # the subfolders' trees are needed now: they go with this batch
+                    if not fetched_trees:  # the subfolders' trees, in one request if not at hand
                         fetched_trees = True
-                        self._flush(trees)
+                        self.reader.prefetch(trees)
                     self._folder(entry["tree"])
         finally:
             if fetched_trees:
@@ -138,15 +138,15 @@ class ReadAhead:
         self.batch.append((key, ids))
         self.batch_bytes += size
         if self.batch_bytes >= _BATCH_BYTES or len(self.to_locate) >= _BATCH_IDS:
-            self._flush([])
+            self._flush()
 
-    def _flush(self, trees: list[bytes]) -> None:
-        """Fetches the batch's windows and `trees` once the walk has taken enough of what waits."""
+    def _flush(self) -> None:
+        """Fetches the batch's windows once the walk has taken enough of what waits."""
         self.reader.wait_held(_AHEAD_BYTES, self._is_stopped)
         if self.stopped:
             raise _Stopped
         events: list[threading.Event] = []
-        ids = list(trees)
+        ids: list[bytes] = []
         with self.lock:
             for key, unit_ids in self.batch:
                 if key in self.passed:
