@@ -119,6 +119,8 @@ class ReadAhead:
         trees = [e["tree"] for e in children if id(e) in subs]
         self.to_locate.extend(trees)
         self.to_locate.extend(c for e in children for c in e.get("c", ()))
+        if len(self.to_locate) >= _BATCH_IDS:  # folders of large files only add no window
+            self._flush()
         starts = windows(children)
         fetched_trees = False
         try:
