@@ -1,4 +1,4 @@
-"""The agent's on-disk index of its blobs in the vault, and the spool of a backup's refs.
+"""The agent's on-disk index of its blobs in the vault.
 
 A backup must know which blobs the vault has already, so as not to upload them again. The
 set lives in SQLite in the cache folder, not in memory, and each backup asks the vault only
@@ -11,10 +11,8 @@ the point fail the vault's own check, after which the cache is dropped (`forget`
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from strongroom.vault.interface import Vault
@@ -142,28 +140,3 @@ class KnownBlobs:
         self.db.close()
         self.claims.close()
 
-
-class RefSpool:
-    """The blob IDs a backup's point references, gathered on disk, read back sorted."""
-
-    def __init__(self, cache: Path) -> None:
-        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = cache / f"refs-{os.getpid()}.sqlite"
-        Path(self.path).unlink(missing_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=OFF")  # scratch: a crash leaves nothing to recover
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
-        self.db.execute("BEGIN")
-
-    def add(self, ids: list[bytes]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO refs (id) VALUES (?)", ((i,) for i in ids))
-
-    def sorted_chunks(self, per_chunk: int = 32768) -> Iterator[bytes]:
-        rows = self.db.execute("SELECT id FROM refs ORDER BY id")
-        while batch := rows.fetchmany(per_chunk):
-            yield b"".join(r[0] for r in batch)
-
-    def close(self) -> None:
-        self.db.close()
-        self.path.unlink(missing_ok=True)
