@@ -160,7 +160,6 @@ class BlobReader:
                 self.taken.notify_all()
         return entries
 
-
     def _sealed_tree(self, tree_id: bytes, loc: BlobLocation) -> bytes | bytearray | memoryview:
         """A tree's envelope: kept (up to `sealed_bytes_max`), prefetched, or read now."""
         with self.lock:
