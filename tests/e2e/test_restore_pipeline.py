@@ -1,4 +1,4 @@
-"""The restore pipeline (walk, small-file writers, large-file writers, look-ahead fetches):
+"""The restore pipeline (walk, small-file writers, large-file writers, the served read-ahead):
 exact trees through the embedded and the served vault, and a restore killed with SIGKILL
 half-way that a rerun with --conflict overwrite completes exactly."""
 
@@ -23,7 +23,7 @@ MTIME = 1_600_000_000_123_456_789
 
 def _make_tree(root: Path) -> None:
     """More files in one folder than a fetch window (256) and a writer batch (64), more
-    subfolders than a look-ahead group (8), large files (several blobs) beside small ones in
+    than 8 subfolders in one folder, large files (several blobs) beside small ones in
     the same folders, a hardlink pair, an empty file, a read-only folder, and set modes and
     times everywhere, folders included."""
     rng = random.Random(11)
