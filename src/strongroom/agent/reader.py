@@ -48,6 +48,7 @@ class BlobReader:
         self.held = 0
         self.lock = threading.Lock()
         self.taken = threading.Condition(self.lock)  # notified as `held` drops and as trees are read
+        self.held_wanted = -1  # what `wait_held` waits for `held` to drop to (-1: no one waits)
         self.reading: set[bytes] = set()  # trees being read by a thread (the others wait for it)
 
     def locate(self, ids: list[bytes]) -> None:
@@ -94,13 +95,18 @@ class BlobReader:
             envelope = self.prefetched.pop(blob_id, None)
             if envelope is not None:
                 self.held -= len(envelope)
-                self.taken.notify_all()
+                if self.held <= self.held_wanted:  # not at every take: each wakes the waiter
+                    self.taken.notify_all()
         return envelope
 
     def wait_held(self, limit: int, stopped: Callable[[], bool]) -> None:
         """Waits until at most `limit` prefetched bytes wait to be read, or `stopped()` (see `wake`)."""
         with self.taken:
-            self.taken.wait_for(lambda: self.held <= limit or stopped())
+            self.held_wanted = limit
+            try:
+                self.taken.wait_for(lambda: self.held <= limit or stopped())
+            finally:
+                self.held_wanted = -1
 
     def wake(self) -> None:
         """Has `wait_held` look at its `stopped` again."""
