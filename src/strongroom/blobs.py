@@ -120,7 +120,8 @@ def encode(key: MasterKey, blob_id: bytes, data: bytes | memoryview) -> bytes:
     return bytes(encode_into(key, blob_id, data, bytearray()))
 
 
-def decode(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview, limit: int = MAX_DATA_BYTES) -> bytes:
+def decode(key: MasterKey, blob_id: bytes, envelope: bytes | bytearray | memoryview,
+           limit: int = MAX_DATA_BYTES) -> bytes:
     """The verified plaintext of a blob of at most `limit` bytes (MAX_DATA_BYTES or
     MAX_TREE_BYTES); raises IntegrityError on any mismatch."""
     if len(envelope) < 1:

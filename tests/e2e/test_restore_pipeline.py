@@ -1,4 +1,4 @@
-"""The restore pipeline (walk, small-file writers, large-file writers, look-ahead fetches):
+"""The restore pipeline (walk, small-file writers, large-file writers, the served read-ahead):
 exact trees through the embedded and the served vault, and a restore killed with SIGKILL
 half-way that a rerun with --conflict overwrite completes exactly."""
 
@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PASSPHRASE
+from strongroom.agent.home import AgentHome
+from strongroom.agent.pointbook import PointBook
+from strongroom.agent.reader import RESTORE_SEALED_TREES_BYTES, BlobReader
+from strongroom.model import DIR
 from treeutil import assert_trees_equal
 
 MTIME = 1_600_000_000_123_456_789
@@ -18,7 +23,7 @@ MTIME = 1_600_000_000_123_456_789
 
 def _make_tree(root: Path) -> None:
     """More files in one folder than a fetch window (256) and a writer batch (64), more
-    subfolders than a look-ahead group (8), large files (several blobs) beside small ones in
+    than 8 subfolders in one folder, large files (several blobs) beside small ones in
     the same folders, a hardlink pair, an empty file, a read-only folder, and set modes and
     times everywhere, folders included."""
     rng = random.Random(11)
@@ -113,3 +118,72 @@ def test_owners_are_exact_when_new_files_get_another_group_than_the_point_says(r
         for folder in ("one", "two"):
             got = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in (restored / folder).iterdir()}
             assert got == owners
+
+
+def test_served_restore_reads_ahead_past_a_folder_it_cannot_make(served_machine, tmp_path):
+    """The read-ahead (restore_ahead.py) walks the point's folders ahead of the restore's
+    walk: more small files than it holds (8 MiB) in more folders than one batch (2 MiB), and
+    a folder the walk cannot make (a file in its place, --conflict skip), whose fetched
+    windows it drops when the walk passes over them: the rest is exact."""
+    agent = served_machine("web-01")
+    src = tmp_path / "src"
+    rng = random.Random(5)
+    for d in range(6):
+        for f in range(5):
+            folder = src / f"d{d}" / f"f{f}"
+            folder.mkdir(parents=True)
+            for i in range(20):
+                (folder / f"x{i:02d}").write_bytes(rng.randbytes(rng.randint(10_000, 40_000)))
+    agent.backup(src)
+    restored = tmp_path / "out" / str(src).lstrip("/")
+    restored.mkdir(parents=True)
+    (restored / "d1").write_bytes(b"in the way")
+    doc = agent.restore("latest", target=tmp_path / "out", conflict="skip", check=False)  # exit 3: a warning
+    assert [e["path"] for e in doc["errors"]] == [str(src / "d1")], doc["errors"]
+    for d in (0, 2, 3, 4, 5):
+        assert_trees_equal(src / f"d{d}", restored / f"d{d}")
+    assert (restored / "d1").read_bytes() == b"in the way"
+
+
+class _CountedVault:
+    """The machine's real vault, counting the blobs read from it by offset."""
+
+    def __init__(self, vault) -> None:
+        self.vault, self.reads = vault, []
+
+    def __getattr__(self, name):
+        return getattr(self.vault, name)
+
+    def read_range(self, pack, offset, length):
+        self.reads.append((pack, offset))
+        return self.vault.read_range(pack, offset, length)
+
+    def read_ranges(self, ranges):
+        self.reads.extend((pack, offset) for pack, offset, _n in ranges)
+        return self.vault.read_ranges(ranges)
+
+
+@pytest.mark.parametrize("kept", [RESTORE_SEALED_TREES_BYTES, 0])
+def test_a_restores_three_walks_read_each_tree_once(registered, tmp_path, kept):
+    """A restore walks the trees three times (folders first, read-ahead, walk) with a small
+    cache of decoded trees: their sealed envelopes are kept, so each is read from the vault
+    once (without them, once per walk)."""
+    src = tmp_path / "src"
+    _make_tree(src)
+    registered.backup(src)
+    agent = AgentHome(registered.home)
+    key = agent.master_key(PASSPHRASE)
+    vault = _CountedVault(agent.vault())
+    root = PointBook(agent, vault, key, None).find("latest").manifest["tree"]
+    reader = BlobReader(vault, key, tree_cache_bytes=1)
+    reader.sealed_bytes_max = kept
+    vault.reads.clear()
+    trees = 0
+    for _walk in range(3):
+        todo, trees = [root], 0
+        while todo:
+            trees += 1
+            todo.extend(e["tree"] for e in reader.tree(todo.pop()) if e["t"] == DIR)
+    assert trees > 20
+    assert len(vault.reads) == (trees if kept else 3 * trees)
+    assert len(set(vault.reads)) == trees

@@ -13,9 +13,12 @@ Pipeline, in named stages (why it is shaped so: one Python thread walking and wr
 50,000 small files left the second core idle, and waiting at the end of each folder for its
 large files serialised the two kinds):
 - folders first (_premake): every missing folder of the selection is made before any file;
-- walk (the calling thread): reads trees, resolves conflicts, fetches and decodes small
-  files' content a window at a time, makes every new file (O_EXCL) itself, so that one
-  thread allocates inodes (see _Batch);
+- read-ahead (`fetch` thread, restore_ahead.py, from a served vault): walks the same trees
+  in the same order ahead of the walk and fetches the small files' content, several
+  folders per request;
+- walk (the calling thread): reads trees, resolves conflicts, decodes small files' content
+  a window at a time (fetching what the read-ahead did not), makes every new file (O_EXCL)
+  itself, so that one thread allocates inodes (see _Batch);
 - small writers (`small` pool): write and set the metadata of small files, a batch of one
   folder's files per task, from content the walk decoded, into the files it made (syscalls
   release the GIL, so they overlap the walk's Python work);
@@ -41,7 +44,6 @@ from contextlib import contextmanager, suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from strongroom import chunker
 from strongroom.agent.arenas import cap_arenas
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
@@ -54,6 +56,7 @@ from strongroom.agent.fsmeta import (
     type_mode,
 )
 from strongroom.agent.reader import BlobReader
+from strongroom.agent.restore_ahead import ReadAhead, inline, windows
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.fsutil import write_all
 from strongroom.model import (
@@ -71,7 +74,6 @@ from strongroom.model import (
 from strongroom.testhook import hook
 
 CONFLICTS = ("copy", "overwrite", "skip")
-_SMALL_WINDOW = 256  # small files whose content is fetched in one go
 # New large files whose content is being written (or waits for a writer) while the walk goes
 # on: each holds two descriptors and no data until a writer takes it, so memory stays bounded
 # by the writers' batches.
@@ -84,13 +86,6 @@ _BATCH_BYTES = 2 * 1024 * 1024
 _BATCHES_HELD_BYTES = 12 * 1024 * 1024
 _QUEUED_STEPS = 512
 _MADE_HELD = 1024  # small files made and still open, waiting for a writer
-# Look-ahead into subfolders: a served vault answers each request in a round trip, so the
-# subfolders' blobs are located, and their small files fetched, a group of subfolders at a
-# time by a fetch thread while the walk writes (bounded: bytes fetched per group, and the
-# reader's bound on all prefetched bytes).
-_AHEAD_GROUP = 8
-_AHEAD_BYTES = 4 * 1024 * 1024
-_AHEAD_GROUPS = 2  # groups fetched (or being fetched) ahead of the walk, beyond its own
 # Folders made before any file (see _premake), at most this many per selection (their paths
 # are held until the walk enters them); beyond it the walk makes the rest as it goes.
 _PREMADE_MAX = 100_000
@@ -109,12 +104,6 @@ def _made(dfd: int, name: bytes, fd: int) -> Iterator[int]:
         raise
     finally:
         os.close(fd)
-
-
-def _inline(entry: Entry) -> bool:
-    """Small files without hardlinks are written by the walking thread: a pool hop would
-    cost more than the write."""
-    return entry.get("s", 0) <= chunker.MIN_SIZE and "h" not in entry
 
 
 @dataclass
@@ -155,7 +144,7 @@ class Restore:
         self.queued: deque[Callable[[], None]] = deque()
         self.held = 0  # bytes of decoded content in queued batches
         self.made = 0  # small files made by the walk and not yet written (each an open descriptor)
-        self.ahead: dict[bytes, tuple[_Ahead, int]] = {}  # subfolder tree -> its look-ahead, group
+        self.read_ahead: ReadAhead | None = None  # the selection's (restore_ahead.py)
         self.premade: dict[bytes, tuple[int, int]] = {}  # folder made by _premake -> (st_dev, st_ino)
         self.premake_pending = False  # the selection's folders are yet to be made (_restore_dir)
 
@@ -212,10 +201,14 @@ class Restore:
             else:  # the whole point, whose root is the target itself
                 self.premake_pending = False
                 self._premake(fd, b"", entry["tree"])
+                self._read_ahead(entry["tree"])
                 self._restore_children(fd, b"", entry["tree"], False)
         finally:
             if fd is not None:
                 os.close(fd)
+            if self.read_ahead is not None:
+                self.read_ahead, read_ahead = None, self.read_ahead
+                read_ahead.stop()
             self._drain()
             self.premade.clear()  # what the walk did not enter (not restored after all)
             for made_fd, parent, made_path in reversed(made):
@@ -280,6 +273,7 @@ class Restore:
             if self.premake_pending:  # the folder the selection names: make its folders first
                 self.premake_pending = False
                 self._premake(fd, path, entry["tree"])
+                self._read_ahead(entry["tree"])
             self._restore_children(fd, path, entry["tree"], created)
             if created or self.conflict == "overwrite":
                 self._queue(self._dir_meta_step(fd, entry, path))
@@ -289,6 +283,15 @@ class Restore:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _read_ahead(self, tree_id: bytes) -> None:
+        """Starts fetching the selection's small files ahead of the walk, on the fetch thread
+        (restore_ahead.py), once _premake is done (whose reads of a level's trees it would
+        take from under it). Only from a served vault, whose round trips it hides: from a
+        vault folder (a read there is a system call) it held 8-12 MiB more at the peak for no
+        measurable gain. Not for a selective restore, whose walk leaves files out."""
+        if self.keep is None and not self.reader.vault.url.startswith("file:"):
+            self.read_ahead = ReadAhead(self.reader, self.fetcher, tree_id)
 
     def _premake(self, fd: int, path: bytes, tree_id: bytes) -> None:
         """Makes every missing folder below `path` (open as `fd`), level by level, before any
@@ -359,9 +362,6 @@ class Restore:
     def _restore_children(self, fd: int, path: bytes, tree_id: bytes, fresh: bool) -> None:
         """`fresh`: the folder is the empty one the restore just made, so no name in it needs
         a conflict check (a name raced in makes the O_EXCL create fail, reported)."""
-        ahead = self.ahead.pop(tree_id, None)
-        if ahead is not None:
-            ahead[0].wait(ahead[1])  # what it fetched is at hand; what it could not, is read below
         children = self.reader.tree(tree_id)
         if self.keep is not None:
             children = [e for e in children if self.keep(path, e)]
@@ -369,21 +369,19 @@ class Restore:
         self.reader.locate(subtrees + [c for e in children for c in e.get("c", ())])
         # Small files are written inline: fetch their content ahead, a window at a time;
         # the subdirectories' trees come with the first window (and are not dropped after it).
-        small = [i for i, e in enumerate(children) if e["t"] == FILE and _inline(e)]
-        windows = {small[k]: [c for j in small[k:k + _SMALL_WINDOW] for c in children[j].get("c", ())]
-                   for k in range(0, len(small), _SMALL_WINDOW)}
-        if not windows:
+        starts = windows(children)
+        if not starts:
             self.reader.prefetch(subtrees)
-            self._look_ahead(subtrees)
         fetched: list[bytes] = []
         batch = _Batch(fresh)
         try:
             for i, child in enumerate(children):
-                if i in windows:
+                if i in starts:
                     self.reader.drop(fetched)  # what skipped files did not read
-                    fetched = windows[i]
-                    self.reader.prefetch(fetched + subtrees)
-                    self._look_ahead(subtrees)
+                    fetched = starts[i][0]
+                    if self.read_ahead is not None:
+                        self.read_ahead.reached((tree_id, i))
+                    self.reader.prefetch(fetched + subtrees)  # what the read-ahead did not fetch
                     subtrees = []
                 child_path = path + b"/" + child["n"]
                 if child["t"] == DIR:  # not held while the subtree is walked
@@ -401,45 +399,6 @@ class Restore:
             if not batch.sent:
                 batch.close()  # files made but never handed to a writer: left empty, 0600
             raise
-
-    def _look_ahead(self, subtrees: list[bytes]) -> None:
-        """Has the fetch thread locate what the subfolders hold and fetch their small files'
-        content, a group of subfolders per task, in a few requests instead of a few per
-        subfolder; their walk then finds it at hand (and drops what it does not use)."""
-        if self.keep is not None:
-            return  # a selective restore would fetch what it leaves out
-        groups = [subtrees[k:k + _AHEAD_GROUP] for k in range(0, len(subtrees), _AHEAD_GROUP)]
-        ahead = _Ahead(self.fetcher, self._fetch_ahead, groups)
-        for g, group in enumerate(groups):
-            self.ahead.update(dict.fromkeys(group, (ahead, g)))
-        ahead.start(0)
-
-    def _fetch_ahead(self, group: list[bytes]) -> None:
-        try:
-            ids: list[bytes] = []
-            trees: list[bytes] = []
-            small: list[bytes] = []
-            for tree_id in group:
-                for e in self.reader.tree(tree_id):
-                    content = e.get("c", ())
-                    ids.extend(content)
-                    if e["t"] == DIR and "tree" in e:
-                        ids.append(e["tree"])
-                        trees.append(e["tree"])
-                    elif e["t"] == FILE and _inline(e):
-                        small.extend(content)
-            self.reader.locate(ids)
-            small = trees + small  # the subfolders' trees first: their walk needs them first
-            budget = _AHEAD_BYTES
-            for n, blob_id in enumerate(small):
-                loc = self.reader.locations.get(blob_id)
-                budget -= loc.length if loc is not None else 0
-                if budget < 0:
-                    small = small[:n]
-                    break
-            self.reader.prefetch(small)
-        except (OSError, StrongroomError):
-            pass  # the walk reads it again, and reports what it cannot
 
     def _count(self, copied: bool, written: int) -> None:
         self.result.bytes_written += written
@@ -477,7 +436,7 @@ class Restore:
             final, tmp = target
             if entry["t"] == FILE:
                 group = tuple(entry["h"]) if "h" in entry else None
-                if group is None and tmp is None and not _inline(entry):
+                if group is None and tmp is None and not inline(entry):
                     self._detach(dfd, final, entry, path)
                     return None
                 if group is None and batch is not None:
@@ -488,7 +447,7 @@ class Restore:
                     return None
                 first = self.first_links.get(group) if group else None
                 args = (os.dup(dfd), final, tmp, entry, path, first)
-                job = Finished(self._write_file, *args) if _inline(entry) else self.pool.submit(self._write_file, *args)
+                job = Finished(self._write_file, *args) if inline(entry) else self.pool.submit(self._write_file, *args)
                 if group and first is None:
                     self.first_links[group] = job
                 return job
@@ -700,7 +659,7 @@ class Restore:
             return written
         blob_ids = entry.get("c", [])
         # A small file's blob may wait prefetched; a large file's come a few MiB a request.
-        contents = (self.reader.read(i) for i in blob_ids) if _inline(entry) else self.reader.read_in_order(blob_ids)
+        contents = (self.reader.read(i) for i in blob_ids) if inline(entry) else self.reader.read_in_order(blob_ids)
         for content in contents:
             written += write_all(fd, content)
         return written
@@ -717,25 +676,6 @@ def _few_collections() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-class _Ahead:
-    """The look-ahead fetches for one folder's subfolders, in groups: at most _AHEAD_GROUPS
-    beyond the one the walk is in are started, so what waits in memory stays bounded (a
-    group the walk skips, e.g. a folder it could not make, is passed over)."""
-
-    def __init__(self, pool: ThreadPoolExecutor, fetch: Callable[[list[bytes]], None],
-                 groups: list[list[bytes]]) -> None:
-        self.pool, self.fetch, self.groups = pool, fetch, groups
-        self.futures: list[Future] = []
-
-    def start(self, group: int) -> None:
-        while len(self.futures) < min(len(self.groups), group + 1 + _AHEAD_GROUPS):
-            self.futures.append(self.pool.submit(self.fetch, self.groups[len(self.futures)]))
-
-    def wait(self, group: int) -> None:
-        self.start(group)
-        self.futures[group].result()
 
 
 class _Batch:

@@ -63,7 +63,7 @@ class ThrottledVault:
         self._bucket.consume(len(data))
         self._vault.store_pack(name, data)
 
-    def read_range(self, pack: str, offset: int, length: int) -> bytes:
+    def read_range(self, pack: str, offset: int, length: int) -> bytes | bytearray:
         self._bucket.consume(length)
         return self._vault.read_range(pack, offset, length)
 

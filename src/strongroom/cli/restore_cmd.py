@@ -10,7 +10,7 @@ import click
 from strongroom.agent.browse import selected_bytes
 from strongroom.agent.jobrun import recorded_job
 from strongroom.agent.pointbook import PointBook
-from strongroom.agent.reader import WALK_TREE_CACHE_BYTES
+from strongroom.agent.reader import RESTORE_SEALED_TREES_BYTES, WALK_TREE_CACHE_BYTES
 from strongroom.agent.restore import CONFLICTS, Restore, select_entries
 from strongroom.agent.restore_plan import DryRun, Selector, dry_run, selected, verify
 from strongroom.cli import kinds_cmds
@@ -63,6 +63,7 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
     # Small: the byte count, the folders made first and the walk each read a tree, and reading
     # it again costs less than holding decoded trees (~5x their blobs: 20 MiB at the default).
     reader.tree_cache_bytes = WALK_TREE_CACHE_BYTES
+    reader.sealed_bytes_max = RESTORE_SEALED_TREES_BYTES
     record = PointBook(agent, vault, key, machine).find(point)  # checked before anything is written
     manifest = record.manifest
     if image or force:

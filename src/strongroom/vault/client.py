@@ -78,6 +78,18 @@ class _Transient(Exception):
     """A failure worth retrying: the vault unreachable, restarting or overloaded."""
 
 
+def _read_into(response: httpx.Response, into: bytearray) -> None:
+    view, pos = memoryview(into), 0
+    for piece in response.iter_bytes():
+        end = pos + len(piece)
+        if end > len(into):
+            raise VaultError("the vault sent more bytes than were asked for")
+        view[pos:end] = piece
+        pos = end
+    if pos != len(into):
+        raise VaultError(f"the vault sent {pos} bytes where {len(into)} were asked for")
+
+
 class HttpVault:
     def __init__(self, url: str, pin: str | None = None, retry_seconds: float | None = None,
                  insecure_http: bool = False) -> None:
@@ -109,9 +121,21 @@ class HttpVault:
                     limits=limits, transport=httpstream.transport(verify, limits))
             return self._client
 
-    def _once(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+    def _once(self, method: str, path: str, headers: dict[str, str] | None = None, into: bytearray | None = None,
+              **kw: Any) -> httpx.Response:
+        """One request; with `into`, a successful answer's body is read into it (it must be
+        exactly its size) instead of into the response."""
         try:
-            response = self._http().request(method, path, headers={**self.headers, **(headers or {})}, **kw)
+            client = self._http()
+            response = client.send(client.build_request(method, path, headers={**self.headers, **(headers or {})},
+                                                        **kw), stream=True)
+            try:
+                if into is None or response.status_code >= 400:
+                    response.read()
+                else:
+                    _read_into(response, into)
+            finally:
+                response.close()
         except ConnectionError as exc:
             raise _Transient(str(exc)) from None
         except httpx.ConnectError as exc:
@@ -240,25 +264,26 @@ class HttpVault:
 
     def blob_locations(self, ids: list[bytes], machine: str | None = None) -> dict[bytes, BlobLocation]:
         found: dict[bytes, BlobLocation] = {}
+        packs: dict[str, str] = {}  # one string per pack, not one per blob (a restore keeps them all)
         for start in range(0, len(ids), MAX_LOCATE):
             doc = self._msgpack("POST", "/api/v1/blobs/locate", params={"machine": self._name(machine)},
                                 content=b"".join(ids[start:start + MAX_LOCATE]))
-            found.update((k, BlobLocation(*v)) for k, v in doc.items())
+            found.update((k, BlobLocation(packs.setdefault(v[0], v[0]), v[1], v[2], v[3])) for k, v in doc.items())
         return found
 
-    def read_range(self, pack: str, offset: int, length: int) -> bytes:
-        data = self._call("GET", f"/api/v1/packs/{pack}",
-                          headers={"Range": f"bytes={offset}-{offset + length - 1}"}).content
-        if len(data) != length:
-            raise VaultError(f"the vault sent {len(data)} bytes of pack {pack} where {length} were asked for")
+    def read_range(self, pack: str, offset: int, length: int) -> bytearray:
+        data = bytearray(length)
+        self._call("GET", f"/api/v1/packs/{pack}", headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                   into=data)
         return data
 
     def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[memoryview]:
-        body = self._call("POST", "/api/v1/blobs/read", content=msgpack.packb(ranges),
-                          headers={"Content-Type": MSGPACK}).content
-        if len(body) != sum(n for _p, _o, n in ranges):
-            raise VaultError("the vault sent fewer bytes than were asked for")
-        body = memoryview(body)  # views, not copies: a batch is several MiB
+        # Read into one buffer as it arrives, not joined from pieces at the end (a copy, and
+        # twice a batch's size held meanwhile, per thread).
+        data = bytearray(sum(n for _p, _o, n in ranges))
+        self._call("POST", "/api/v1/blobs/read", content=msgpack.packb(ranges), headers={"Content-Type": MSGPACK},
+                   into=data)
+        body = memoryview(data)  # views, not copies: a batch is several MiB
         parts, pos = [], 0
         for _pack, _offset, length in ranges:
             parts.append(body[pos:pos + length])

@@ -28,7 +28,7 @@ class PointRecord:
     manifest: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a restore holds one per blob: no __dict__ each
 class BlobLocation:
     pack: str
     offset: int

@@ -1,0 +1,65 @@
+"""The vault client's reads of pack ranges (HttpVault.read_ranges, read_range) against a real
+HTTP server on 127.0.0.1: the answer is read into one buffer of the size asked for as it
+arrives, so an answer of any other size is refused, and an error answer is still the
+vault's error."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+from strongroom.errors import UsageError, VaultError
+from strongroom.vault.client import HttpVault
+
+
+def _serve(answers: list[tuple[int, bytes]]) -> int:
+    """A one-connection HTTP/1.1 server answering each request in turn with (status, body)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        conn, _addr = listener.accept()
+        with conn:
+            for status, body in answers:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _sep, rest = request.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(body)) + body)
+        listener.close()
+    threading.Thread(target=run, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def _vault(port: int) -> HttpVault:
+    return HttpVault(f"http://127.0.0.1:{port}", retry_seconds=0)
+
+
+def test_ranges_arrive_exactly_as_views_of_one_buffer() -> None:
+    parts = [os.urandom(n) for n in (3 * 1024 * 1024 + 7, 1, 70_000)]
+    single = os.urandom(5000)
+    vault = _vault(_serve([(200, b"".join(parts)), (206, single)]))
+    got = vault.read_ranges([("p1", 0, len(parts[0])), ("p2", 10, 1), ("p1", 9, len(parts[2]))])
+    assert [bytes(g) for g in got] == parts
+    assert bytes(vault.read_range("p3", 100, len(single))) == single
+
+
+@pytest.mark.parametrize("sent", [99, 101, 0])
+def test_an_answer_of_another_size_is_refused(sent: int) -> None:
+    vault = _vault(_serve([(200, os.urandom(sent))]))
+    with pytest.raises(VaultError, match="bytes"):
+        vault.read_ranges([("p1", 0, 60), ("p1", 100, 40)])
+
+
+def test_an_error_answer_is_the_vaults_error() -> None:
+    body = json.dumps({"error": "UsageError", "detail": "send 1 to 4096 ranges"}).encode()
+    vault = _vault(_serve([(400, body)]))
+    with pytest.raises(UsageError, match="send 1 to 4096 ranges"):
+        vault.read_ranges([("p1", 0, 60)])
