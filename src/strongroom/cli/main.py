@@ -8,6 +8,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,10 @@ class StrongroomGroup(click.Group):
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except RecursionError:
+            fail_line(f"a tree is nested deeper than this version can walk (about {sys.getrecursionlimit() // 3:,} "
+                      "levels; a larger stack, `ulimit -s`, allows more)")
+            sys.exit(EXIT_FAILURE)
         except Exception as exc:  # a bug: say so in one line; the traceback on request
             if os.environ.get("STRONGROOM_DEBUG"):
                 raise
@@ -92,6 +97,27 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# Folders nest as deep as the filesystem lets them, and backup, restore and the read
+# commands walk trees by recursion (two to three frames a level): Python's default limit of
+# 1,000 frames stopped them at ~330 levels with a RecursionError. The limit also bounds C
+# recursion that counts against it (json's decoder, ~160 bytes of stack a level); past the
+# stack, Python would crash instead of raising. So: 256 bytes of stack a frame, threads given
+# the main thread's stack, and never more than _MAX_FRAMES.
+_FRAME_STACK_BYTES = 256
+_MAX_FRAMES = 50_000
+_MAX_THREAD_STACK = 64 << 20
+
+
+def _allow_deep_trees() -> int:
+    """Raises the recursion limit as far as the stack allows; returns it."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
+    stack = _MAX_THREAD_STACK if soft == resource.RLIM_INFINITY else min(soft, _MAX_THREAD_STACK)
+    threading.stack_size(stack)
+    frames = max(sys.getrecursionlimit(), min(_MAX_FRAMES, stack // _FRAME_STACK_BYTES))
+    sys.setrecursionlimit(frames)
+    return frames
+
+
 def _cancel_on_sigterm() -> None:
     # A stopped service (systemd, kill) cancels the running job cleanly, as Ctrl-C does:
     # the job is recorded as cancelled and no partial file is left behind.
@@ -102,6 +128,7 @@ def _cancel_on_sigterm() -> None:
 
 def main() -> None:
     _raise_fd_limit()
+    _allow_deep_trees()
     _cancel_on_sigterm()
     try:
         cli.main(prog_name="strongroom")
