@@ -7,10 +7,19 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import COMMAND_TIMEOUT, Strongroom, assert_clean_failure, saying
 from treeutil import under
 
 LEVELS = 1500  # the walks stopped at ~330 before cli/main.py raised the limit
+
+
+@pytest.fixture(autouse=True)
+def _remove_deep_trees(tmp_path):
+    """pytest's clean-up of old temporary folders (shutil.rmtree) recurses, and stops at ~1,000
+    levels: rm does not. Last of the teardowns (after a served vault is stopped)."""
+    yield
+    subprocess.run(["rm", "-rf", "--", str(tmp_path)], check=False)
 
 
 def make_chain(root: Path, levels: int) -> None:
