@@ -387,6 +387,17 @@ _DELTA_TABLES = (("added", "SELECT r.id FROM refs r WHERE r.n > 0 AND NOT EXISTS
                            "(SELECT 1 FROM parent.refs p WHERE p.id = r.id AND p.n > 0)"),
                  ("removed", "SELECT p.id FROM parent.refs p WHERE p.n > 0 AND NOT EXISTS "
                              "(SELECT 1 FROM refs r WHERE r.id = p.id AND r.n > 0)"))
+_SORTED_REFS = "SELECT id FROM refs WHERE n > 0 ORDER BY id"
+
+
+def _count_and_digest(chunks: Iterator[bytes]) -> tuple[int, str]:
+    """The number of sorted refs and their BLAKE3, as the vault computes it (vault/refs.py)."""
+    digest = blake3.blake3()
+    count = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        count += len(chunk) // ID_SIZE
+    return count, digest.hexdigest()
 
 
 def own_refs(tree_id: bytes, entries: list[Entry]) -> list[bytes]:
@@ -533,7 +544,7 @@ class RefCounts:
                 net.clear()
 
     def sorted_chunks(self) -> Iterator[bytes]:
-        return self._chunks("SELECT id FROM refs WHERE n > 0 ORDER BY id")
+        return self._chunks(_SORTED_REFS)
 
     def _chunks(self, sql: str) -> Iterator[bytes]:
         self._flush()
@@ -569,17 +580,13 @@ class RefCounts:
     def _summarise(self, refs: list[bytes]) -> None:
         if refs:
             self._count_refs(refs)
-        digest = blake3.blake3()
-        count = 0
-        for chunk in self._rows("SELECT id FROM refs WHERE n > 0 ORDER BY id"):
-            digest.update(chunk)
-            count += len(chunk) // ID_SIZE
+        summary = _count_and_digest(self._rows(_SORTED_REFS))
         if self.parent_attached:
             for table, query in _DELTA_TABLES:
                 self.db.execute(f"DROP TABLE IF EXISTS temp.{table}")
                 self.db.execute(f"CREATE TEMP TABLE {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
                 self.db.execute(f"INSERT INTO {table} {query}")
-        self.summary = (count, digest.hexdigest())
+        self.summary = summary
 
     def _summarised(self) -> tuple[int, str] | None:
         self._settle()
@@ -592,12 +599,7 @@ class RefCounts:
         change, it reads no more of the file than the change touches."""
         if not self.fresh:
             return None
-        if (summary := self._summarised()) is not None:
-            return summary[1]
-        digest = blake3.blake3()
-        for chunk in self.sorted_chunks():
-            digest.update(chunk)
-        return digest.hexdigest()
+        return (self._summarised() or _count_and_digest(self.sorted_chunks()))[1]
 
     def added_chunks(self) -> Iterator[bytes]:
         """The blobs that the parent point did not reference, ascending (fresh: against the
