@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import resource
@@ -60,9 +61,13 @@ def run(service: VaultService, host: str, port: int, listener: Listener, prune_e
     if prune_every_s > 0:
         threading.Thread(target=_prune_loop, args=(service, prune_every_s), name="prune", daemon=True).start()
     _raise_open_files(limits)
+    app = make_app(service, limits)
+    # The libraries' and the app's objects live as long as the server: out of the collector's
+    # scans, which a pack's index rows (8,192 a pack) otherwise triggered over all of them
+    gc.freeze()
     # httptools, guarded (vault/guard.py); X-Forwarded-For is not trusted, so that rate
     # limits count the address that really connected
-    uvicorn.run(make_app(service, limits), host=host, port=port, log_level="warning", access_log=False,
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 ssl_certfile=str(listener.cert) if listener.cert else None,
                 ssl_keyfile=str(listener.key) if listener.key else None,
                 http=guard.protocol_class(limits), loop=guard.loop_class(limits.tls_handshake_s),
