@@ -242,6 +242,9 @@ def test_failed_tokens_are_limited_per_address_with_a_429_that_says_to_wait(rate
         assert "wait" in refused.json()["detail"] and int(refused.headers["Retry-After"]) >= 1
         # while the address is barred, a right token is not even looked at: no guess is answered
         assert guesser.get("/api/v1/me", headers={"Authorization": f"Bearer {good}"}).status_code == 429
+        # the calls answered beside FastAPI (vault/hotpath.py) count and refuse alike
+        assert guesser.post("/api/v1/blobs/read", content=b"\x90",
+                            headers={"Authorization": f"Bearer {good}"}).status_code == 429
     with _client(rated, good, source="127.0.0.2") as elsewhere:  # another address is not barred
         assert elsewhere.get("/api/v1/me").json() == {"machine": "web-01"}
     # and the agent says it in one line

@@ -13,7 +13,7 @@ import hmac
 import json
 import re
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -40,33 +40,39 @@ from strongroom.vault.ratelimit import Buckets, RateLimited
 from strongroom.vault.service import (
     ADMIN_TOKEN_FILE,
     MAX_PACK_BYTES,
-    MAX_READ_BYTES,
-    BlobLocation,
     PointRecord,
     VaultService,
 )
+from strongroom.vault.hotpath import (
+    NAME,
+    OPENAPI_PATHS,
+    PACK_NAME,
+    ASGIApp,
+    Caller,
+    HotRoutes,
+    check_pack_name,
+    error_response,
+    owner_id,
+    unpack,
+)
 from strongroom.vault.upload import PackReceiver
-from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MAX_REFS_PARTS, MSGPACK, REFS_PART_IDS
+from strongroom.vault.wire import ID_SIZE, MAX_REFS_PARTS, MSGPACK, REFS_PART_IDS
 
 MAX_JSON_BYTES = 1024 * 1024
 # A point's manifest (its refs travel apart, in parts); a location query; a batched read.
 MAX_POINT_BYTES = 16 * 1024 * 1024
 MAX_REFS_PART_BYTES = REFS_PART_IDS * ID_SIZE
-MAX_READ_RANGES = 131072  # ranges in one batched read: 2 MiB of the smallest envelopes (16 bytes)
 INT64 = 2**63 - 1  # what the catalog's integer columns hold
-_PACK_NAME = re.compile(r"^[0-9a-f]{64}$")
 _POINT_ID = re.compile(r"^[0-9a-f]{1,32}$")
 _RANGE = re.compile(r"^bytes=(\d{1,12})-(\d{1,12})$")
-# Names and tokens: no control characters (they would reach terminals and logs, and
-# PostgreSQL refuses NUL)
+# Tokens and texts: no control characters (as names, hotpath.py NAME)
 TEXT = r"^[^\x00-\x1f\x7f]*$"
-NAME = r"^[^\x00-\x1f\x7f/]+$"
 
 
 MachineName = Annotated[str, PathParam(min_length=1, max_length=255, pattern=NAME)]
 MachineQuery = Annotated[str | None, Query(alias="machine", min_length=1, max_length=255, pattern=NAME)]
 ShortId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=NAME)]  # point and job IDs
-PackName = Annotated[str, PathParam(pattern=_PACK_NAME.pattern)]
+PackName = Annotated[str, PathParam(pattern=PACK_NAME.pattern)]
 # The bodies FastAPI does not parse itself, described for the OpenAPI document (and its fuzzers)
 BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
 RANGES_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "array", "items": [
@@ -105,7 +111,7 @@ def _body_limit(path: str) -> int:
 class BodyLimitMiddleware:
     """Refuses request bodies over the route's limit, by Content-Length or while they stream."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -235,11 +241,6 @@ class JobFinish(BaseModel):
     mode_reason: str = Field("", max_length=1000)
 
 
-class Machine:
-    def __init__(self, id: int, name: str) -> None:
-        self.id, self.name = id, name
-
-
 def msgpack_response(doc: Any, status: int = 200) -> Response:
     return Response(msgpack.packb(doc), status_code=status, media_type=MSGPACK)
 
@@ -248,7 +249,8 @@ def point_doc(p: PointRecord) -> dict[str, Any]:
     return asdict(p)
 
 
-def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
+def make_app(service: VaultService, limits: Limits | None = None) -> BodyLimitMiddleware:
+    """The API: the hot calls (vault/hotpath.py) in front of FastAPI, request bodies bounded."""
     app = FastAPI(title="Strongroom vault", version=__version__,
                   description="One vault for many machines: packs, recovery points, jobs.")
     admin_token = (service.root / ADMIN_TOKEN_FILE).read_text().strip()
@@ -260,15 +262,8 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     pins = Buckets("PIN attempts", limits.pin_burst, limits.pin_per_s)
     packs_in = PackReceiver(service)
 
-    @app.exception_handler(StrongroomError)
-    async def strongroom_error(_request: Request, exc: StrongroomError) -> JSONResponse:
-        status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
-
-    @app.exception_handler(RateLimited)
-    async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
-        return JSONResponse({"error": "VaultError", "detail": f"the vault refused: {exc}"}, status_code=429,
-                            headers={"Retry-After": str(exc.wait_s)})
+    for refused in (StrongroomError, RateLimited, StarletteHTTPException):  # StarletteHTTPException: FastAPI's
+        app.add_exception_handler(refused, error_response)                  # own, and routing's 404 and 405
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -279,12 +274,12 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
             raise HTTPException(401, {"error": "VaultError", "detail": "no token: this call needs a machine's token"})
         return auth.credentials
 
-    async def machine(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine:
+    async def machine(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
         # async: a known token is a dictionary lookup, not worth a hop to the thread pool
         token = _token(auth)
         failed_auth.check(_address(request))  # before the token is looked at: no guess is answered
         try:
-            return Machine(*service.authenticate(token))
+            return Caller(*service.authenticate(token))
         except VaultError as exc:
             failed_auth.spend(_address(request))
             raise HTTPException(401, {"error": "VaultError", "detail": str(exc)}) from None
@@ -296,25 +291,20 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
             failed_auth.spend(_address(request))
             raise HTTPException(401, {"error": "VaultError", "detail": "the vault refused the admin token"})
 
-    async def reader(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Machine | None:
+    async def reader(request: Request, auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller | None:
         """A machine or the admin (None): both may see what the vault holds (never plaintext)."""
         if hmac.compare_digest(_token(auth).encode(), admin_token.encode()):
             return None
         return await machine(request, auth)
 
-    def pin_attempt(request: Request, pin: str | None, m: Machine) -> None:
+    def pin_attempt(request: Request, pin: str | None, m: Caller) -> None:
         """A call that carries a PIN is a guess at it: few per address and per machine."""
         if pin:
             pins.spend(f"address {_address(request)}")
             pins.spend(f"machine {m.id}")
 
-    @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and routing's 404 and 405
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, dict) else {"error": "VaultError", "detail": str(exc.detail)}
-        return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
-
-    def other(name: str, me: Machine) -> int:
-        return me.id if name == me.name else service.machine_id(name)
+    def other(name: str, me: Caller) -> int:
+        return owner_id(service, name, me)
 
     # -- vault and registration -------------------------------------------------------------
 
@@ -354,23 +344,23 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
                 "machine": req.machine}
 
     @app.put("/api/v1/keyfile")
-    def change_keyfile(req: KeyfileRequest, m: Machine = Depends(machine)) -> dict[str, str]:
+    def change_keyfile(req: KeyfileRequest, m: Caller = Depends(machine)) -> dict[str, str]:
         machine_admin.change_keyfile(service, m.id, req.keyfile, req.proof)
         return {"machine": m.name}
 
     @app.get("/api/v1/machines/{name}/names")
-    def machine_names(name: MachineName, _m: Machine = Depends(machine)) -> dict[str, list[str]]:
+    def machine_names(name: MachineName, _m: Caller = Depends(machine)) -> dict[str, list[str]]:
         return {"former_names": machine_admin.names_of(service, name)}
 
     @app.post("/api/v1/machines/{name}/remove")
     def remove_machine(name: MachineName, req: MachineActRequest, request: Request,
-                       m: Machine = Depends(machine)) -> dict[str, int]:
+                       m: Caller = Depends(machine)) -> dict[str, int]:
         pin_attempt(request, req.pin, m)
         return {"deleted": machine_admin.remove_machine(service, name, req.pin)}
 
     @app.post("/api/v1/machines/{name}/rename")
     def rename_machine(name: MachineName, req: MachineActRequest, request: Request,
-                       m: Machine = Depends(machine)) -> dict[str, str]:
+                       m: Caller = Depends(machine)) -> dict[str, str]:
         pin_attempt(request, req.pin, m)
         machine_admin.rename_machine(service, name, _new_name(req), req.pin)
         return {"name": _new_name(req)}
@@ -389,7 +379,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         return asdict(service.issue_credentials(req.url, req.valid_days))
 
     @app.get("/api/v1/me")
-    def me(m: Machine = Depends(machine)) -> dict[str, str]:
+    def me(m: Caller = Depends(machine)) -> dict[str, str]:
         return {"machine": m.name}
 
     @app.get("/api/v1/machines", dependencies=[Depends(reader)])
@@ -397,40 +387,40 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         return service.machines()
 
     @app.get("/api/v1/machines/{name}/keyfile")
-    def keyfile(name: MachineName, m: Machine = Depends(machine)) -> dict[str, str]:
+    def keyfile(name: MachineName, m: Caller = Depends(machine)) -> dict[str, str]:
         return {"keyfile": service.keyfile(other(name, m))}
 
     # -- recovery points --------------------------------------------------------------------
 
     @app.get("/api/v1/machines/{name}/points", response_class=Response)
-    def points(name: MachineName, deleted: bool = False, m: Machine = Depends(machine)) -> Response:
+    def points(name: MachineName, deleted: bool = False, m: Caller = Depends(machine)) -> Response:
         return msgpack_response([point_doc(p) for p in service.points(other(name, m), deleted)])
 
     @app.post("/api/v1/points/{point_id}/undelete")
-    def undelete(point_id: ShortId, m: Machine = Depends(machine)) -> dict[str, str]:
+    def undelete(point_id: ShortId, m: Caller = Depends(machine)) -> dict[str, str]:
         service.undelete_point(m.id, point_id)
         return {"point": point_id}
 
     @app.post("/api/v1/points/forget")
-    def forget(req: ForgetRequest, request: Request, m: Machine = Depends(machine)) -> dict[str, Any]:
+    def forget(req: ForgetRequest, request: Request, m: Caller = Depends(machine)) -> dict[str, Any]:
         pin_attempt(request, req.pin, m)
         return service.forget_points(m.id, req.points, req.pin)
 
     @app.get("/api/v1/usage")
     def usage(point: str | None = Query(None, min_length=1, max_length=32, pattern=NAME),
-              m: Machine = Depends(machine)) -> dict[str, Any]:
+              m: Caller = Depends(machine)) -> dict[str, Any]:
         from strongroom.vault.usage import usage as measure
         return measure(service, m.id, point)
 
     # -- policy -----------------------------------------------------------------------------
 
     @app.put("/api/v1/policy")
-    def set_policy(req: PolicyRequest, request: Request, m: Machine = Depends(machine)) -> dict[str, int]:
+    def set_policy(req: PolicyRequest, request: Request, m: Caller = Depends(machine)) -> dict[str, int]:
         pin_attempt(request, req.pin, m)
         return {"version": service.set_policy(m.id, req.policy, req.pin)}
 
     @app.post("/api/v1/protection/stop")
-    def stop_protection(req: StopRequest, request: Request, m: Machine = Depends(machine)) -> dict[str, int]:
+    def stop_protection(req: StopRequest, request: Request, m: Caller = Depends(machine)) -> dict[str, int]:
         pin_attempt(request, req.pin, m)
         return {"deleted": service.stop_protection(m.id, req.delete_data, req.pin)}
 
@@ -443,7 +433,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         return protection.change_settings(service, req.soft_delete_days, req.immutable)
 
     @app.get("/api/v1/machines/{name}/policy")
-    def policy(name: MachineName, m: Machine = Depends(machine)) -> dict[str, Any] | None:
+    def policy(name: MachineName, m: Caller = Depends(machine)) -> dict[str, Any] | None:
         if name != m.name:  # its schedule, retention and sealed paths are that machine's business
             raise VaultError("a machine may read only its own policy")
         found = service.policy(m.id)
@@ -456,7 +446,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
 
     @app.put("/api/v1/points/{point_id}/refs/{part}", status_code=201,
              openapi_extra=_body("application/octet-stream", BINARY))
-    async def put_refs_part(point_id: str, part: int, request: Request, m: Machine = Depends(machine)) -> dict:
+    async def put_refs_part(point_id: str, part: int, request: Request, m: Caller = Depends(machine)) -> dict:
         """One part of a point's refs (blob IDs, ascending, back to back), before the point."""
         _check_point_id(point_id)
         if not 0 <= part < MAX_REFS_PARTS:
@@ -469,8 +459,8 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         return {"point": point_id, "part": part}
 
     @app.post("/api/v1/points", response_class=Response, status_code=201, openapi_extra=_body(MSGPACK, POINT_SCHEMA))
-    async def add_point(request: Request, m: Machine = Depends(machine)) -> Response:
-        doc = _unpack(await request.body(), dict)
+    async def add_point(request: Request, m: Caller = Depends(machine)) -> Response:
+        doc = unpack(await request.body(), dict)
         try:
             retain = doc.get("retain_until_ns")
             point_id, parts = str(doc["id"]), int(doc["refs_parts"])
@@ -500,14 +490,14 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         await run_in_threadpool(shutil.rmtree, folder, True)
         return msgpack_response(point_doc(point), 201)
 
-    def _refs_spool(m: Machine, point_id: str) -> Path:
+    def _refs_spool(m: Caller, point_id: str) -> Path:
         return service.spool_dir() / f"refs-{m.id}-{point_id}"
 
     # -- blobs and packs --------------------------------------------------------------------
 
     @app.get("/api/v1/blobs", response_class=Response)
     def blob_ids(epoch: str = Query("", max_length=80), since: int = Query(0, ge=0, le=2**62),
-                 after: str = Query("", pattern="^([0-9a-f]{64})?$"), m: Machine = Depends(machine)) -> Response:
+                 after: str = Query("", pattern="^([0-9a-f]{64})?$"), m: Caller = Depends(machine)) -> Response:
         """A page of this machine's blob IDs (32 bytes each, back to back), in packs indexed
         after `since` in `epoch` (all when the epoch changed), ascending after `after`: what
         need not be uploaded again. The headers say the current epoch and sequence."""
@@ -515,45 +505,13 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
         return Response(ids, media_type="application/octet-stream",
                         headers={"X-Blob-Epoch": current, "X-Blob-Seq": str(seq)})
 
-    @app.post("/api/v1/blobs/locate", response_class=Response, openapi_extra=_body("application/octet-stream", BINARY))
-    async def locate(request: Request, machine_name: MachineQuery = None,
-                     m: Machine = Depends(machine)) -> Response:
-        """Where one machine's blobs lie (this machine's unless named): the body is IDs back to
-        back; the answer maps the present ones."""
-        body = await request.body()
-        if not body or len(body) % ID_SIZE or len(body) // ID_SIZE > MAX_LOCATE:
-            raise UsageError(f"send 1 to {MAX_LOCATE} blob IDs of {ID_SIZE} bytes")
-        ids = [body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE)]
-        owner = other(machine_name, m) if machine_name else m.id
-        found: dict[bytes, BlobLocation] = await run_in_threadpool(service.blob_locations, owner, ids)
-        return msgpack_response({k: [v.pack, v.offset, v.length, v.kind] for k, v in found.items()})
-
-    @app.post("/api/v1/blobs/read", response_class=Response, dependencies=[Depends(machine)],
-              openapi_extra=_body(MSGPACK, RANGES_SCHEMA))
-    async def read_ranges(request: Request) -> Response:
-        """Many ranges in one request (body: msgpack [[pack, offset, length], ...]); the answer
-        is their bytes back to back: one round trip for a directory's trees or small files."""
-        ranges = _unpack(await request.body(), list)
-        if not 1 <= len(ranges) <= MAX_READ_RANGES or not all(map(_is_range, ranges)):
-            raise UsageError(f"send 1 to {MAX_READ_RANGES} ranges [pack, offset, length] within packs")
-        parts = await run_in_threadpool(service.read_ranges, ranges)
-        # One range (a large file's chunk) goes out as the view read_ranges gives: no copy of it.
-        return Response(parts[0] if len(parts) == 1 else b"".join(parts), media_type="application/octet-stream")
-
     @app.get("/api/v1/packs", dependencies=[Depends(reader)])
     def pack_names(machine_name: MachineQuery = None) -> list[str]:
         return service.pack_names(service.machine_id(machine_name) if machine_name else None)
 
-    @app.put("/api/v1/packs/{name}", status_code=201, openapi_extra=_body("application/octet-stream", BINARY))
-    async def put_pack(name: PackName, request: Request, m: Machine = Depends(machine)) -> dict[str, str]:
-        _check_pack_name(name)
-        declared = request.headers.get("content-length", "")
-        await packs_in.receive(m.id, name, int(declared) if declared.isdigit() else None, request.stream())
-        return {"pack": name}
-
     @app.get("/api/v1/packs/{name}", response_class=Response, dependencies=[Depends(reader)])
     def get_pack(name: PackName, range_: str | None = Header(None, alias="Range", max_length=64)) -> Response:
-        _check_pack_name(name)
+        check_pack_name(name)
         if range_ is None:
             return Response(service.read_pack(name), media_type="application/octet-stream")
         match = _RANGE.match(range_)
@@ -567,7 +525,7 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     # -- checks -----------------------------------------------------------------------------
 
     @app.get("/api/v1/check/structure")
-    def check_structure(m: Machine = Depends(machine)) -> list[dict[str, Any]]:
+    def check_structure(m: Caller = Depends(machine)) -> list[dict[str, Any]]:
         return service.check_structure(m.id)
 
     @app.get("/api/v1/check/orphans", dependencies=[Depends(reader)])
@@ -577,29 +535,40 @@ def make_app(service: VaultService, limits: Limits | None = None) -> FastAPI:
     # -- jobs -------------------------------------------------------------------------------
 
     @app.post("/api/v1/jobs", status_code=201)
-    def start_job(req: JobStart, m: Machine = Depends(machine)) -> dict[str, Any]:
+    def start_job(req: JobStart, m: Caller = Depends(machine)) -> dict[str, Any]:
         source = service.machine_id(req.source_machine) if req.source_machine else None
         return service.jobs.start(m.id, req.id, req.kind, source).to_dict()
 
     @app.post("/api/v1/jobs/{job_id}/renew")
-    def renew_job(job_id: ShortId, m: Machine = Depends(machine)) -> dict[str, str]:
+    def renew_job(job_id: ShortId, m: Caller = Depends(machine)) -> dict[str, str]:
         service.jobs.renew(m.id, job_id)
         return {"job": job_id}
 
     @app.post("/api/v1/jobs/{job_id}/finish")
-    def finish_job(job_id: ShortId, req: JobFinish, m: Machine = Depends(machine)) -> dict[str, Any]:
+    def finish_job(job_id: ShortId, req: JobFinish, m: Caller = Depends(machine)) -> dict[str, Any]:
         return service.jobs.finish(m.id, job_id, req.status, req.mode, req.point_id, req.files, req.bytes,
                                    req.failed_count, req.failed_sealed, req.message, req.mode_reason).to_dict()
 
     @app.get("/api/v1/jobs")
     def jobs(machine_name: MachineQuery = None, limit: int = Query(100, ge=1, le=10000),
-             viewer: Machine | None = Depends(reader)) -> list[dict[str, Any]]:
+             viewer: Caller | None = Depends(reader)) -> list[dict[str, Any]]:
         """The admin sees every job; a machine its own and restores of its data elsewhere."""
         mid = service.machine_id(machine_name) if machine_name else None
         return [j.to_dict() for j in service.jobs.list(mid, limit, viewer.id if viewer else None)]
 
-    app.add_middleware(BodyLimitMiddleware)
-    return app
+    async def authorized(request: Request) -> Caller:
+        return await machine(request, await bearer(request))
+
+    described = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = described()
+        for path, operations in OPENAPI_PATHS.items():
+            schema["paths"].setdefault(path, {}).update(operations)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return BodyLimitMiddleware(HotRoutes(app, service, packs_in, authorized))
 
 
 def _new_name(req: MachineActRequest) -> str:
@@ -643,36 +612,12 @@ def _first_problem(exc: RequestValidationError) -> str:
     return f"invalid {where or 'request'}: {problem}{more}"
 
 
-def _check_pack_name(name: str) -> None:
-    if not _PACK_NAME.match(name):
-        raise UsageError("a pack name is 64 lowercase hex digits")
-
-
-def _is_range(item: Any) -> bool:
-    return (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and _PACK_NAME.match(item[0])
-            and _is_int(item[1], 0, MAX_PACK_BYTES) and _is_int(item[2], 1, MAX_READ_BYTES)) is True
-
-
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 def _json_fits(stats: dict[str, Any]) -> bool:
     """Whether a point's stats can be stored (as JSON: no bytes, no 100-bit integers, bounded)."""
     try:
         return len(json.dumps(stats)) <= MAX_JSON_BYTES
     except (TypeError, ValueError, RecursionError):
         return False
-
-
-def _unpack(body: bytes, kind: type) -> Any:
-    try:
-        doc = msgpack.unpackb(body)
-    except (ValueError, msgpack.UnpackException):
-        raise UsageError("malformed msgpack body") from None
-    if not isinstance(doc, kind):
-        raise UsageError("malformed msgpack body")
-    return doc
 
 
 def clean_spool(service: VaultService) -> None:
