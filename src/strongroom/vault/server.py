@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -18,6 +19,10 @@ from strongroom.vault.service import VaultService
 from strongroom.vault.tls import ensure_self_signed, fingerprint_of
 
 log = logging.getLogger("strongroom.vault")
+# glibc's malloc options (malloc.h), and what the server sets them to (_keep_freed_memory)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_TRIM_THRESHOLD = 64 * 1024 * 1024
+_MMAP_THRESHOLD = 4 * 1024 * 1024
 SERVE_FILE = "serve.json"  # how the vault was last served: what `vault credentials FOLDER` puts in files
 
 
@@ -56,6 +61,7 @@ def run(service: VaultService, host: str, port: int, listener: Listener, prune_e
     from strongroom.vault import guard
     from strongroom.vault.api import clean_spool, make_app
 
+    _keep_freed_memory()
     limits = load_limits()
     clean_spool(service)
     if prune_every_s > 0:
@@ -73,6 +79,22 @@ def run(service: VaultService, host: str, port: int, listener: Listener, prune_e
                 http=guard.protocol_class(limits), loop=guard.loop_class(limits.tls_handshake_s),
                 timeout_keep_alive=limits.keepalive_s, proxy_headers=False, server_header=False,
                 timeout_graceful_shutdown=10)
+
+
+def _keep_freed_memory() -> None:
+    """Has glibc keep the memory a request freed for the next one, instead of giving it back
+    at once: the pieces of every uploaded pack (and of every answer) were allocated at the top
+    of the heap, freed, the heap shrunk and grown again, ~80 times a pack, each growth paying a
+    page fault and a zeroed page per 4 KiB (105,000 faults in a first backup of 316 MiB; perf:
+    ~20 % of the server's CPU). Allocations up to 4 MiB (an answer of 2 MiB included) come from
+    the heap; the heap gives back what is free beyond 64 MiB at its top. Measured: server CPU
+    of a first backup 0.80-1.00 -> 0.59-0.71 s, peak RSS 156 -> 156-160 MiB. Not glibc: nothing."""
+    try:
+        libc = ctypes.CDLL(None)  # the process's own symbols: no library search
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
 
 
 def _raise_open_files(limits: Limits) -> None:
