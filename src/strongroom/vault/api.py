@@ -44,6 +44,7 @@ from strongroom.vault.service import (
     VaultService,
 )
 from strongroom.vault.hotpath import (
+    BINARY,
     NAME,
     OPENAPI_PATHS,
     PACK_NAME,
@@ -53,6 +54,7 @@ from strongroom.vault.hotpath import (
     check_pack_name,
     error_response,
     owner_id,
+    request_body,
     unpack,
 )
 from strongroom.vault.upload import PackReceiver
@@ -74,9 +76,6 @@ MachineQuery = Annotated[str | None, Query(alias="machine", min_length=1, max_le
 ShortId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=NAME)]  # point and job IDs
 PackName = Annotated[str, PathParam(pattern=PACK_NAME.pattern)]
 # The bodies FastAPI does not parse itself, described for the OpenAPI document (and its fuzzers)
-BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
-RANGES_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "array", "items": [
-    {"type": "string"}, {"type": "integer"}, {"type": "integer"}], "minItems": 3, "maxItems": 3}}
 POINT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id", "kind", "mode", "stats", "manifest", "refs_parts"],
                                 "properties": {"id": {"type": "string"}, "kind": {"type": "string"},
                                                "mode": {"type": "string"}, "stats": {"type": "object"},
@@ -91,7 +90,7 @@ POINT_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id", "kind", "mo
 
 
 def _body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
+    return {"requestBody": request_body(media_type, schema)}
 
 
 class BodyTooLarge(Exception):

@@ -15,7 +15,7 @@ Their OpenAPI description (`OPENAPI_PATHS`) joins FastAPI's document, so that th
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -133,15 +133,8 @@ class HotRoutes:
         check_pack_name(name)
         declared = request.headers.get("content-length", "")
         await self.packs_in.receive(caller.id, name, int(declared) if declared.isdigit() else None,
-                                    _stream(request))
+                                    request.stream())
         return JSONResponse({"pack": name}, status_code=201)
-
-
-async def _stream(request: Request) -> AsyncIterator[bytes]:
-    """The body as it arrives; ClientDisconnect when the client goes before its end."""
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
 
 
 def check_pack_name(name: str) -> None:
@@ -173,11 +166,12 @@ _ERRORS = {"400": {"description": "a malformed request"}, "401": {"description":
            "413": {"description": "a request body over the call's limit"}}
 
 
-def _binary_body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+def request_body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI request body FastAPI does not describe itself (it does not parse it)."""
     return {"required": True, "content": {media_type: {"schema": schema}}}
 
 
-_BYTES: dict[str, Any] = {"type": "string", "format": "binary"}
+BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
 _RANGES: dict[str, Any] = {"type": "array", "items": {"type": "array", "items": [
     {"type": "string"}, {"type": "integer"}, {"type": "integer"}], "minItems": 3, "maxItems": 3}}
 # The OpenAPI description of these routes, as FastAPI would have written it
@@ -186,17 +180,17 @@ OPENAPI_PATHS: dict[str, Any] = {
         "summary": "Locate", "operationId": "locate_api_v1_blobs_locate_post", "security": _BEARER,
         "parameters": [{"name": "machine", "in": "query", "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": NAME}}],
-        "requestBody": _binary_body("application/octet-stream", _BYTES),
+        "requestBody": request_body("application/octet-stream", BINARY),
         "responses": {"200": {"description": "msgpack {blob ID: [pack, offset, length, kind]}"}, **_ERRORS}}},
     "/api/v1/blobs/read": {"post": {
         "summary": "Read Ranges", "operationId": "read_ranges_api_v1_blobs_read_post", "security": _BEARER,
-        "requestBody": _binary_body(MSGPACK, _RANGES),
+        "requestBody": request_body(MSGPACK, _RANGES),
         "responses": {"200": {"description": "the ranges' bytes back to back"}, **_ERRORS}}},
     "/api/v1/packs/{name}": {"put": {
         "summary": "Put Pack", "operationId": "put_pack_api_v1_packs__name__put", "security": _BEARER,
         "parameters": [{"name": "name", "in": "path", "required": True,
                         "schema": {"type": "string", "pattern": PACK_NAME.pattern}}],
-        "requestBody": _binary_body("application/octet-stream", _BYTES),
+        "requestBody": request_body("application/octet-stream", BINARY),
         "responses": {"201": {"description": "stored"}, "422": {"description": "not the pack its name says"},
                       **_ERRORS}}},
 }
