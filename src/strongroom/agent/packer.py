@@ -157,7 +157,8 @@ class Packer:
             self._recycle(builder)
 
     def close(self) -> None:
-        """Uploads what is left and waits until every pack has landed."""
+        """Uploads what is left and waits until every pack has landed; the known set then
+        takes in this backup's blobs on a thread of its own (`KnownBlobs.settle`)."""
         if self.batch:
             self._submit_batch()
         self.encoder.shutdown(wait=True)
@@ -171,7 +172,7 @@ class Packer:
         if self.error is not None:
             raise self.error
         if self.synced:
-            self.known.caught_up(self.vault)
+            self.known.catch_up_later(self.vault)
 
     def abort(self) -> None:
         self.encoder.shutdown(wait=True, cancel_futures=True)
