@@ -7,7 +7,6 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,29 +69,3 @@ def test_claims_from_threads_store_each_blob_once(tmp_path: Path) -> None:
         t.join()
     known.close()
     assert sorted(won) == sorted(wanted)
-
-
-class _DownVault(_Vault):
-    """The vault gone when the backup's end asks for its current seq."""
-
-    def blob_ids_since(self, epoch: str | None, since: int, after: bytes = b"") -> tuple[str, int, bytes]:
-        raise OSError("the vault went away")
-
-
-def test_the_catch_up_on_its_thread_lands_the_claims_or_leaves_the_set_as_before(tmp_path: Path) -> None:
-    known = _known(tmp_path, [])
-    claimed = [os.urandom(32) for _ in range(500)]
-    assert all(known.claim_many(claimed))
-    known.catch_up_later(_DownVault([]))  # type: ignore[arg-type]
-    with pytest.raises(OSError, match="went away"):
-        known.settle()
-    known.close()  # waits for nothing more, closes
-    again = KnownBlobs(known.path.parent)
-    assert again.claim_many(claimed) == [True] * len(claimed)  # nothing joined the set: claimed anew
-    again.catch_up_later(_Vault([]))  # type: ignore[arg-type]
-    again.settle()
-    again.close()
-    third = KnownBlobs(known.path.parent)
-    assert third.claim_many(claimed) == [False] * len(claimed)  # now known
-    third.catch_up_later(_Vault([]))  # type: ignore[arg-type]
-    third.close()  # without settle (a failure on the way out): waits for the thread first

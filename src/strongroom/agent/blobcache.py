@@ -127,11 +127,10 @@ class KnownBlobs:
         pool.shutdown(wait=False)
 
     def settle(self) -> None:
-        """Waits for `catch_up_later`'s work, raising what it raised (kept until then: a Ctrl-C
-        during the wait leaves `close` to wait for the thread before the database closes)."""
+        """Waits for `catch_up_later`'s work, raising what it raised."""
         if self.catching_up is not None:
-            self.catching_up.result()
-            self.catching_up = None
+            catching_up, self.catching_up = self.catching_up, None
+            catching_up.result()
 
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller is the one to store this blob (not in the vault, not on its way)."""
