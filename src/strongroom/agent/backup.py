@@ -326,7 +326,6 @@ class Backup:
         except VaultError:
             known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
             raise
-        known.settle()  # the known set took in this backup's blobs meanwhile (Packer.close)
         self.book.made(point_id, manifest)
         self.refs.commit(point_id)
         optimized.record_success(self.cache, self.plan, point_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from strongroom.vault.interface import Vault
@@ -66,7 +65,6 @@ class KnownBlobs:
         self.claims.execute("PRAGMA journal_mode=OFF")  # scratch: without these, every commit writes
         self.claims.execute("PRAGMA synchronous=OFF")
         self.claims.execute("CREATE TABLE claimed (id BLOB PRIMARY KEY) WITHOUT ROWID")
-        self.catching_up: Future | None = None  # `caught_up` running on its own thread
 
     def _remove(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -117,21 +115,6 @@ class KnownBlobs:
             self.db.execute("COMMIT")
             self.empty = False
 
-    def catch_up_later(self, vault: Vault) -> None:
-        """`caught_up` on a thread of its own, while the caller records the point: both are
-        mostly SQLite (which releases the GIL), each in its own database. `settle` waits for
-        it; `close` and `forget` wait first. A catch-up that never ends (the process killed)
-        is one that never began: its transaction moves the seq with the IDs."""
-        pool = ThreadPoolExecutor(1, thread_name_prefix="known")
-        self.catching_up = pool.submit(self.caught_up, vault)
-        pool.shutdown(wait=False)
-
-    def settle(self) -> None:
-        """Waits for `catch_up_later`'s work, raising what it raised."""
-        if self.catching_up is not None:
-            catching_up, self.catching_up = self.catching_up, None
-            catching_up.result()
-
     def claim(self, blob_id: bytes) -> bool:
         """True if the caller is the one to store this blob (not in the vault, not on its way)."""
         return self.claim_many([blob_id])[0]
@@ -161,9 +144,6 @@ class KnownBlobs:
         self._remove()
 
     def close(self) -> None:
-        if self.catching_up is not None:  # on the way out of a failure, which is the one to tell
-            wait([self.catching_up])
-            self.catching_up = None
         self.db.close()
         self.claims.close()
 

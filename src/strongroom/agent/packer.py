@@ -157,8 +157,7 @@ class Packer:
             self._recycle(builder)
 
     def close(self) -> None:
-        """Uploads what is left and waits until every pack has landed; the known set then
-        takes in this backup's blobs on a thread of its own (`KnownBlobs.settle`)."""
+        """Uploads what is left and waits until every pack has landed."""
         if self.batch:
             self._submit_batch()
         self.encoder.shutdown(wait=True)
@@ -172,7 +171,7 @@ class Packer:
         if self.error is not None:
             raise self.error
         if self.synced:
-            self.known.catch_up_later(self.vault)
+            self.known.caught_up(self.vault)
 
     def abort(self) -> None:
         self.encoder.shutdown(wait=True, cancel_futures=True)
