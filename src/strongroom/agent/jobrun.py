@@ -151,6 +151,6 @@ def prepare_backup(agent: AgentHome, vault: Vault, key: MasterKey, paths: list[b
 def own_folders(agent: AgentHome, vault: Vault) -> list[bytes]:
     """The folders a backup must not read into itself: the agent home, an embedded vault."""
     skip = [os.fsencode(agent.path), os.fsencode(agent.cache)]  # the cache folder may be elsewhere
-    if vault.url.startswith("file:"):
+    if vault.local:
         skip.append(os.fsencode(folder_of(vault.url)))
     return skip

@@ -165,7 +165,7 @@ class PointsFS(pyfuse3.Operations):
         """Whether the vault is on a local disk (embedded): its reads take micro- to
         milliseconds, so requests are answered one at a time (see mount.serve, which sets
         `serial` when it does so)."""
-        return str(getattr(self.reader.vault, "url", "")).startswith("file:")
+        return self.reader.vault.local
 
     # -- the list of points -----------------------------------------------------------------
 

@@ -296,7 +296,7 @@ class Restore:
         take from under it). Only from a served vault, whose round trips it hides: from a
         vault folder (a read there is a system call) it held 8-12 MiB more at the peak for no
         measurable gain. Not for a selective restore, whose walk leaves files out."""
-        if self.keep is None and not self.reader.vault.url.startswith("file:"):
+        if self.keep is None and not self.reader.vault.local:
             self.read_ahead = ReadAhead(self.reader, self.fetcher, tree_id)
 
     def _premake(self, fd: int, path: bytes, tree_id: bytes) -> None:

@@ -156,7 +156,7 @@ class SeedVault:
 
     def __init__(self, vault: Vault, seed: SeedFolder) -> None:
         self.vault, self.seed = vault, seed
-        self.url, self.machine = vault.url, vault.machine
+        self.url, self.local, self.machine = vault.url, vault.local, vault.machine
 
     def points(self, machine: str | None = None, deleted: bool = False) -> list[PointRecord]:
         return self.vault.points(machine, deleted)

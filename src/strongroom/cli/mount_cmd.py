@@ -62,7 +62,7 @@ def mount(ctx: click.Context, mountpoint: Path, unmount_after: str, cache_size: 
     agent, vault, key, _reader = open_agent(ctx, passphrase_file, machine)
     path = prepare_mountpoint(mountpoint)
     # An embedded vault is on a local disk already: a cache would only copy it.
-    disk = DiskCache(agent.cache, cache_size * 2**20) if not vault.url.startswith("file:") and cache_size else None
+    disk = DiskCache(agent.cache, cache_size * 2**20) if not vault.local and cache_size else None
     reader = CachingReader(vault, key, machine, disk)
     source = BlobSource(reader)
     fs = PointsFS(PointBook(agent, vault, key, machine), reader, source, warn_line)

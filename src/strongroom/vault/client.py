@@ -91,6 +91,8 @@ def _read_into(response: httpx.Response, into: bytearray) -> None:
 
 
 class HttpVault:
+    local = False
+
     def __init__(self, url: str, pin: str | None = None, retry_seconds: float | None = None,
                  insecure_http: bool = False) -> None:
         parsed = urlparse(url)

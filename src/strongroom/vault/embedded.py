@@ -32,6 +32,8 @@ def folder_of(url: str) -> Path:
 
 
 class EmbeddedVault:
+    local = True
+
     def __init__(self, url: str) -> None:
         from strongroom.vault.service import VaultService
 

@@ -13,6 +13,9 @@ class Vault(Protocol):
     """A vault as seen by one machine (bound by its token once registered)."""
 
     url: str
+    # A folder on this machine (file://), read in-process: a read is a system call, not a round
+    # trip, so caches and read-ahead that hide round trips only cost memory there.
+    local: bool
     machine: str | None  # the machine whose token it holds, once bound
 
     def register(self, creds: Credentials, machine: str, keyfile: str, key_check: str | None = None) -> str: ...

@@ -16,10 +16,38 @@ import blake3
 import zstandard
 
 from strongroom.errors import IntegrityError, UsageError
+from strongroom.vault.wire import ID_SIZE
 
 MAGIC = b"SRREFS01"
-ID_SIZE = 32
 CHUNK_IDS = 32768  # IDs handled at a time: 1 MiB
+
+
+class Tally:
+    """A point's refs as its record states them: how many IDs, and the BLAKE3 of them all
+    back to back, ascending (the agent computes the same to check a delta, agent/optimized.py)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._digest = blake3.blake3()
+
+    def passing(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Passes chunks of whole IDs on, counting and hashing each."""
+        for chunk in chunks:
+            self._digest.update(chunk)
+            self.count += len(chunk) // ID_SIZE
+            yield chunk
+
+    @property
+    def checksum(self) -> str:
+        return self._digest.hexdigest()
+
+
+def tally(chunks: Iterable[bytes]) -> tuple[int, str]:
+    """The count and checksum of sorted refs, read to their end."""
+    counted = Tally()
+    for _chunk in counted.passing(chunks):
+        pass
+    return counted.count, counted.checksum
 
 
 def write_refs(chunks: Iterable[bytes], out: IO[bytes], ordered: bool = False) -> tuple[int, str]:
@@ -27,11 +55,10 @@ def write_refs(chunks: Iterable[bytes], out: IO[bytes], ordered: bool = False) -
     their count and the BLAKE3 of their concatenation. Refuses unsorted or repeated IDs; with
     `ordered` (IDs the vault merged itself, `apply_delta`) it checks only where pieces meet."""
     out.write(MAGIC)
-    digest = blake3.blake3()
-    count = 0
+    counted = Tally()
     last = b""
     with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as z:
-        for chunk in rechunk(chunks):
+        for chunk in counted.passing(rechunk(chunks)):
             if chunk and ordered:
                 if chunk[:ID_SIZE] <= last:
                     raise UsageError("a point's refs must be distinct blob IDs in ascending order")
@@ -43,9 +70,7 @@ def write_refs(chunks: Iterable[bytes], out: IO[bytes], ordered: bool = False) -
                     raise UsageError("a point's refs must be distinct blob IDs in ascending order")
                 last = listed[-1]
             z.write(chunk)
-            digest.update(chunk)
-            count += len(chunk) // ID_SIZE
-    return count, digest.hexdigest()
+    return counted.count, counted.checksum
 
 
 def rechunk(chunks: Iterable[bytes], ids_per_chunk: int = CHUNK_IDS) -> Iterator[bytes]:
@@ -89,13 +114,9 @@ def ids(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def verify_refs(chunks: Iterable[bytes], count: int, checksum: str, what: str) -> Iterator[bytes]:
     """Passes the chunks on, then fails if their count or checksum differ from the record's."""
-    digest = blake3.blake3()
-    seen = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        seen += len(chunk) // ID_SIZE
-        yield chunk
-    if seen != count or digest.hexdigest() != checksum:
+    counted = Tally()
+    yield from counted.passing(chunks)
+    if counted.count != count or counted.checksum != checksum:
         raise IntegrityError(f"{what} does not match its checksum")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import DatabaseError
 
 from strongroom import packs as packfmt
@@ -217,9 +217,12 @@ class VaultService:
     def _archive_job(self, machine_id: int, job: JobRecord) -> None:
         self.storage.put(records.job_object(self.machine_uid(machine_id), job.id), records.encode_json(job.to_dict()))
 
-    def machine_uid(self, machine_id: int) -> str:
-        with self.engine.connect() as db:
-            return db.execute(select(cat.machines.c.uid).where(cat.machines.c.id == machine_id)).scalar_one()
+    def machine_uid(self, machine_id: int, db: Connection | None = None) -> str:
+        """The machine's uid (its folder in storage), read within `db`'s transaction if given."""
+        if db is None:
+            with self.engine.connect() as own:
+                return self.machine_uid(machine_id, own)
+        return cat.driver_sql(db, "SELECT uid FROM machines WHERE id = ?", (machine_id,)).scalar_one()
 
     # -- packs and blobs --------------------------------------------------------------------
 
@@ -296,7 +299,7 @@ class VaultService:
                 if owner[0] != machine_id:
                     raise VaultError(f"pack {name} belongs to another machine")
                 return  # a retried upload
-            (uid,) = cat.driver_sql(db, "SELECT uid FROM machines WHERE id = ?", (machine_id,)).one()
+            uid = self.machine_uid(machine_id, db)
             created = int(time.time())
             # A ref is the row (id, kind, offset, length) that the record and the catalog take.
             self.storage.put(records.index_object(name), records.pack_index(name, uid, size, created, refs))
@@ -364,19 +367,14 @@ class VaultService:
         uid = self.machine_uid(machine_id)
         made = reflist.apply_delta(self.point_refs(uid, base), reflist.ids(reflist.rechunk(removed)),
                                    reflist.ids(self._present(machine_id, added)))
-        seen = 0
-        digest = blake3.blake3()
+        tally = reflist.Tally()
 
         def counted() -> Iterator[bytes]:
-            nonlocal seen
-            for chunk in reflist.rechunk(made):
-                seen += len(chunk) // reflist.ID_SIZE
-                digest.update(chunk)
-                yield chunk
-            if seen != count:
-                raise VaultError(f"the point's refs made from point {base} number {seen}, not the {count} "
+            yield from tally.passing(reflist.rechunk(made))
+            if tally.count != count:
+                raise VaultError(f"the point's refs made from point {base} number {tally.count}, not the {count} "
                                  "the agent expects; send them all")
-            if checksum is not None and digest.hexdigest() != checksum:
+            if checksum is not None and tally.checksum != checksum:
                 raise VaultError(f"the point's refs made from point {base} are not those the agent listed "
                                  "(their checksums differ); send them all")
         return self.add_point(machine_id, kind, mode, stats, manifest, counted(), point_id, retain_until_ns,
