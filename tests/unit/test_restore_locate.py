@@ -21,8 +21,6 @@ from strongroom.vault.shapes import BlobLocation
 class _Vault:
     """The vault service as the reader sees a vault, counting the IDs it is asked to locate."""
 
-    url = "file:///x"
-
     def __init__(self, service: VaultService) -> None:
         self.service, self.asked = service, 0
 

@@ -314,7 +314,7 @@ class Restore:
         folders first too). Not for a selective restore: it would make folders it skips."""
         if self.keep is not None:
             return
-        if self.reader.vault.url.startswith("file:"):  # a served vault's read-ahead locates for itself
+        if self.reader.vault.local:  # a served vault's read-ahead locates for itself
             self.locate_ahead = LocateAhead(self.reader, self.fetcher)
         level = deque([(os.dup(fd), path, tree_id)])
         try:
