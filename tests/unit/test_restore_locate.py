@@ -1,6 +1,6 @@
 """The restore's locating ahead (agent/restore_locate.py), against a real vault: it locates
 the IDs handed to it in their order, no more than its lead past what the walk has reached,
-leaves malformed IDs to the walk, and locates nothing more once stopped."""
+leaves malformed entries and IDs to the walk, and locates nothing more once stopped."""
 
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def test_locates_in_order_within_its_lead_and_stops(stored) -> None:
     reader = BlobReader(vault, MasterKey.generate())  # type: ignore[arg-type]
     with ThreadPoolExecutor(1) as pool:
         ahead = restore_locate.LocateAhead(reader, pool)
-        for start in range(0, 5000, 100):  # trees of 100 files
-            ahead.add(ids[start:start + 100] + [b"short", None])  # type: ignore[list-item]
+        for start in range(0, 5000, 100):  # trees of 100 files, and entries the walk reports
+            ahead.add([{"n": b"f", "c": [i]} for i in ids[start:start + 100]]
+                      + [{"c": [b"short", None]}, {"c": 5}, 7])  # type: ignore[list-item]
         ahead.walked_past(0)
         pool.submit(lambda: None).result()  # the jobs before it are done
         located = set(reader.locations)
@@ -58,7 +59,7 @@ def test_locates_in_order_within_its_lead_and_stops(stored) -> None:
         pool.submit(lambda: None).result()
         assert set(reader.locations) == set(ids[:5000])
         assert vault.asked == 5000  # each once, the malformed ones never
-        ahead.add(ids[5000:])
+        ahead.add([{"c": ids[5000:]}])
         ahead.stop()
         ahead.walked_past(5000)
         pool.submit(lambda: None).result()

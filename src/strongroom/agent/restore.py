@@ -327,7 +327,7 @@ class Restore:
                     try:
                         entries = self.reader.tree(tid)
                         if self.locate_ahead is not None:
-                            self.locate_ahead.add([c for e in entries for c in e.get("c", ())])
+                            self.locate_ahead.add(entries)
                         self._premake_in(dfd, folder, entries, below)
                     except (OSError, StrongroomError):
                         pass  # what cannot be read or made here, the walk reports

@@ -20,6 +20,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from strongroom.agent.reader import BlobReader
+from strongroom.model import Entry
 from strongroom.vault.wire import ID_SIZE
 
 _BATCH = 1024  # IDs located in one query
@@ -36,10 +37,11 @@ class LocateAhead:
         self.walked = 0  # IDs the walk has reached
         self.jobs: deque[Future] = deque()
 
-    def add(self, ids: list[bytes]) -> None:
-        """The blob IDs of one tree's files, in the walk's order (a malformed one is left to
-        the walk, which reports it)."""
-        ids = [i for i in ids if isinstance(i, bytes) and len(i) == ID_SIZE][:_HELD - self.held]
+    def add(self, entries: list[Entry]) -> None:
+        """The blob IDs of one tree's files, in the walk's order (a malformed entry or ID is
+        left to the walk, which reports it)."""
+        ids = [i for e in entries if isinstance(e, dict) and isinstance(e.get("c"), list) for i in e["c"]
+               if isinstance(i, bytes) and len(i) == ID_SIZE][:_HELD - self.held]
         if not ids:
             return
         if self.waiting and len(self.waiting[-1]) < _BATCH * ID_SIZE:
