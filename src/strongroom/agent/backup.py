@@ -169,6 +169,25 @@ def _fewer_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
+# The walker drops the GIL at each of its six system calls per small file, and at each waits
+# for the encoder's or a reader's Python to hand it back, which CPython forces only after the
+# switch interval (5 ms). At 0.5 ms a first backup of 50,010 files took 4.19 against 4.33 s
+# (medians of 42 alternating pairs, faster in 31), for the same CPU (bench/README "Where a
+# first backup's wall time goes").
+_SWITCH_INTERVAL_S = 0.0005
+
+
+@contextmanager
+def _quicker_switches() -> Iterator[None]:
+    """The switch interval short while the backup's threads share the GIL (see above)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def normalise_sources(paths: list[bytes]) -> list[bytes]:
     """Absolute, normalised, existing sources, without any that another one contains."""
     out: list[bytes] = []
@@ -248,7 +267,7 @@ class Backup:
                 self._note_skips(self.view)
                 self.plan.read_from(self.view, self.sources)
                 self.selection.read_at = self.view
-                with _fewer_collections():
+                with _fewer_collections(), _quicker_switches():
                     return self._run(started, parent, parent_root, known)
         finally:
             self.refs.close()

@@ -15,7 +15,8 @@ large files serialised the two kinds):
 - folders first (_premake): every missing folder of the selection is made before any file;
 - read-ahead (`fetch` thread, restore_ahead.py, from a served vault): walks the same trees
   in the same order ahead of the walk and fetches the small files' content, several
-  folders per request;
+  folders per request; from a vault folder, the `fetch` thread locates the blobs of the
+  trees the folders-first pass read, ahead of the walk (restore_locate.py);
 - walk (the calling thread): reads trees, resolves conflicts, decodes small files' content
   a window at a time (fetching what the read-ahead did not), makes every new file (O_EXCL)
   itself, so that one thread allocates inodes (see _Batch);
@@ -57,6 +58,7 @@ from strongroom.agent.fsmeta import (
 )
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.restore_ahead import ReadAhead, inline, windows
+from strongroom.agent.restore_locate import LocateAhead
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.fsutil import write_all
 from strongroom.model import (
@@ -147,6 +149,7 @@ class Restore:
         self.read_ahead: ReadAhead | None = None  # the selection's (restore_ahead.py)
         self.premade: dict[bytes, tuple[int, int]] = {}  # folder made by _premake -> (st_dev, st_ino)
         self.premake_pending = False  # the selection's folders are yet to be made (_restore_dir)
+        self.locate_ahead: LocateAhead | None = None  # the selection's (restore_locate.py)
 
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
         """Each selection: the path components, the entries of its parent dirs, and its entry."""
@@ -209,6 +212,9 @@ class Restore:
             if self.read_ahead is not None:
                 self.read_ahead, read_ahead = None, self.read_ahead
                 read_ahead.stop()
+            if self.locate_ahead is not None:
+                self.locate_ahead, locate_ahead = None, self.locate_ahead
+                locate_ahead.stop()
             self._drain()
             self.premade.clear()  # what the walk did not enter (not restored after all)
             for made_fd, parent, made_path in reversed(made):
@@ -308,16 +314,21 @@ class Restore:
         folders first too). Not for a selective restore: it would make folders it skips."""
         if self.keep is not None:
             return
-        level = [(os.dup(fd), path, tree_id)]
+        if self.reader.vault.local:  # a served vault's read-ahead locates for itself
+            self.locate_ahead = LocateAhead(self.reader, self.fetcher)
+        level = deque([(os.dup(fd), path, tree_id)])
         try:
             while level:
                 # a served vault: this level's trees in a few requests (the walk reads them again)
                 self.reader.prefetch([t for _fd, _path, t in level])
-                below: list[tuple[int, bytes, bytes]] = []
-                while level:
-                    dfd, folder, tid = level.pop()
+                below: deque[tuple[int, bytes, bytes]] = deque()
+                while level:  # in the walk's order, which the locating ahead follows
+                    dfd, folder, tid = level.popleft()
                     try:
-                        self._premake_in(dfd, folder, tid, below)
+                        entries = self.reader.tree(tid)
+                        if self.locate_ahead is not None:
+                            self.locate_ahead.add(entries)
+                        self._premake_in(dfd, folder, entries, below)
                     except (OSError, StrongroomError):
                         pass  # what cannot be read or made here, the walk reports
                     finally:
@@ -327,9 +338,9 @@ class Restore:
             for dfd, _path, _tid in level:
                 os.close(dfd)
 
-    def _premake_in(self, dfd: int, folder: bytes, tree_id: bytes, below: list[tuple[int, bytes, bytes]]) -> None:
+    def _premake_in(self, dfd: int, folder: bytes, entries: list[Entry], below: deque[tuple[int, bytes, bytes]]) -> None:
         euid = os.geteuid()
-        for e in self.reader.tree(tree_id):
+        for e in entries:
             name = e.get("n")
             if e["t"] != DIR or "tree" not in e or not isinstance(name, bytes) or not is_safe_name(name):
                 continue
@@ -366,7 +377,10 @@ class Restore:
         if self.keep is not None:
             children = [e for e in children if self.keep(path, e)]
         subtrees = [e["tree"] for e in children if e["t"] == DIR and "tree" in e]
-        self.reader.locate(subtrees + [c for e in children for c in e.get("c", ())])
+        contents = [c for e in children for c in e.get("c", ())]
+        if self.locate_ahead is not None:
+            self.locate_ahead.walked_past(len(contents))
+        self.reader.locate(subtrees + contents)  # what the locating ahead has not
         # Small files are written inline: fetch their content ahead, a window at a time;
         # the subdirectories' trees come with the first window (and are not dropped after it).
         starts = windows(children)

@@ -3,9 +3,10 @@
 The IDs of a batch go in back to back as one blob (`:ids`), and a recursive CTE steps through
 them in the engine: no binding and no statement per ID. Used for the agent's known-blob
 set and claims, its refcount file, and the catalog's presence check and blob locations.
-Measured against the alternatives where each was introduced: claims of 20,000 blobs 0.072-0.085 CPU-s with
-`IN (?, ...)` lists and an executemany against 0.047; 20,000 refcounts 0.045 against 0.015;
-a point's presence check 3x cheaper than filling a temporary table row by row first.
+Measured against the alternatives where each was introduced: claims of 20,000 blobs
+0.072-0.085 CPU-s with `IN (?, ...)` lists and an executemany against 0.047; 20,000 refcounts
+0.045 against 0.015; a point's presence check 3x cheaper than filling a temporary table row
+by row first.
 """
 
 from __future__ import annotations
