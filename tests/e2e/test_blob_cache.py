@@ -11,7 +11,7 @@ import pytest
 
 from strongroom.agent.home import AgentHome
 from strongroom.errors import VaultError
-from strongroom.vault.refs import ID_SIZE
+from strongroom.vault.wire import ID_SIZE
 
 
 def _known(agent: AgentHome) -> tuple[set[bytes], str, int]:

@@ -160,11 +160,12 @@ def test_reading_a_middle_mebibyte_fetches_about_that(registered, tmp_path):
         assert got == data[24 * MiB + 12345:25 * MiB + 12345]
         subprocess.run(sr.cmd + ["unmount", str(mnt)], env=sr.env(), check=True, capture_output=True)
     summary = finish(proc)
-    # A whole-file read would fetch 48 MiB. The read plus the kernel's read-ahead (128 KiB)
-    # spans at most three chunks, and a middle one lies wholly inside that span: two chunks of
-    # at most MAX_SIZE and 1.2 MiB. Random data puts the cuts anywhere, so the bound is that
-    # worst case, not the usual two chunks.
-    assert MiB <= summary["bytes_fetched"] <= 2 * MAX_SIZE + MiB + 256 * 1024, summary
+    # A whole-file read would fetch 48 MiB. The read plus the kernel's read-ahead (128 KiB, or
+    # as root 1 MiB: mount.py raises it) spans at most ~2.1 MiB: the chunks it touches are the
+    # two at its ends, of at most MAX_SIZE each, and any lying wholly inside it. Random data
+    # puts the cuts anywhere, so the bound is that worst case, not the usual two chunks (CI
+    # once fetched 9.4 MiB).
+    assert MiB <= summary["bytes_fetched"] <= 2 * MAX_SIZE + 2 * MiB + 256 * 1024, summary
 
 
 def test_served_vault_and_its_blob_cache(served, served_machine, tmp_path):

@@ -40,6 +40,7 @@ from strongroom.vault import protection, records, trust
 from strongroom.vault import refs as reflist
 from strongroom.vault.retention import Retention, expired_per_kind
 from strongroom.vault.service import VaultService, index_pack_rows, pack_object
+from strongroom.vault.wire import ID_SIZE
 
 REPACK_BELOW = 0.5  # repack a pack when less than this share of its bytes is still needed
 ORPHAN_AGE_S = 86400  # an unindexed pack younger than this may be an upload in progress
@@ -183,7 +184,7 @@ def _live_ids(service: VaultService, uid: str, point_ids: list[str], scratch: st
 def _raw_ids(path: str) -> Iterator[bytes]:
     try:
         with open(path, "rb", buffering=1024 * 1024) as f:
-            while blob_id := f.read(reflist.ID_SIZE):
+            while blob_id := f.read(ID_SIZE):
                 yield blob_id
     finally:
         os.unlink(path)
