@@ -15,14 +15,14 @@ from collections.abc import Iterable
 
 from strongroom.vault.wire import ID_SIZE
 
-# `pos` holds the 1-based offset of each ID in :ids; :end is the last offset an ID starts at.
-EACH_ID = ("WITH RECURSIVE pos(i) AS (SELECT 1 UNION ALL SELECT i + "
+# `pos` holds the 1-based offset of each ID in :ids; :end is the last offset an ID starts at
+# (below 1 when there is none: then `pos` is empty, not one row of an empty ID).
+EACH_ID = ("WITH RECURSIVE pos(i) AS (SELECT 1 WHERE :end >= 1 UNION ALL SELECT i + "
            f"{ID_SIZE} FROM pos WHERE i + {ID_SIZE} <= :end) ")
 ID_AT = f"substr(:ids, i, {ID_SIZE})"  # the ID at offset i
 
 
 def id_params(joined: bytes | Iterable[bytes]) -> dict[str, bytes | int]:
-    """The named parameters of a statement built on EACH_ID, for IDs given joined or one by one.
-    Callers pass at least one ID: with none, the CTE would still yield one empty row."""
+    """The named parameters of a statement built on EACH_ID, for IDs given joined or one by one."""
     ids = joined if isinstance(joined, bytes) else b"".join(joined)
     return {"ids": ids, "end": len(ids) - ID_SIZE + 1}
