@@ -4,14 +4,17 @@ half-way that a rerun with --conflict overwrite completes exactly."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import random
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import PASSPHRASE
+from conftest import PASSPHRASE, REPO
 from strongroom.agent.home import AgentHome
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.reader import RESTORE_SEALED_TREES_BYTES, BlobReader
@@ -187,3 +190,52 @@ def test_a_restores_three_walks_read_each_tree_once(registered, tmp_path, kept):
     assert trees > 20
     assert len(vault.reads) == (trees if kept else 3 * trees)
     assert len(set(vault.reads)) == trees
+
+
+# Runs the real CLI with os.mkdir wrapped: right after the restore makes the folder `crowded`
+# (before any file, restore._premake), a file is put in it under a name the point has there.
+PLANTER = r"""
+import os, runpy, sys
+real_mkdir = os.mkdir
+
+def mkdir(name, *args, dir_fd=None, **kw):
+    real_mkdir(name, *args, dir_fd=dir_fd, **kw)
+    if name == b"crowded":
+        fd = os.open(b"crowded/f007.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+        os.write(fd, b"planted")
+        os.close(fd)
+
+os.mkdir = mkdir
+sys.argv = ["strongroom", *sys.argv[1:]]
+runpy.run_module("strongroom", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("conflict", ["copy", "overwrite", "skip"])
+def test_a_name_put_into_a_folder_the_restore_made_is_reported_and_left_alone(registered, tmp_path, conflict):
+    """In a folder the restore made, the small writers make its files (O_EXCL) without a
+    conflict check: a file that appeared there meanwhile is not written over, whatever the
+    conflict rule; its name is reported and the rest is restored."""
+    src = tmp_path / "src"
+    _make_tree(src)
+    registered.backup(src)
+    launcher = tmp_path / "planter.py"
+    launcher.write_text(PLANTER)
+    agent = copy.copy(registered)
+    agent.cmd = [sys.executable, str(launcher)]
+    pythonpath = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    target = tmp_path / "out"
+    res = agent.run("restore", "latest", "--target", target, "--conflict", conflict, "--json", check=False,
+                    env_extra={"PYTHONPATH": pythonpath})
+    assert res.returncode == 3, res.stderr
+    errors = json.loads(res.stdout)["errors"]
+    assert errors == [{"path": str(src / "crowded" / "f007.txt"), "error": "File exists"}]
+    restored = target / str(src).lstrip("/")
+    assert (restored / "crowded" / "f007.txt").read_bytes() == b"planted"
+    for name in ("many", "mixed"):
+        assert_trees_equal(src / name, restored / name)
+    for path in (src / "crowded").iterdir():
+        if path.name != "f007.txt":
+            got, want = (restored / "crowded" / path.name).stat(), path.stat()
+            assert (got.st_mode, got.st_mtime_ns) == (want.st_mode, want.st_mtime_ns), path.name
+            assert (restored / "crowded" / path.name).read_bytes() == path.read_bytes(), path.name
