@@ -213,9 +213,10 @@ runpy.run_module("strongroom", run_name="__main__")
 
 @pytest.mark.parametrize("conflict", ["copy", "overwrite", "skip"])
 def test_a_name_put_into_a_folder_the_restore_made_is_reported_and_left_alone(registered, tmp_path, conflict):
-    """In a folder the restore made, the small writers make its files (O_EXCL) without a
-    conflict check: a file that appeared there meanwhile is not written over, whatever the
-    conflict rule; its name is reported and the rest is restored."""
+    """In a folder the restore made, its files are made (O_EXCL) without a conflict check: a
+    file that appeared there meanwhile is not written over, whatever the conflict rule; its
+    name is reported and the rest is restored (whichever thread makes the files: see
+    bench/README "Files made by the small writers")."""
     src = tmp_path / "src"
     _make_tree(src)
     registered.backup(src)

@@ -18,13 +18,11 @@ large files serialised the two kinds):
   folders per request; from a vault folder, the `fetch` thread locates the blobs of the
   trees the folders-first pass read, ahead of the walk (restore_locate.py);
 - walk (the calling thread): reads trees, resolves conflicts, decodes small files' content
-  a window at a time (fetching what the read-ahead did not) and hands it on; it makes a new
-  small file (O_EXCL) itself only in a folder that was there, right after its conflict check,
-  and makes the large ones;
-- small writers (`small` pool): make (in a folder the restore made; one writer at a time, so
-  that one thread allocates inodes: see _Batch), write and set the metadata of small files, a
-  batch of one folder's files per task, from content the walk decoded (syscalls release the
-  GIL, so they overlap the walk's Python work);
+  a window at a time (fetching what the read-ahead did not), makes every new file (O_EXCL)
+  itself, so that one thread allocates inodes (see _Batch);
+- small writers (`small` pool): write and set the metadata of small files, a batch of one
+  folder's files per task, from content the walk decoded, into the files it made (syscalls
+  release the GIL, so they overlap the walk's Python work);
 - large writers (`writer` pool): fetch, decode and write large files' content into the
   descriptor the walk opened, and set their metadata.
 The walk does not wait at the end of each folder: it goes on while the work handed off stays
@@ -40,7 +38,6 @@ import errno
 import gc
 import os
 import stat
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -149,7 +146,6 @@ class Restore:
         self.queued: deque[Callable[[], None]] = deque()
         self.held = 0  # bytes of decoded content in queued batches
         self.made = 0  # small files made by the walk and not yet written (each an open descriptor)
-        self.making = threading.Lock()  # held by the small writer making a batch's files (see _Batch)
         self.read_ahead: ReadAhead | None = None  # the selection's (restore_ahead.py)
         self.premade: dict[bytes, tuple[int, int]] = {}  # folder made by _premake -> (st_dev, st_ino)
         self.premake_pending = False  # the selection's folders are yet to be made (_restore_dir)
@@ -459,11 +455,9 @@ class Restore:
                     return None
                 if group is None and batch is not None:
                     content = [self.reader.read(i) for i in entry.get("c", ())]
-                    # In a folder the restore made, the small writer makes the file; elsewhere
-                    # the walk does, right after its conflict check: see _Batch.
-                    made = None if fresh else os.open(tmp or final, _NEW_FILE, 0o600, dir_fd=dfd)
-                    batch.add(final, tmp, entry, path, content, made)
-                    self.made += made is not None
+                    # Made here, by the walk, not by the writer: see _Batch.
+                    batch.add(final, tmp, entry, path, content, os.open(tmp or final, _NEW_FILE, 0o600, dir_fd=dfd))
+                    self.made += 1
                     return None
                 first = self.first_links.get(group) if group else None
                 args = (os.dup(dfd), final, tmp, entry, path, first)
@@ -531,7 +525,7 @@ class Restore:
     def _collect_batch(self, future: Future) -> None:
         batch = future.result()  # _write_batch reports each file's failure itself
         self.held -= batch.size
-        self.made -= batch.opened
+        self.made -= batch.files
         for copied, written in batch.done:
             self._count(copied, written)
         hook("restore-batch-written")  # tests: a kill -9 with large files and folders half done
@@ -553,8 +547,6 @@ class Restore:
 
     def _write_batch(self, dfd: int, batch: _Batch) -> _Batch:
         try:
-            if batch.fresh:
-                self._make_files(dfd, batch)
             owner = None
             if batch.fresh and batch.items and os.geteuid() == 0:
                 # In a folder the restore made (ours, 0700 until its own metadata comes after its
@@ -573,25 +565,11 @@ class Restore:
             batch.close()  # what an unexpected error left unwritten: empty 0600 files, as after a kill
             os.close(dfd)
 
-    def _make_files(self, dfd: int, batch: _Batch) -> None:
-        """Makes the batch's files (O_CREAT|O_EXCL|O_NOFOLLOW, in its folder's descriptor),
-        one writer at a time (see _Batch); a file that cannot be made is reported."""
-        waiting, batch.items = batch.items, deque()
-        with self.making:
-            while waiting:
-                final, tmp, entry, path, content, _none = waiting.popleft()
-                try:
-                    fd = os.open(tmp or final, _NEW_FILE, 0o600, dir_fd=dfd)
-                except OSError as exc:  # e.g. a name raced in since the folder was made
-                    self._error(path, exc.strerror or str(exc))
-                    continue
-                batch.items.append((final, tmp, entry, path, content, fd))
-
     def _write_small(self, dfd: int, final: bytes, tmp: bytes | None, entry: Entry, path: bytes,
                      content: list[bytes], made: int, owner: tuple[int, int] | None) -> tuple[bool, int]:
-        """One small file from decoded content, into the file made as `tmp or final` and
-        opened as `made` (O_EXCL), whose (uid, gid) is `owner` if known; (written as a copy,
-        bytes written)."""
+        """One small file from decoded content, into the file the walk made as `tmp or final`
+        and opened as `made` (O_EXCL), whose (uid, gid) is `owner` if known; (written as a
+        copy, bytes written)."""
         name = tmp or final
         written = 0
         with _made(dfd, name, made) as fd:
@@ -716,45 +694,36 @@ def _few_collections() -> Iterator[None]:
 
 class _Batch:
     """Small files of one folder for one small writer: (final name, temp name or None, entry,
-    path, decoded content, descriptor of the empty file made for it, None until made) each,
-    and what the writer did with them.
+    path, decoded content, descriptor of the empty file made for it) each, and what the writer
+    did with them.
 
-    Who makes the files (O_CREAT|O_EXCL): in a folder the restore made (`fresh`, the bulk of
-    a restore), the small writer, before it fills them (_make_files): on the walk, the creates
-    were a fifth of the pace-setting thread's time, while the writers stood idle 85-92 % of
-    theirs. In a folder that was there, the walk, right after each name's conflict check, so
-    that the next check (a copy's free name) sees it.
-    One thread makes files at a time (the writers take `Restore.making` for a batch): ext4
-    without a journal skips recently freed inodes one by one at each allocation (find_inode_bit
-    -> recently_deleted), so right after a big deletion each create scans for ~0.2 ms; two
-    threads creating in one folder wait for each other on the folder's lock and, in one block
-    group, collide on the same free inode and scan again under the group's lock, spinning
-    meanwhile: that tripled the kernel time of a restore."""
+    The walk makes the files (O_CREAT|O_EXCL) and the writer only fills them, so that a single
+    thread allocates inodes. Why: ext4 without a journal skips recently freed inodes one by one
+    at each allocation (find_inode_bit -> recently_deleted), so right after a big deletion each
+    create scans for ~0.2 ms; two threads creating in one folder wait for each other on the
+    folder's lock and, in one block group, collide on the same free inode and scan again under
+    the group's lock, spinning meanwhile: that tripled the kernel time of a restore."""
 
-    __slots__ = ("items", "files", "opened", "size", "done", "sent", "fresh")
+    __slots__ = ("items", "files", "size", "done", "sent", "fresh")
 
     def __init__(self, fresh: bool) -> None:
-        self.items: deque[tuple[bytes, bytes | None, Entry, bytes, list[bytes], int | None]] = deque()
+        self.items: deque[tuple[bytes, bytes | None, Entry, bytes, list[bytes], int]] = deque()
         self.files = self.size = 0
-        self.opened = 0  # files the walk made (each an open descriptor until written)
         self.done: list[tuple[bool, int]] = []
         self.sent = False  # handed to a writer, which then owns the descriptors
         self.fresh = fresh  # the folder is one the restore made (see _write_batch)
 
     def add(self, final: bytes, tmp: bytes | None, entry: Entry, path: bytes, content: list[bytes],
-            fd: int | None) -> None:
+            fd: int) -> None:
         self.items.append((final, tmp, entry, path, content, fd))
         self.files += 1
-        self.opened += fd is not None
         self.size += sum(map(len, content))
 
     def close(self) -> None:
         """Closes the descriptors of files not written (an error or interruption before)."""
         while self.items:
-            fd = self.items.popleft()[5]
-            if fd is not None:
-                with suppress(OSError):
-                    os.close(fd)
+            with suppress(OSError):
+                os.close(self.items.popleft()[5])
 
 
 def select_entries(reader: BlobReader, root_tree: bytes, paths: list[bytes],
