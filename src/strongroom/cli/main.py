@@ -108,14 +108,13 @@ _MAX_FRAMES = 50_000
 _MAX_THREAD_STACK = 64 << 20
 
 
-def _allow_deep_trees() -> int:
-    """Raises the recursion limit as far as the stack allows; returns it."""
+def _allow_deep_trees() -> None:
+    """Raises the recursion limit as far as the stack allows."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
     stack = _MAX_THREAD_STACK if soft == resource.RLIM_INFINITY else min(soft, _MAX_THREAD_STACK)
     threading.stack_size(stack)
     frames = max(sys.getrecursionlimit(), min(_MAX_FRAMES, stack // _FRAME_STACK_BYTES))
     sys.setrecursionlimit(frames)
-    return frames
 
 
 def _cancel_on_sigterm() -> None:

@@ -46,6 +46,7 @@ from strongroom.vault.service import (
 from strongroom.vault.hotpath import (
     BINARY,
     NAME,
+    NAME_MAX,
     OPENAPI_PATHS,
     PACK_NAME,
     ASGIApp,
@@ -71,8 +72,8 @@ _RANGE = re.compile(r"^bytes=(\d{1,12})-(\d{1,12})$")
 TEXT = r"^[^\x00-\x1f\x7f]*$"
 
 
-MachineName = Annotated[str, PathParam(min_length=1, max_length=255, pattern=NAME)]
-MachineQuery = Annotated[str | None, Query(alias="machine", min_length=1, max_length=255, pattern=NAME)]
+MachineName = Annotated[str, PathParam(min_length=1, max_length=NAME_MAX, pattern=NAME)]
+MachineQuery = Annotated[str | None, Query(alias="machine", min_length=1, max_length=NAME_MAX, pattern=NAME)]
 ShortId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=NAME)]  # point and job IDs
 PackName = Annotated[str, PathParam(pattern=PACK_NAME.pattern)]
 # The bodies FastAPI does not parse itself, described for the OpenAPI document (and its fuzzers)
@@ -160,7 +161,7 @@ class CredentialsMachine(BaseModel):
     secret: str = Field(max_length=200, pattern=TEXT)
     issued: int = Field(ge=0, le=INT64)
     expires: int = Field(ge=0, le=INT64)
-    machine: str = Field(min_length=1, max_length=255, pattern=NAME)
+    machine: str = Field(min_length=1, max_length=NAME_MAX, pattern=NAME)
 
 
 class RegisterRequest(CredentialsMachine):
@@ -179,7 +180,7 @@ class KeyfileRequest(BaseModel):
 
 
 class MachineActRequest(BaseModel):
-    new_name: str | None = Field(None, min_length=1, max_length=255, pattern=NAME)
+    new_name: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME)
     pin: str | None = Field(None, max_length=64, pattern=TEXT)
 
 
@@ -208,7 +209,7 @@ class ForgetRequest(BaseModel):
 
 
 class PinRequest(BaseModel):
-    machine: str = Field(max_length=255)
+    machine: str = Field(max_length=NAME_MAX)
     act: str = Field(max_length=32)
 
 
@@ -225,7 +226,7 @@ class PruneRequest(BaseModel):
 class JobStart(BaseModel):
     id: str = Field(min_length=1, max_length=32, pattern=NAME)
     kind: str = Field(max_length=32)
-    source_machine: str | None = Field(None, min_length=1, max_length=255, pattern=NAME)
+    source_machine: str | None = Field(None, min_length=1, max_length=NAME_MAX, pattern=NAME)
 
 
 class JobFinish(BaseModel):

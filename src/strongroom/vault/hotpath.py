@@ -35,6 +35,7 @@ MAX_READ_RANGES = 131072  # ranges in one batched read: 2 MiB of the smallest en
 PACK_NAME = re.compile(r"^[0-9a-f]{64}$")
 # Names: no control characters (they would reach terminals and logs, and PostgreSQL refuses NUL)
 NAME = r"^[^\x00-\x1f\x7f/]+$"
+NAME_MAX = 255  # characters: the API's bound on any name it is sent (registration takes fewer)
 _NAME = re.compile(NAME)
 _PACKS = "/api/v1/packs/"
 
@@ -112,8 +113,8 @@ class HotRoutes:
         """Where one machine's blobs lie (the caller's unless `?machine=` names another): the
         body is IDs back to back; the answer maps the present ones."""
         named = dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)).get("machine")
-        if named is not None and not (len(named) <= 255 and _NAME.match(named)):
-            raise UsageError("invalid machine: a machine name is 1 to 255 characters, without control "
+        if named is not None and not (len(named) <= NAME_MAX and _NAME.match(named)):
+            raise UsageError(f"invalid machine: a machine name is 1 to {NAME_MAX} characters, without control "
                              "characters or '/'")
         body = await request.body()
         if not body or len(body) % ID_SIZE or len(body) // ID_SIZE > MAX_LOCATE:
@@ -179,7 +180,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/api/v1/blobs/locate": {"post": {
         "summary": "Locate", "operationId": "locate_api_v1_blobs_locate_post", "security": _BEARER,
         "parameters": [{"name": "machine", "in": "query", "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": NAME}}],
+                        "schema": {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME}}],
         "requestBody": request_body("application/octet-stream", BINARY),
         "responses": {"200": {"description": "msgpack {blob ID: [pack, offset, length, kind]}"}, **_ERRORS}}},
     "/api/v1/blobs/read": {"post": {
