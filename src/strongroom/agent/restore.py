@@ -162,7 +162,10 @@ class Restore:
         """Each selection: the path components, the entries of its parent dirs, and its entry."""
         self.root_fd = root_fd
         cap_arenas()  # before the writers start: each thread's own arena would keep MiBs freed
-        workers = min(8, (os.cpu_count() or 2) + 1)
+        # Large files: one writer a core from a vault folder (their writes wait for the disk,
+        # past the page cache, and each holds a stage; a third on two cores gained nothing and
+        # held 5-8 MiB more); one more from a served vault, whose round trips it hides.
+        workers = min(8, (os.cpu_count() or 2) + (0 if self.reader.vault.local else 1))
         with (_few_collections(), ThreadPoolExecutor(workers, thread_name_prefix="writer") as self.pool,
               ThreadPoolExecutor(2, thread_name_prefix="small") as self.small_pool,
               ThreadPoolExecutor(1, thread_name_prefix="fetch") as self.fetcher):
