@@ -102,9 +102,10 @@ def test_large_files_are_exact_and_written_past_the_page_cache(registered, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(5)
-    sizes = {"exact-stages": 5 * _STAGE, "tail": _STAGED_MIN + _STAGE + 4097, "linked": _STAGED_MIN + 1}
-    for name, size in sizes.items():
-        (src / name).write_bytes(rng.randbytes(size // 2) + b"text " * (size // 10) + rng.randbytes(size - size // 2 - 5 * (size // 10)))
+    sizes = {"exact-stages": _STAGED_MIN + 2 * _STAGE, "tail": _STAGED_MIN + _STAGE + 4097, "linked": _STAGED_MIN + 1}
+    for name, size in sizes.items():  # random bytes (stored raw) and text (compressed)
+        text = b"text " * (size // 10)
+        (src / name).write_bytes(rng.randbytes(size // 2) + text + rng.randbytes(size - size // 2 - len(text)))
     os.link(src / "linked", src / "linked-too")
     for i, path in enumerate(sorted(src.iterdir())):
         os.chmod(path, 0o640)

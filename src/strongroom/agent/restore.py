@@ -94,8 +94,8 @@ _MADE_HELD = 1024  # small files made and still open, waiting for a writer
 _PREMADE_MAX = 100_000
 # Files at least this large are written past the page cache (fsutil.write_staged), a stage of
 # _STAGE bytes at a time per writer: on the bench VM the buffered copy into fresh page-cache
-# pages was ~30 % of a full restore's CPU (perf), most of it the large files'. Smaller files stay buffered: each
-# direct write waits for the disk, which a file of a few MiB would feel and not gain from.
+# pages was ~30 % of a full restore's CPU (perf), most of it the large files'. Smaller files
+# stay buffered: each direct write waits for the disk, which a file of a few MiB would feel.
 _STAGED_MIN = 16 * 1024 * 1024
 _STAGE = 2 * 1024 * 1024  # as fast as 4 MiB (dd, 1.5 GB/s on the bench VM), and half the memory per writer
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
