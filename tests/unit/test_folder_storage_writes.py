@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.vault.storage import fs
+from strongroom import fsutil
 from strongroom.vault.storage.fs import FolderStorage
 
 MIB = 1024 * 1024
@@ -65,7 +65,7 @@ def test_unaligned_or_immutable_buffers_fall_back(tmp_path: Path, offset: int) -
 
 def test_without_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A platform without O_DIRECT writes every object the ordinary way."""
-    monkeypatch.setattr(fs, "_O_DIRECT", 0)
+    monkeypatch.setattr(fsutil, "_O_DIRECT", 0)
     data = os.urandom(2 * MIB)
     buf = _mapped(data)
     with memoryview(buf) as view:

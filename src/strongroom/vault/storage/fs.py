@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import threading
 from collections.abc import Iterator
@@ -11,7 +9,7 @@ from pathlib import Path
 from typing import IO
 
 from strongroom.errors import VaultError
-from strongroom.fsutil import write_all
+from strongroom.fsutil import write_all, write_direct
 
 _OPEN_FDS = 64
 # Objects this large (packs) are written with O_DIRECT when the buffer allows it: the kernel
@@ -19,11 +17,6 @@ _OPEN_FDS = 64
 # pages it must first allocate (that copy and allocation were ~10 % of a first backup's CPU,
 # perf, 20,000 files). Nothing reads a pack back soon after a backup stores it.
 _DIRECT_MIN = 1024 * 1024
-_DIRECT_ALIGN = 4096  # the block size O_DIRECT wants on ext4/XFS/btrfs; 512 would do on some
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-# How a write with O_DIRECT is refused before anything is written: an unaligned buffer (EINVAL),
-# a filesystem that takes the flag but not such writes (some FUSE filesystems).
-_DIRECT_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 class FolderStorage:
@@ -47,7 +40,7 @@ class FolderStorage:
         try:
             view = memoryview(data).cast("B")
             if len(view) >= _DIRECT_MIN:
-                view = _write_direct(fd, view)
+                view = write_direct(fd, view)
             write_all(fd, view)
             os.fsync(fd)
         except BaseException:
@@ -162,31 +155,3 @@ class FolderStorage:
                     continue  # temp files of writes in progress or killed
                 full = Path(dirpath) / f
                 yield str(full.relative_to(self.root)), full.stat().st_size
-
-
-def _write_direct(fd: int, view: memoryview) -> memoryview:
-    """Writes the block-aligned head of `view` with O_DIRECT where the filesystem and the
-    buffer allow it (a page-aligned buffer: the packer's anonymous memory); what is left to
-    write the ordinary way (the tail, or all of it). Durability is unchanged: the caller
-    fsyncs, which also flushes the file's metadata."""
-    head = len(view) - len(view) % _DIRECT_ALIGN
-    if not _O_DIRECT or not head:
-        return view
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
-    except OSError:
-        return view  # a filesystem without O_DIRECT (tmpfs before Linux 6.6)
-    try:
-        done = 0
-        while done < head:
-            done += os.write(fd, view[done:head])
-    except OSError as exc:
-        if exc.errno not in _DIRECT_REFUSED:
-            raise
-        # A buffer that is not aligned (bytes from a caller other than the packer) is refused
-        # before anything is written; the file offset is where the last full write left it.
-        done = os.lseek(fd, 0, os.SEEK_CUR)
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-    return view[done:]
