@@ -4,6 +4,7 @@ random changes, an optimized and an unoptimized backup of the same state restore
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -336,10 +337,26 @@ def test_a_killed_backup_makes_the_next_one_scan_everything(setup, tmp_path):
     proc.kill()
     proc.wait()
     assert attempt.exists()
+    # The backup ran in the daemon's worker (handed over): killing the command makes the worker
+    # cancel it, which may take a moment under load; until then the home is rightly in use.
+    _wait_until_home_is_free(sr.home)
     b = sr.backup(src)
     assert _mode(b) == ("unoptimized", "the previous backup failed, was cancelled or was killed")
     assert sr.backup(src)["mode_reason"].startswith("fanotify journal: ")
     assert_trees_equal(src, _restored(sr, b["id"], src, tmp_path / "r"))
+
+
+def _wait_until_home_is_free(home: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with open(home / "lock", "wb") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed backup's worker still holds the home"
+                time.sleep(0.05)
 
 
 def test_moves_across_sources_symlinks_hard_links_and_mounts(registered, tmp_path):
