@@ -460,12 +460,12 @@ class Restore:
             final, tmp = target
             if entry["t"] == FILE:
                 group = tuple(entry["h"]) if "h" in entry else None
-                if group is None and not inline(entry):
-                    if tmp is None:
-                        self._detach(dfd, final, entry, path)
-                        return None
-                    batch = None  # over an existing file: to a writer, not held whole in a small batch
-                if group is None and batch is not None:
+                if group is None and tmp is None and not inline(entry):
+                    self._detach(dfd, final, entry, path)
+                    return None
+                # A small batch holds its files' content whole: only small (inline) files go
+                # there, a large one over an existing file goes to a writer like any other.
+                if group is None and batch is not None and inline(entry):
                     content = [self.reader.read(i) for i in entry.get("c", ())]
                     # Made here, by the walk, not by the writer: see _Batch.
                     batch.add(final, tmp, entry, path, content, os.open(tmp or final, _NEW_FILE, 0o600, dir_fd=dfd))
