@@ -4,6 +4,7 @@ cancelling from either side, and the socket against a hostile local user."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,6 +118,42 @@ def _held_backup(sr, src: Path, go: Path) -> subprocess.Popen:
     return proc
 
 
+def _state(pid: int) -> str:
+    """R, S, D, T (stopped), Z...: the third field of /proc/PID/stat (the name may hold spaces);
+    "" once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _held_in_worker(setup, tmp_path):
+    """A backup held in the daemon's worker: (command, worker, daemon). A worker the test leaves
+    stopped is killed after it, or the daemon's teardown would wait on it for ever."""
+    sr, src, start = setup
+    sr.backup(src)
+    daemon = start()
+    proc = _held_backup(sr, src, tmp_path / "go")
+    (zygote,) = _children(daemon.proc.pid)
+    (worker,) = _children(zygote)
+    try:
+        yield proc, worker, daemon
+    finally:
+        if _state(worker) == "T":
+            os.kill(worker, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_on_the_client_cancels_the_backup(setup, tmp_path, sig):
     sr, src, start = setup
@@ -149,13 +186,9 @@ def test_a_client_killed_cancels_the_backup(setup, tmp_path):
 
 def test_a_worker_or_daemon_killed_mid_backup_is_one_line_and_the_vault_stays_usable(setup, tmp_path):
     sr, src, start = setup
-    sr.backup(src)
-    daemon = start()
-    proc = _held_backup(sr, src, tmp_path / "go")
-    (zygote,) = _children(daemon.proc.pid)
-    (worker,) = _children(zygote)
-    os.kill(worker, signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    with _held_in_worker(setup, tmp_path) as (proc, worker, daemon):
+        os.kill(worker, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and out == ""
     assert err == ("strongroom: error: the agent daemon stopped before the backup ended (run the backup again; "
                    "the vault records the interrupted job as failed)\n")
@@ -315,3 +348,31 @@ def test_a_served_vault_through_the_daemon(served, served_machine, tmp_path):
         assert_trees_equal(src, _restored(sr, b["id"], src, tmp_path / "r"))
     finally:
         daemon.stop()
+
+
+
+def test_ctrl_z_stops_the_worker_with_the_command_and_fg_continues_both(setup, tmp_path):
+    sr = setup[0]
+    with _held_in_worker(setup, tmp_path) as (proc, worker, _daemon):
+        proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
+        _until(lambda: _state(proc.pid) == "T" and _state(worker) == "T", "Ctrl-Z stops the command and its worker")
+        (tmp_path / "go").touch()
+        time.sleep(0.5)
+        assert _state(worker) == "T"  # still stopped: the file it waits for is not seen
+        proc.send_signal(signal.SIGCONT)  # fg
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["via"] == "daemon" and _jobs(sr)[0]["status"] == "completed"
+
+
+def test_a_command_killed_while_stopped_does_not_leave_its_worker_stopped(setup, tmp_path):
+    sr = setup[0]
+    with _held_in_worker(setup, tmp_path) as (proc, worker, _daemon):
+        proc.send_signal(signal.SIGTSTP)
+        _until(lambda: _state(worker) == "T", "Ctrl-Z stops the worker")
+        proc.kill()
+        proc.wait()  # its output pipes stay open in the worker until it ends
+        _until(lambda: _state(worker) != "T", "the worker is continued once its command is gone")
+    _until(lambda: _jobs(sr)[0]["status"] != "running", "the worker sees its command gone and cancels")
+    assert _jobs(sr)[0]["status"] == "cancelled"
+    assert sr.backup(setup[1])["via"] == "daemon"

@@ -24,7 +24,8 @@ st_dev and st_ino, the client's umask, the encoding and errors of stdin, stdout 
 arguments, the arguments, then NAME=VALUE environment entries. The first sendmsg carries four
 descriptors (SCM_RIGHTS): cwd, stdin, stdout, stderr. Afterwards the client sends one byte
 b"C" to cancel (Ctrl-C, SIGTERM, SIGHUP); a closed connection cancels too. Daemon to client:
-text lines, "accepted" once the request is taken, then "exit N"; or "refused MESSAGE" (the
+text lines, "accepted" once the request is taken (with the worker's pidfd, SCM_RIGHTS: Ctrl-Z
+on the client stops the worker, fg or bg continues it), then "exit N"; or "refused MESSAGE" (the
 client fails with it) or "declined MESSAGE" (the client runs the backup in-process instead).
 """
 
@@ -127,10 +128,11 @@ def peer_uid(sock: socket.socket) -> int:
     return uid
 
 
-def send_line(sock: socket.socket, word: str, text: str = "") -> None:
-    """One answer line: accepted, exit N, refused MESSAGE or declined MESSAGE."""
-    line = f"{word} {text}".rstrip().replace("\n", " ")
-    sock.sendall(os.fsencode(line) + b"\n")
+def send_line(sock: socket.socket, word: str, text: str = "", fds: list[int] | None = None) -> None:
+    """One answer line: accepted, exit N, refused MESSAGE or declined MESSAGE; `fds` go with it."""
+    line = os.fsencode(f"{word} {text}".rstrip().replace("\n", " ")) + b"\n"
+    sent = socket.send_fds(sock, [line], fds) if fds else 0
+    sock.sendall(line[sent:])
 
 
 class BadRequest(Exception):
@@ -408,7 +410,12 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> 
         if _keyfile(home) != keyfile:  # registered again, or a new passphrase: maybe not the key held
             return _decline(conn, fds, "the home's key file changed since the agent daemon started (restart the daemon)")
         conn.settimeout(None)
-        send_line(conn, "accepted")  # fails if the client gave up waiting: nothing runs then
+        me = os.pidfd_open(os.getpid())
+        try:  # fails if the client gave up waiting: nothing runs then
+            send_line(conn, "accepted", fds=[me])
+        finally:
+            os.close(me)
+        _continued_when_the_client_speaks(conn)
     except BadRequest as exc:
         try:
             send_line(conn, "refused", f"bad request: {exc}")
@@ -433,6 +440,20 @@ def _worker(conn: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> 
     except OSError:
         pass
     return code
+
+
+def _continued_when_the_client_speaks(conn: socket.socket) -> None:
+    """Ctrl-Z on the client stops this worker (SIGSTOP through the pidfd sent with "accepted"),
+    and fg or bg continues it. A stopped process cannot watch its client: if the client were
+    killed then, the backup would stay stopped, holding the home. So the kernel continues it
+    (O_ASYNC, SIGCONT as the signal, this process as the owner) whenever the client's end has
+    something to say: a cancel byte, or its close, which `watch_client` then reads."""
+    import fcntl  # noqa: PLC0415
+
+    fd = conn.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGCONT)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
 
 
 def _decline(conn: socket.socket, fds: list[int], why: str) -> int:

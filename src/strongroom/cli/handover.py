@@ -154,6 +154,8 @@ def _request(sock: socket.socket, home_st: os.stat_result, args: list[str]) -> s
         _fail(text)
     if word != "accepted":
         return "the agent daemon sent an answer this client does not understand"
+    if reader.fds:
+        signal.signal(signal.SIGTSTP, _Stopped(reader.fds[0]).with_this_process)
     sock.settimeout(None)  # a backup takes as long as it takes
     word, text = reader.next()
     if word == "refused":
@@ -170,13 +172,18 @@ class _Lines:
     """The daemon's answer lines (word, text), each at most MAX_REPLY bytes; (None, "") at the end."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
+        self.sock, self.buf, self.fds = sock, b"", []
 
     def next(self) -> tuple[str | None, str]:
         while b"\n" not in self.buf:
             if len(self.buf) > wire.MAX_REPLY:
                 return None, ""
-            chunk = self.sock.recv(4096)
+            chunk, fds, _flags, _addr = socket.recv_fds(self.sock, 4096, 1)
+            for fd in fds:  # the worker's pidfd comes with "accepted"; one is all there is to keep
+                if self.fds:
+                    os.close(fd)
+                else:
+                    self.fds.append(fd)
             if not chunk:
                 return None, ""
             self.buf += chunk
@@ -208,6 +215,28 @@ class _PassedOn:
         for sig, handler in self.before.items():
             signal.signal(sig, handler)
         self.before = {}
+
+
+class _Stopped:
+    """Ctrl-Z (SIGTSTP) stops the daemon's worker with this process, and fg or bg (SIGCONT)
+    continues both, as they would an in-process backup. The worker is in the daemon's session,
+    not this terminal's, so only this process can pass the stop on."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker  # its pidfd: never another process, even after the worker ended
+
+    def with_this_process(self, _signum: int, _frame: object) -> None:
+        self._signal(signal.SIGSTOP)
+        handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # this process stops here until fg or bg
+        signal.signal(signal.SIGTSTP, handler)
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(self.worker, sig)
+        except OSError:  # ended already (its exit line is on its way)
+            pass
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
