@@ -44,6 +44,13 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _zygote(daemon: Daemon) -> int:
+    """The daemon's zygote: the only child of the supervisor, the daemon's only child."""
+    (supervisor,) = _children(daemon.proc.pid)
+    (zygote,) = _children(supervisor)
+    return zygote
+
+
 def _jobs(sr) -> list[dict]:
     return sr.json("jobs")
 
@@ -142,8 +149,7 @@ def _held_in_worker(setup, tmp_path):
     sr.backup(src)
     daemon = start()
     proc = _held_backup(sr, src, tmp_path / "go")
-    (zygote,) = _children(daemon.proc.pid)
-    (worker,) = _children(zygote)
+    (worker,) = _children(_zygote(daemon))
     try:
         yield proc, worker, daemon
     finally:
@@ -205,6 +211,18 @@ def test_a_worker_or_daemon_killed_mid_backup_is_one_line_and_the_vault_stays_us
     start()  # a new daemon replaces the stale socket
     assert sr.backup(src)["via"] == "daemon"
 
+
+def test_a_killed_zygote_is_forked_again(setup, tmp_path):
+    sr, src, start = setup
+    daemon = start()
+    first = _zygote(daemon)
+    os.kill(first, signal.SIGKILL)
+    _until(lambda: _children(_children(daemon.proc.pid)[0]) not in ([], [first]), "a new zygote is forked")
+    b = sr.backup(src)
+    assert (b["via"], b.get("via_reason")) == ("daemon", None)
+    assert_trees_equal(src, _restored(sr, b["id"], src, tmp_path / "r"))
+    daemon.stop()
+    assert "the zygote for `strongroom backup` ended (exit -9); forking a new one" in Path(daemon.log.name).read_text()
 
 def _as_nobody(fn, cwd: Path) -> object:
     """Runs `fn` in a child process as uid/gid 65534 in `cwd` (entered as root: the folders above

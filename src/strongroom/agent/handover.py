@@ -9,7 +9,8 @@ How: the daemon binds a Unix stream socket `agent.sock` in the agent home (mode 
 0700 home; bound under a temporary name, chmod'ed, then renamed into place, so it is never
 reachable with looser rights) and forks a *zygote* at once: a single-threaded copy holding
 the key and the imported modules, made before the daemon starts any thread or opens any
-connection (forking a process with threads copies locks other threads held). The zygote
+connection (forking a process with threads copies locks other threads held). It is forked
+through a supervisor, forked the same way, which only forks it again if it dies. The zygote
 accepts connections, checks the peer's uid (SO_PEERCRED: this user only) and forks one
 worker per request. The worker reads the request (the backup's arguments, the client's
 cwd and stdin/stdout/stderr as descriptors, a few environment variables), takes them as its
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 TYPE_CHECKING = False  # typing itself is not imported: the client starts faster without it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from strongroom.crypto import MasterKey
@@ -152,15 +154,15 @@ def _set_pdeathsig() -> None:
 
 
 class Server:
-    """The socket and the zygote serving it; `stop` ends both and removes the socket."""
+    """The socket and the process keeping its zygote; `stop` ends both and removes the socket."""
 
-    def __init__(self, path: Path, inode: tuple[int, int], zygote: int) -> None:
-        self.path, self.inode, self.zygote = path, inode, zygote
+    def __init__(self, path: Path, inode: tuple[int, int], supervisor: int) -> None:
+        self.path, self.inode, self.supervisor = path, inode, supervisor
 
     def stop(self) -> None:
-        try:
-            os.kill(self.zygote, signal.SIGTERM)
-            os.waitpid(self.zygote, 0)
+        try:  # the zygote follows its supervisor, and the workers their zygote (_set_pdeathsig)
+            os.kill(self.supervisor, signal.SIGTERM)
+            os.waitpid(self.supervisor, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
         try:
@@ -207,28 +209,65 @@ def start(home: Path, key: MasterKey) -> Server | None:
         log.warning("cannot make the socket for `strongroom backup` (%s); backups run in their own process", exc)
         return None
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()  # else the zygote's copy of what is buffered could be written twice
-    daemon_pid = os.getpid()
+        stream.flush()  # else the children's copy of what is buffered could be written twice
+    pid = _fork(lambda: _keep_zygote(listener, home, key, keyfile))
+    listener.close()
+    log.info("`strongroom backup` is carried out by this daemon (socket %s)", path)
+    return Server(path, (st.st_dev, st.st_ino), pid)
+
+
+def _fork(child: Callable[[], None]) -> int:
+    """Forks a child that runs `child` and never returns into its parent's code; it gets
+    SIGTERM when the forking thread ends. The child's pid (OSError if the fork is refused)."""
+    parent = os.getpid()
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
     pid = -1
     try:
         pid = os.fork()
     finally:
-        if pid != 0:  # the daemon, or a fork refused; the zygote unblocks once its handlers are set
+        if pid != 0:  # the parent, or a fork refused; the child unblocks once its handlers are set
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
     if pid == 0:
         code = 0
         try:
             _set_pdeathsig()
-            if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
+            if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(0)
-            _zygote(listener, home, key, keyfile)
-        except BaseException:  # noqa: BLE001 - the zygote never returns into the daemon's code
+            child()
+        except BaseException:  # noqa: BLE001 - whatever happens, never back into the parent's code
             code = 1
         os._exit(code)
-    listener.close()
-    log.info("`strongroom backup` is carried out by this daemon (socket %s)", path)
-    return Server(path, (st.st_dev, st.st_ino), pid)
+    return pid
+
+
+# A zygote that dies at once is forked again at most this often.
+_REFORK_S = 1.0
+
+
+def _keep_zygote(listener: socket.socket, home: Path, key: MasterKey, keyfile: bytes) -> None:
+    """Forks the zygote, and again whenever it dies (killed, out of memory): without one, the
+    socket would refuse every client and backups would run in their own process until the
+    daemon restarts. This process does nothing else, so it has nothing to fail on; it is
+    single-threaded, as the daemon was when it forked it."""
+    log = _log()
+
+    def leave(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)  # its zygote gets SIGTERM from its own death signal, and its workers theirs
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the daemon's terminal: the daemon decides
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
+    while True:
+        began = time.monotonic()
+        try:
+            pid = _fork(lambda: _zygote(listener, home, key, keyfile))
+        except OSError as exc:
+            log.error("cannot fork the zygote for `strongroom backup` (%s); trying again", exc)
+        else:
+            _pid, status = os.waitpid(pid, 0)
+            log.error("the zygote for `strongroom backup` ended (exit %s); forking a new one",
+                      os.waitstatus_to_exitcode(status))
+        time.sleep(max(0.0, began + _REFORK_S - time.monotonic()))
 
 
 # Held across each fork: a handler that raises (SIGTERM's, SIGINT's) while os.fork runs the
