@@ -64,13 +64,18 @@ class Stage:
     lazily that copy ran at ~0.5 GB/s (2 ms of system time per MiB); from the stage the kernel
     reads the pages straight to the disk.
 
-    Only kept bytes are ever written: what a failed decode left in the room stays in memory,
-    unmapped when the stage and the views of it go."""
+    Only kept bytes are ever written: what a failed decode left in the room stays in memory
+    (overwritten by the next file's, unmapped when the stage and the views of it go)."""
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, size: int) -> None:
         """`size` (a multiple of DIRECT_ALIGN) bounds a piece: DIRECT_ALIGN - 1 bytes less."""
-        self.fd = fd
         self.view = memoryview(mmap.mmap(-1, size))  # anonymous: page-aligned, pages touched as filled
+        self.fd = -1
+        self.filled = self.written = 0
+
+    def start(self, fd: int) -> None:
+        """Stages the file open as `fd` from its offset on, forgetting what was in the room."""
+        self.fd = fd
         self.filled = self.written = 0
 
     def room(self, n: int) -> memoryview:

@@ -17,11 +17,12 @@ STAGE = 4 * DIRECT_ALIGN
 LARGEST = STAGE - DIRECT_ALIGN + 1  # what fits behind any unaligned end
 
 
-def _write(path: Path, pieces: list[bytes], dropped: bytes = b"") -> int:
+def _write(path: Path, pieces: list[bytes], dropped: bytes = b"", stage: Stage | None = None) -> int:
     """Writes `pieces` through a stage, `dropped` put into the room after them and not kept."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        stage = Stage(fd, STAGE)
+        stage = stage or Stage(STAGE)
+        stage.start(fd)
         for piece in pieces:
             stage.room(len(piece))[:] = piece
             stage.keep(len(piece))
@@ -51,6 +52,23 @@ def test_what_is_not_kept_is_not_written(tmp_path: Path, sizes: list[int]) -> No
     pieces = [os.urandom(n) for n in sizes]
     assert _write(tmp_path / "f", pieces, dropped=b"unverified" * 100) == sum(sizes)
     assert (tmp_path / "f").read_bytes() == b"".join(pieces)
+
+
+def test_a_stage_kept_for_another_file_writes_only_that_files_pieces(tmp_path: Path) -> None:
+    """A writer keeps its stage from file to file: a file that failed half-way (pieces kept,
+    one not, no `finish`) leaves nothing of it in the next file."""
+    stage = Stage(STAGE)
+    fd = os.open(tmp_path / "failed", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        stage.start(fd)
+        stage.room(DIRECT_ALIGN + 5)[:] = b"k" * (DIRECT_ALIGN + 5)
+        stage.keep(DIRECT_ALIGN + 5)
+        stage.room(100)[:] = b"u" * 100
+    finally:
+        os.close(fd)
+    pieces = [os.urandom(LARGEST), os.urandom(7)]
+    assert _write(tmp_path / "next", pieces, stage=stage) == LARGEST + 7
+    assert (tmp_path / "next").read_bytes() == b"".join(pieces)
 
 
 def test_without_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

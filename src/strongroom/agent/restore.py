@@ -39,6 +39,7 @@ import errno
 import gc
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -160,6 +161,7 @@ class Restore:
         self.premade: dict[bytes, tuple[int, int]] = {}  # folder made by _premake -> (st_dev, st_ino)
         self.premake_pending = False  # the selection's folders are yet to be made (_restore_dir)
         self.locate_ahead: LocateAhead | None = None  # the selection's (restore_locate.py)
+        self.stages = threading.local()  # each large-file writer's Stage (_stage)
 
     def run(self, root_fd: int, selections: list[tuple[list[bytes], list[Entry], Entry]]) -> RestoreResult:
         """Each selection: the path components, the entries of its parent dirs, and its entry."""
@@ -671,6 +673,15 @@ class Restore:
         finally:
             os.close(fd)
 
+    def _stage(self) -> Stage:
+        """This writer's stage, made for its first large file and kept for the others: its
+        pages are touched once, not once per file (mapping and touching 4 MiB afresh took ~3.5
+        ms of page faults on the bench VM, a fifth of what decoding a 16 MiB file takes)."""
+        stage = getattr(self.stages, "stage", None)
+        if stage is None:
+            stage = self.stages.stage = Stage(_STAGE)
+        return stage
+
     def _write_content(self, fd: int, entry: Entry) -> int:
         extents = entry.get("sp")
         written = 0
@@ -688,7 +699,8 @@ class Restore:
             return written
         blob_ids = entry.get("c", [])
         if entry.get("s", 0) >= _STAGED_MIN:
-            stage = Stage(fd, _STAGE)
+            stage = self._stage()
+            stage.start(fd)
             self.reader.read_in_order_into(blob_ids, content_lengths(entry), stage)
             return stage.finish()
         # A small file's blob may wait prefetched; a large file's come a few MiB a request.
