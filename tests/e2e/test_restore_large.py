@@ -4,6 +4,7 @@ hardlinked too; a tampered chunk leaves nothing of the file."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import random
@@ -59,8 +60,11 @@ def test_a_tampered_chunk_of_a_large_file_leaves_nothing_of_it(registered, tmp_p
     src.mkdir()
     rng = random.Random(7)
     (src / "random.bin").write_bytes(rng.randbytes(_STAGED_MIN + _STAGE))
-    (src / "text.log").write_bytes(b"".join(b"line %d: %d\n" % (i, rng.randrange(10**9))
-                                            for i in range(_STAGED_MIN // 14)))
+    # A MiB at a time: this process stays small, since a child's peak RSS (measured by a later
+    # test, from wait4) counts the memory of the process it was forked from.
+    with open(src / "text.log", "wb") as f:
+        for block in range(_STAGED_MIN >> 20):
+            f.write(b"".join(b"line %d: %d\n" % (i, rng.randrange(10**9)) for i in range(block << 16, (block + 1) << 16)))
     (src / "small.txt").write_text("small\n")
     registered.backup(src)
     tampered = set()
@@ -100,3 +104,30 @@ def _takes_direct(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _peak_rss_mib(sr, *args) -> int:
+    """Peak resident memory of one `strongroom ARGS...` (its own rusage, from wait4), in MiB."""
+    proc = subprocess.Popen(sr.cmd + [os.fspath(a) for a in args], env=sr.env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    return usage.ru_maxrss // 1024
+
+
+def test_a_large_file_restored_over_an_existing_one_is_not_held_whole(registered, tmp_path):
+    """A restore's memory is bounded by its windows, not by a file's size: a 256 MiB file,
+    new or over an existing one (once held whole in a small-file batch: 325 MiB), restores in
+    ~85 MiB."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big", "wb") as f:
+        for _ in range(16):
+            f.write(os.urandom(16 << 20))
+    registered.backup(src)
+    for _ in range(2):  # new, then over itself
+        peak = _peak_rss_mib(registered, "restore", "latest", "--target", tmp_path / "out", "--conflict", "overwrite")
+        assert peak < 192, f"restore peaked at {peak} MiB for a 256 MiB file"
+    assert filecmp.cmp(src / "big", tmp_path / "out" / str(src / "big").lstrip("/"), shallow=False)
