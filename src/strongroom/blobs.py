@@ -142,6 +142,52 @@ def decode(key: MasterKey, blob_id: bytes, envelope: bytes | bytearray | memoryv
     return data
 
 
+def decode_into(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview, out: memoryview,
+                scratch: bytearray) -> None:
+    """`decode` of a data blob whose plaintext is `len(out)` bytes (as its tree lists) straight
+    into `out`: a raw blob is decrypted there, a compressed one decrypted into `scratch` (a
+    buffer the caller reuses, grown as needed) and decompressed there. The tag is checked
+    before anything is decompressed and the keyed hash after; on an IntegrityError `out` holds
+    unverified bytes, which the caller drops."""
+    opened = len(envelope) - max_envelope(0)  # the payload's length
+    if opened < 0:
+        raise IntegrityError("blob envelope too short")
+    codec = envelope[0]
+    sealed = memoryview(envelope)[1:]
+    aad = blob_id + bytes((codec,))
+    if codec == CODEC_RAW:
+        if opened != len(out):
+            raise IntegrityError(f"blob holds {opened} bytes, its folder lists {len(out)}")
+        key.open_into(aad, sealed, out)
+    elif codec == CODEC_ZSTD:
+        if opened > MAX_DATA_BYTES:  # never stored so: zstd must save 2 % (_MIN_GAIN)
+            raise IntegrityError(f"compressed blob of {opened} bytes, more than a chunk")
+        if len(scratch) < opened:
+            scratch.extend(bytes(opened - len(scratch)))
+        payload = memoryview(scratch)[:opened]
+        key.open_into(aad, sealed, payload)
+        _decompress_into(payload, out)
+    else:
+        raise IntegrityError(f"unknown blob codec {codec}")
+    if key.blob_id(out) != blob_id:
+        raise IntegrityError("blob content does not match its ID")
+
+
+def _decompress_into(payload: memoryview, out: memoryview) -> None:
+    """Decompresses one frame of exactly `len(out)` bytes into `out` (zstd's single pass: the
+    whole frame is in `payload` and its declared size fits `out`); more or less is refused."""
+    _compressor()
+    try:
+        declared = zstandard.frame_content_size(payload)
+        if declared not in (-1, len(out)):
+            raise IntegrityError(f"blob would decompress to {declared} bytes, its folder lists {len(out)}")
+        with _local.dctx.stream_reader(payload) as reader:
+            if reader.readinto(out) != len(out) or reader.read(1):
+                raise IntegrityError(f"blob does not decompress to the {len(out)} bytes its folder lists")
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"blob does not decompress: {exc}") from None
+
+
 def _decompress(payload: bytes, limit: int) -> bytes:
     _compressor()
     try:

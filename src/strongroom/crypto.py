@@ -73,6 +73,16 @@ class MasterKey:
         except InvalidTag:
             raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
 
+    def open_into(self, aad: bytes, sealed: bytes | memoryview, out: memoryview) -> None:
+        """`open` into `out`, which is `len(sealed) - NONCE_BYTES - TAG_BYTES` long. On an
+        IntegrityError `out` holds unverified bytes (AES-GCM checks the tag after decrypting
+        into it): the caller must drop them, never write them anywhere."""
+        view = memoryview(sealed)
+        try:
+            self.aead.decrypt_into(view[:NONCE_BYTES], view[NONCE_BYTES:], aad, out)
+        except InvalidTag:
+            raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
+
 
 def sealed_size(plaintext_len: int) -> int:
     return NONCE_BYTES + plaintext_len + TAG_BYTES

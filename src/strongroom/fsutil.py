@@ -7,7 +7,6 @@ import errno
 import fcntl
 import mmap
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 DIRECT_ALIGN = 4096  # the block size O_DIRECT wants on ext4/XFS/btrfs; 512 would do on some
@@ -56,30 +55,55 @@ def write_direct(fd: int, view: memoryview) -> memoryview:
     return view[done:]
 
 
-def write_staged(fd: int, pieces: Iterable[bytes], stage_size: int) -> int:
-    """Writes `pieces` one after the other from the file offset, gathered in page-aligned
-    memory of `stage_size` bytes (a multiple of DIRECT_ALIGN) and written from there with
-    O_DIRECT (write_direct); the bytes written. Why: a buffered write copies into page-cache
-    pages the kernel must first allocate, and on a VM whose host backs freed memory lazily
-    that copy ran at ~0.5 GB/s (2 ms of system time per MiB); from the stage the copy is one
-    memcpy into pages already mapped, and the kernel reads them straight to the disk."""
-    view = memoryview(mmap.mmap(-1, stage_size))  # unmapped when the view goes, at the return
-    filled = written = 0
-    for content in pieces:
-        piece = memoryview(content)
-        while piece:
-            n = min(len(piece), stage_size - filled)
-            view[filled:filled + n] = piece[:n]
-            piece, filled = piece[n:], filled + n
-            if filled == stage_size:
-                written += _write_out(fd, view)
-                filled = 0
-    return written + (_write_out(fd, view[:filled]) if filled else 0)
+class Stage:
+    """A file written from page-aligned memory past the page cache (O_DIRECT, write_direct),
+    from its descriptor's offset on: the caller asks for `room` for its next piece, fills it
+    there (a decoder writes straight into it: no piece of its own to copy from), and `keep`s it
+    once it is verified; `finish` writes out what is kept. Why: a buffered write copies into
+    page-cache pages the kernel must first allocate, and on a VM whose host backs freed memory
+    lazily that copy ran at ~0.5 GB/s (2 ms of system time per MiB); from the stage the kernel
+    reads the pages straight to the disk.
 
+    Only kept bytes are ever written: what a failed decode left in the room stays in memory
+    (overwritten by the next file's, unmapped when the stage and the views of it go)."""
 
-def _write_out(fd: int, view: memoryview) -> int:
-    write_all(fd, write_direct(fd, view))
-    return len(view)
+    def __init__(self, size: int) -> None:
+        """`size` (a multiple of DIRECT_ALIGN) bounds a piece: DIRECT_ALIGN - 1 bytes less."""
+        self.view = memoryview(mmap.mmap(-1, size))  # anonymous: page-aligned, pages touched as filled
+        self.fd = -1
+        self.filled = self.written = 0
+
+    def start(self, fd: int) -> None:
+        """Stages the file open as `fd` from its offset on, forgetting what was in the room."""
+        self.fd = fd
+        self.filled = self.written = 0
+
+    def room(self, n: int) -> memoryview:
+        """Where the next `n` bytes go; the aligned head of what is kept is written out first
+        if they would not fit behind it (its unaligned end, under DIRECT_ALIGN, moves to the
+        front: the file's offset stays aligned for O_DIRECT)."""
+        if self.filled + n > len(self.view):
+            head = self.filled - self.filled % DIRECT_ALIGN
+            self._write_out(self.view[:head])
+            self.view[:self.filled - head] = self.view[head:self.filled]
+            self.filled -= head
+            if self.filled + n > len(self.view):
+                raise ValueError(f"a piece of {n} bytes does not fit a stage of {len(self.view)}")
+        return self.view[self.filled:self.filled + n]
+
+    def keep(self, n: int) -> None:
+        """The `n` bytes just put into `room(n)` are to be written."""
+        self.filled += n
+
+    def finish(self) -> int:
+        """Writes out what is kept (its unaligned end the ordinary way); the bytes written in all."""
+        self._write_out(self.view[:self.filled])
+        self.filled = 0
+        return self.written
+
+    def _write_out(self, view: memoryview) -> None:
+        write_all(self.fd, write_direct(self.fd, view))
+        self.written += len(view)
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:

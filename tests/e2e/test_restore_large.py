@@ -1,16 +1,22 @@
-"""Large files in a restore: from restore._STAGED_MIN on, written from page-aligned stages
-with O_DIRECT (fsutil.write_staged), new and over existing files, hardlinked too."""
+"""Large files in a restore: from restore._STAGED_MIN on, their chunks decoded straight into
+page-aligned stages written with O_DIRECT (fsutil.Stage), new and over existing files,
+hardlinked too; a tampered chunk leaves nothing of the file."""
 
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+from conftest import packs_in
 from strongroom.agent.restore import _STAGE, _STAGED_MIN
+from strongroom.blobs import CODEC_RAW, CODEC_ZSTD
+from strongroom.packs import KIND_DATA, read_header
 from treeutil import assert_trees_equal
 
 MTIME = 1_600_000_000_123_456_789
@@ -18,7 +24,7 @@ MTIME = 1_600_000_000_123_456_789
 
 def test_large_files_are_exact_and_written_past_the_page_cache(registered, tmp_path):
     """Files past restore._STAGED_MIN are written from page-aligned stages with O_DIRECT
-    (fsutil.write_staged): several stages and an unaligned tail, a hardlink pair, and the same
+    (fsutil.Stage): several stages and an unaligned tail, a hardlink pair, and the same
     files again over themselves (--conflict overwrite: a temp name renamed over each) come
     back exact; a new file's stages do not stay in the page cache."""
     src = tmp_path / "src"
@@ -46,6 +52,52 @@ def test_large_files_are_exact_and_written_past_the_page_cache(registered, tmp_p
     assert os.stat(restored / "linked").st_ino == os.stat(restored / "linked-too").st_ino
 
 
+def test_a_tampered_chunk_of_a_large_file_leaves_nothing_of_it(registered, tmp_path):
+    """A chunk of a large file altered in its pack, one stored raw (decrypted straight into the
+    stage) and one compressed (decrypted into a scratch buffer): each fails its tag, the file is
+    named in the errors and none of it is left, neither a new file nor a temp name beside the
+    older version it was to replace, which stays as it was; the rest restores."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(7)
+    (src / "random.bin").write_bytes(rng.randbytes(_STAGED_MIN + _STAGE))
+    # A MiB at a time: this process stays small, since a child's peak RSS (measured by a later
+    # test, from wait4) counts the memory of the process it was forked from.
+    with open(src / "text.log", "wb") as f:
+        for block in range(_STAGED_MIN >> 20):
+            f.write(b"".join(b"line %d: %d\n" % (i, rng.randrange(10**9)) for i in range(block << 16, (block + 1) << 16)))
+    (src / "small.txt").write_text("small\n")
+    registered.backup(src)
+    tampered = set()
+    for pack in packs_in(registered.vault):
+        data = bytearray(pack.read_bytes())
+        for ref in read_header(bytes(data)):
+            codec = data[ref.offset]  # the envelope's first byte: not sealed
+            if ref.kind == KIND_DATA and ref.length > 64 * 1024 and codec not in tampered:
+                data[ref.offset + ref.length // 2] ^= 0x01
+                tampered.add(codec)
+        pack.write_bytes(bytes(data))
+    assert tampered == {CODEC_RAW, CODEC_ZSTD}
+    restored = tmp_path / "out" / str(src).lstrip("/")
+    restored.mkdir(parents=True)
+    for name in ("random.bin", "text.log"):
+        (restored / name).write_bytes(b"the older version")
+    res = registered.run("restore", "latest", "--target", tmp_path / "out", "--conflict", "overwrite", "--json",
+                         check=False)
+    assert res.returncode == 3
+    errors = json.loads(res.stdout)["errors"]
+    assert sorted(e["path"] for e in errors) == [str(src / "random.bin"), str(src / "text.log")]
+    assert all("authentication failed" in e["error"] for e in errors), errors
+    assert sorted(os.listdir(restored)) == ["random.bin", "small.txt", "text.log"]
+    for name in ("random.bin", "text.log"):
+        assert (restored / name).read_bytes() == b"the older version"
+    assert (restored / "small.txt").read_text() == "small\n"
+    shutil.rmtree(tmp_path / "out")
+    res = registered.run("restore", "latest", "--target", tmp_path / "out", "--json", check=False)
+    assert res.returncode == 3
+    assert sorted(os.listdir(restored)) == ["small.txt"]
+
+
 def _takes_direct(path: Path) -> bool:
     """Whether the filesystem of `path` (a file) accepts O_DIRECT (tmpfs before Linux 6.6 does not)."""
     try:
@@ -55,15 +107,19 @@ def _takes_direct(path: Path) -> bool:
         return False
 
 
+# Started by a small Python that reports its children's peak: a child's ru_maxrss starts from
+# the RSS of the process it was forked from (a /bin/true forked from a 300 MiB Python reports
+# 313 MiB), and this pytest's grows with the tests run before.
+_PEAK = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+
+
 def _peak_rss_mib(sr, *args) -> int:
-    """Peak resident memory of one `strongroom ARGS...` (its own rusage, from wait4), in MiB."""
-    proc = subprocess.Popen(sr.cmd + [os.fspath(a) for a in args], env=sr.env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    return usage.ru_maxrss // 1024
+    """Peak resident memory of one `strongroom ARGS...` alone, in MiB."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *sr.cmd, *map(os.fspath, args)], env=sr.env(),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    return int(proc.stderr.split()[-1]) // 1024
 
 
 def test_a_large_file_restored_over_an_existing_one_is_not_held_whole(registered, tmp_path):

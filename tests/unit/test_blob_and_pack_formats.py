@@ -2,6 +2,7 @@
 
 import io
 import mmap
+import os
 import struct
 import time
 import tracemalloc
@@ -39,6 +40,52 @@ def test_any_flipped_byte_is_detected(data: bytes, pick: st.DataObject) -> None:
         blobs.decode(KEY, blob_id, bytes(envelope))
 
 
+def _decode_into(blob_id: bytes, envelope: bytes, size: int) -> bytes:
+    out = bytearray(size)
+    blobs.decode_into(KEY, blob_id, envelope, memoryview(out), bytearray())
+    return bytes(out)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(max_size=300_000) | st.text(max_size=20_000).map(str.encode))
+def test_blob_round_trip_into_a_buffer(data: bytes) -> None:
+    """decode_into: a raw blob decrypted straight into the buffer, a compressed one decompressed there."""
+    blob_id = KEY.blob_id(data)
+    assert _decode_into(blob_id, blobs.encode(KEY, blob_id, data), len(data)) == data
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([b"", b"text " * 3000]), st.binary(min_size=1, max_size=4096), st.data())
+def test_any_flipped_byte_is_detected_into_a_buffer(head: bytes, tail: bytes, pick: st.DataObject) -> None:
+    data = head + tail
+    blob_id = KEY.blob_id(data)
+    envelope = bytearray(blobs.encode(KEY, blob_id, data))
+    i = pick.draw(st.integers(0, len(envelope) - 1))
+    envelope[i] ^= pick.draw(st.integers(1, 255))
+    with pytest.raises(IntegrityError):
+        _decode_into(blob_id, bytes(envelope), len(data))
+
+
+@pytest.mark.parametrize("data", [os.urandom(100_000), b"text " * 20_000], ids=["raw", "zstd"])
+def test_a_blob_of_another_length_than_its_folder_lists_is_refused(data: bytes) -> None:
+    blob_id = KEY.blob_id(data)
+    envelope = blobs.encode(KEY, blob_id, data)
+    for size in (len(data) - 1, len(data) + 1, 0):
+        with pytest.raises(IntegrityError, match="lists"):
+            _decode_into(blob_id, envelope, size)
+
+
+@pytest.mark.parametrize("codec", [blobs.CODEC_RAW, blobs.CODEC_ZSTD])
+def test_a_blob_sealed_under_another_id_is_refused_into_a_buffer(codec: int) -> None:
+    """The tag holds (a key holder sealed it, under the ID as associated data), the content is
+    not the ID's: the keyed hash refuses it."""
+    data, other = b"a" * 100_000, b"b" * 100_000
+    payload = zstandard.ZstdCompressor().compress(data) if codec == blobs.CODEC_ZSTD else data
+    forged = bytes(blobs.seal_into(KEY, KEY.blob_id(other), codec, payload, bytearray()))
+    with pytest.raises(IntegrityError, match="does not match its ID"):
+        _decode_into(KEY.blob_id(other), forged, len(data))
+
+
 def test_blob_cannot_be_moved_under_another_id() -> None:
     a, b = b"a" * 100, b"b" * 100
     envelope = blobs.encode(KEY, KEY.blob_id(a), a)
@@ -54,7 +101,6 @@ def test_another_key_cannot_read() -> None:
 
 
 def test_compressible_data_shrinks_and_random_data_is_stored_raw() -> None:
-    import os
     text = b"the same log line again\n" * 40_000
     noise = os.urandom(len(text))
     assert len(blobs.encode(KEY, KEY.blob_id(text), text)) < len(text) // 10
@@ -223,6 +269,21 @@ def test_a_zstd_bomb_is_refused_without_expanding_it(declare_size: bool) -> None
     message, peak, seconds = _decode_measured(blob_id, envelope, blobs.MAX_TREE_BYTES)
     assert f"more than the {blobs.MAX_TREE_BYTES}" in message
     assert peak < blobs.MAX_TREE_BYTES + 2 * _MiB
+
+
+@pytest.mark.parametrize("declare_size", [True, False], ids=["size-in-header", "no-size-in-header"])
+def test_a_zstd_bomb_is_refused_into_a_buffer_without_expanding_it(declare_size: bool) -> None:
+    blob_id, envelope = _sealed_bomb(512 * _MiB, declare_size)
+    out = memoryview(bytearray(blobs.MAX_DATA_BYTES))
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(IntegrityError, match="lists"):
+            blobs.decode_into(KEY, blob_id, envelope, out, bytearray())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < _MiB and time.monotonic() - started < 2
 
 
 def test_a_frame_that_understates_its_size_cannot_write_past_it() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from strongroom import blobs
-from strongroom.agent.reader import BlobReader
+from strongroom.agent.reader import BlobReader, content_lengths
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError
 from strongroom.model import Entry
@@ -257,10 +257,7 @@ class FileContent:
     def __init__(self, entry: Entry) -> None:
         self.size = entry.get("s", 0)
         self.ids: list[bytes] = entry.get("c", [])
-        lengths: list[int] = entry.get("cl", [])
-        if len(lengths) != len(self.ids) or any(not isinstance(n, int) or n < 0 or n > blobs.MAX_DATA_BYTES
-                                                for n in lengths):
-            raise IntegrityError("the tree lists no valid length for each blob of this file")
+        lengths = content_lengths(entry)
         self.starts = [0]  # the offset of each blob in the data, and the data's end
         for n in lengths:
             self.starts.append(self.starts[-1] + n)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from strongroom import blobs
 from strongroom.crypto import MasterKey
 from strongroom.errors import IntegrityError, VaultError
+from strongroom.fsutil import Stage
 from strongroom.model import Entry, decode_tree
 from strongroom.vault.interface import Vault
 from strongroom.vault.shapes import BlobLocation
@@ -133,6 +134,20 @@ class BlobReader:
             for (blob_id, loc), envelope in zip(batch, self._envelopes(batch)):
                 yield self._decode(blob_id, loc, envelope)
 
+    def read_in_order_into(self, ids: list[bytes], lengths: list[int], stage: Stage) -> None:
+        """The blobs of one file, in order, each of the length its tree lists (`content_lengths`),
+        decoded straight into `stage` (blobs.decode_into) and kept there once verified."""
+        scratch = bytearray()  # a compressed blob's payload: one buffer for the file's chunks
+        sizes = iter(lengths)
+        for batch in _batches((blob_id, self.location(blob_id)) for blob_id in ids):
+            for (blob_id, loc), envelope in zip(batch, self._envelopes(batch)):
+                n = next(sizes)
+                try:
+                    blobs.decode_into(self.key, blob_id, envelope, stage.room(n), scratch)
+                except IntegrityError as exc:
+                    raise IntegrityError(f"blob {blob_id.hex()[:16]} in pack {loc.pack}: {exc}") from None
+                stage.keep(n)
+
     def _envelopes(self, batch: list[tuple[bytes, BlobLocation]]) -> list[bytes] | list[memoryview]:
         return self.vault.read_ranges([(loc.pack, loc.offset, loc.length) for _id, loc in batch])
 
@@ -181,6 +196,16 @@ class BlobReader:
                 while self.sealed_bytes > self.sealed_bytes_max:
                     self.sealed_bytes -= len(self.sealed.popitem(last=False)[1])
         return envelope
+
+
+def content_lengths(entry: Entry) -> list[int]:
+    """The plaintext length of each blob of a file's content, as its tree lists them (`cl`);
+    IntegrityError unless there is a valid one for each."""
+    ids, lengths = entry.get("c", []), entry.get("cl", [])
+    if not isinstance(lengths, list) or len(lengths) != len(ids) or \
+            any(not isinstance(n, int) or n < 0 or n > blobs.MAX_DATA_BYTES for n in lengths):
+        raise IntegrityError("the tree lists no valid length for each blob of this file")
+    return lengths
 
 
 def _batches(blobs_at: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
