@@ -78,3 +78,15 @@ def test_a_machine_locates_another_machines_blobs_by_name(served, served_machine
         ((blob, (pack, offset, length, _kind)),) = found.items()
         assert blob == theirs
         assert len(c.post("/api/v1/blobs/read", content=msgpack.packb([[pack, offset, length]])).content) == length
+
+
+def test_a_hot_call_sent_with_another_method_is_told_which_it_takes(served, served_machine, tmp_path):
+    _machine, token = _backed_up(served, served_machine, tmp_path)
+    pack_path = f"/api/v1/packs/{'0' * 64}"
+    with served.client(token) as c:
+        for method, path, allowed in (("GET", "/api/v1/blobs/read", "POST"), ("PUT", "/api/v1/blobs/locate", "POST"),
+                                      ("DELETE", pack_path, "GET, PUT"), ("POST", pack_path, "GET, PUT")):
+            res = c.request(method, path)
+            _refused(res, 405, f"this call takes {allowed}, not {method}")
+            assert res.headers["allow"] == allowed
+        _refused(c.get(pack_path), 409, "is missing from the vault")  # GET still reaches FastAPI's route

@@ -38,6 +38,7 @@ NAME = r"^[^\x00-\x1f\x7f/]+$"
 NAME_MAX = 255  # characters: the API's bound on any name it is sent (registration takes fewer)
 _NAME = re.compile(NAME)
 _PACKS = "/api/v1/packs/"
+_ALLOWED = {"/api/v1/blobs/read": "POST", "/api/v1/blobs/locate": "POST"}  # methods of the paths this app owns
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -86,8 +87,15 @@ class HotRoutes:
                 return await self._answer(scope, receive, send, self._read)
             if method == "POST" and path == "/api/v1/blobs/locate":
                 return await self._answer(scope, receive, send, self._locate)
-            if method == "PUT" and path.startswith(_PACKS) and "/" not in path[len(_PACKS):]:
+            a_pack = path.startswith(_PACKS) and "/" not in path[len(_PACKS):]
+            if method == "PUT" and a_pack:
                 return await self._answer(scope, receive, send, self._put_pack)
+            # FastAPI knows only its own routes: without this, GET on a hot call's path would be
+            # "404 Not Found" and a pack's path would claim "Allow: GET" alone.
+            allowed = _ALLOWED.get(path) or ("GET, PUT" if a_pack and method != "GET" else None)
+            if allowed:
+                refusal = HTTPException(405, f"this call takes {allowed}, not {method}", headers={"Allow": allowed})
+                return await (await error_response(None, refusal))(scope, receive, send)
         await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send,
