@@ -116,11 +116,14 @@ def test_errors_are_the_same_as_in_process(setup, args):
 
 
 def _held_backup(sr, src: Path, go: Path) -> subprocess.Popen:
-    """A backup through the daemon that waits at its first new file until `go` exists."""
+    """A backup through the daemon that waits at its first new file until `go` exists. The
+    command leads a process group of its own, whose parent (this test) is in the same session,
+    as a shell's job: the kernel ignores stop signals (Ctrl-Z) in an orphaned group, which this
+    test's own group may be (under `setsid`, or a CI runner's)."""
     (src / f"new-{go.name}.txt").write_text("new\n")
     proc = subprocess.Popen(sr.cmd + ["backup", str(src), "--json"],
                             env=sr.env({"STRONGROOM_TEST_HOOK": f"backup-file-stat=wait:{go}"}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0)
     _wait_for(Path(f"{go}.reached"), proc)
     return proc
 
