@@ -23,3 +23,16 @@ def cap_arenas() -> None:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENAS)
     except (OSError, AttributeError):
         pass  # not glibc (musl, macOS): their allocators do not keep per-thread arenas this way
+
+
+def give_back() -> None:
+    """Returns the arenas' free memory to the system (`malloc_trim`), once a phase that freed
+    much of it is over. glibc keeps what the threads freed for their next allocations and
+    gives back only the top of the main heap, past a threshold that grows with the largest
+    buffer freed (16 MiB once a chunker's 8 MiB buffer went): at the end of a backup's walk
+    the arenas held 20-45 MiB free, resident, under what the point's recording then adds.
+    One call, a few milliseconds; harmless when not glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing kept this way to give back

@@ -34,7 +34,7 @@ from typing import Any
 
 from strongroom import blobs, chunker, testhook
 from strongroom.agent import optimized
-from strongroom.agent.arenas import cap_arenas
+from strongroom.agent.arenas import cap_arenas, give_back
 from strongroom.agent.blobcache import KnownBlobs
 from strongroom.agent.finished import Finished
 from strongroom.agent.fsmeta import (
@@ -306,6 +306,7 @@ class Backup:
         except BaseException:
             self.packer.abort()
             raise
+        give_back()  # the readers' and the packer's memory, freed, before the point's record adds its own
         for check in self.before_point:
             check()
         c = self.counters
