@@ -576,7 +576,7 @@ class Backup:
 
     def _chunker(self) -> Any:
         if not hasattr(self.local, "chunker"):
-            self.local.chunker = chunker.make_chunker(self.key.chunker_seed)
+            self.local.chunker = chunker.Chunker(self.key.chunker_seed)
         return self.local.chunker
 
     def _read_file(self, fd: int, full: bytes, st: os.stat_result, inline: bool) -> Entry | None:
