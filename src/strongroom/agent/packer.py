@@ -20,7 +20,7 @@ from strongroom import blobs
 from strongroom.agent.blobcache import KnownBlobs
 from strongroom.crypto import MasterKey
 from strongroom.errors import VaultError
-from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, TARGET_SIZE, PackBuilder
+from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 1
@@ -138,7 +138,6 @@ class Packer:
 
     def _recycle(self, builder: PackBuilder) -> None:
         if len(builder.buffer) >= BUFFER_SIZE:  # a data pack's buffer: the next one fills it
-            _drop_tail(builder.buffer)
             self.spare.put(builder.buffer)
 
     def _upload_loop(self) -> None:
@@ -193,12 +192,3 @@ class Packer:
         self.encoder.shutdown(wait=True, cancel_futures=True)
         self.queue.put(None)
         self.uploader.join()
-
-
-def _drop_tail(buffer: Any) -> None:
-    """The pages of a recycled buffer past the target size go back to the system: only a
-    pack's last blob reaches there (by up to a chunk), and otherwise every page that any pack
-    ever reached stayed resident (11-12 MiB of each 12.5 MiB buffer). The buffer is shared
-    anonymous memory: MADV_REMOVE frees its pages, where MADV_DONTNEED would only unmap them."""
-    if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_REMOVE"):  # Linux's
-        buffer.madvise(mmap.MADV_REMOVE, TARGET_SIZE, BUFFER_SIZE - TARGET_SIZE)
