@@ -6,6 +6,7 @@ table is seeded from the master key so that chunk lengths do not reveal known fi
 
 from __future__ import annotations
 
+import errno
 import mmap
 from collections.abc import Iterator
 from typing import Protocol
@@ -67,6 +68,8 @@ def chunks(chunker: Chunker, stream: Readable) -> Iterator[memoryview]:
                 end, start = end - start, 0
             while end < BUFFER_SIZE:
                 n = stream.readinto(view[end:])
+                if n is None:  # a non-blocking descriptor with nothing yet: not the end of it
+                    raise BlockingIOError(errno.EAGAIN, "the stream has nothing to read without waiting")
                 if not n:
                     more = False
                     break

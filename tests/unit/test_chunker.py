@@ -3,6 +3,8 @@
 import io
 import os
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +85,15 @@ def test_buffer_given_back_after_a_long_stream_serves_the_next() -> None:
         expected = [c.length for c in own.fastcdc.cut_stream(io.BytesIO(data))]
         pieces = [bytes(c) for c in chunker.chunks(own, io.BytesIO(data))]
         assert [len(p) for p in pieces] == expected and b"".join(pieces) == data
+
+
+def test_a_non_blocking_stream_with_nothing_yet_is_not_its_end() -> None:
+    """A raw read that would block answers None: cutting there would store a truncated stream."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.write(w, b"x" * 1000)
+    try:
+        with io.FileIO(r, closefd=True) as stream, pytest.raises(BlockingIOError):
+            list(chunker.chunks(chunker.Chunker(3), stream))
+    finally:
+        os.close(w)
