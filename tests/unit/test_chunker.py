@@ -4,7 +4,6 @@ import io
 import os
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
