@@ -124,21 +124,12 @@ def decode(key: MasterKey, blob_id: bytes, envelope: bytes | bytearray | memoryv
            limit: int = MAX_DATA_BYTES) -> bytes:
     """The verified plaintext of a blob of at most `limit` bytes (MAX_DATA_BYTES or
     MAX_TREE_BYTES); raises IntegrityError on any mismatch."""
-    if len(envelope) < 1:
-        raise IntegrityError("empty blob envelope")
-    codec = envelope[0]
-    # A view: slicing bytes would copy the whole sealed blob (up to a chunk) just to skip a byte.
-    payload = key.open(blob_id + bytes((codec,)), memoryview(envelope)[1:])
-    if codec == CODEC_ZSTD:
-        data = _decompress(payload, limit)
-    elif codec == CODEC_RAW:
-        data = payload
-    else:
-        raise IntegrityError(f"unknown blob codec {codec}")
+    codec, aad, sealed = _split(blob_id, envelope)
+    payload = key.open(aad, sealed)
+    data = _decompress(payload, limit) if codec == CODEC_ZSTD else payload
     if len(data) > limit:
         raise IntegrityError(f"blob holds {len(data)} bytes, more than the {limit} a blob of its kind may hold")
-    if key.blob_id(data) != blob_id:
-        raise IntegrityError("blob content does not match its ID")
+    _check_id(key, blob_id, data)
     return data
 
 
@@ -149,17 +140,13 @@ def decode_into(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview, ou
     buffer the caller reuses, grown as needed) and decompressed there. The tag is checked
     before anything is decompressed and the keyed hash after; on an IntegrityError `out` holds
     unverified bytes, which the caller drops."""
+    codec, aad, sealed = _split(blob_id, envelope)
     opened = len(envelope) - max_envelope(0)  # the payload's length
-    if opened < 0:
-        raise IntegrityError("blob envelope too short")
-    codec = envelope[0]
-    sealed = memoryview(envelope)[1:]
-    aad = blob_id + bytes((codec,))
     if codec == CODEC_RAW:
         if opened != len(out):
             raise IntegrityError(f"blob holds {opened} bytes, its folder lists {len(out)}")
         key.open_into(aad, sealed, out)
-    elif codec == CODEC_ZSTD:
+    else:
         if opened > MAX_DATA_BYTES:  # never stored so: zstd must save 2 % (_MIN_GAIN)
             raise IntegrityError(f"compressed blob of {opened} bytes, more than a chunk")
         if len(scratch) < opened:
@@ -167,9 +154,23 @@ def decode_into(key: MasterKey, blob_id: bytes, envelope: bytes | memoryview, ou
         payload = memoryview(scratch)[:opened]
         key.open_into(aad, sealed, payload)
         _decompress_into(payload, out)
-    else:
+    _check_id(key, blob_id, out)
+
+
+def _split(blob_id: bytes, envelope: bytes | bytearray | memoryview) -> tuple[int, bytes, memoryview]:
+    """An envelope's codec (one this version knows), the associated data its seal was made
+    with, and the sealed rest as a view (slicing bytes would copy up to a whole chunk just to
+    skip a byte)."""
+    if len(envelope) < max_envelope(0):
+        raise IntegrityError("blob envelope too short")
+    codec = envelope[0]
+    if codec not in (CODEC_RAW, CODEC_ZSTD):
         raise IntegrityError(f"unknown blob codec {codec}")
-    if key.blob_id(out) != blob_id:
+    return codec, blob_id + bytes((codec,)), memoryview(envelope)[1:]
+
+
+def _check_id(key: MasterKey, blob_id: bytes, data: bytes | memoryview) -> None:
+    if key.blob_id(data) != blob_id:
         raise IntegrityError("blob content does not match its ID")
 
 

@@ -22,6 +22,7 @@ from strongroom.keyfile import (KDF_PARAMS, MASTER_KEY_BYTES, NONCE_BYTES, SALT_
 
 ID_BYTES = 32
 _KEYFILE_AAD = b"strongroom keyfile v1"
+_ALTERED = "authentication failed: the data was altered or is corrupt"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class MasterKey:
         try:
             return self.aead.decrypt(view[:NONCE_BYTES], view[NONCE_BYTES:], aad)
         except InvalidTag:
-            raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
+            raise IntegrityError(_ALTERED) from None
 
     def open_into(self, aad: bytes, sealed: bytes | memoryview, out: memoryview) -> None:
         """`open` into `out`, which is `len(sealed) - NONCE_BYTES - TAG_BYTES` long. On an
@@ -81,7 +82,7 @@ class MasterKey:
         try:
             self.aead.decrypt_into(view[:NONCE_BYTES], view[NONCE_BYTES:], aad, out)
         except InvalidTag:
-            raise IntegrityError("authentication failed: the data was altered or is corrupt") from None
+            raise IntegrityError(_ALTERED) from None
 
 
 def sealed_size(plaintext_len: int) -> int:

@@ -30,5 +30,9 @@ class VaultError(StrongroomError):
     """The vault is missing, unreadable or refused a request."""
 
 
+class MissingObject(VaultError):
+    """An object asked for by name (a pack, a record) is not in the vault's storage."""
+
+
 class IntegrityError(StrongroomError):
     """Stored data failed verification against its checksum."""

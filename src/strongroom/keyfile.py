@@ -12,8 +12,6 @@ gives a key that opens nothing, and crypto.py refuses it.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 from typing import Any
 
@@ -78,7 +76,21 @@ def kek(keyfile: str, passphrase: str) -> tuple[bytes, bytes, bytes]:
     per process for the same file and passphrase."""
     global _last_kek
     doc, salt, nonce, wrapped = parse(keyfile)
-    inputs = hashlib.blake2b(json.dumps([keyfile, passphrase]).encode()).digest()
-    if _last_kek is None or not hmac.compare_digest(_last_kek[0], inputs):
-        _last_kek = (inputs, derive(passphrase, salt, doc))
+    if _last_kek is None or not _same_inputs(_last_kek[0], keyfile, passphrase):
+        derived = derive(passphrase, salt, doc)
+        _last_kek = (_inputs(keyfile, passphrase), derived)
     return nonce, wrapped, _last_kek[1]
+
+
+# hashlib and hmac load OpenSSL's libcrypto (3.7 MiB resident): only after the first
+# derivation, so that its 64 MiB come on top of less.
+def _inputs(keyfile: str, passphrase: str) -> bytes:
+    import hashlib  # noqa: PLC0415 - see above
+
+    return hashlib.blake2b(json.dumps([keyfile, passphrase]).encode()).digest()
+
+
+def _same_inputs(memo: bytes, keyfile: str, passphrase: str) -> bool:
+    import hmac  # noqa: PLC0415 - see above
+
+    return hmac.compare_digest(memo, _inputs(keyfile, passphrase))

@@ -227,6 +227,7 @@ def test_a_killed_zygote_is_forked_again(setup, tmp_path):
     daemon.stop()
     assert "the zygote for `strongroom backup` ended (exit -9); forking a new one" in Path(daemon.log.name).read_text()
 
+
 def _as_nobody(fn, cwd: Path) -> object:
     """Runs `fn` in a child process as uid/gid 65534 in `cwd` (entered as root: the folders above
     it are root's) and returns what it returned (or raised)."""

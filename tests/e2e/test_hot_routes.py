@@ -58,8 +58,9 @@ def test_the_hot_calls_refuse_malformed_requests_in_one_line(served, served_mach
         _refused(c.post("/api/v1/blobs/locate", content=os.urandom(33)), 400, "send 1 to 65536 blob IDs of 32 bytes")
         _refused(c.post("/api/v1/blobs/read", content=b"\xc1"), 400, "malformed msgpack body")
         _refused(c.post("/api/v1/blobs/read", content=msgpack.packb({"a": 1})), 400, "malformed msgpack body")
-        for outside in ([["0" * 64, 0, 8]], [[pack, 0, 0]], [[pack, -1, 8]], [[pack, 0, 65 * 1024 * 1024]],
-                        [[pack, 0, True]]):
+        _refused(c.post("/api/v1/blobs/read", content=msgpack.packb([["0" * 64, 0, 8]])), 404,
+                 f"object packs/00/{'0' * 64} is missing from the vault")
+        for outside in ([[pack, 0, 0]], [[pack, -1, 8]], [[pack, 0, 65 * 1024 * 1024]], [[pack, 0, True]]):
             res = c.post("/api/v1/blobs/read", content=msgpack.packb(outside))
             assert res.status_code in (400, 409), (outside, res.status_code, res.text[:200])
             assert set(res.json()) == {"error", "detail"} and "\n" not in res.json()["detail"]
@@ -89,4 +90,6 @@ def test_a_hot_call_sent_with_another_method_is_told_which_it_takes(served, serv
             res = c.request(method, path)
             _refused(res, 405, f"this call takes {allowed}, not {method}")
             assert res.headers["allow"] == allowed
-        _refused(c.get(pack_path), 409, "is missing from the vault")  # GET still reaches FastAPI's route
+        missing = c.get(pack_path)  # GET still reaches FastAPI's route
+        _refused(missing, 404, "is missing from the vault")
+        assert missing.json()["error"] == "MissingObject"

@@ -86,6 +86,21 @@ def test_a_blob_sealed_under_another_id_is_refused_into_a_buffer(codec: int) -> 
         _decode_into(KEY.blob_id(other), forged, len(data))
 
 
+@pytest.mark.parametrize("decode", [lambda i, e, n: blobs.decode(KEY, i, e), _decode_into], ids=["decode", "into"])
+def test_an_unknown_codec_or_a_short_envelope_is_refused_by_name(decode) -> None:
+    """A key holder's validly sealed blob under a codec this version does not know, and every
+    envelope too short to hold a nonce and a tag: one clear refusal each, from both decoders."""
+    data = b"a" * 1000
+    blob_id = KEY.blob_id(data)
+    unknown = bytes(blobs.seal_into(KEY, blob_id, 7, data, bytearray()))
+    with pytest.raises(IntegrityError, match="unknown blob codec 7"):
+        decode(blob_id, unknown, len(data))
+    envelope = blobs.encode(KEY, blob_id, data)
+    for size in range(blobs.max_envelope(0)):
+        with pytest.raises(IntegrityError, match="too short"):
+            decode(blob_id, envelope[:size], len(data))
+
+
 def test_blob_cannot_be_moved_under_another_id() -> None:
     a, b = b"a" * 100, b"b" * 100
     envelope = blobs.encode(KEY, KEY.blob_id(a), a)

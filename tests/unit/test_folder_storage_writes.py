@@ -4,23 +4,15 @@ ordinary way. Whatever the path, the object reads back byte for byte and no temp
 
 import mmap
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from pagecache import needs_fincore, resident_pages
 from strongroom import fsutil
 from strongroom.vault.storage.fs import FolderStorage
 
 MIB = 1024 * 1024
-
-
-def _resident_pages(path: Path) -> int:
-    """Pages of the file in the page cache, by util-linux fincore (what the kernel reports)."""
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "PAGES", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.split()[0])
 
 
 def _mapped(data: bytes) -> mmap.mmap:
@@ -40,14 +32,14 @@ def test_aligned_memory_round_trips(tmp_path: Path, size: int) -> None:
     assert [n for n in os.listdir(tmp_path / "packs/ab")] == ["pack"]
 
 
-@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
+@needs_fincore
 def test_large_aligned_object_bypasses_page_cache(tmp_path: Path) -> None:
     size = 8 * MIB + 1000
     buf = _mapped(os.urandom(size))
     with memoryview(buf) as view:
         FolderStorage(tmp_path).put("pack", view[:size])
     # Only the unaligned tail (one page) went through the page cache.
-    assert _resident_pages(tmp_path / "pack") <= 1
+    assert resident_pages(tmp_path / "pack") <= 1
 
 
 @pytest.mark.parametrize("offset", [0, 1, 512])

@@ -38,7 +38,7 @@ def test_the_served_vaults_client_loads_no_sqlalchemy() -> None:
 
 def test_the_start_up_derivation_runs_before_cryptography_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """cli/earlykey.py derives with argon2 alone (keyfile.py): cryptography, blake3 and the
-    agent's modules would add ~12 MiB under Argon2's 64."""
+    agent's modules would add ~12 MiB under Argon2's 64, OpenSSL's libcrypto (hashlib) 3.7."""
     from strongroom.agent.homepath import KEYFILE  # noqa: PLC0415
     from strongroom.crypto import MasterKey, wrap_key  # noqa: PLC0415
 
@@ -46,9 +46,15 @@ def test_the_start_up_derivation_runs_before_cryptography_loads(tmp_path) -> Non
     code = ("import sys\n"
             "from strongroom import keyfile\n"
             "from strongroom.cli.earlykey import derive_early\n"
+            "loaded, derive = [], keyfile.derive\n"
+            "def spy(*args):\n"
+            "    loaded.extend(m for m in sys.modules\n"
+            "                  if m.split('.')[0] in ('cryptography', 'blake3', 'click', 'rich', '_hashlib', 'hmac'))\n"
+            "    return derive(*args)\n"
+            "keyfile.derive = spy\n"
             f"derive_early(['--home', {str(tmp_path)!r}, 'points'])\n"
             "assert keyfile._last_kek is not None, 'not derived'\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'blake3', 'click', 'rich'))))")
+            "print(' '.join(sorted(loaded)))")
     env = {"PATH": "/usr/bin:/bin", "STRONGROOM_PASSPHRASE": "correct horse battery staple"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
     assert out == "", f"loaded before the key was derived: {out}"

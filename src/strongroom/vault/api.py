@@ -303,9 +303,6 @@ def make_app(service: VaultService, limits: Limits | None = None) -> BodyLimitMi
             pins.spend(f"address {_address(request)}")
             pins.spend(f"machine {m.id}")
 
-    def other(name: str, me: Caller) -> int:
-        return owner_id(service, name, me)
-
     # -- vault and registration -------------------------------------------------------------
 
     @app.get("/api/v1/vault")
@@ -388,13 +385,13 @@ def make_app(service: VaultService, limits: Limits | None = None) -> BodyLimitMi
 
     @app.get("/api/v1/machines/{name}/keyfile")
     def keyfile(name: MachineName, m: Caller = Depends(machine)) -> dict[str, str]:
-        return {"keyfile": service.keyfile(other(name, m))}
+        return {"keyfile": service.keyfile(owner_id(service, name, m))}
 
     # -- recovery points --------------------------------------------------------------------
 
     @app.get("/api/v1/machines/{name}/points", response_class=Response)
     def points(name: MachineName, deleted: bool = False, m: Caller = Depends(machine)) -> Response:
-        return msgpack_response([point_doc(p) for p in service.points(other(name, m), deleted)])
+        return msgpack_response([point_doc(p) for p in service.points(owner_id(service, name, m), deleted)])
 
     @app.post("/api/v1/points/{point_id}/undelete")
     def undelete(point_id: ShortId, m: Caller = Depends(machine)) -> dict[str, str]:

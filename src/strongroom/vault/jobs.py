@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError as DuplicateRow
 
 from strongroom.errors import UsageError, VaultError
 from strongroom.vault import catalog as cat
-from strongroom.vault.shapes import LEASE_SECONDS, MAX_FAILED_RECORDED, MAX_SEALED_FAILED, JobRecord  # noqa: F401 - re-exported
+from strongroom.vault.shapes import LEASE_SECONDS, MAX_SEALED_FAILED, JobRecord  # noqa: F401 - re-exported
 
 # waiting_for_seed: a backup written to an offline seed folder, not in the vault until
 # `vault import-seed` brings it in (then completed).

@@ -8,6 +8,7 @@ from __future__ import annotations
 from strongroom.errors import (
     CredentialsError,
     IntegrityError,
+    MissingObject,
     StrongroomError,
     UsageError,
     VaultError,
@@ -19,7 +20,9 @@ MAX_LOCATE = 65536  # blob IDs in one location query
 REFS_PART_IDS = 262144  # blob IDs in one part of a point's refs upload: 8 MiB
 MAX_REFS_PARTS = 1_000_000  # parts of one point: 262 G blob IDs, far beyond any machine
 # One-line errors travel by class name, so that the agent raises what it would have raised
-# in-process and prints the same message whether its vault is embedded or served.
+# in-process and prints the same message whether its vault is embedded or served. A class
+# comes before its base: an error takes the first status whose class it is.
 ERROR_STATUS: dict[type[StrongroomError], int] = {
-    UsageError: 400, CredentialsError: 403, IntegrityError: 422, VaultError: 409, StrongroomError: 500}
+    MissingObject: 404, UsageError: 400, CredentialsError: 403, IntegrityError: 422, VaultError: 409,
+    StrongroomError: 500}
 ERROR_CLASSES: dict[str, type[StrongroomError]] = {cls.__name__: cls for cls in ERROR_STATUS}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from strongroom.errors import VaultError
+from strongroom.errors import MissingObject, VaultError
 from strongroom.fsutil import write_all, write_direct
 
 _OPEN_FDS = 64
@@ -75,13 +75,13 @@ class FolderStorage:
         try:
             return self._path(name).read_bytes()
         except FileNotFoundError:
-            raise VaultError(f"object {name} is missing from the vault") from None
+            raise MissingObject(f"object {name} is missing from the vault") from None
 
     def open(self, name: str) -> IO[bytes]:
         try:
             return open(self._path(name), "rb")
         except FileNotFoundError:
-            raise VaultError(f"object {name} is missing from the vault") from None
+            raise MissingObject(f"object {name} is missing from the vault") from None
 
     def _acquire(self, name: str) -> int:
         """A read descriptor, kept open (restores read thousands of blobs from each pack), and
@@ -94,7 +94,7 @@ class FolderStorage:
                 try:
                     fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
-                    raise VaultError(f"object {name} is missing from the vault") from None
+                    raise MissingObject(f"object {name} is missing from the vault") from None
                 while len(self.open_fds) >= _OPEN_FDS:
                     self._retire(self.open_fds.pop(next(iter(self.open_fds))))
             self.open_fds[name] = fd  # most recently used last
@@ -138,7 +138,7 @@ class FolderStorage:
         try:
             return self._path(name).stat()
         except FileNotFoundError:
-            raise VaultError(f"object {name} is missing from the vault") from None
+            raise MissingObject(f"object {name} is missing from the vault") from None
 
     def delete(self, name: str) -> None:
         with self.lock:
