@@ -23,12 +23,15 @@ MAGIC = b"SRPACK01"
 END = b"SRPKEND1"
 KIND_DATA = 0
 KIND_TREE = 1
-# 8 MiB: "several MiB" for object stores, while the four buffers in flight (see
-# agent/packer.py) stay within the agent's memory budget.
+# 8 MiB: "several MiB" for object stores, while the buffers in flight (see agent/packer.py)
+# stay within the agent's memory budget. A pack is at most this, its header included (see
+# `PackBuilder.fits`), unless one blob alone is larger (a tree of a huge directory).
 TARGET_SIZE = 8 * 1024 * 1024
-# Room for one more blob of the largest chunk past the target (the header counts towards
-# the target: see `PackBuilder.full`).
-BUFFER_SIZE = TARGET_SIZE + 4 * 1024 * 1024 + 512 * 1024
+# The packer's fixed data-pack buffer. Packs used to close only once past the target, so a
+# buffer had room for one more blob of the largest chunk (12.5 MiB) and over a backup its pages
+# filled to ~12 MiB; packs that stop short of the target keep each buffer's pages within 8 MiB
+# (a third buffer for the price of two).
+BUFFER_SIZE = TARGET_SIZE
 _TRAILER = struct.Struct("<I")
 # The most a header row takes: fixarray(4) of bin8 ID (2 + 32), kind, offset and length
 # (uint32 each at most 5 bytes); plus the array's own header and the trailer, once.
@@ -107,11 +110,12 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.refs)
 
-    @property
-    def full(self) -> bool:
-        """Full at BLOBS_PER_PACK blobs or at the target size, the header included (it must
-        still fit in the buffer after the last blob)."""
-        return len(self.refs) >= BLOBS_PER_PACK or self.size + _HEADER_FIXED + _ROW_MAX * len(self.refs) >= TARGET_SIZE
+    def fits(self, length: int) -> bool:
+        """Whether one more blob of `length` bytes keeps the pack within BLOBS_PER_PACK blobs and
+        TARGET_SIZE bytes, its header included; an empty pack takes any blob."""
+        count = len(self.refs) + 1
+        return count == 1 or (count <= BLOBS_PER_PACK
+                              and self.size + length + _HEADER_FIXED + _ROW_MAX * count <= TARGET_SIZE)
 
     def finish(self) -> tuple[str, memoryview, list[BlobRef]]:
         """The pack's name, bytes (a view of the buffer) and map; no more adds afterwards."""

@@ -209,7 +209,9 @@ def test_killed_backup_leaves_vault_consistent_and_next_backup_resumes(registere
     for i in range(6):
         (src / f"part-{i}.bin").write_bytes(os.urandom(12 * 1024 * 1024))
     total = 6 * 12 * 1024 * 1024
-    killed_once_packs_land(registered, ["backup", src], registered.vault, 2)
+    # Killed once 4 packs landed: with two uploaders, the last two may still wait for their
+    # index, so at least 2 (each over 4 MiB: over 10 % of the data) are indexed.
+    killed_once_packs_land(registered, ["backup", src], registered.vault, 4)
     assert registered.points() == []
     assert registered.json("check", "--read-data")["ok"]
 

@@ -3,8 +3,15 @@
 Workers call `add` concurrently; compression and encryption run outside the lock (they
 release the GIL), appending to the open pack inside it. Small blobs are batched and encoded
 on a thread of their own, so the walker, which reads small files itself, keeps walking
-while zstd and AES work. Full packs go to one uploader thread through a short queue, so
-memory stays bounded while the disk or network works.
+while zstd and AES work.
+
+The pipeline: producers fill the open pack -> a full pack waits in a short queue -> one of two
+uploaders stores it (the vault's transfer, check and durable writes) -> its buffer comes back
+for a new pack. Two uploaders, because storing a pack is mostly waiting (fsyncs; from a served
+vault also the transfer and the server's check), and with one the producers stood waiting for
+a free buffer meanwhile (1-2 s of a served first backup of 820 MiB): now one pack's transfer
+overlaps the store of the one before. That takes a third data-pack buffer, paid for by packs
+that stop short of the target (packs.py: each buffer's pages stay within 8 MiB, not ~12).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from strongroom.packs import BUFFER_SIZE, KIND_DATA, KIND_TREE, PackBuilder
 from strongroom.vault.interface import Vault
 
 _QUEUE_DEPTH = 1
-_MAX_BUFFERS = 2  # the data pack being filled, one uploading
+_UPLOADERS = 2
+_MAX_BUFFERS = 1 + _UPLOADERS  # the data pack being filled, one per uploader
 _BATCH_BYTES = 1024 * 1024
 _BATCH_BLOBS = 256
 _BATCHES_IN_FLIGHT = 4
@@ -38,15 +46,17 @@ class Packer:
         self.lock = threading.Lock()
         self.spare: queue.Queue[bytearray] = queue.Queue()
         self.buffers_made = 0
-        # Trees are few and small: their pack grows as needed instead of taking a full buffer.
-        self.builders = {KIND_DATA: self._builder(), KIND_TREE: PackBuilder(bytearray(64 * 1024))}
+        self.builders = {kind: self._new_builder(kind) for kind in (KIND_DATA, KIND_TREE)}
         self.bytes_added = 0
         self.blobs_added = 0
         self.packs_uploaded = 0
+        self.count_lock = threading.Lock()  # not self.lock: a producer waiting for a buffer holds it
         self.error: BaseException | None = None
         self.queue: queue.Queue[PackBuilder | None] = queue.Queue(_QUEUE_DEPTH)
-        self.uploader = threading.Thread(target=self._upload_loop, name="uploader", daemon=True)
-        self.uploader.start()
+        self.uploaders = [threading.Thread(target=self._upload_loop, name=f"uploader_{i}", daemon=True)
+                          for i in range(_UPLOADERS)]
+        for uploader in self.uploaders:
+            uploader.start()
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix="encoder")
         self.batch: list[tuple[bytes, int, bytes]] = []
         self.batch_bytes = 0
@@ -101,19 +111,22 @@ class Packer:
         of the largest envelope (4 MiB each, held all backup long) and a copy of every blob."""
         size = blobs.max_envelope(len(payload))
         with self.lock:
-            builder = self.builders[kind]
-            builder.add_written(blob_id, kind, size,
-                                lambda view: blobs.seal_to(self.key, blob_id, codec, payload, view))
+            closed = None
+            if not self.builders[kind].fits(size):  # the pack closes short of the target, not past it
+                closed, self.builders[kind] = self.builders[kind], self._new_builder(kind)
+            self.builders[kind].add_written(blob_id, kind, size,
+                                            lambda view: blobs.seal_to(self.key, blob_id, codec, payload, view))
             self.bytes_added += size
             self.blobs_added += 1
-            full = builder.full
-            if full:
-                self.builders[kind] = self._builder() if kind == KIND_DATA else PackBuilder(bytearray(64 * 1024))
-        if full:
-            self._send(builder)
+        if closed is not None:
+            self._send(closed)
+
+    def _new_builder(self, kind: int) -> PackBuilder:
+        """Trees are few and small: their pack grows as needed instead of taking a data buffer."""
+        return self._builder() if kind == KIND_DATA else PackBuilder(bytearray(64 * 1024))
 
     def _builder(self) -> PackBuilder:
-        """A builder on a recycled buffer; waits for the uploader to free one when all are in use."""
+        """A builder on a recycled buffer; waits for an uploader to free one when all are in use."""
         try:
             return PackBuilder(self.spare.get_nowait())
         except queue.Empty:
@@ -137,7 +150,7 @@ class Packer:
         self.queue.put(builder)
 
     def _recycle(self, builder: PackBuilder) -> None:
-        if len(builder.buffer) >= BUFFER_SIZE:  # a data pack's buffer: the next one fills it
+        if isinstance(builder.buffer, mmap.mmap):  # a data pack's buffer: the next one fills it
             self.spare.put(builder.buffer)
 
     def _upload_loop(self) -> None:
@@ -147,7 +160,8 @@ class Packer:
                     name, data, _refs = builder.finish()
                     with data:
                         self.vault.store_pack(name, data)
-                    self.packs_uploaded += 1
+                    with self.count_lock:
+                        self.packs_uploaded += 1
                 except OSError as exc:
                     # Not an OSError any more: readers must not take it for one file's problem.
                     hint = " (the vault's disk is full)" if exc.errno == errno.ENOSPC else ""
@@ -155,6 +169,8 @@ class Packer:
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
                     self.error = exc
             self._recycle(builder)
+            self.queue.task_done()
+        self.queue.task_done()
 
     def close(self) -> None:
         """Uploads what is left and waits until every pack has landed."""
@@ -163,11 +179,12 @@ class Packer:
         self.encoder.shutdown(wait=True)
         for batch in self.batches:
             batch.result()
-        for kind in (KIND_DATA, KIND_TREE):
-            if len(self.builders[kind]):
-                self._send(self.builders[kind])
-        self.queue.put(None)
-        self.uploader.join()
+        if len(self.builders[KIND_DATA]):
+            self._send(self.builders[KIND_DATA])
+        self.queue.join()  # every data pack lands before the last tree pack, which names their blobs
+        if len(self.builders[KIND_TREE]):
+            self._send(self.builders[KIND_TREE])
+        self._stop_uploaders()
         if self.error is not None:
             raise self.error
         self._unmap_buffers()
@@ -190,5 +207,10 @@ class Packer:
 
     def abort(self) -> None:
         self.encoder.shutdown(wait=True, cancel_futures=True)
-        self.queue.put(None)
-        self.uploader.join()
+        self._stop_uploaders()
+
+    def _stop_uploaders(self) -> None:
+        for _ in self.uploaders:
+            self.queue.put(None)
+        for uploader in self.uploaders:
+            uploader.join()
