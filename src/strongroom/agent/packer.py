@@ -11,7 +11,7 @@ for a new pack. Two uploaders, because storing a pack is mostly waiting (fsyncs;
 vault also the transfer and the server's check), and with one the producers stood waiting for
 a free buffer meanwhile (1-2 s of a served first backup of 820 MiB): now one pack's transfer
 overlaps the store of the one before. That takes a third data-pack buffer, paid for by packs
-that stop short of the target (packs.py: each buffer's pages stay within 8 MiB, not ~12).
+that stop short of the target (packs.py: each buffer's pages stay within 9.5 MiB, not ~12.5).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ memory for uploads (pages are touched only as bytes arrive).
 Why the memory is kept between uploads: a fresh mapping per pack cost a page fault, a zeroed
 page and a memory-cgroup charge for every 4 KiB of it, and their unmapping after (~20 % of
 the server's CPU in a first backup, perf). The at most MEMORY_UPLOADS buffers stay mapped, so
-the server holds the pages of the largest packs it received (~2 x 8 MiB for the agent's).
+the server holds the pages of the largest packs it received (~2 x 9.5 MiB for the agent's).
 """
 
 from __future__ import annotations
