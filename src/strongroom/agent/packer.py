@@ -133,7 +133,7 @@ class Packer:
             pass
         if self.buffers_made < _MAX_BUFFERS:
             self.buffers_made += 1
-            # Anonymous memory, not bytearray(), which zeroes all 12.5 MiB: only the pages a
+            # Anonymous memory, not bytearray(), which zeroes all 9.5 MiB: only the pages a
             # pack fills count, and a backup that adds nothing costs none of them.
             return PackBuilder(mmap.mmap(-1, BUFFER_SIZE))  # type: ignore[arg-type]
         while True:  # a failed upload ends the wait: the buffer may never come back
@@ -193,7 +193,7 @@ class Packer:
 
     def _unmap_buffers(self) -> None:
         """Every pack has landed: the data packs' buffers go back to the system now, not at
-        exit. The pages a backup filled (up to 25 MiB) stayed resident while the point was
+        exit. The pages a backup filled (up to 28.5 MiB) stayed resident while the point was
         recorded, which is where the peak RSS of a backup after a change came."""
         buffers = [self.builders.pop(KIND_DATA).buffer]
         while not self.spare.empty():
