@@ -17,12 +17,8 @@ _ARENAS = 2
 
 
 def cap_arenas() -> None:
-    """Limits the arenas threads created from now on may use; harmless when not glibc."""
-    try:
-        # The process's own symbols: libc's, without a library search (which runs ldconfig).
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENAS)
-    except (OSError, AttributeError):
-        pass  # not glibc (musl, macOS): their allocators do not keep per-thread arenas this way
+    """Limits the arenas threads created from now on may use."""
+    _malloc_call("mallopt", _M_ARENA_MAX, _ARENAS)
 
 
 def give_back() -> None:
@@ -31,8 +27,14 @@ def give_back() -> None:
     gives back only the top of the main heap, past a threshold that grows with the largest
     buffer freed (16 MiB once a chunker's 8 MiB buffer went): at the end of a backup's walk
     the arenas held 20-45 MiB free, resident, under what the point's recording then adds.
-    One call, a few milliseconds; harmless when not glibc."""
+    One call, a few milliseconds."""
+    _malloc_call("malloc_trim", 0)
+
+
+def _malloc_call(function: str, *args: int) -> None:
+    """Calls one of glibc's malloc functions; harmless when not glibc."""
     try:
-        ctypes.CDLL(None).malloc_trim(0)
+        # The process's own symbols: libc's, without a library search (which runs ldconfig).
+        getattr(ctypes.CDLL(None), function)(*args)
     except (OSError, AttributeError):
-        pass  # not glibc: nothing kept this way to give back
+        pass  # not glibc (musl, macOS): their allocators do not keep per-thread arenas this way
