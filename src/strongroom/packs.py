@@ -29,7 +29,8 @@ KIND_TREE = 1
 # (bench/README.md, branch servedpipe): packs that stop short at 8 MiB were 23-27 % more packs
 # than the ~9 MB average of packs that closed past 8 MiB, ~0.3 CPU-s more per 800 MiB
 # (agent and server: a request, an index record, new files each); at 9.5 MiB as many packs as
-# before and that CPU back, for ~3 MiB of the agent's peak (three buffers' pages).
+# before and that CPU back, for more of the agent's peak (three buffers' pages: +3 MiB on 800
+# MiB, 124 -> 131 MiB in a first backup of the full bench corpus, restic's 135-138).
 TARGET_SIZE = 9728 * 1024
 # The packer's fixed data-pack buffer. Packs used to close only once past the target, so a
 # buffer had room for one more blob of the largest chunk (12.5 MiB) and over a backup its pages
