@@ -75,13 +75,13 @@ class FolderStorage:
         try:
             return self._path(name).read_bytes()
         except FileNotFoundError:
-            raise MissingObject(f"object {name} is missing from the vault") from None
+            raise _missing(name) from None
 
     def open(self, name: str) -> IO[bytes]:
         try:
             return open(self._path(name), "rb")
         except FileNotFoundError:
-            raise MissingObject(f"object {name} is missing from the vault") from None
+            raise _missing(name) from None
 
     def _acquire(self, name: str) -> int:
         """A read descriptor, kept open (restores read thousands of blobs from each pack), and
@@ -94,7 +94,7 @@ class FolderStorage:
                 try:
                     fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
-                    raise MissingObject(f"object {name} is missing from the vault") from None
+                    raise _missing(name) from None
                 while len(self.open_fds) >= _OPEN_FDS:
                     self._retire(self.open_fds.pop(next(iter(self.open_fds))))
             self.open_fds[name] = fd  # most recently used last
@@ -138,7 +138,7 @@ class FolderStorage:
         try:
             return self._path(name).stat()
         except FileNotFoundError:
-            raise MissingObject(f"object {name} is missing from the vault") from None
+            raise _missing(name) from None
 
     def delete(self, name: str) -> None:
         with self.lock:
@@ -155,3 +155,7 @@ class FolderStorage:
                     continue  # temp files of writes in progress or killed
                 full = Path(dirpath) / f
                 yield str(full.relative_to(self.root)), full.stat().st_size
+
+
+def _missing(name: str) -> MissingObject:
+    return MissingObject(f"object {name} is missing from the vault")
