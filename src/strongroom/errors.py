@@ -34,5 +34,9 @@ class MissingObject(VaultError):
     """An object asked for by name (a pack, a record) is not in the vault's storage."""
 
 
+class VaultFull(VaultError):
+    """The vault's storage has no room left (its disk or the quota is full)."""
+
+
 class IntegrityError(StrongroomError):
     """Stored data failed verification against its checksum."""

@@ -47,6 +47,57 @@ def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path
     assert sr.json("check", "--read-data")["ok"]
 
 
+def test_a_served_vault_on_a_full_disk_says_so_and_the_next_backup_resumes(tiny_fs, tmp_path):
+    """Served, the full disk once reached the machine as "the vault answered HTTP 500" and left
+    a traceback in the server's log."""
+    from served import VaultServer
+
+    admin = Strongroom(tmp_path / "admin")
+    server = VaultServer(admin, admin.create_vault(tiny_fs / "vault")).start()
+    try:
+        sr = Strongroom(tmp_path / "home").register(server.credentials(tmp_path / "cred"), "tiny")
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(3):
+            (src / f"r{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+
+        res = sr.run("backup", src, check=False)
+        assert_clean_failure(res, 1, r"^strongroom: error: the vault's disk is full \(No space left on device\)$")
+        assert sr.points() == []
+        assert sr.json("check")["ok"]
+        log = server.log.read_text()
+        assert "Traceback" not in log
+        assert "PUT /api/v1/packs/" in log and "the vault's disk is full" in log
+
+        subprocess.run(["mount", "-o", "remount,size=128m", str(tiny_fs)], check=True)
+        assert sr.backup(src)["stats"]["files_new"] == 3
+        assert sr.json("check", "--read-data")["ok"]
+    finally:
+        server.stop()
+
+
+def test_a_catalog_that_cannot_grow_is_a_full_disk_not_a_bug(tiny_fs):
+    """The served vault's answer when its catalog (SQLite) meets the full disk: the same
+    VaultFull as a pack's, not a crash."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DatabaseError
+
+    from strongroom.errors import VaultFull
+    from strongroom.vault.storage_errors import storage_failure
+
+    engine = create_engine(f"sqlite:///{tiny_fs / 'catalog.db'}")
+    with pytest.raises(DatabaseError) as raised:
+        with engine.begin() as db:
+            db.execute(text("CREATE TABLE t (b BLOB)"))
+            for _ in range(100):
+                db.execute(text("INSERT INTO t VALUES (:b)"), {"b": os.urandom(256 * 1024)})
+    engine.dispose()
+    answer = storage_failure(raised.value, "POST /api/v1/points")
+    assert isinstance(answer, VaultFull)
+    assert str(answer) == "the vault's disk is full (its catalog cannot grow)"
+    assert storage_failure(ValueError("a bug"), "GET /") is None
+
+
 @pytest.mark.parametrize("big", [6 * 1024 * 1024, 17 * 1024 * 1024], ids=["buffered", "past-page-cache"])
 def test_restore_to_a_full_disk_reports_the_files_it_could_not_write(registered, tiny_fs, tmp_path, big):
     """A file past restore._STAGED_MIN meets the full disk in an O_DIRECT write (a tmpfs takes

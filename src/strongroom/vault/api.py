@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DatabaseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -262,8 +263,10 @@ def make_app(service: VaultService, limits: Limits | None = None) -> BodyLimitMi
     pins = Buckets("PIN attempts", limits.pin_burst, limits.pin_per_s)
     packs_in = PackReceiver(service)
 
-    for refused in (StrongroomError, RateLimited, StarletteHTTPException):  # StarletteHTTPException: FastAPI's
-        app.add_exception_handler(refused, error_response)                  # own, and routing's 404 and 405
+    # StarletteHTTPException: FastAPI's own, and routing's 404 and 405; OSError and DatabaseError:
+    # the vault's storage failing (or a bug, which error_response raises again)
+    for refused in (StrongroomError, RateLimited, StarletteHTTPException, OSError, DatabaseError):
+        app.add_exception_handler(refused, error_response)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

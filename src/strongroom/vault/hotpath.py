@@ -22,12 +22,14 @@ from urllib.parse import parse_qsl
 import msgpack
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DatabaseError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from strongroom.errors import StrongroomError, UsageError
 from strongroom.vault.ratelimit import RateLimited
 from strongroom.vault.service import MAX_PACK_BYTES, MAX_READ_BYTES, VaultService
+from strongroom.vault.storage_errors import storage_failure
 from strongroom.vault.upload import PackReceiver
 from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MSGPACK
 
@@ -58,9 +60,15 @@ def owner_id(service: VaultService, name: str, me: Caller) -> int:
     return me.id if name == me.name else service.machine_id(name)
 
 
-async def error_response(_request: Request | None, exc: Exception) -> Response:
+async def error_response(request: Request | None, exc: Exception) -> Response:
     """How a refusal travels, from FastAPI's routes and from these alike: one line of JSON
-    naming the error's class, which the agent raises again (vault/wire.py)."""
+    naming the error's class, which the agent raises again (vault/wire.py). The storage's
+    failures travel so too (vault/storage_errors.py); any other exception is a bug, re-raised."""
+    if isinstance(exc, (OSError, DatabaseError)):
+        failure = storage_failure(exc, f"{request.method} {request.url.path}" if request else "a request")
+        if failure is None:
+            raise exc
+        exc = failure
     if isinstance(exc, StrongroomError):
         status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
@@ -103,7 +111,7 @@ class HotRoutes:
         request = Request(scope, receive)
         try:
             response = await handler(request, await self.authorize(request))
-        except (StrongroomError, RateLimited, HTTPException) as exc:
+        except (StrongroomError, RateLimited, HTTPException, OSError, DatabaseError) as exc:
             response = await error_response(request, exc)
         await response(scope, receive, send)
 
