@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
-from conftest import Strongroom, assert_clean_failure
+from conftest import PASSPHRASE, Strongroom, assert_clean_failure
+
+from strongroom.agent.blobcache import KnownBlobs
+from strongroom.agent.home import AgentHome
+from strongroom.agent.packer import Packer
+from strongroom.packs import KIND_DATA
 
 
 @pytest.fixture
@@ -76,6 +85,33 @@ def test_a_served_vault_on_a_full_disk_says_so_and_the_next_backup_resumes(tiny_
         server.stop()
 
 
+def test_an_embedded_vault_whose_disk_is_full_is_not_called_unreadable(tiny_fs, tmp_path):
+    """With no room for the catalog's shared-memory file, opening it said "the vault's catalog
+    is unreadable (disk I/O error); run `strongroom vault rebuild-catalog`", and that rebuild
+    said "internal error" and left its half-built catalog beside the real one."""
+    sr = Strongroom(tmp_path / "home")
+    vault = sr.create_vault(tiny_fs / "vault")
+    sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a file\n")
+    sr.backup(src)
+    with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+
+    assert_clean_failure(sr.run("backup", src, check=False), 1,
+                         r"^strongroom: error: the vault's disk is full \(its catalog cannot be opened\)$")
+    before = sorted(p.name for p in vault.iterdir())
+    assert_clean_failure(sr.run("vault", "rebuild-catalog", vault, check=False), 1,
+                         r"^strongroom: error: the vault's disk is full \(its catalog cannot grow\)$")
+    assert sorted(p.name for p in vault.iterdir()) == before
+
+    (tiny_fs / "filler").unlink()
+    assert sr.backup(src)["stats"]["files_unchanged"] == 1
+    assert sr.json("check", "--read-data")["ok"]
+
+
 def test_a_catalog_that_cannot_grow_is_a_full_disk_not_a_bug(tiny_fs):
     """The served vault's answer when its catalog (SQLite) meets the full disk: the same
     VaultFull as a pack's, not a crash."""
@@ -92,10 +128,93 @@ def test_a_catalog_that_cannot_grow_is_a_full_disk_not_a_bug(tiny_fs):
             for _ in range(100):
                 db.execute(text("INSERT INTO t VALUES (:b)"), {"b": os.urandom(256 * 1024)})
     engine.dispose()
-    answer = storage_failure(raised.value, "POST /api/v1/points")
+    answer = storage_failure(raised.value)
     assert isinstance(answer, VaultFull)
     assert str(answer) == "the vault's disk is full (its catalog cannot grow)"
-    assert storage_failure(ValueError("a bug"), "GET /") is None
+    assert storage_failure(ValueError("a bug")) is None
+
+
+def _home_on(tiny_fs, tmp_path, files: int) -> tuple[Strongroom, object]:
+    """An agent home on the tmpfs, shrunk to 1 MiB, its vault elsewhere; `files` small files."""
+    subprocess.run(["mount", "-o", "remount,size=1m", str(tiny_fs)], check=True)
+    sr = Strongroom(tiny_fs / "home")
+    vault = sr.create_vault(tmp_path / "vault")
+    sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
+    src = tmp_path / "src"
+    for d in range(files // 1000):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(1000):
+            (src / f"d{d}" / f"f{i}.txt").write_text(f"file {d} {i}\n")
+    return sr, src
+
+
+def _stderr_after_the_space_warning(res: subprocess.CompletedProcess) -> str:
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("strongroom: warning: the cache folder") and "MiB free" in lines[0], res.stderr
+    return "\n".join(lines[1:])
+
+
+def test_a_full_cache_folder_is_one_line_and_the_next_backup_resumes(tiny_fs, tmp_path):
+    """The agent's cache (its SQLite blob index and reference counts) filling its disk during a
+    backup: once "internal error: OperationalError", and once a backup that never ended (the
+    packer's uploaders stopped twice, below)."""
+    sr, src = _home_on(tiny_fs, tmp_path, 30_000)
+    res = sr.run("backup", src, check=False)
+    res.stderr = _stderr_after_the_space_warning(res)
+    assert_clean_failure(res, 1, rf"the cache folder {tiny_fs}/home/cache is full \(database or disk is full\): "
+                                 r"free some room there or move the folder with `strongroom agent cache move DIR`$")
+    assert sr.points() == []
+    assert sr.json("check")["ok"]
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], check=True)
+    assert sr.backup(src)["stats"]["files_new"] == 30_000
+    assert sr.json("check", "--read-data")["ok"]
+
+
+def test_a_cache_folder_full_once_the_point_is_recorded_is_a_warning(tiny_fs, tmp_path):
+    """The point is in the vault when the cache's disk fills as it notes it: the backup said
+    "error" about a point that existed. Now a warning, and the next backup does without it."""
+    sr, src = _home_on(tiny_fs, tmp_path, 2000)
+    go = tmp_path / "go"
+    proc = subprocess.Popen(sr.cmd + ["backup", str(src), "--json"], env=sr.env(
+        {"STRONGROOM_TEST_HOOK": f"backup-point-recorded=wait:{go}"}), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reached = Path(f"{go}.reached")
+    deadline = time.monotonic() + 60
+    while not reached.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reached.exists(), proc.communicate()[1].decode()
+    with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+        while True:  # every last block of the cache's disk
+            filler.write(b"\0" * 4096)
+    go.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    point = json.loads(out)["id"]
+    warning = err.decode().splitlines()[-1]
+    assert warning == (f"strongroom: warning: the cache folder {tiny_fs}/home/cache could not note point {point} "
+                       "(database or disk is full): the next backup does without it (slower); free some room there "
+                       "or move the folder with `strongroom agent cache move DIR`")
+    assert [p["id"] for p in sr.points()] == [point]
+
+    (tiny_fs / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], check=True)
+    again = sr.backup(src)
+    assert again["stats"]["files_unchanged"] == 2000 and again["mode"] == "unoptimized"
+    assert sr.json("check", "--read-data")["ok"]
+
+
+def test_a_packer_stopped_twice_returns(registered):
+    """A backup whose packer closed (its uploaders stopped) and then failed (the cache's disk
+    full as it recorded what the vault holds) aborts the packer too: that waited for ever to
+    hand a stop to uploaders that had gone."""
+    agent = AgentHome(registered.home)
+    packer = Packer(agent.vault(), agent.master_key(PASSPHRASE), KnownBlobs(agent.cache))
+    packer.add(b"\x01" * 32, KIND_DATA, b"one blob")
+    packer.close()
+    aborting = threading.Thread(target=packer.abort, daemon=True)
+    aborting.start()
+    aborting.join(30)
+    assert not aborting.is_alive(), "Packer.abort after Packer.close never returned"
 
 
 @pytest.mark.parametrize("big", [6 * 1024 * 1024, 17 * 1024 * 1024], ids=["buffered", "past-page-cache"])

@@ -98,6 +98,7 @@ class BackupResult:
     stats: dict[str, Any]
     warnings: list[tuple[bytes, str]]
     mode_reason: str = ""
+    notes: list[str] = field(default_factory=list)  # said after the summary; the point is whole
 
 
 class _PendingDir:
@@ -347,12 +348,23 @@ class Backup:
             known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
             raise
         self.book.made(point_id, manifest)
-        self.refs.commit(point_id)
-        optimized.record_success(self.cache, self.plan, point_id)
+        testhook.hook("backup-point-recorded")  # a test fills the cache's disk here
+        notes = []
+        try:
+            self.refs.commit(point_id)
+            optimized.record_success(self.cache, self.plan, point_id)
+        except (OSError, sqlite3.OperationalError) as exc:
+            # The point is in the vault and the home knows it: what failed is the cache's note
+            # of it (its refs' counts, the journal's last good point), which only spares the
+            # next backup work. Without it the next one sends all the refs and reads every
+            # folder; a failure here once said "error" about a point that had been recorded.
+            notes.append(f"the cache folder {self.cache} could not note point {point_id} ({exc}): the next "
+                         "backup does without it (slower); free some room there or move the folder with "
+                         "`strongroom agent cache move DIR`")
         # Dated as `points` dates it, by the sealed manifest (this machine's clock when the walk
         # ended), not by the vault's clock when it recorded the point, a backup's length later.
         point = replace(point, created_ns=manifest["created"])
-        return BackupResult(point, stats, self.warnings, self.plan.reason)
+        return BackupResult(point, stats, self.warnings, self.plan.reason, notes)
 
     def _walk(self, parent_root: bytes | None) -> _PendingDir:
         root = self._build_root(parent_root)

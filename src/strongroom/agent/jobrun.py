@@ -13,6 +13,7 @@ import binascii
 import json
 import os
 import secrets
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from strongroom.agent.home import AgentHome
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.selection import Selection
 from strongroom.crypto import MasterKey
-from strongroom.errors import IntegrityError
+from strongroom.errors import IntegrityError, StrongroomError
 from strongroom.fsutil import write_private
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
@@ -131,11 +132,18 @@ def run_backup_job(agent: AgentHome, vault: Vault, run: Backup,
     job's status when it ends well, if not completed."""
     with agent.lock(), recorded_job(vault, run.key, agent.job_marker, "backup") as job:
         job.ended_as = ended_as
-        result = run.run()
+        try:
+            result = run.run()
+        except sqlite3.OperationalError as exc:  # the agent's own databases: all in its cache folder
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise StrongroomError(f"the cache folder {agent.cache} is full ({exc}): free some room there or move "
+                                  "the folder with `strongroom agent cache move DIR`") from None
         s = result.stats
         warnings = [{"path": display_path(p), "error": m} for p, m in result.warnings]
         job.mode, job.point_id, job.failed = result.point.mode, result.point.id, warnings
         job.mode_reason = result.mode_reason
+        job.notes += result.notes
         job.files = s["files_new"] + s["files_changed"] + s["files_unchanged"]
         job.bytes = s["bytes_added"]
     return result, warnings, job.notes

@@ -637,8 +637,10 @@ class RefCounts:
         try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            self.db.close()
         except sqlite3.ProgrammingError:
             pass  # closed by commit
+        except sqlite3.OperationalError:
+            pass  # its disk full at the commit: closing the connection rolls back as well
+        self.db.close()  # a no-op once closed
         if self.fresh:
             self.path.unlink(missing_ok=True)

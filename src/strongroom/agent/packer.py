@@ -210,7 +210,10 @@ class Packer:
         self._stop_uploaders()
 
     def _stop_uploaders(self) -> None:
-        for _ in self.uploaders:
+        """Once: `abort` after a `close` that stopped them and then failed (the cache's disk
+        full) put a stop into a queue no uploader read any more, and waited there forever."""
+        uploaders, self.uploaders = self.uploaders, []
+        for _ in uploaders:
             self.queue.put(None)
-        for uploader in self.uploaders:
+        for uploader in uploaders:
             uploader.join()

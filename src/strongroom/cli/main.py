@@ -37,6 +37,17 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _storage_failure(exc: Exception) -> StrongroomError | None:
+    """An embedded vault's catalog on a full or failing disk (SQLAlchemy's errors) is one line
+    too, as a served vault's is. Looked for only once SQLAlchemy is loaded: an embedded vault
+    was opened."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from strongroom.vault.storage_errors import storage_failure
+
+    return storage_failure(exc)
+
+
 class StrongroomGroup(click.Group):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -74,6 +85,9 @@ class StrongroomGroup(click.Group):
                       "levels; a larger stack, `ulimit -s`, allows more)")
             sys.exit(EXIT_FAILURE)
         except Exception as exc:  # a bug: say so in one line; the traceback on request
+            if (failure := _storage_failure(exc)) is not None:
+                fail_line(str(failure))
+                sys.exit(EXIT_FAILURE)
             if os.environ.get("STRONGROOM_DEBUG"):
                 raise
             fail_line(f"internal error: {type(exc).__name__}: {exc} (set STRONGROOM_DEBUG=1 for details)")

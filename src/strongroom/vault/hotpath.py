@@ -14,6 +14,7 @@ Their OpenAPI description (`OPENAPI_PATHS`) joins FastAPI's document, so that th
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +41,7 @@ NAME = r"^[^\x00-\x1f\x7f/]+$"
 NAME_MAX = 255  # characters: the API's bound on any name it is sent (registration takes fewer)
 _NAME = re.compile(NAME)
 _PACKS = "/api/v1/packs/"
+log = logging.getLogger("strongroom.vault")
 _ALLOWED = {"/api/v1/blobs/read": "POST", "/api/v1/blobs/locate": "POST"}  # methods of the paths this app owns
 
 Scope = dict[str, Any]
@@ -65,9 +67,11 @@ async def error_response(request: Request | None, exc: Exception) -> Response:
     naming the error's class, which the agent raises again (vault/wire.py). The storage's
     failures travel so too (vault/storage_errors.py); any other exception is a bug, re-raised."""
     if isinstance(exc, (OSError, DatabaseError)):
-        failure = storage_failure(exc, f"{request.method} {request.url.path}" if request else "a request")
+        failure = storage_failure(exc)
         if failure is None:
             raise exc
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        log.error("%s: %s%s", f"{request.method} {request.url.path}" if request else "a request", failure, where)
         exc = failure
     if isinstance(exc, StrongroomError):
         status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))

@@ -60,22 +60,30 @@ def rebuild_catalog(root: Path) -> RebuildReport:
     storage = FolderStorage(root)
     report = RebuildReport(catalog=str(root / CATALOG_FILE))
     scratch = root / f".{CATALOG_FILE}.rebuild"
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{scratch}{suffix}").unlink(missing_ok=True)  # a killed rebuild's work: start again
-    engine = init_catalog(scratch, meta["id"])
+
+    def drop_scratch() -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+
+    drop_scratch()  # a killed rebuild's work: start again
     try:
-        uids = _machines(storage, engine, report)
-        _settings(storage, engine, report)
-        _policies(storage, engine, uids, report)
-        unclaimed = _packs(storage, engine, uids, report)
-        _points(storage, engine, uids, unclaimed, report)
-        report.orphan_packs = len(unclaimed)
-        for name in sorted(unclaimed):
-            report.problems.append({"pack": name, "error": "no index record and no point claims it; "
-                                    "left in place (prune deletes it after a day)"})
-        _jobs(storage, engine, uids, report)
-    finally:
-        engine.dispose()
+        engine = init_catalog(scratch, meta["id"])
+        try:
+            uids = _machines(storage, engine, report)
+            _settings(storage, engine, report)
+            _policies(storage, engine, uids, report)
+            unclaimed = _packs(storage, engine, uids, report)
+            _points(storage, engine, uids, unclaimed, report)
+            report.orphan_packs = len(unclaimed)
+            for name in sorted(unclaimed):
+                report.problems.append({"pack": name, "error": "no index record and no point claims it; "
+                                        "left in place (prune deletes it after a day)"})
+            _jobs(storage, engine, uids, report)
+        finally:
+            engine.dispose()
+    except BaseException:
+        drop_scratch()  # a failed one's (its disk full): nothing half-built left beside the catalog
+        raise
     report.previous_catalog = _set_aside(root / CATALOG_FILE)
     os.replace(scratch, root / CATALOG_FILE)
     dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)

@@ -34,6 +34,7 @@ from strongroom.errors import (
     StrongroomError,
     UsageError,
     VaultError,
+    VaultFull,
 )
 from strongroom.fsutil import write_private
 from strongroom.names import check_machine_name
@@ -45,6 +46,7 @@ from strongroom.vault.jobs import JobBook, JobRecord
 from strongroom.vault.records import pack_object
 from strongroom.vault.shapes import BLOB_PAGE, BlobLocation, PointRecord  # noqa: F401 - re-exported
 from strongroom.vault.storage.fs import FolderStorage
+from strongroom.vault.storage_errors import storage_failure
 
 VAULT_FILE = "vault.json"
 VAULT_FORMAT = 2  # storage-first records, refs by blob ID, blobs unique per machine
@@ -103,6 +105,8 @@ class VaultService:
             with self.engine.connect() as db:
                 facts = dict(db.execute(select(cat.catalog_meta.c.key, cat.catalog_meta.c.value)).all())
         except DatabaseError as exc:
+            if isinstance(full := storage_failure(exc), VaultFull):  # not the catalog's fault: no rebuild
+                raise full from None
             raise CatalogUntrusted(f"the vault's catalog {catalog} is unreadable ({exc.orig}); "
                                    f"{rebuild_hint(root)}") from None
         if facts.get("vault_id") != self.id:
