@@ -1,5 +1,7 @@
 """Errors that reach the user as one clear line, each with the exit code the README documents."""
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -36,6 +38,12 @@ class MissingObject(VaultError):
 
 class VaultFull(VaultError):
     """The vault's storage has no room left (its disk or the quota is full)."""
+
+    ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+    @classmethod
+    def of(cls, exc: OSError) -> "VaultFull":
+        return cls(f"the vault's disk is full ({exc.strerror})")
 
 
 class IntegrityError(StrongroomError):

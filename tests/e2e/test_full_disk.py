@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSPHRASE, Strongroom, assert_clean_failure
+from treeutil import assert_trees_equal
 
 from strongroom.agent.blobcache import KnownBlobs
 from strongroom.agent.home import AgentHome
@@ -85,23 +86,33 @@ def test_a_served_vault_on_a_full_disk_says_so_and_the_next_backup_resumes(tiny_
         server.stop()
 
 
-def test_an_embedded_vault_whose_disk_is_full_is_not_called_unreadable(tiny_fs, tmp_path):
-    """With no room for the catalog's shared-memory file, opening it said "the vault's catalog
-    is unreadable (disk I/O error); run `strongroom vault rebuild-catalog`", and that rebuild
-    said "internal error" and left its half-built catalog beside the real one."""
+def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(tiny_fs, tmp_path):
+    """With no room for the catalog's shared-memory file, every command said "the vault's catalog
+    is unreadable (disk I/O error); run `strongroom vault rebuild-catalog`" (a restore too: a
+    full backup disk kept the user from their files), and that rebuild said "internal error"
+    and left its half-built catalog beside the real one."""
     sr = Strongroom(tmp_path / "home")
     vault = sr.create_vault(tiny_fs / "vault")
     sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("a file\n")
-    sr.backup(src)
+    os.chmod(src / "a.txt", 0o640)
+    point = sr.backup(src)["id"]
     with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
         while True:
             filler.write(b"\0" * 4096)
 
-    assert_clean_failure(sr.run("backup", src, check=False), 1,
-                         r"^strongroom: error: the vault's disk is full \(its catalog cannot be opened\)$")
+    assert [p["id"] for p in sr.points()] == [point]
+    assert sr.json("check", "--read-data")["ok"]
+    res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [
+        "strongroom: warning: the vault could not record this restore as a job: the vault's disk is full (its "
+        "catalog is open for reading only, until room is made)"]
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+    assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is full "
+                         r"\(its catalog is open for reading only, until room is made\)$")
     before = sorted(p.name for p in vault.iterdir())
     assert_clean_failure(sr.run("vault", "rebuild-catalog", vault, check=False), 1,
                          r"^strongroom: error: the vault's disk is full \(its catalog cannot grow\)$")
@@ -110,6 +121,36 @@ def test_an_embedded_vault_whose_disk_is_full_is_not_called_unreadable(tiny_fs, 
     (tiny_fs / "filler").unlink()
     assert sr.backup(src)["stats"]["files_unchanged"] == 1
     assert sr.json("check", "--read-data")["ok"]
+
+
+def test_a_served_vault_started_on_a_full_disk_serves_restores(tiny_fs, tmp_path):
+    """`vault serve` on a full disk stopped at once ("No space left on device": its serve.json),
+    and with its catalog unopenable would have refused every machine's restore."""
+    from served import VaultServer
+
+    admin = Strongroom(tmp_path / "admin")
+    server = VaultServer(admin, admin.create_vault(tiny_fs / "vault")).start()
+    try:
+        sr = Strongroom(tmp_path / "home").register(server.credentials(tmp_path / "cred"), "tiny")
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a.txt").write_text("a file\n")
+        point = sr.backup(src)["id"]
+        server.stop()
+        with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        server.start()
+        assert "the vault's disk is full: serve.json not updated" in server.log.read_text()
+
+        assert [p["id"] for p in sr.points()] == [point]
+        res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
+        assert res.returncode == 0 and "could not record this restore as a job" in res.stderr, res.stderr
+        assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+        assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is "
+                             r"full \(its catalog is open for reading only, until room is made\)$")
+    finally:
+        server.stop()
 
 
 def test_a_catalog_that_cannot_grow_is_a_full_disk_not_a_bug(tiny_fs):

@@ -26,7 +26,7 @@ from strongroom.agent.home import AgentHome
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.selection import Selection
 from strongroom.crypto import MasterKey
-from strongroom.errors import IntegrityError, StrongroomError
+from strongroom.errors import IntegrityError, StrongroomError, VaultFull
 from strongroom.fsutil import write_private
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
@@ -76,6 +76,9 @@ class Outcome:
                 "failed_sealed": seal_failed(key, job_id, self.failed) if self.failed else None}
 
 
+_READS = ("restore", "mount")  # jobs that only read the vault: its disk full does not stop them
+
+
 @contextmanager
 def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
                  source_machine: str | None = None) -> Iterator[Outcome]:
@@ -87,7 +90,14 @@ def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
         _finish(vault, key, marker.read_text().strip(), "failed", Outcome(), "the agent stopped before the job ended")
         marker.unlink()
     job_id = secrets.token_hex(8)
-    vault.start_job(job_id, kind, source_machine)
+    try:
+        vault.start_job(job_id, kind, source_machine)
+    except VaultFull as exc:
+        if kind not in _READS:
+            raise
+        # Reading needs no room: a restore from a vault whose disk is full goes on, unrecorded
+        yield Outcome(notes=[f"the vault could not record this {kind} as a job: {exc}"])
+        return
     write_private(marker, job_id.encode())
     outcome = Outcome()
     stop = threading.Event()

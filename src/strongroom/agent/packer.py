@@ -16,7 +16,6 @@ that stop short of the target (packs.py: each buffer's pages stay within 9.5 MiB
 
 from __future__ import annotations
 
-import errno
 import mmap
 import queue
 import threading
@@ -164,8 +163,8 @@ class Packer:
                         self.packs_uploaded += 1
                 except OSError as exc:
                     # Not an OSError any more: readers must not take it for one file's problem.
-                    hint = " (the vault's disk is full)" if exc.errno == errno.ENOSPC else ""
-                    self.error = VaultError(f"storing a pack in the vault failed: {exc.strerror or exc}{hint}")
+                    # (A full disk is VaultFull already, embedded or served.)
+                    self.error = VaultError(f"storing a pack in the vault failed: {exc.strerror or exc}")
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
                     self.error = exc
             self._recycle(builder)

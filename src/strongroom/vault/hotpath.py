@@ -27,7 +27,7 @@ from sqlalchemy.exc import DatabaseError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from strongroom.errors import StrongroomError, UsageError
+from strongroom.errors import StrongroomError, UsageError, VaultFull
 from strongroom.vault.ratelimit import RateLimited
 from strongroom.vault.service import MAX_PACK_BYTES, MAX_READ_BYTES, VaultService
 from strongroom.vault.storage_errors import storage_failure
@@ -66,13 +66,17 @@ async def error_response(request: Request | None, exc: Exception) -> Response:
     """How a refusal travels, from FastAPI's routes and from these alike: one line of JSON
     naming the error's class, which the agent raises again (vault/wire.py). The storage's
     failures travel so too (vault/storage_errors.py); any other exception is a bug, re-raised."""
+    logged = None  # the storage's failures are the operator's to see too
     if isinstance(exc, (OSError, DatabaseError)):
         failure = storage_failure(exc)
         if failure is None:
             raise exc
-        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        log.error("%s: %s%s", f"{request.method} {request.url.path}" if request else "a request", failure, where)
+        logged = f"{failure} ({exc.filename})" if isinstance(exc, OSError) and exc.filename else str(failure)
         exc = failure
+    elif isinstance(exc, VaultFull):
+        logged = str(exc)
+    if logged:
+        log.error("%s: %s", f"{request.method} {request.url.path}" if request else "a request", logged)
     if isinstance(exc, StrongroomError):
         status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)

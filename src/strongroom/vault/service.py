@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 import blake3
@@ -88,6 +89,17 @@ def read_vault_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
+def _open_catalog(path: Path, full: bool = False) -> tuple[Engine, dict[str, str]]:
+    """The catalog's engine and its facts (catalog_meta); `full`: read-only (cat.open_engine)."""
+    wal = Path(f"{path}-wal")
+    if full and wal.exists() and wal.stat().st_size:  # read-only, SQLite would not read what it holds
+        raise VaultFull("the vault's disk is full (its catalog cannot be opened: its write-ahead log needs room)")
+    url = f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true" if full else f"sqlite:///{path}"
+    engine = cat.open_engine(url, full)
+    with engine.connect() as db:
+        return engine, dict(db.execute(select(cat.catalog_meta.c.key, cat.catalog_meta.c.value)).all())
+
+
 class VaultService:
     def __init__(self, root: Path) -> None:
         self.meta = read_vault_meta(root)
@@ -101,14 +113,13 @@ class VaultService:
             # is needed", and a prune would delete every pack.
             raise CatalogUntrusted(f"the vault's catalog {catalog} is missing; {rebuild_hint(root)}")
         try:
-            self.engine: Engine = cat.open_engine(f"sqlite:///{catalog}")
-            with self.engine.connect() as db:
-                facts = dict(db.execute(select(cat.catalog_meta.c.key, cat.catalog_meta.c.value)).all())
+            self.engine, facts = _open_catalog(catalog)
         except DatabaseError as exc:
-            if isinstance(full := storage_failure(exc), VaultFull):  # not the catalog's fault: no rebuild
-                raise full from None
-            raise CatalogUntrusted(f"the vault's catalog {catalog} is unreadable ({exc.orig}); "
-                                   f"{rebuild_hint(root)}") from None
+            if not isinstance(storage_failure(exc), VaultFull):
+                raise CatalogUntrusted(f"the vault's catalog {catalog} is unreadable ({exc.orig}); "
+                                       f"{rebuild_hint(root)}") from None
+            # Its disk is full, not the catalog broken: no rebuild, and what needs no room works
+            self.engine, facts = _open_catalog(catalog, full=True)
         if facts.get("vault_id") != self.id:
             raise CatalogUntrusted(f"the vault's catalog {catalog} is empty or belongs to another vault; "
                                    f"{rebuild_hint(root)}")

@@ -9,14 +9,12 @@ OSError in an embedded vault meets the agent's own handler first (agent/packer.p
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 
 from sqlalchemy.exc import DatabaseError
 
 from strongroom.errors import VaultError, VaultFull
 
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
 # The catalog's failures that are its storage's, not a bug (SQLite's primary result codes): the
 # disk, its rights, its reads
@@ -30,8 +28,8 @@ _SQLITE_IOERR_SHMSIZE = sqlite3.SQLITE_IOERR | 19 << 8
 def storage_failure(exc: BaseException) -> VaultError | None:
     """The one-line error for `exc`; None if it is not the storage's (a bug keeps its traceback)."""
     if isinstance(exc, OSError):
-        if exc.errno in _FULL_ERRNOS:
-            answer: VaultError = VaultFull(f"the vault's disk is full ({exc.strerror})")
+        if exc.errno in VaultFull.ERRNOS:
+            answer: VaultError = VaultFull.of(exc)
         else:
             answer = VaultError(f"the vault's storage failed ({exc.strerror or type(exc).__name__})")
     elif isinstance(exc, DatabaseError):

@@ -32,6 +32,7 @@ from sqlalchemy import (
     inspect,
 )
 
+from strongroom.errors import VaultFull
 from strongroom.vault.idsql import EACH_ID, ID_AT, id_params
 from strongroom.vault.wire import ID_SIZE
 
@@ -143,7 +144,10 @@ jobs = Table(
 )
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, full: bool = False) -> Engine:
+    """The catalog's engine. `full`: the SQLite catalog of a vault whose disk is full, opened
+    read-only (`immutable`: SQLite then needs no shared-memory file, for which it has no room),
+    so that points can still be listed and restored; a write says the disk is full."""
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
@@ -161,6 +165,8 @@ def open_engine(url: str) -> Engine:
             # A transaction that reads and then writes cannot wait for another writer in
             # SQLite (it would fail "database is locked" at once): writers take the write
             # lock up front and wait their turn (busy_timeout) instead.
+            if full and conn.get_execution_options().get("write"):
+                raise VaultFull("the vault's disk is full (its catalog is open for reading only, until room is made)")
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
     metadata.create_all(engine)
     _add_new_columns(engine)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from strongroom.errors import MissingObject, VaultError
+from strongroom.errors import MissingObject, VaultError, VaultFull
 from strongroom.fsutil import write_all, write_direct
 
 _OPEN_FDS = 64
@@ -34,32 +35,34 @@ class FolderStorage:
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data).cast("B")
-            if len(view) >= _DIRECT_MIN:
-                view = write_direct(fd, view)
-            write_all(fd, view)
-            os.fsync(fd)
-        except BaseException:
+        with _room():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data).cast("B")
+                if len(view) >= _DIRECT_MIN:
+                    view = write_direct(fd, view)
+                write_all(fd, view)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
             os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        self._commit(tmp, path)
+            self._commit(tmp, path)
 
     def put_file(self, name: str, source: Path) -> None:
         """Moves a file in: it must be on the same filesystem (the vault's spool folder)."""
         path = self._path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(source, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._commit(source, path)
+        with _room():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._commit(source, path)
 
     @staticmethod
     def _commit(tmp: Path, path: Path) -> None:
@@ -155,6 +158,18 @@ class FolderStorage:
                     continue  # temp files of writes in progress or killed
                 full = Path(dirpath) / f
                 yield str(full.relative_to(self.root)), full.stat().st_size
+
+
+@contextmanager
+def _room() -> Iterator[None]:
+    """A write that finds the disk full says so by name: the same VaultFull whether the vault is
+    embedded or served (vault/storage_errors.py), which a restore takes as "read-only now"."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in VaultFull.ERRNOS:
+            raise VaultFull.of(exc) from None
+        raise
 
 
 def _missing(name: str) -> MissingObject:
