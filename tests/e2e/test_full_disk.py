@@ -32,6 +32,27 @@ def tiny_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)])
 
 
+@pytest.fixture
+def served_on_tiny(tiny_fs, tmp_path):
+    """A vault on the tmpfs, served; a machine registered with it; an empty source folder."""
+    from served import VaultServer
+
+    admin = Strongroom(tmp_path / "admin")
+    server = VaultServer(admin, admin.create_vault(tiny_fs / "vault")).start()
+    sr = Strongroom(tmp_path / "home").register(server.credentials(tmp_path / "cred"), "tiny")
+    src = tmp_path / "src"
+    src.mkdir()
+    yield server, sr, src
+    server.stop()
+
+
+def _fill(folder) -> None:
+    """Takes every last block of the file system `folder` is on."""
+    with open(folder / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+
+
 @pytest.mark.parametrize("files", [(3, 3 * 1024 * 1024), (4000, 10 * 1024)], ids=["large", "small"])
 def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path, files):
     # Small files: five packs' worth, all sealed on the encoder thread, which once waited
@@ -57,33 +78,24 @@ def test_backup_to_a_full_vault_disk_fails_cleanly_and_resumes(tiny_fs, tmp_path
     assert sr.json("check", "--read-data")["ok"]
 
 
-def test_a_served_vault_on_a_full_disk_says_so_and_the_next_backup_resumes(tiny_fs, tmp_path):
+def test_a_served_vault_on_a_full_disk_says_so_and_the_next_backup_resumes(served_on_tiny, tiny_fs):
     """Served, the full disk once reached the machine as "the vault answered HTTP 500" and left
     a traceback in the server's log."""
-    from served import VaultServer
+    server, sr, src = served_on_tiny
+    for i in range(3):
+        (src / f"r{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
 
-    admin = Strongroom(tmp_path / "admin")
-    server = VaultServer(admin, admin.create_vault(tiny_fs / "vault")).start()
-    try:
-        sr = Strongroom(tmp_path / "home").register(server.credentials(tmp_path / "cred"), "tiny")
-        src = tmp_path / "src"
-        src.mkdir()
-        for i in range(3):
-            (src / f"r{i}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    res = sr.run("backup", src, check=False)
+    assert_clean_failure(res, 1, r"^strongroom: error: the vault's disk is full \(No space left on device\)$")
+    assert sr.points() == []
+    assert sr.json("check")["ok"]
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    assert "PUT /api/v1/packs/" in log and "the vault's disk is full" in log
 
-        res = sr.run("backup", src, check=False)
-        assert_clean_failure(res, 1, r"^strongroom: error: the vault's disk is full \(No space left on device\)$")
-        assert sr.points() == []
-        assert sr.json("check")["ok"]
-        log = server.log.read_text()
-        assert "Traceback" not in log
-        assert "PUT /api/v1/packs/" in log and "the vault's disk is full" in log
-
-        subprocess.run(["mount", "-o", "remount,size=128m", str(tiny_fs)], check=True)
-        assert sr.backup(src)["stats"]["files_new"] == 3
-        assert sr.json("check", "--read-data")["ok"]
-    finally:
-        server.stop()
+    subprocess.run(["mount", "-o", "remount,size=128m", str(tiny_fs)], check=True)
+    assert sr.backup(src)["stats"]["files_new"] == 3
+    assert sr.json("check", "--read-data")["ok"]
 
 
 def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(tiny_fs, tmp_path):
@@ -99,9 +111,7 @@ def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(ti
     (src / "a.txt").write_text("a file\n")
     os.chmod(src / "a.txt", 0o640)
     point = sr.backup(src)["id"]
-    with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
-        while True:
-            filler.write(b"\0" * 4096)
+    _fill(tiny_fs)
 
     assert [p["id"] for p in sr.points()] == [point]
     assert sr.json("check", "--read-data")["ok"]
@@ -123,34 +133,23 @@ def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(ti
     assert sr.json("check", "--read-data")["ok"]
 
 
-def test_a_served_vault_started_on_a_full_disk_serves_restores(tiny_fs, tmp_path):
+def test_a_served_vault_started_on_a_full_disk_serves_restores(served_on_tiny, tiny_fs, tmp_path):
     """`vault serve` on a full disk stopped at once ("No space left on device": its serve.json),
     and with its catalog unopenable would have refused every machine's restore."""
-    from served import VaultServer
+    server, sr, src = served_on_tiny
+    (src / "a.txt").write_text("a file\n")
+    point = sr.backup(src)["id"]
+    server.stop()
+    _fill(tiny_fs)
+    server.start()
+    assert "the vault's disk is full: serve.json not updated" in server.log.read_text()
 
-    admin = Strongroom(tmp_path / "admin")
-    server = VaultServer(admin, admin.create_vault(tiny_fs / "vault")).start()
-    try:
-        sr = Strongroom(tmp_path / "home").register(server.credentials(tmp_path / "cred"), "tiny")
-        src = tmp_path / "src"
-        src.mkdir()
-        (src / "a.txt").write_text("a file\n")
-        point = sr.backup(src)["id"]
-        server.stop()
-        with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
-            while True:
-                filler.write(b"\0" * 4096)
-        server.start()
-        assert "the vault's disk is full: serve.json not updated" in server.log.read_text()
-
-        assert [p["id"] for p in sr.points()] == [point]
-        res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
-        assert res.returncode == 0 and "could not record this restore as a job" in res.stderr, res.stderr
-        assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
-        assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is "
-                             r"full \(its catalog is open for reading only, until room is made\)$")
-    finally:
-        server.stop()
+    assert [p["id"] for p in sr.points()] == [point]
+    res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
+    assert res.returncode == 0 and "could not record this restore as a job" in res.stderr, res.stderr
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+    assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is "
+                         r"full \(its catalog is open for reading only, until room is made\)$")
 
 
 def test_a_catalog_that_cannot_grow_is_a_full_disk_not_a_bug(tiny_fs):
@@ -224,9 +223,7 @@ def test_a_cache_folder_full_once_the_point_is_recorded_is_a_warning(tiny_fs, tm
     while not reached.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert reached.exists(), proc.communicate()[1].decode()
-    with open(tiny_fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
-        while True:  # every last block of the cache's disk
-            filler.write(b"\0" * 4096)
+    _fill(tiny_fs)  # the cache's disk
     go.touch()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
