@@ -36,14 +36,25 @@ class MissingObject(VaultError):
     """An object asked for by name (a pack, a record) is not in the vault's storage."""
 
 
-class VaultFull(VaultError):
+class VaultReadOnly(VaultError):
+    """The vault can be read but not written: its file system is mounted read-only, or full
+    (VaultFull). Restores go on (agent/jobrun.py)."""
+
+    @staticmethod
+    def of(exc: OSError) -> "VaultReadOnly | None":
+        """What a failed write of the vault's means, if it is one of these."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return VaultFull(f"the vault's disk is full ({exc.strerror})")
+        if exc.errno == errno.EROFS:
+            return VaultReadOnly(READ_ONLY_FS)
+        return None
+
+
+class VaultFull(VaultReadOnly):
     """The vault's storage has no room left (its disk or the quota is full)."""
 
-    ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-    @classmethod
-    def of(cls, exc: OSError) -> "VaultFull":
-        return cls(f"the vault's disk is full ({exc.strerror})")
+READ_ONLY_FS = "the vault's file system is read-only: the vault can be read, not written"
 
 
 class IntegrityError(StrongroomError):

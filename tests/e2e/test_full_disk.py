@@ -46,6 +46,18 @@ def served_on_tiny(tiny_fs, tmp_path):
     server.stop()
 
 
+@pytest.fixture
+def one_file_on_tiny(tiny_fs, tmp_path):
+    """A vault on the tmpfs, a machine registered with it, a source folder of one file."""
+    sr = Strongroom(tmp_path / "home")
+    vault = sr.create_vault(tiny_fs / "vault")
+    sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a file\n")
+    return sr, vault, src
+
+
 def _fill(folder) -> None:
     """Takes every last block of the file system `folder` is on."""
     with open(folder / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
@@ -98,17 +110,12 @@ def test_a_served_vault_on_a_full_disk_says_so_and_the_next_backup_resumes(serve
     assert sr.json("check", "--read-data")["ok"]
 
 
-def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(tiny_fs, tmp_path):
+def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(one_file_on_tiny, tiny_fs, tmp_path):
     """With no room for the catalog's shared-memory file, every command said "the vault's catalog
     is unreadable (disk I/O error); run `strongroom vault rebuild-catalog`" (a restore too: a
     full backup disk kept the user from their files), and that rebuild said "internal error"
     and left its half-built catalog beside the real one."""
-    sr = Strongroom(tmp_path / "home")
-    vault = sr.create_vault(tiny_fs / "vault")
-    sr.register(sr.make_credentials(vault, tmp_path / "cred"), "tiny", vault)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("a file\n")
+    sr, vault, src = one_file_on_tiny
     os.chmod(src / "a.txt", 0o640)
     point = sr.backup(src)["id"]
     _fill(tiny_fs)
@@ -118,11 +125,11 @@ def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(ti
     res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
     assert res.returncode == 0, res.stderr
     assert res.stderr.splitlines() == [
-        "strongroom: warning: the vault could not record this restore as a job: the vault's disk is full (its "
-        "catalog is open for reading only, until room is made)"]
+        "strongroom: warning: the vault could not record this restore as a job: the vault's disk is full: the "
+        "vault can be read, not written, until room is made"]
     assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
-    assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is full "
-                         r"\(its catalog is open for reading only, until room is made\)$")
+    assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is full: "
+                         r"the vault can be read, not written, until room is made$")
     before = sorted(p.name for p in vault.iterdir())
     assert_clean_failure(sr.run("vault", "rebuild-catalog", vault, check=False), 1,
                          r"^strongroom: error: the vault's disk is full \(its catalog cannot grow\)$")
@@ -131,6 +138,29 @@ def test_an_embedded_vault_whose_disk_is_full_still_lists_checks_and_restores(ti
     (tiny_fs / "filler").unlink()
     assert sr.backup(src)["stats"]["files_unchanged"] == 1
     assert sr.json("check", "--read-data")["ok"]
+
+
+def test_a_vault_on_a_read_only_file_system_lists_checks_and_restores(one_file_on_tiny, tiny_fs, tmp_path):
+    """A vault disk mounted read-only (to restore from it, on this machine or another): every
+    command stopped at once ("Read-only file system (VAULT/jobs)": opening a vault tightened its
+    folders' modes)."""
+    sr, vault, src = one_file_on_tiny
+    point = sr.backup(src)["id"]
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    refusal = "the vault's file system is read-only: the vault can be read, not written"
+
+    assert [p["id"] for p in sr.points()] == [point]
+    assert sr.json("check", "--read-data")["ok"]
+    res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [f"strongroom: warning: the vault could not record this restore as a job: "
+                                       f"{refusal}"]
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+    assert_clean_failure(sr.run("backup", src, check=False), 1, f"^strongroom: error: {refusal}$")
+    assert_clean_failure(sr.run("forget", point, check=False), 1, f"^strongroom: error: {refusal}$")
+
+    subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True)
+    assert sr.backup(src)["stats"]["files_unchanged"] == 1
 
 
 def test_a_served_vault_started_on_a_full_disk_serves_restores(served_on_tiny, tiny_fs, tmp_path):
@@ -142,14 +172,14 @@ def test_a_served_vault_started_on_a_full_disk_serves_restores(served_on_tiny, t
     server.stop()
     _fill(tiny_fs)
     server.start()
-    assert "the vault's disk is full: serve.json not updated" in server.log.read_text()
+    assert "the vault's disk is full (No space left on device): serve.json not updated" in server.log.read_text()
 
     assert [p["id"] for p in sr.points()] == [point]
     res = sr.run("restore", "latest", "--target", tmp_path / "out", check=False)
     assert res.returncode == 0 and "could not record this restore as a job" in res.stderr, res.stderr
     assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
     assert_clean_failure(sr.run("backup", src, check=False), 1, r"^strongroom: error: the vault's disk is "
-                         r"full \(its catalog is open for reading only, until room is made\)$")
+                         r"full: the vault can be read, not written, until room is made$")
 
 
 def test_a_catalog_that_cannot_grow_is_a_full_disk_not_a_bug(tiny_fs):

@@ -26,7 +26,7 @@ from strongroom.agent.home import AgentHome
 from strongroom.agent.pointbook import PointBook
 from strongroom.agent.selection import Selection
 from strongroom.crypto import MasterKey
-from strongroom.errors import IntegrityError, StrongroomError, VaultFull
+from strongroom.errors import IntegrityError, StrongroomError, VaultReadOnly
 from strongroom.fsutil import write_private
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
@@ -76,7 +76,7 @@ class Outcome:
                 "failed_sealed": seal_failed(key, job_id, self.failed) if self.failed else None}
 
 
-_READS = ("restore", "mount")  # jobs that only read the vault: its disk full does not stop them
+_READS = ("restore", "mount")  # jobs that only read the vault: its disk full or read-only does not stop them
 
 
 @contextmanager
@@ -92,10 +92,10 @@ def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
     job_id = secrets.token_hex(8)
     try:
         vault.start_job(job_id, kind, source_machine)
-    except VaultFull as exc:
+    except VaultReadOnly as exc:
         if kind not in _READS:
             raise
-        # Reading needs no room: a restore from a vault whose disk is full goes on, unrecorded
+        # Reading needs no writing: a restore from a vault whose disk is full goes on, unrecorded
         yield Outcome(notes=[f"the vault could not record this {kind} as a job: {exc}"])
         return
     write_private(marker, job_id.encode())

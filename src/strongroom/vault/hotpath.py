@@ -27,7 +27,7 @@ from sqlalchemy.exc import DatabaseError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from strongroom.errors import StrongroomError, UsageError, VaultFull
+from strongroom.errors import StrongroomError, UsageError, VaultReadOnly
 from strongroom.vault.ratelimit import RateLimited
 from strongroom.vault.service import MAX_PACK_BYTES, MAX_READ_BYTES, VaultService
 from strongroom.vault.storage_errors import storage_failure
@@ -73,7 +73,7 @@ async def error_response(request: Request | None, exc: Exception) -> Response:
             raise exc
         logged = f"{failure} ({exc.filename})" if isinstance(exc, OSError) and exc.filename else str(failure)
         exc = failure
-    elif isinstance(exc, VaultFull):
+    elif isinstance(exc, VaultReadOnly):
         logged = str(exc)
     if logged:
         log.error("%s: %s", f"{request.method} {request.url.path}" if request else "a request", logged)

@@ -10,6 +10,7 @@ folder reaches nothing inside, whatever the modes deeper down.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -31,3 +32,6 @@ def lock_down(root: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~PRIVATE_UMASK)
         except (PermissionError, FileNotFoundError):
             continue
+        except OSError as exc:
+            if exc.errno != errno.EROFS:  # a vault on read-only media: its modes are what they are
+                raise

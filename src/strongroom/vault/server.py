@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from strongroom.errors import VaultFull
+from strongroom.errors import VaultReadOnly
 from strongroom.fsutil import write_private
 from strongroom.vault.limits import Limits
 from strongroom.vault.limits import load as load_limits
@@ -47,11 +47,11 @@ def prepare(service: VaultService, host: str, port: int, cert: Path | None, key:
         write_private(service.root / SERVE_FILE, json.dumps({"url": url, "fingerprint": fingerprint}).encode(),
                       mode=0o644)
     except OSError as exc:
-        if exc.errno not in VaultFull.ERRNOS:
+        if (read_only := VaultReadOnly.of(exc)) is None:
             raise
-        # A vault whose disk is full still serves what needs no room: its restores, first of all
-        log.error("the vault's disk is full: %s not updated, so `vault credentials FOLDER` may name an earlier "
-                  "address; every write is refused until room is made", SERVE_FILE)
+        # A vault that cannot be written still serves what needs no writing: restores, first of all
+        log.error("%s: %s not updated, so `vault credentials FOLDER` may name an earlier address; every write "
+                  "is refused", read_only, SERVE_FILE)
     return Listener(url, fingerprint, cert if tls else None, key if tls else None)
 
 

@@ -36,6 +36,8 @@ from strongroom.errors import (
     UsageError,
     VaultError,
     VaultFull,
+    VaultReadOnly,
+    READ_ONLY_FS,
 )
 from strongroom.fsutil import write_private
 from strongroom.names import check_machine_name
@@ -52,6 +54,7 @@ from strongroom.vault.storage_errors import storage_failure
 VAULT_FILE = "vault.json"
 VAULT_FORMAT = 2  # storage-first records, refs by blob ID, blobs unique per machine
 CATALOG_FILE = "catalog.sqlite"
+FULL_DISK = "the vault's disk is full: the vault can be read, not written, until room is made"
 ADMIN_TOKEN_FILE = "admin.token"
 SPOOL_DIR = "incoming"
 # The largest pack accepted: data packs are ~8 MiB, but one directory of a million entries
@@ -89,15 +92,26 @@ def read_vault_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def _open_catalog(path: Path, full: bool = False) -> tuple[Engine, dict[str, str]]:
-    """The catalog's engine and its facts (catalog_meta); `full`: read-only (cat.open_engine)."""
-    wal = Path(f"{path}-wal")
-    if full and wal.exists() and wal.stat().st_size:  # read-only, SQLite would not read what it holds
-        raise VaultFull("the vault's disk is full (its catalog cannot be opened: its write-ahead log needs room)")
-    url = f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true" if full else f"sqlite:///{path}"
-    engine = cat.open_engine(url, full)
+def _open_catalog(path: Path, read_only: VaultReadOnly | None = None) -> tuple[Engine, dict[str, str]]:
+    """The catalog's engine and its facts (catalog_meta). `read_only`: the vault cannot be
+    written, and a write raises this; its catalog is opened read-only and `immutable` (SQLite
+    then needs no shared-memory file, which it could not make)."""
+    if read_only is None:
+        engine = cat.open_engine(f"sqlite:///{path}")
+    else:
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size:  # immutable, SQLite would not read what the log holds
+            raise type(read_only)(f"{read_only}; and its catalog's write-ahead log holds changes, which must be "
+                                  "written into it before it can be read")
+        engine = cat.open_engine(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
+                                 lambda: type(read_only)(str(read_only)))
     with engine.connect() as db:
         return engine, dict(db.execute(select(cat.catalog_meta.c.key, cat.catalog_meta.c.value)).all())
+
+
+def _read_only_fs(root: Path) -> VaultReadOnly | None:
+    """A vault on read-only media (a disk mounted `ro` to restore from it) is read as it is."""
+    return VaultReadOnly(READ_ONLY_FS) if os.statvfs(root).f_flag & os.ST_RDONLY else None
 
 
 class VaultService:
@@ -113,13 +127,13 @@ class VaultService:
             # is needed", and a prune would delete every pack.
             raise CatalogUntrusted(f"the vault's catalog {catalog} is missing; {rebuild_hint(root)}")
         try:
-            self.engine, facts = _open_catalog(catalog)
+            self.engine, facts = _open_catalog(catalog, _read_only_fs(root))
         except DatabaseError as exc:
             if not isinstance(storage_failure(exc), VaultFull):
                 raise CatalogUntrusted(f"the vault's catalog {catalog} is unreadable ({exc.orig}); "
                                        f"{rebuild_hint(root)}") from None
             # Its disk is full, not the catalog broken: no rebuild, and what needs no room works
-            self.engine, facts = _open_catalog(catalog, full=True)
+            self.engine, facts = _open_catalog(catalog, VaultFull(FULL_DISK))
         if facts.get("vault_id") != self.id:
             raise CatalogUntrusted(f"the vault's catalog {catalog} is empty or belongs to another vault; "
                                    f"{rebuild_hint(root)}")

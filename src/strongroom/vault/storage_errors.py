@@ -13,7 +13,7 @@ import sqlite3
 
 from sqlalchemy.exc import DatabaseError
 
-from strongroom.errors import VaultError, VaultFull
+from strongroom.errors import VaultError, VaultFull, VaultReadOnly
 
 _POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
 # The catalog's failures that are its storage's, not a bug (SQLite's primary result codes): the
@@ -28,10 +28,7 @@ _SQLITE_IOERR_SHMSIZE = sqlite3.SQLITE_IOERR | 19 << 8
 def storage_failure(exc: BaseException) -> VaultError | None:
     """The one-line error for `exc`; None if it is not the storage's (a bug keeps its traceback)."""
     if isinstance(exc, OSError):
-        if exc.errno in VaultFull.ERRNOS:
-            answer: VaultError = VaultFull.of(exc)
-        else:
-            answer = VaultError(f"the vault's storage failed ({exc.strerror or type(exc).__name__})")
+        answer = VaultReadOnly.of(exc) or VaultError(f"the vault's storage failed ({exc.strerror or type(exc).__name__})")
     elif isinstance(exc, DatabaseError):
         code = getattr(exc.orig, "sqlite_errorcode", None)  # an extended result code
         if code == sqlite3.SQLITE_FULL or getattr(exc.orig, "pgcode", None) == _POSTGRES_DISK_FULL:

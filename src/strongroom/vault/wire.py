@@ -13,6 +13,7 @@ from strongroom.errors import (
     UsageError,
     VaultError,
     VaultFull,
+    VaultReadOnly,
 )
 
 MSGPACK = "application/x-msgpack"
@@ -24,6 +25,6 @@ MAX_REFS_PARTS = 1_000_000  # parts of one point: 262 G blob IDs, far beyond any
 # in-process and prints the same message whether its vault is embedded or served. A class
 # comes before its base: an error takes the first status whose class it is.
 ERROR_STATUS: dict[type[StrongroomError], int] = {
-    MissingObject: 404, VaultFull: 507, UsageError: 400, CredentialsError: 403, IntegrityError: 422, VaultError: 409,
+    MissingObject: 404, VaultFull: 507, VaultReadOnly: 507, UsageError: 400, CredentialsError: 403, IntegrityError: 422, VaultError: 409,
     StrongroomError: 500}
 ERROR_CLASSES: dict[str, type[StrongroomError]] = {cls.__name__: cls for cls in ERROR_STATUS}

@@ -12,7 +12,7 @@ sealed, so nothing here needs or reveals the key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -32,7 +32,7 @@ from sqlalchemy import (
     inspect,
 )
 
-from strongroom.errors import VaultFull
+from strongroom.errors import VaultReadOnly
 from strongroom.vault.idsql import EACH_ID, ID_AT, id_params
 from strongroom.vault.wire import ID_SIZE
 
@@ -144,10 +144,10 @@ jobs = Table(
 )
 
 
-def open_engine(url: str, full: bool = False) -> Engine:
-    """The catalog's engine. `full`: the SQLite catalog of a vault whose disk is full, opened
-    read-only (`immutable`: SQLite then needs no shared-memory file, for which it has no room),
-    so that points can still be listed and restored; a write says the disk is full."""
+def open_engine(url: str, writes_refused: Callable[[], VaultReadOnly] | None = None) -> Engine:
+    """The catalog's engine. `writes_refused`: the catalog of a vault that cannot be written
+    (its disk full, its file system read-only) is opened read-only, so that points can still be
+    listed and restored, and a write raises what this gives."""
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
@@ -165,8 +165,8 @@ def open_engine(url: str, full: bool = False) -> Engine:
             # A transaction that reads and then writes cannot wait for another writer in
             # SQLite (it would fail "database is locked" at once): writers take the write
             # lock up front and wait their turn (busy_timeout) instead.
-            if full and conn.get_execution_options().get("write"):
-                raise VaultFull("the vault's disk is full (its catalog is open for reading only, until room is made)")
+            if writes_refused and conn.get_execution_options().get("write"):
+                raise writes_refused()
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
     metadata.create_all(engine)
     _add_new_columns(engine)

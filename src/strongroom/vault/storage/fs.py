@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from strongroom.errors import MissingObject, VaultError, VaultFull
+from strongroom.errors import MissingObject, VaultError, VaultReadOnly
 from strongroom.fsutil import write_all, write_direct
 
 _OPEN_FDS = 64
@@ -162,13 +162,13 @@ class FolderStorage:
 
 @contextmanager
 def _room() -> Iterator[None]:
-    """A write that finds the disk full says so by name: the same VaultFull whether the vault is
-    embedded or served (vault/storage_errors.py), which a restore takes as "read-only now"."""
+    """A write that finds the disk full or read-only says so by name: the same VaultFull or
+    VaultReadOnly whether the vault is embedded or served (vault/storage_errors.py)."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in VaultFull.ERRNOS:
-            raise VaultFull.of(exc) from None
+        if (read_only := VaultReadOnly.of(exc)) is not None:
+            raise read_only from None
         raise
 
 
