@@ -107,6 +107,16 @@ class JobBook:
             self.archive(machine_id, record)
         return record
 
+    def fail_dead(self, kind: str, message: str) -> None:
+        """Ends this kind's running jobs as failed and frees their leases at once, when their
+        process is known to be gone (vault/prune.py holds the vault's prune lock): else a killed
+        prune held its machines' data for a lease's length (90 s) and the next prune skipped them."""
+        with cat.write(self.engine) as db:
+            dead = db.execute(select(cat.jobs.c.id, cat.jobs.c.machine_id)
+                              .where(cat.jobs.c.status == "running", cat.jobs.c.kind == kind)).all()
+        for job_id, machine_id in dead:
+            self.finish(machine_id, job_id, "failed", message=message)
+
     def record_event(self, machine_id: int, kind: str, mode: str, message: str) -> JobRecord:
         """A critical act on the machine (vault/machine_admin.py), recorded as a finished job."""
         now = time.time_ns()

@@ -15,17 +15,22 @@ Safety, by construction:
   (VaultService.add_point). Storage follows the catalog in an order a crash cannot break:
   a new pack and its index record are stored before the catalog points at them, and an old
   one is deleted only after the catalog stopped pointing at it.
-- An orphan (a pack in storage the catalog does not know) is deleted only when it is old,
-  has no index record, and holds no blob that a point needs and the catalog cannot find.
+- An orphan (a pack in storage the catalog does not know) is deleted only when it holds no
+  blob that a point needs and the catalog cannot find, and either has no index record and is
+  old, or has one of the machine being pruned (under its lease: a killed prune's or backup's).
+  A prune holds the vault's prune lock (PRUNE_LOCK): one at a time, and a "running" prune job
+  it finds died, so its leases are freed at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +40,7 @@ from sqlalchemy import column, delete, select, table, update
 
 from strongroom import packs as packfmt
 from strongroom.errors import IntegrityError, VaultError
+from strongroom.testhook import hook
 from strongroom.vault import catalog as cat
 from strongroom.vault import protection, records, trust
 from strongroom.vault import refs as reflist
@@ -45,6 +51,7 @@ from strongroom.vault.wire import ID_SIZE
 REPACK_BELOW = 0.5  # repack a pack when less than this share of its bytes is still needed
 ORPHAN_AGE_S = 86400  # an unindexed pack younger than this may be an upload in progress
 RENEW_EVERY_S = 20.0  # the lease lasts 90 s: renew well within it
+PRUNE_LOCK = "prune.lock"  # in the vault folder: held (flock) while a prune runs
 _MERGE_FAN_IN = 64  # refs streams merged at once (each an open file)
 _MAX_DANGLING = 1_000_000  # needed blobs the catalog cannot find, remembered to spare orphans
 _LIVE_ROWS = table("live_rows", column("id"))  # temporary: the blob rows some point needs
@@ -91,6 +98,30 @@ class Lease:
 
 def prune(service: VaultService, *, dry_run: bool = False, now_ns: int | None = None,
           repack_below: float = REPACK_BELOW) -> PruneReport:
+    if dry_run:
+        return _prune(service, True, now_ns, repack_below)
+    with _only_prune(service):
+        return _prune(service, False, now_ns, repack_below)
+
+
+@contextmanager
+def _only_prune(service: VaultService) -> Iterator[None]:
+    """The vault's prune lock (flock on PRUNE_LOCK, released by the kernel when the process
+    dies), held while a prune runs: one prune at a time, and a prune that holds it knows that
+    any prune job still "running" died, so that its leases are freed at once."""
+    fd = os.open(service.root / PRUNE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VaultError("another prune of this vault is running; one at a time") from None
+        service.jobs.fail_dead("prune", "the prune stopped before it ended (its process died)")
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prune(service: VaultService, dry_run: bool, now_ns: int | None, repack_below: float) -> PruneReport:
     now_ns = now_ns or time.time_ns()
     trust.ensure_trusted(service, now_ns)
     grace_days = protection.settings(service.engine)["soft_delete_days"]
@@ -111,7 +142,7 @@ def prune(service: VaultService, *, dry_run: bool = False, now_ns: int | None = 
             raise
         lease.finish("completed")
     if not dry_run and len(dangling) < _MAX_DANGLING:
-        report.orphans_deleted = _delete_old_orphans(service, now_ns, dangling)
+        report.orphans_deleted += _delete_old_orphans(service, now_ns, dangling)
     report.bytes_after = _stored_bytes(service) if not dry_run else report.bytes_before
     return report
 
@@ -142,6 +173,8 @@ def _prune_machine(service: VaultService, mid: int, uid: str, report: PruneRepor
     # Soft-deleted points keep their data: they can be undeleted until they are purged.
     kept = [r.id for r in rows if r.id not in purged]
     _reclaim(service, mid, uid, kept, report, repack_below, now_ns, lease, dangling)
+    if not report.dry_run and len(dangling) < _MAX_DANGLING:
+        report.orphans_deleted += _delete_leftovers(service, uid, dangling)
 
 
 def _expire(service: VaultService, mid: int, now_ns: int) -> list[str]:
@@ -287,6 +320,7 @@ def _drop_pack(service: VaultService, mid: int, uid: str, pack: Any, start_ns: i
         db.execute(delete(cat.blobs).where(cat.blobs.c.pack_id == pack.id))
         db.execute(delete(cat.packs).where(cat.packs.c.id == pack.id))
         _bump_drops(db, mid)
+    hook("prune-drop-indexed")  # tests: a kill -9 at each step of a prune
     service.storage.delete(records.index_object(pack.name))
     service.storage.delete(pack_object(pack.name))
 
@@ -303,6 +337,7 @@ def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[A
     rows = [(r.blob_id, r.kind, r.offset, r.length) for r in refs]
     service.storage.put(pack_object(name), data)
     service.storage.put(records.index_object(name), records.pack_index(name, uid, len(data), created, rows))
+    hook("prune-repack-stored")
     keep = {bytes(b.blob_id) for b in needed}
     with cat.write(service.engine) as db:
         dropped = [bytes(r[0]) for r in db.execute(select(cat.blobs.c.blob_id).where(cat.blobs.c.pack_id == pack.id))
@@ -315,6 +350,7 @@ def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[A
             db.execute(delete(cat.packs).where(cat.packs.c.id == pack.id))
             index_pack_rows(db, mid, name, len(data), created, rows)
             _bump_drops(db, mid)
+    hook("prune-repack-indexed")
     if abandoned:
         report.packs_repacked -= 1
         report.packs_kept_for_new_points += 1
@@ -323,6 +359,30 @@ def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[A
         return
     service.storage.delete(records.index_object(pack.name))
     service.storage.delete(pack_object(pack.name))
+
+
+def _delete_leftovers(service: VaultService, uid: str, dangling: set[bytes]) -> int:
+    """Deletes the machine's packs that have an index record but no place in the catalog: what
+    a killed prune left (the new pack of a repack the catalog never took, the old one it had
+    stopped pointing at) or a backup killed before the catalog took its pack. Run under the
+    machine's lease, so no backup of it is storing one now. None is deleted that holds a blob a
+    point needs and the catalog cannot find (`dangling`)."""
+    known = set(service.pack_names())
+    count = 0
+    for name, _size in service.storage.list(records.INDEX):
+        pack = records.last_part(name)
+        if pack in known:
+            continue
+        try:
+            doc = records.read_pack_index(service.storage.get(name), pack)
+        except (IntegrityError, VaultError):
+            continue  # unreadable or gone: left to `vault rebuild-catalog` and the orphans' rule
+        if doc["machine"] != uid or any(blob[0] in dangling for blob in doc["blobs"]):
+            continue
+        service.storage.delete(name)  # first: a pack without its record is an ordinary orphan
+        service.storage.delete(pack_object(pack))
+        count += 1
+    return count
 
 
 def _delete_old_orphans(service: VaultService, now_ns: int, dangling: set[bytes]) -> int:
