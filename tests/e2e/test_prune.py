@@ -199,6 +199,9 @@ def test_a_prune_killed_at_each_step_loses_nothing_and_the_next_one_leaves_no_pa
     assert sr.json("check", "--read-data")["ok"]
     sr.restore("latest", target=tmp_path / "r1")
     assert_trees_equal(src, tmp_path / "r1" / str(src).lstrip("/"))
+    # Not refused for the dead prune's lease ("another prune of this machine is running") for 90 s
+    assert sr.backup(src)["stats"]["files_unchanged"] == 1
+    assert [j["status"] for j in sr.json("jobs") if j["kind"] == "prune"] == ["failed"]
 
     report = sr.json("vault", "prune", vault)
     assert report["busy_machines"] == []  # the killed prune's lease was freed at once, not after 90 s

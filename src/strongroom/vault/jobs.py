@@ -9,20 +9,29 @@ A backup holds a lease row (a unique key in the catalog) that its agent renews w
 runs; an agent that dies stops renewing, and the next backup takes the expired lease over
 and marks the dead job failed. The agent chooses job IDs, so a retried request after a
 lost answer finds its own job instead of making a second one.
+
+A prune runs in the vault, not in an agent, and holds the vault's prune lock besides (flock
+on PRUNE_LOCK in the vault folder, which the kernel releases when its process dies): whoever
+takes that lock, or finds it free, knows that a prune job still "running" died, and ends it
+at once instead of waiting for its lease to lapse.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as DuplicateRow
 
-from strongroom.errors import UsageError, VaultError
+from strongroom.errors import UsageError, VaultError, VaultReadOnly
 from strongroom.vault import catalog as cat
 from strongroom.vault.shapes import LEASE_SECONDS, MAX_SEALED_FAILED, JobRecord  # noqa: F401 - re-exported
 
@@ -31,6 +40,8 @@ from strongroom.vault.shapes import LEASE_SECONDS, MAX_SEALED_FAILED, JobRecord 
 STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled", "waiting_for_seed")
 KINDS = ("backup", "restore", "prune", "import", "mount")  # mount: a `strongroom mount` while it lasts
 LEASED = ("backup", "prune", "import")  # they change a machine's data: one at a time
+PRUNE_LOCK = "prune.lock"
+_DEAD_PRUNE = "the prune stopped before it ended (its process died)"
 
 
 def _expire_stale(db: Any, now_ns: int, *where: Any) -> bool:
@@ -43,16 +54,55 @@ def _expire_stale(db: Any, now_ns: int, *where: Any) -> bool:
 
 
 class JobBook:
-    def __init__(self, engine: Engine, archive: Callable[[int, JobRecord], None] | None = None) -> None:
+    def __init__(self, engine: Engine, archive: Callable[[int, JobRecord], None] | None = None,
+                 root: Path | None = None) -> None:
         self.engine = engine
         self.archive = archive  # keeps each finished job's record in storage too
+        self.root = root  # the vault folder, where PRUNE_LOCK is
+
+    @contextmanager
+    def pruning(self) -> Iterator[None]:
+        """Holds the prune lock while a prune runs: one at a time."""
+        fd = self._prune_lock()
+        if fd is None:
+            raise VaultError("another prune of this vault is running; one at a time")
+        try:
+            self._fail_dead("prune", _DEAD_PRUNE)
+            yield
+        finally:
+            os.close(fd)
+
+    def _no_prune_runs(self) -> bool:
+        """True if no prune holds the lock; a prune job still "running" then died, and is ended."""
+        fd = self._prune_lock()
+        if fd is None:
+            return False
+        try:
+            self._fail_dead("prune", _DEAD_PRUNE)
+        finally:
+            os.close(fd)
+        return True
+
+    def _prune_lock(self) -> int | None:
+        """The prune lock's descriptor, locked; None if a prune holds it."""
+        assert self.root is not None, "a JobBook that prunes knows its vault folder"
+        try:
+            fd = os.open(self.root / PRUNE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise VaultReadOnly.of(exc) or exc from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     def start(self, machine_id: int, job_id: str, kind: str, source_machine_id: int | None = None) -> JobRecord:
         if kind not in KINDS or not job_id or len(job_id) > 32:
             raise UsageError(f"invalid job {kind!r} {job_id!r}")
         lease = f"data:{machine_id}" if kind in LEASED else None
         now = time.time_ns()
-        for _attempt in range(2):
+        for attempt in range(2):
             with cat.write(self.engine) as db:
                 mine = db.execute(select(cat.jobs.c.machine_id).where(cat.jobs.c.id == job_id)).first()
                 if mine is not None:
@@ -70,10 +120,14 @@ class JobBook:
                 except DuplicateRow:
                     holder = db.execute(select(cat.jobs.c.id, cat.jobs.c.kind)
                                         .where(cat.jobs.c.lease_key == lease)).first()
-                    what = holder.kind if holder else "backup"
-                    raise VaultError(f"another {what} of this machine is running (job {holder and holder.id}); "
-                                     "one at a time") from None
-                break
+                else:
+                    break
+            # (out of the transaction: ending a dead prune's job writes too)
+            if attempt == 0 and holder and holder.kind == "prune" and self.root and self._no_prune_runs():
+                continue
+            what = holder.kind if holder else "backup"
+            raise VaultError(f"another {what} of this machine is running (job {holder and holder.id}); "
+                             "one at a time")
         return self.get(job_id)
 
     def renew(self, machine_id: int, job_id: str) -> None:
@@ -107,10 +161,10 @@ class JobBook:
             self.archive(machine_id, record)
         return record
 
-    def fail_dead(self, kind: str, message: str) -> None:
-        """Ends this kind's running jobs as failed and frees their leases at once, when their
-        process is known to be gone (vault/prune.py holds the vault's prune lock): else a killed
-        prune held its machines' data for a lease's length (90 s) and the next prune skipped them."""
+    def _fail_dead(self, kind: str, message: str) -> None:
+        """Ends this kind's running jobs as failed and frees their leases, their process being
+        known to be gone: else a killed prune held its machines' data for a lease's length (90 s),
+        refusing their backups, and the next prune skipped them."""
         with cat.write(self.engine) as db:
             dead = db.execute(select(cat.jobs.c.id, cat.jobs.c.machine_id)
                               .where(cat.jobs.c.status == "running", cat.jobs.c.kind == kind)).all()

@@ -18,19 +18,17 @@ Safety, by construction:
 - An orphan (a pack in storage the catalog does not know) is deleted only when it holds no
   blob that a point needs and the catalog cannot find, and either has no index record and is
   old, or has one of the machine being pruned (under its lease: a killed prune's or backup's).
-  A prune holds the vault's prune lock (PRUNE_LOCK): one at a time, and a "running" prune job
-  it finds died, so its leases are freed at once.
+  A prune holds the vault's prune lock (vault/jobs.py): one at a time, and a prune job still
+  "running" has died, so its leases are freed at once.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,7 +49,6 @@ from strongroom.vault.wire import ID_SIZE
 REPACK_BELOW = 0.5  # repack a pack when less than this share of its bytes is still needed
 ORPHAN_AGE_S = 86400  # an unindexed pack younger than this may be an upload in progress
 RENEW_EVERY_S = 20.0  # the lease lasts 90 s: renew well within it
-PRUNE_LOCK = "prune.lock"  # in the vault folder: held (flock) while a prune runs
 _MERGE_FAN_IN = 64  # refs streams merged at once (each an open file)
 _MAX_DANGLING = 1_000_000  # needed blobs the catalog cannot find, remembered to spare orphans
 _LIVE_ROWS = table("live_rows", column("id"))  # temporary: the blob rows some point needs
@@ -100,25 +97,8 @@ def prune(service: VaultService, *, dry_run: bool = False, now_ns: int | None = 
           repack_below: float = REPACK_BELOW) -> PruneReport:
     if dry_run:
         return _prune(service, True, now_ns, repack_below)
-    with _only_prune(service):
+    with service.jobs.pruning():  # one at a time; a killed one's leases freed (vault/jobs.py)
         return _prune(service, False, now_ns, repack_below)
-
-
-@contextmanager
-def _only_prune(service: VaultService) -> Iterator[None]:
-    """The vault's prune lock (flock on PRUNE_LOCK, released by the kernel when the process
-    dies), held while a prune runs: one prune at a time, and a prune that holds it knows that
-    any prune job still "running" died, so that its leases are freed at once."""
-    fd = os.open(service.root / PRUNE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise VaultError("another prune of this vault is running; one at a time") from None
-        service.jobs.fail_dead("prune", "the prune stopped before it ended (its process died)")
-        yield
-    finally:
-        os.close(fd)
 
 
 def _prune(service: VaultService, dry_run: bool, now_ns: int | None, repack_below: float) -> PruneReport:

@@ -141,7 +141,7 @@ class VaultService:
         # Closed at exit, the last connection folds the write-ahead log into the catalog and
         # removes it: a vault at rest is its catalog file, not also a few MB of log.
         atexit.register(self.engine.dispose)
-        self.jobs = JobBook(self.engine, self._archive_job)
+        self.jobs = JobBook(self.engine, self._archive_job, root)
         # token hash -> (machine, name, until when to trust this without the catalog)
         self.known_tokens: dict[str, tuple[int, str, float]] = {}
 
