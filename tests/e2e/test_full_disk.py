@@ -302,3 +302,14 @@ def test_restore_to_a_full_disk_reports_the_files_it_could_not_write(registered,
     restored = tiny_fs / "out" / str(src).lstrip("/")
     assert (restored / "small.txt").read_text() == "fits\n"
     assert not (restored / "big.bin").exists(), "a partial file was left behind"
+
+
+def test_a_restore_into_a_read_only_file_system_names_the_folder_as_text(registered, tiny_fs, tmp_path):
+    """The error named the target as Python shows bytes: "Read-only file system (b'/mnt/out')"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a file\n")
+    registered.backup(src)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    res = registered.run("restore", "latest", "--target", tiny_fs / "out", check=False)
+    assert_clean_failure(res, 1, rf"^strongroom: error: Read-only file system \({tiny_fs}/out\)$")

@@ -37,6 +37,14 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _shown(filename: str | bytes) -> str:
+    """A file name of an OSError as people read it: a path given as bytes (the walk's and the
+    restore's) showed as b'...'."""
+    from strongroom.model import display_path
+
+    return display_path(filename) if isinstance(filename, bytes) else filename
+
+
 def _storage_failure(exc: Exception) -> StrongroomError | None:
     """An embedded vault's catalog on a full or failing disk (SQLAlchemy's errors) is one line
     too, as a served vault's is. Looked for only once SQLAlchemy is loaded: an embedded vault
@@ -71,7 +79,7 @@ class StrongroomGroup(click.Group):
             fail_line(str(exc))
             sys.exit(exc.exit_code)
         except OSError as exc:
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            where = f" ({_shown(exc.filename)})" if getattr(exc, "filename", None) else ""
             hint = " — the disk is full" if exc.errno == errno.ENOSPC else ""
             fail_line(f"{exc.strerror or exc}{where}{hint}")
             sys.exit(EXIT_FAILURE)
