@@ -3,6 +3,7 @@ purge after the grace period, and space reclaimed while every remaining point re
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 
@@ -216,3 +217,37 @@ def test_a_prune_killed_at_each_step_loses_nothing_and_the_next_one_leaves_no_pa
     assert stored == indexed, f"packs left behind: {sorted(stored - indexed)}"
     records = {p.name for p in (vault / "index").rglob("*") if p.is_file()}
     assert records == indexed, f"index records left behind: {sorted(records - indexed)}"
+
+
+def test_a_damaged_pack_is_not_repacked_into_one_whose_name_vouches_for_it(registered, tmp_path):
+    """A repack copied a damaged pack's envelopes into a new pack named by their BLAKE3: the
+    vault's check by the packs' names no longer saw the damage."""
+    sr, vault = registered, registered.vault
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept.bin").write_bytes(os.urandom(1_000_000))
+    (src / "gone.bin").write_bytes(os.urandom(3_000_000))
+    first = sr.backup(src)["id"]
+    (src / "gone.bin").unlink()
+    sr.backup(src)
+    code = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "delete-data").stdout.strip()
+    sr.run("forget", first, "--pin", code)
+    _age(vault, "deleted_ns", 15, [first])
+    packs = sorted((vault / "packs").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    damaged = packs[-1]  # the 4 MB pack of kept.bin and gone.bin
+    with open(damaged, "r+b") as f:
+        f.seek(2_000_000)
+        byte = f.read(1)
+        f.seek(2_000_000)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+    res = sr.run("vault", "prune", vault, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == [f"strongroom: warning: pack {damaged.name} is damaged (its content does not "
+                                       "match its name): not repacked; `strongroom check --read-data` reports what "
+                                       "it holds"]
+    report = sr.json("vault", "prune", vault)
+    assert report["damaged_packs"] == [damaged.name] and report["packs_repacked"] == 0
+    assert damaged.exists()
+    check = sr.json("check", "--read-data", check=False)
+    assert not check["ok"] and damaged.name in json.dumps(check["errors"])

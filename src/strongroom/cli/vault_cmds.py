@@ -193,6 +193,9 @@ def prune_cmd(vault: str, admin_token_file: Path | None, fingerprint: str | None
          f"{human_bytes(report['bytes_after'])}.")
     for name in report["busy_machines"]:
         warn_line(f"machine {name} was busy (a backup running) and was left for the next prune")
+    for name in report["damaged_packs"]:
+        warn_line(f"pack {name} is damaged (its content does not match its name): not repacked; "
+                  "`strongroom check --read-data` reports what it holds")
 
 
 @vault_group.command("pin")

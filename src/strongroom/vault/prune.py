@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import blake3
 from sqlalchemy import column, delete, select, table, update
 
 from strongroom import packs as packfmt
@@ -66,6 +67,7 @@ class PruneReport:
     bytes_after: int = 0
     busy_machines: list[str] = field(default_factory=list)
     packs_kept_for_new_points: int = 0  # a backup recorded a point needing them meanwhile
+    damaged_packs: list[str] = field(default_factory=list)  # not what their name says: left as they are
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,7 +310,13 @@ def _drop_pack(service: VaultService, mid: int, uid: str, pack: Any, start_ns: i
 def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[Any], start_ns: int,
             report: PruneReport) -> None:
     """Copies the needed envelopes (sealed, opaque here) into a new pack, stored with its
-    index record before the catalog moves the blob rows to it."""
+    index record before the catalog moves the blob rows to it. Not from a damaged pack: the
+    new pack's name would vouch for damaged envelopes, which the vault's own check (by the
+    packs' names, without the key) could no longer see; the damaged one stays, for `check`."""
+    if not _intact(service, pack.name):
+        report.packs_repacked -= 1
+        report.damaged_packs.append(pack.name)
+        return
     builder = packfmt.PackBuilder()
     for b in needed:
         builder.add(bytes(b.blob_id), b.kind, service.read_range(pack.name, b.offset, b.length))
@@ -339,6 +347,15 @@ def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[A
         return
     service.storage.delete(records.index_object(pack.name))
     service.storage.delete(pack_object(pack.name))
+
+
+def _intact(service: VaultService, name: str) -> bool:
+    """Whether a pack still is what its name says (the BLAKE3 of its bytes), read in pieces."""
+    digest = blake3.blake3()
+    with service.storage.open(pack_object(name)) as stream:
+        while piece := stream.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest() == name
 
 
 def _delete_leftovers(service: VaultService, uid: str, dangling: set[bytes]) -> int:
