@@ -241,9 +241,10 @@ def test_a_full_cache_folder_is_one_line_and_the_next_backup_resumes(tiny_fs, tm
     assert sr.json("check", "--read-data")["ok"]
 
 
-def test_a_cache_folder_full_once_the_point_is_recorded_is_a_warning(tiny_fs, tmp_path):
-    """The point is in the vault when the cache's disk fills as it notes it: the backup said
-    "error" about a point that existed. Now a warning, and the next backup does without it."""
+def test_a_home_and_cache_full_once_the_point_is_recorded_are_warnings(tiny_fs, tmp_path):
+    """The point is in the vault when the home's and the cache's disk fills as they note it:
+    the backup said "error" about a point that existed. Now warnings, and the next backup does
+    without the cache's note."""
     sr, src = _home_on(tiny_fs, tmp_path, 2000)
     go = tmp_path / "go"
     proc = subprocess.Popen(sr.cmd + ["backup", str(src), "--json"], env=sr.env(
@@ -253,15 +254,17 @@ def test_a_cache_folder_full_once_the_point_is_recorded_is_a_warning(tiny_fs, tm
     while not reached.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert reached.exists(), proc.communicate()[1].decode()
-    _fill(tiny_fs)  # the cache's disk
+    _fill(tiny_fs)  # the home's and the cache's disk
     go.touch()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     point = json.loads(out)["id"]
-    warning = err.decode().splitlines()[-1]
-    assert warning == (f"strongroom: warning: the cache folder {tiny_fs}/home/cache could not note point {point} "
-                       "(database or disk is full): the next backup does without it (slower); free some room there "
-                       "or move the folder with `strongroom agent cache move DIR`")
+    assert err.decode().splitlines()[-2:] == [
+        f"strongroom: warning: point {point} is in the vault, but this machine could not note it as its newest (No "
+        "space left on device): until its next backup it would not notice the vault hiding that point",
+        f"strongroom: warning: the cache folder {tiny_fs}/home/cache could not note point {point} (database or disk "
+        "is full): the next backup does without it (slower); free some room there or move the folder with "
+        "`strongroom agent cache move DIR`"]
     assert [p["id"] for p in sr.points()] == [point]
 
     (tiny_fs / "filler").unlink()

@@ -347,17 +347,23 @@ class Backup:
         except VaultError:
             known.forget()  # it may have claimed blobs the vault no longer has: fetch it anew next time
             raise
-        self.book.made(point_id, manifest)
-        testhook.hook("backup-point-recorded")  # a test fills the cache's disk here
+        testhook.hook("backup-point-recorded")  # a test fills the home's and the cache's disk here
+        # The point is in the vault: what may fail now is this machine's note of it, which a
+        # failure here once called an error about a point that had been recorded.
         notes = []
+        try:
+            self.book.made(point_id, manifest)
+        except OSError as exc:
+            # The newest point the home knows stays the one before: a rollback past it is still
+            # seen, one that hides only this point is not, until the next backup.
+            notes.append(f"point {point_id} is in the vault, but this machine could not note it as its newest "
+                         f"({exc.strerror}): until its next backup it would not notice the vault hiding that point")
         try:
             self.refs.commit(point_id)
             optimized.record_success(self.cache, self.plan, point_id)
         except (OSError, sqlite3.OperationalError) as exc:
-            # The point is in the vault and the home knows it: what failed is the cache's note
-            # of it (its refs' counts, the journal's last good point), which only spares the
-            # next backup work. Without it the next one sends all the refs and reads every
-            # folder; a failure here once said "error" about a point that had been recorded.
+            # The cache's note (its refs' counts, the journal's last good point) only spares the
+            # next backup work: without it the next one sends all the refs and reads every folder.
             notes.append(f"the cache folder {self.cache} could not note point {point_id} ({exc}): the next "
                          "backup does without it (slower); free some room there or move the folder with "
                          "`strongroom agent cache move DIR`")
