@@ -38,7 +38,7 @@ import blake3
 from sqlalchemy import column, delete, select, table, update
 
 from strongroom import packs as packfmt
-from strongroom.errors import IntegrityError, VaultError
+from strongroom.errors import IntegrityError, MissingObject, VaultError
 from strongroom.testhook import hook
 from strongroom.vault import catalog as cat
 from strongroom.vault import protection, records, trust
@@ -124,7 +124,7 @@ def _prune(service: VaultService, dry_run: bool, now_ns: int | None, repack_belo
             raise
         lease.finish("completed")
     if not dry_run and len(dangling) < _MAX_DANGLING:
-        report.orphans_deleted += _delete_old_orphans(service, now_ns, dangling)
+        report.orphans_deleted = _delete_old_orphans(service, now_ns, dangling)
     report.bytes_after = _stored_bytes(service) if not dry_run else report.bytes_before
     return report
 
@@ -155,8 +155,6 @@ def _prune_machine(service: VaultService, mid: int, uid: str, report: PruneRepor
     # Soft-deleted points keep their data: they can be undeleted until they are purged.
     kept = [r.id for r in rows if r.id not in purged]
     _reclaim(service, mid, uid, kept, report, repack_below, now_ns, lease, dangling)
-    if not report.dry_run and len(dangling) < _MAX_DANGLING:
-        report.orphans_deleted += _delete_leftovers(service, uid, dangling)
 
 
 def _expire(service: VaultService, mid: int, now_ns: int) -> list[str]:
@@ -293,17 +291,20 @@ def _bump_drops(db: Any, mid: int) -> None:
 
 
 def _drop_pack(service: VaultService, mid: int, uid: str, pack: Any, start_ns: int, report: PruneReport) -> None:
+    record = _take_index_record(service, pack.name)
     with cat.write(service.engine) as db:
         ids = [bytes(r[0]) for r in db.execute(select(cat.blobs.c.blob_id).where(cat.blobs.c.pack_id == pack.id))]
-        if _needed_since(service, db, mid, uid, ids, start_ns):
-            report.packs_deleted -= 1
-            report.packs_kept_for_new_points += 1
-            return
-        db.execute(delete(cat.blobs).where(cat.blobs.c.pack_id == pack.id))
-        db.execute(delete(cat.packs).where(cat.packs.c.id == pack.id))
-        _bump_drops(db, mid)
+        kept = _needed_since(service, db, mid, uid, ids, start_ns)
+        if not kept:
+            db.execute(delete(cat.blobs).where(cat.blobs.c.pack_id == pack.id))
+            db.execute(delete(cat.packs).where(cat.packs.c.id == pack.id))
+            _bump_drops(db, mid)
+    if kept:
+        _put_back(service, pack.name, record)
+        report.packs_deleted -= 1
+        report.packs_kept_for_new_points += 1
+        return
     hook("prune-drop-indexed")  # tests: a kill -9 at each step of a prune
-    service.storage.delete(records.index_object(pack.name))
     service.storage.delete(pack_object(pack.name))
 
 
@@ -323,9 +324,9 @@ def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[A
     name, data, refs = builder.finish()
     created = int(time.time())
     rows = [(r.blob_id, r.kind, r.offset, r.length) for r in refs]
-    service.storage.put(pack_object(name), data)
-    service.storage.put(records.index_object(name), records.pack_index(name, uid, len(data), created, rows))
+    service.storage.put(pack_object(name), data)  # its index record once the catalog holds it
     hook("prune-repack-stored")
+    record = _take_index_record(service, pack.name)
     keep = {bytes(b.blob_id) for b in needed}
     with cat.write(service.engine) as db:
         dropped = [bytes(r[0]) for r in db.execute(select(cat.blobs.c.blob_id).where(cat.blobs.c.pack_id == pack.id))
@@ -338,15 +339,35 @@ def _repack(service: VaultService, mid: int, uid: str, pack: Any, needed: list[A
             db.execute(delete(cat.packs).where(cat.packs.c.id == pack.id))
             index_pack_rows(db, mid, name, len(data), created, rows)
             _bump_drops(db, mid)
-    hook("prune-repack-indexed")
     if abandoned:
+        _put_back(service, pack.name, record)
         report.packs_repacked -= 1
         report.packs_kept_for_new_points += 1
-        service.storage.delete(records.index_object(name))
         service.storage.delete(pack_object(name))
         return
-    service.storage.delete(records.index_object(pack.name))
+    service.storage.put(records.index_object(name), records.pack_index(name, uid, len(data), created, rows))
+    hook("prune-repack-indexed")
     service.storage.delete(pack_object(pack.name))
+
+
+# A pack's index record goes before the catalog lets the pack go, and comes back if it keeps it;
+# a new pack's is written once the catalog holds it. Killed anywhere, a prune leaves a pack the
+# catalog knows without its record (`vault rebuild-catalog` reads the pack's own header) or a
+# pack nobody knows, which the orphans' rule deletes when old: never an index record the catalog
+# does not know, which trust.py rightly takes, 15 minutes on, for a catalog older than storage,
+# and then refuses every prune until the catalog is rebuilt.
+def _take_index_record(service: VaultService, pack: str) -> bytes | None:
+    try:
+        record = service.storage.get(records.index_object(pack))
+    except MissingObject:
+        return None
+    service.storage.delete(records.index_object(pack))
+    return record
+
+
+def _put_back(service: VaultService, pack: str, record: bytes | None) -> None:
+    if record is not None:
+        service.storage.put(records.index_object(pack), record)
 
 
 def _intact(service: VaultService, name: str) -> bool:
@@ -356,30 +377,6 @@ def _intact(service: VaultService, name: str) -> bool:
         while piece := stream.read(1 << 20):
             digest.update(piece)
     return digest.hexdigest() == name
-
-
-def _delete_leftovers(service: VaultService, uid: str, dangling: set[bytes]) -> int:
-    """Deletes the machine's packs that have an index record but no place in the catalog: what
-    a killed prune left (the new pack of a repack the catalog never took, the old one it had
-    stopped pointing at) or a backup killed before the catalog took its pack. Run under the
-    machine's lease, so no backup of it is storing one now. None is deleted that holds a blob a
-    point needs and the catalog cannot find (`dangling`)."""
-    known = set(service.pack_names())
-    count = 0
-    for name, _size in service.storage.list(records.INDEX):
-        pack = records.last_part(name)
-        if pack in known:
-            continue
-        try:
-            doc = records.read_pack_index(service.storage.get(name), pack)
-        except (IntegrityError, VaultError):
-            continue  # unreadable or gone: left to `vault rebuild-catalog` and the orphans' rule
-        if doc["machine"] != uid or any(blob[0] in dangling for blob in doc["blobs"]):
-            continue
-        service.storage.delete(name)  # first: a pack without its record is an ordinary orphan
-        service.storage.delete(pack_object(pack))
-        count += 1
-    return count
 
 
 def _delete_old_orphans(service: VaultService, now_ns: int, dangling: set[bytes]) -> int:
