@@ -257,3 +257,31 @@ def test_a_damaged_pack_is_not_repacked_into_one_whose_name_vouches_for_it(regis
     assert damaged.exists()
     check = sr.json("check", "--read-data", check=False)
     assert not check["ok"] and damaged.name in json.dumps(check["errors"])
+
+
+def test_a_store_killed_between_its_index_record_and_the_catalog_does_not_stop_later_prunes(registered, tmp_path):
+    """A backup (its embedded vault in the same process) or a vault server killed after a pack's
+    index record was stored and before the catalog took its rows: 15 minutes on, every prune
+    refused ("the vault's catalog is older than its storage"), until `vault rebuild-catalog`."""
+    sr, vault = registered, registered.vault
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(2_000_000))
+    killed = sr.run("backup", src, check=False, env_extra={"STRONGROOM_TEST_HOOK": "pack-index-stored=kill"})
+    assert killed.returncode == -9, killed.stderr
+    assert sr.points() == []
+    (src / "a.bin").unlink()
+    (src / "b.bin").write_bytes(os.urandom(1_000_000))
+    sr.backup(src)
+
+    day_ago = time.time() - 2 * 86400
+    for path in vault.rglob("*"):
+        if path.is_file() and path.name != "catalog.sqlite":
+            os.utime(path, (day_ago, day_ago))
+    report = sr.json("vault", "prune", vault)
+    assert report["packs_deleted"] == 1, report  # the killed store's pack: no point needs it
+    assert sr.json("check", "--read-data")["ok"]
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        indexed = {name for (name,) in db.execute("SELECT name FROM packs")}
+    assert {p.name for p in (vault / "packs").rglob("*") if p.is_file()} == indexed
+    assert {p.name for p in (vault / "index").rglob("*") if p.is_file()} == indexed

@@ -48,6 +48,7 @@ from strongroom.vault import refs as reflist
 from strongroom.vault.jobs import JobBook, JobRecord
 from strongroom.vault.records import pack_object
 from strongroom.vault.shapes import BLOB_PAGE, BlobLocation, PointRecord  # noqa: F401 - re-exported
+from strongroom.testhook import hook
 from strongroom.vault.storage.fs import FolderStorage
 from strongroom.vault.storage_errors import storage_failure
 
@@ -332,6 +333,7 @@ class VaultService:
             created = int(time.time())
             # A ref is the row (id, kind, offset, length) that the record and the catalog take.
             self.storage.put(records.index_object(name), records.pack_index(name, uid, size, created, refs))
+            hook("pack-index-stored")  # tests: a kill -9 between the record and the catalog's rows
             index_pack_rows(db, machine_id, name, size, created, refs)
 
     def blob_locations(self, machine_id: int, ids: list[bytes]) -> dict[bytes, BlobLocation]:

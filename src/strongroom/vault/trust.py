@@ -7,7 +7,10 @@ point or a pack index that storage holds and the catalog does not know means the
 older than storage (a restored copy, a lost write), and its word that "nothing needs this
 pack" cannot be taken. Records younger than IN_FLIGHT_S may be a write in progress (storage
 first, catalog second) and are not held against it; a point whose purge was interrupted
-(its records still in storage, its catalog row gone, deleted long enough ago) is purged.
+(its records still in storage, its catalog row gone, deleted long enough ago) is purged; a
+pack whose store was interrupted (its index record stored, the catalog's rows not: a vault
+killed in between) is indexed, when the catalog knows every machine and point storage holds
+(a catalog that does not is older than storage, and refused all the same).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from sqlalchemy import select
 from strongroom.errors import StrongroomError
 from strongroom.vault import catalog as cat
 from strongroom.vault import protection, records
-from strongroom.vault.service import CatalogUntrusted, VaultService, rebuild_hint
+from strongroom.vault.service import CatalogUntrusted, VaultService, index_pack_rows, rebuild_hint
 
 IN_FLIGHT_S = 900
 
@@ -33,7 +36,8 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
         damage = [r[0] for r in db.exec_driver_sql("PRAGMA quick_check").all() if r[0] != "ok"]
         if damage:
             raise CatalogUntrusted(f"the vault's catalog is damaged ({damage[0]}); {rebuild_hint(service.root)}")
-        machines = set(db.execute(select(cat.machines.c.uid)).scalars())
+        machine_ids = dict(db.execute(select(cat.machines.c.uid, cat.machines.c.id)).all())
+        machines = set(machine_ids)
         points = {(uid, pid) for uid, pid in db.execute(
             select(cat.machines.c.uid, cat.points.c.id).join(cat.points, cat.points.c.machine_id == cat.machines.c.id))}
         packs = set(db.execute(select(cat.packs.c.name)).scalars())
@@ -57,12 +61,31 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
             else:
                 unknown["points"] += 1
     for name, _size in service.storage.list(records.INDEX):
-        if records.last_part(name) not in packs and settled(name):
+        pack = records.last_part(name)
+        if pack not in packs and settled(name) and (any(unknown.values()) or not _finish_store(service, pack,
+                                                                                                machine_ids)):
             unknown["pack indexes"] += 1
     if any(unknown.values()):
         found = ", ".join(f"{n} {what}" for what, n in unknown.items() if n)
         raise CatalogUntrusted(f"the vault's catalog is older than its storage (storage holds {found} it does "
                                f"not know); {rebuild_hint(service.root)}")
+
+
+def _finish_store(service: VaultService, pack: str, machine_ids: dict[str, int]) -> bool:
+    """Indexes a stored pack as its index record says, if the record is sound, names a machine
+    of the catalog and the pack is there at its size: the end of a store a kill interrupted
+    (VaultService._index_pack). Its blobs are then like any other's: kept while a point needs
+    them. False if the record cannot be taken."""
+    try:
+        doc = records.read_pack_index(service.storage.get(records.index_object(pack)), pack)
+        size = service.storage.size(records.pack_object(pack))
+    except StrongroomError:
+        return False
+    if doc["machine"] not in machine_ids or size != doc["size"]:
+        return False
+    with cat.write(service.engine) as db:
+        index_pack_rows(db, machine_ids[doc["machine"]], pack, size, doc["created"], doc["blobs"])
+    return True
 
 
 def _purge_leftover(service: VaultService, uid: str, pid: str, now_s: float, grace_s: float) -> bool:
