@@ -27,6 +27,25 @@ def _vault_bytes(vault) -> int:
     return sum(p.stat().st_size for p in (vault / "packs").rglob("*") if p.is_file())
 
 
+def _two_days_on(vault) -> None:
+    """The next day's prune: every file of the vault's storage is that old by then."""
+    day_ago = time.time() - 2 * 86400
+    for path in vault.rglob("*"):
+        if path.is_file() and path.name != "catalog.sqlite":
+            os.utime(path, (day_ago, day_ago))
+
+
+def _backup_killed_at(sr, tmp_path, step: str):
+    """A first backup of a folder of one file, killed (-9) at test hook `step`: no point listed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(2_000_000))
+    killed = sr.run("backup", src, check=False, env_extra={"STRONGROOM_TEST_HOOK": f"{step}=kill"})
+    assert killed.returncode == -9, killed.stderr
+    assert sr.points() == []
+    return src
+
+
 def test_prune_expires_soft_deletes_purges_and_reclaims(registered, tmp_path):
     sr, vault = registered, registered.vault
     src = tmp_path / "src"
@@ -206,10 +225,7 @@ def test_a_prune_killed_at_each_step_loses_nothing_and_the_next_day_s_one_cleans
     assert sr.backup(src)["stats"]["files_unchanged"] == 1
     assert [j["status"] for j in sr.json("jobs") if j["kind"] == "prune"] == ["failed"]
 
-    day_ago = time.time() - 2 * 86400  # the next day's prune: storage's files are that old by then
-    for path in vault.rglob("*"):
-        if path.is_file() and path.name != "catalog.sqlite":
-            os.utime(path, (day_ago, day_ago))
+    _two_days_on(vault)
     report = sr.json("vault", "prune", vault)
     assert report["busy_machines"] == []
     if step != "prune-repack-stored":  # (else the repack made again may be the same pack, by name)
@@ -264,20 +280,12 @@ def test_a_store_killed_between_its_index_record_and_the_catalog_does_not_stop_l
     index record was stored and before the catalog took its rows: 15 minutes on, every prune
     refused ("the vault's catalog is older than its storage"), until `vault rebuild-catalog`."""
     sr, vault = registered, registered.vault
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.bin").write_bytes(os.urandom(2_000_000))
-    killed = sr.run("backup", src, check=False, env_extra={"STRONGROOM_TEST_HOOK": "pack-index-stored=kill"})
-    assert killed.returncode == -9, killed.stderr
-    assert sr.points() == []
+    src = _backup_killed_at(sr, tmp_path, "pack-index-stored")
     (src / "a.bin").unlink()
     (src / "b.bin").write_bytes(os.urandom(1_000_000))
     sr.backup(src)
 
-    day_ago = time.time() - 2 * 86400
-    for path in vault.rglob("*"):
-        if path.is_file() and path.name != "catalog.sqlite":
-            os.utime(path, (day_ago, day_ago))
+    _two_days_on(vault)
     report = sr.json("vault", "prune", vault)
     assert report["packs_deleted"] == 1, report  # the killed store's pack: no point needs it
     assert sr.json("check", "--read-data")["ok"]
@@ -285,3 +293,20 @@ def test_a_store_killed_between_its_index_record_and_the_catalog_does_not_stop_l
         indexed = {name for (name,) in db.execute("SELECT name FROM packs")}
     assert {p.name for p in (vault / "packs").rglob("*") if p.is_file()} == indexed
     assert {p.name for p in (vault / "index").rglob("*") if p.is_file()} == indexed
+
+
+def test_a_point_whose_recording_a_kill_interrupted_is_taken_in_not_held_against_the_catalog(registered,
+                                                                                            tmp_path):
+    """A backup on an embedded vault (or a vault server) killed after the point's record was
+    stored and before the catalog's row: 15 minutes on, every prune refused ("the vault's catalog
+    is older than its storage"). The point is whole: its record, refs and blobs are all stored."""
+    sr, vault = registered, registered.vault
+    src = _backup_killed_at(sr, tmp_path, "point-record-stored")
+
+    _two_days_on(vault)
+    sr.json("vault", "prune", vault)
+    [point] = sr.points()
+    sr.restore(point["id"], target=tmp_path / "out")
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+    assert sr.backup(src)["stats"]["files_unchanged"] == 1
+    assert sr.json("check", "--read-data")["ok"]

@@ -449,6 +449,7 @@ class VaultService:
                   "manifest": manifest, "retain_until_ns": retain_until_ns,
                   "refs": {"count": count, "blake3": checksum}}
         self.storage.put(records.point_object(uid, pid), records.encode_binary(record))
+        hook("point-record-stored")  # tests: a kill -9 between the record and the catalog's row
         try:
             with cat.write(self.engine) as db:
                 if self._drops(machine_id, db) != drops:
@@ -461,6 +462,23 @@ class VaultService:
             self.storage.delete(records.refs_object(uid, pid))
             raise
         return PointRecord(pid, name, created, kind, mode, stats, manifest)
+
+    def finish_point(self, machine_id: int, uid: str, point_id: str) -> bool:
+        """Records a point from its record in storage, as `add_point` would have once it stored
+        it: the end of a recording a kill interrupted (vault/trust.py). False, and nothing done,
+        unless the record is sound and every blob of its refs is this machine's in the vault."""
+        try:
+            record = records.decode_binary(self.storage.get(records.point_object(uid, point_id)), f"point {point_id}")
+            if record.get("id") != point_id or record.get("machine") != uid:
+                return False
+            refs = self.point_refs(uid, point_id, record["refs"]["count"], record["refs"]["blake3"])
+            for _chunk in self._present(machine_id, refs):
+                pass
+        except (StrongroomError, KeyError, TypeError):
+            return False
+        with cat.write(self.engine) as db:
+            insert_point_row(db, machine_id, record)
+        return True
 
     def _point_row(self, point_id: str) -> Any:
         with self.engine.connect() as db:

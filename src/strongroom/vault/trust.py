@@ -8,9 +8,10 @@ older than storage (a restored copy, a lost write), and its word that "nothing n
 pack" cannot be taken. Records younger than IN_FLIGHT_S may be a write in progress (storage
 first, catalog second) and are not held against it; a point whose purge was interrupted
 (its records still in storage, its catalog row gone, deleted long enough ago) is purged; a
-pack whose store was interrupted (its index record stored, the catalog's rows not: a vault
-killed in between) is indexed, when the catalog knows every machine and point storage holds
-(a catalog that does not is older than storage, and refused all the same).
+pack whose store or a point whose recording was interrupted (its record stored, the catalog's
+rows not: a vault killed in between) is taken in from its record, when the catalog knows every
+machine (and, for a pack, every point) storage holds: a catalog that does not is older than
+storage, and refused all the same.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
         if (uid, pid) not in points and settled(name):
             if _purge_leftover(service, uid, pid, now_s, grace_s):
                 delete_point_records(service, uid, pid)
-            else:
+            elif unknown["machines"] or uid not in machine_ids or _marked_deleted(service, uid, pid) \
+                    or not service.finish_point(machine_ids[uid], uid, pid):
                 unknown["points"] += 1
     for name, _size in service.storage.list(records.INDEX):
         pack = records.last_part(name)
@@ -85,6 +87,14 @@ def _finish_store(service: VaultService, pack: str, machine_ids: dict[str, int])
         return False
     with cat.write(service.engine) as db:
         index_pack_rows(db, machine_ids[doc["machine"]], pack, size, doc["created"], doc["blobs"])
+    return True
+
+
+def _marked_deleted(service: VaultService, uid: str, pid: str) -> bool:
+    try:
+        service.storage.get(records.deleted_object(uid, pid))
+    except StrongroomError:
+        return False
     return True
 
 
