@@ -31,7 +31,7 @@ from strongroom.fsutil import write_private
 from strongroom.model import display_path
 from strongroom.vault.embedded import folder_of
 from strongroom.vault.interface import Vault
-from strongroom.vault.shapes import LEASE_SECONDS, MAX_FAILED_RECORDED, MAX_SEALED_FAILED
+from strongroom.vault.shapes import LEASE_SECONDS, LEASED, MAX_FAILED_RECORDED, MAX_SEALED_FAILED
 
 _RENEW_EVERY = LEASE_SECONDS / 4
 _FAILED_AAD = b"strongroom job failed v1\0"
@@ -76,9 +76,6 @@ class Outcome:
                 "failed_sealed": seal_failed(key, job_id, self.failed) if self.failed else None}
 
 
-_READS = ("restore", "mount")  # jobs that only read the vault: its disk full or read-only does not stop them
-
-
 @contextmanager
 def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
                  source_machine: str | None = None) -> Iterator[Outcome]:
@@ -93,9 +90,10 @@ def recorded_job(vault: Vault, key: MasterKey, marker: Path, kind: str,
     try:
         vault.start_job(job_id, kind, source_machine)
     except VaultReadOnly as exc:
-        if kind not in _READS:
+        if kind in LEASED:
             raise
-        # Reading needs no writing: a restore from a vault whose disk is full goes on, unrecorded
+        # A job that only reads (a restore, a mount) needs no writing: from a vault whose disk
+        # is full or read-only it goes on, unrecorded
         yield Outcome(notes=[f"the vault could not record this {kind} as a job: {exc}"])
         return
     write_private(marker, job_id.encode())

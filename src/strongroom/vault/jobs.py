@@ -33,13 +33,12 @@ from sqlalchemy.exc import IntegrityError as DuplicateRow
 
 from strongroom.errors import UsageError, VaultError, VaultReadOnly
 from strongroom.vault import catalog as cat
-from strongroom.vault.shapes import LEASE_SECONDS, MAX_SEALED_FAILED, JobRecord  # noqa: F401 - re-exported
+from strongroom.vault.shapes import LEASE_SECONDS, LEASED, MAX_SEALED_FAILED, JobRecord  # noqa: F401 - re-exported
 
 # waiting_for_seed: a backup written to an offline seed folder, not in the vault until
 # `vault import-seed` brings it in (then completed).
 STATUSES = ("completed", "completed_with_warnings", "failed", "cancelled", "waiting_for_seed")
 KINDS = ("backup", "restore", "prune", "import", "mount")  # mount: a `strongroom mount` while it lasts
-LEASED = ("backup", "prune", "import")  # they change a machine's data: one at a time
 PRUNE_LOCK = "prune.lock"
 _DEAD_PRUNE = "the prune stopped before it ended (its process died)"
 

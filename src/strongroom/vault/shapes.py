@@ -13,6 +13,7 @@ from typing import Any
 
 BLOB_PAGE = 262144  # blob IDs in one page of blob_ids_since: 8 MiB
 LEASE_SECONDS = 90
+LEASED = ("backup", "prune", "import")  # jobs that change a machine's data: one at a time
 MAX_FAILED_RECORDED = 1000  # the first failures say what went wrong; a million would not
 MAX_SEALED_FAILED = 512 * 1024  # base64 characters of the sealed list: well within a request
 
