@@ -62,39 +62,34 @@ class JobBook:
     @contextmanager
     def pruning(self) -> Iterator[None]:
         """Holds the prune lock while a prune runs: one at a time."""
-        fd = self._prune_lock()
-        if fd is None:
-            raise VaultError("another prune of this vault is running; one at a time")
-        try:
-            self._fail_dead("prune", _DEAD_PRUNE)
+        with self._prune_lock() as held:
+            if not held:
+                raise VaultError("another prune of this vault is running; one at a time")
             yield
-        finally:
-            os.close(fd)
 
     def _no_prune_runs(self) -> bool:
         """True if no prune holds the lock; a prune job still "running" then died, and is ended."""
-        fd = self._prune_lock()
-        if fd is None:
-            return False
-        try:
-            self._fail_dead("prune", _DEAD_PRUNE)
-        finally:
-            os.close(fd)
-        return True
+        with self._prune_lock() as held:
+            return held
 
-    def _prune_lock(self) -> int | None:
-        """The prune lock's descriptor, locked; None if a prune holds it."""
+    @contextmanager
+    def _prune_lock(self) -> Iterator[bool]:
+        """Holds the prune lock, if no prune does (True), having ended the prune jobs that died."""
         assert self.root is not None, "a JobBook that prunes knows its vault folder"
         try:
             fd = os.open(self.root / PRUNE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise VaultReadOnly.of(exc) or exc from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            self._fail_dead("prune", _DEAD_PRUNE)
+            yield True
+        finally:
             os.close(fd)
-            return None
-        return fd
 
     def start(self, machine_id: int, job_id: str, kind: str, source_machine_id: int | None = None) -> JobRecord:
         if kind not in KINDS or not job_id or len(job_id) > 32:
