@@ -310,3 +310,34 @@ def test_a_point_whose_recording_a_kill_interrupted_is_taken_in_not_held_against
     assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
     assert sr.backup(src)["stats"]["files_unchanged"] == 1
     assert sr.json("check", "--read-data")["ok"]
+
+
+def test_a_deleted_point_without_its_catalog_row_is_purged_once_long_deleted_and_never_taken_in(registered,
+                                                                                               tmp_path):
+    """A purge killed after the catalog dropped a point's row and before its records went: once
+    the point was deleted longer ago than the soft-delete period, the next prune finishes the
+    purge; before that, the catalog lacking the row is older than storage, and a point marked
+    deleted is never taken back in as a live one (as an interrupted recording is)."""
+    sr, vault = registered, registered.vault
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one\n")
+    first = sr.backup(src)["id"]
+    (src / "a.txt").write_text("two\n")
+    second = sr.backup(src)["id"]
+    code = sr.run("vault", "pin", vault, "--machine", sr.machine, "--act", "delete-data").stdout.strip()
+    sr.run("forget", first, "--pin", code)
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("DELETE FROM points WHERE id = ?", (first,))
+    _two_days_on(vault)
+    assert_clean_failure(sr.run("vault", "prune", vault, check=False), 1, "older than its storage")
+    assert [p["id"] for p in sr.points()] == [second]
+
+    [mark] = (vault / "deleted").rglob(first)
+    doc = json.loads(mark.read_text())
+    doc["deleted_ns"] -= 15 * DAY_NS  # the soft-delete period (14 days) is over
+    mark.write_text(json.dumps(doc))
+    _two_days_on(vault)
+    sr.json("vault", "prune", vault)
+    assert not list((vault / "points").rglob(first)) and not list((vault / "deleted").rglob(first))
+    assert [p["id"] for p in sr.points()] == [second]

@@ -57,9 +57,10 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
     for name, _size in service.storage.list(records.POINTS):
         uid, pid = name.split("/")[-2:]
         if (uid, pid) not in points and settled(name):
-            if _purge_leftover(service, uid, pid, now_s, grace_s):
-                delete_point_records(service, uid, pid)
-            elif unknown["machines"] or uid not in machine_ids or _marked_deleted(service, uid, pid) \
+            mark = _deletion_mark(service, uid, pid)
+            if mark is not None and _deleted_long_ago(mark, now_s, grace_s):
+                delete_point_records(service, uid, pid)  # its purge was interrupted
+            elif mark is not None or unknown["machines"] or uid not in machine_ids \
                     or not service.finish_point(machine_ids[uid], uid, pid):
                 unknown["points"] += 1
     for name, _size in service.storage.list(records.INDEX):
@@ -90,20 +91,19 @@ def _finish_store(service: VaultService, pack: str, machine_ids: dict[str, int])
     return True
 
 
-def _marked_deleted(service: VaultService, uid: str, pid: str) -> bool:
+def _deletion_mark(service: VaultService, uid: str, pid: str) -> bytes | None:
     try:
-        service.storage.get(records.deleted_object(uid, pid))
+        return service.storage.get(records.deleted_object(uid, pid))
     except StrongroomError:
-        return False
-    return True
+        return None
 
 
-def _purge_leftover(service: VaultService, uid: str, pid: str, now_s: float, grace_s: float) -> bool:
+def _deleted_long_ago(mark: bytes, now_s: float, grace_s: float) -> bool:
     try:
-        mark: dict[str, Any] = records.decode_json(service.storage.get(records.deleted_object(uid, pid)), "mark")
+        doc: dict[str, Any] = records.decode_json(mark, "mark")
     except StrongroomError:
         return False
-    return now_s - mark["deleted_ns"] / 1e9 > grace_s
+    return now_s - doc["deleted_ns"] / 1e9 > grace_s
 
 
 def delete_point_records(service: VaultService, uid: str, pid: str) -> None:
