@@ -10,15 +10,14 @@ at no measurable cost in CPU. Elsewhere than glibc this does nothing.
 
 from __future__ import annotations
 
-import ctypes
+from strongroom.mallocctl import M_ARENA_MAX, malloc_call
 
-_M_ARENA_MAX = -8  # from glibc's malloc.h
 _ARENAS = 2
 
 
 def cap_arenas() -> None:
     """Limits the arenas threads created from now on may use."""
-    _malloc_call("mallopt", _M_ARENA_MAX, _ARENAS)
+    malloc_call("mallopt", M_ARENA_MAX, _ARENAS)
 
 
 def give_back() -> None:
@@ -28,13 +27,5 @@ def give_back() -> None:
     buffer freed (16 MiB once a chunker's 8 MiB buffer went): at the end of a backup's walk
     the arenas held 20-45 MiB free, resident, under what the point's recording then adds.
     One call, a few milliseconds."""
-    _malloc_call("malloc_trim", 0)
+    malloc_call("malloc_trim", 0)
 
-
-def _malloc_call(function: str, *args: int) -> None:
-    """Calls one of glibc's malloc functions; harmless when not glibc."""
-    try:
-        # The process's own symbols: libc's, without a library search (which runs ldconfig).
-        getattr(ctypes.CDLL(None), function)(*args)
-    except (OSError, AttributeError):
-        pass  # not glibc (musl, macOS): their allocators do not keep per-thread arenas this way

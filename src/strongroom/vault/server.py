@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import logging
@@ -14,15 +13,15 @@ from pathlib import Path
 
 from strongroom.errors import VaultReadOnly
 from strongroom.fsutil import write_private
+from strongroom.mallocctl import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, malloc_call
 from strongroom.vault.limits import Limits
 from strongroom.vault.limits import load as load_limits
 from strongroom.vault.service import VaultService
 from strongroom.vault.tls import ensure_self_signed, fingerprint_of
 
 log = logging.getLogger("strongroom.vault")
-# glibc's malloc options (malloc.h), and what the server sets them to (_keep_freed_memory)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_MALLOC_OPTIONS = {_M_TRIM_THRESHOLD: 64 * 1024 * 1024, _M_MMAP_THRESHOLD: 4 * 1024 * 1024, _M_ARENA_MAX: 2}
+# What the server sets glibc's malloc options to (_keep_freed_memory)
+_MALLOC_OPTIONS = {M_TRIM_THRESHOLD: 64 * 1024 * 1024, M_MMAP_THRESHOLD: 4 * 1024 * 1024, M_ARENA_MAX: 2}
 SERVE_FILE = "serve.json"  # how the vault was last served: what `vault credentials FOLDER` puts in files
 
 
@@ -99,12 +98,8 @@ def _keep_freed_memory() -> None:
     the agent's, agent/arenas.py), each of which keeps its own free memory: peak RSS of a
     served backup and restore 155-159 -> 144-161 MiB (medians 157 -> 152) at the same CPU.
     Not glibc: nothing."""
-    try:
-        libc = ctypes.CDLL(None)  # the process's own symbols: no library search
-        for option, value in _MALLOC_OPTIONS.items():
-            libc.mallopt(option, value)
-    except (OSError, AttributeError):
-        pass
+    for option, value in _MALLOC_OPTIONS.items():
+        malloc_call("mallopt", option, value)
 
 
 def _raise_open_files(limits: Limits) -> None:
