@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 
@@ -341,3 +342,72 @@ def test_a_deleted_point_without_its_catalog_row_is_purged_once_long_deleted_and
     sr.json("vault", "prune", vault)
     assert not list((vault / "points").rglob(first)) and not list((vault / "deleted").rglob(first))
     assert [p["id"] for p in sr.points()] == [second]
+
+
+
+def _registered_after_a_killed_registration(sr, tmp_path):
+    """`register` killed after the machine's record was stored and before the catalog's row,
+    then run again under the same name; a backup of a small folder."""
+    vault = sr.create_vault(tmp_path / "vault")
+    cred = sr.make_credentials(vault, tmp_path / "cred")
+    killed = sr.run("register", "--credentials", cred, "--machine", "test-01", check=False,
+                    env_extra={"STRONGROOM_TEST_HOOK": "machine-record-stored=kill"})
+    assert killed.returncode == -9, killed.stderr
+    time.sleep(1.1)  # records say when in seconds
+    sr.register(cred, "test-01", vault)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(300_000))
+    sr.backup(src)
+    assert len(list((vault / "machines").rglob("*.json"))) == 2
+    return vault, src
+
+
+def _restores_and_backs_up(sr, src, out) -> None:
+    sr.restore("latest", target=out)
+    assert_trees_equal(src, out / str(src).lstrip("/"))
+    assert sr.backup(src)["stats"]["files_unchanged"] == 1
+
+
+def test_a_registration_killed_before_its_catalog_row_does_not_stop_later_prunes(sr, tmp_path):
+    """15 minutes on, the orphan record (a machine that never held data) made every prune and
+    `vault serve` refuse ("the vault's catalog is older than its storage"). It is deleted."""
+    vault, src = _registered_after_a_killed_registration(sr, tmp_path)
+    _two_days_on(vault)
+    sr.json("vault", "prune", vault)
+    assert len(list((vault / "machines").rglob("*.json"))) == 1
+    report = sr.json("vault", "rebuild-catalog", vault)
+    assert (report["machines"], report["problems"]) == (1, []), report
+    _restores_and_backs_up(sr, src, tmp_path / "out")
+
+
+def test_a_rebuild_leaves_out_a_registration_that_never_finished(sr, tmp_path):
+    """The catalog lost before any prune: the rebuild met two machine records of one name, and
+    stopped on the catalog's rule that names are unique."""
+    vault, src = _registered_after_a_killed_registration(sr, tmp_path)
+    (vault / "catalog.sqlite").unlink()
+    report = sr.json("vault", "rebuild-catalog", vault)
+    assert report["machines"] == 1 and report["points"] == 1, report
+    assert [p["error"] for p in report["problems"]] == [
+        "a registration of 'test-01' that never finished (another record holds the name); left out"]
+    _restores_and_backs_up(sr, src, tmp_path / "out")
+
+
+def test_a_rebuild_keeps_both_machines_of_records_that_share_a_name(registered, second_machine, tmp_path):
+    """A storage written by hand (or by a bug) with two machines of one name that both hold
+    points: neither machine's points are lost; the later one is renamed."""
+    sr, vault = registered, registered.vault
+    other = second_machine("test-02")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one\n")
+    sr.backup(src)
+    other.backup(src)
+    [record] = [p for p in (vault / "machines").rglob("*.json") if json.loads(p.read_text())["name"] == "test-02"]
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({**doc, "name": "test-01"}))
+    (vault / "catalog.sqlite").unlink()
+    report = sr.json("vault", "rebuild-catalog", vault)
+    assert report["machines"] == 2 and report["points"] == 2, report
+    [problem] = report["problems"]
+    assert re.fullmatch("another record holds the name 'test-01'; renamed test-01-[0-9a-f]{16}", problem["error"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,12 +117,11 @@ def _read(storage: FolderStorage, name: str, report: RebuildReport, decode: Any)
 
 
 def _machines(storage: FolderStorage, engine: Any, report: RebuildReport) -> dict[str, int]:
+    docs = [doc for name, _size in sorted(storage.list(records.MACHINES))
+            if (doc := _read(storage, name, report, records.decode_json)) is not None]
     uids: dict[str, int] = {}
     with cat.write(engine) as db:
-        for name, _size in sorted(storage.list(records.MACHINES)):
-            doc = _read(storage, name, report, records.decode_json)
-            if doc is None:
-                continue
+        for doc in _one_per_name(storage, docs, report):
             row = {k: doc[k] for k in ("uid", "name", "registered", "keyfile", "token_hash")}
             row.update(removed_ns=doc.get("removed_ns"), key_check=doc.get("key_check"),
                        former_names=json.dumps(doc["former_names"]) if doc.get("former_names") else None,
@@ -129,6 +129,36 @@ def _machines(storage: FolderStorage, engine: Any, report: RebuildReport) -> dic
             uids[row["uid"]] = db.execute(insert(cat.machines).values(**row)).inserted_primary_key[0]
             report.machines += 1
     return uids
+
+
+def _one_per_name(storage: FolderStorage, docs: list[dict[str, Any]], report: RebuildReport) -> list[dict[str, Any]]:
+    """The machine records, one per name. Two records of one name are a registration that never
+    finished (its catalog row not written, the name then registered again): of the two, the one
+    whose machine owns nothing else in storage, or else the earlier one, is left out. Records that
+    all own something (a storage someone wrote by hand) are all kept, the later ones renamed with
+    their uid, so that no point is lost."""
+    names = Counter(doc["name"] for doc in docs)
+    if max(names.values(), default=0) < 2:
+        return docs
+    holders = records.machines_holding_records(storage)
+    kept: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    def order(doc: dict[str, Any]) -> tuple[bool, int, str]:
+        held = doc["uid"] in holders
+        return not held, doc["registered"] if held else -doc["registered"], doc["uid"]
+
+    for doc in sorted(docs, key=order):
+        if doc["name"] in taken:
+            if doc["uid"] not in holders:
+                report.problems.append({"machine": doc["uid"], "error": f"a registration of {doc['name']!r} "
+                                        "that never finished (another record holds the name); left out"})
+                continue
+            report.problems.append({"machine": doc["uid"], "error": f"another record holds the name "
+                                    f"{doc['name']!r}; renamed {doc['name']}-{doc['uid']}"})
+            doc = {**doc, "name": f"{doc['name']}-{doc['uid']}"}
+        taken.add(doc["name"])
+        kept.append(doc)
+    return kept
 
 
 def _settings(storage: FolderStorage, engine: Any, report: RebuildReport) -> None:

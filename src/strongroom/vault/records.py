@@ -9,11 +9,15 @@ them. docs/format.md specifies every one of them.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from strongroom.errors import IntegrityError
+from strongroom.errors import IntegrityError, StrongroomError
+
+if TYPE_CHECKING:
+    from strongroom.vault.storage import Storage
 
 RECORD_VERSION = 1
 
@@ -110,3 +114,21 @@ def read_pack_index(data: bytes, pack: str) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError):
         raise IntegrityError(f"index record of pack {pack} is malformed") from None
     return doc
+
+
+def machines_holding_records(storage: Storage, known_packs: Container[str] = ()) -> set[str]:
+    """The uids of the machines that storage holds a record of besides their machine record:
+    a point, refs, deletion mark, policy or job under their folder, or a pack's index record
+    (those of `known_packs` are not read: the caller knows whose they are). A machine record
+    whose uid is not among them is a registration that never finished (its catalog row never
+    written: a kill, a failed commit) or a machine that never backed up."""
+    holders = {name.split("/")[-2] for prefix in (POINTS, REFS, DELETED, POLICIES, JOBS)
+               for name, _size in storage.list(prefix)}
+    for name, _size in storage.list(INDEX):
+        pack = last_part(name)
+        if pack not in known_packs:
+            try:
+                holders.add(read_pack_index(storage.get(name), pack)["machine"])
+            except StrongroomError:
+                continue  # unreadable: whose it is cannot be told, and the caller judges it anyway
+    return holders

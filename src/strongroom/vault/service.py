@@ -203,6 +203,7 @@ class VaultService:
             if key_check is not None:
                 record["key_check"] = key_check
             self.storage.put(records.machine_object(record["uid"]), records.encode_json(record))
+            hook("machine-record-stored")  # tests: a kill -9 between the record and the catalog's row
             db.execute(insert(cat.machines).values(**record))
         return token
 

@@ -11,7 +11,9 @@ first, catalog second) and are not held against it; a point whose purge was inte
 pack whose store or a point whose recording was interrupted (its record stored, the catalog's
 rows not: a vault killed in between) is taken in from its record, when the catalog knows every
 machine (and, for a pack, every point) storage holds: a catalog that does not is older than
-storage, and refused all the same.
+storage, and refused all the same. A machine record the catalog does not know, of a machine that
+owns nothing else in storage, is a registration that never finished (a kill between the record
+and the catalog's row): it is deleted, as the machine had no data and its agent registers again.
 """
 
 from __future__ import annotations
@@ -51,9 +53,14 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
             return False  # gone meanwhile: a write or delete in progress
 
     unknown: dict[str, int] = {"machines": 0, "points": 0, "pack indexes": 0}
-    for name, _size in service.storage.list(records.MACHINES):
-        if records.last_part(name).removesuffix(".json") not in machines and settled(name):
+    strays = [name for name, _size in service.storage.list(records.MACHINES)
+              if records.last_part(name).removesuffix(".json") not in machines and settled(name)]
+    holders = records.machines_holding_records(service.storage, packs) if strays else set()
+    for name in strays:
+        if records.last_part(name).removesuffix(".json") in holders:
             unknown["machines"] += 1
+        else:  # a registration that never finished: the machine owns nothing, and registered again
+            service.storage.delete(name)
     for name, _size in service.storage.list(records.POINTS):
         uid, pid = name.split("/")[-2:]
         if (uid, pid) not in points and settled(name):
