@@ -1,5 +1,6 @@
 """Key wrapping and tree encoding."""
 
+import base64
 import json
 import re
 import time
@@ -8,7 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from strongroom import model
+from strongroom.keyfile import derive
 from strongroom.crypto import MasterKey, unwrap_key, wrap_key
 from strongroom.errors import IntegrityError, UsageError, WrongPassphrase
 
@@ -20,6 +24,19 @@ def test_wrapped_key_opens_only_with_its_passphrase() -> None:
     assert key.secret.hex() not in keyfile
     with pytest.raises(WrongPassphrase):
         unwrap_key(keyfile, "another long passphrase")
+
+
+def test_key_files_are_written_at_56_mib_4_passes_and_those_of_64_mib_3_passes_still_open() -> None:
+    """Key files written before 2026-12-05 (RFC 9106's 64 MiB, 3 passes) keep opening; new
+    ones ask for 56 MiB and 4 passes (as costly to a guesser, 8 MiB less at every start-up)."""
+    key = MasterKey.generate()
+    doc = json.loads(wrap_key(key, "a long enough passphrase"))
+    assert (doc["memory_cost"], doc["time_cost"], doc["parallelism"]) == (57344, 4, 2)
+    salt, nonce = base64.b64decode(doc["salt"]), base64.b64decode(doc["nonce"])
+    old = {"time_cost": 3, "memory_cost": 65536, "parallelism": 2}
+    wrapped = AESGCM(derive("a long enough passphrase", salt, old)).encrypt(nonce, key.secret, b"strongroom keyfile v1")
+    doc.update(old, wrapped=base64.b64encode(wrapped).decode())
+    assert unwrap_key(json.dumps(doc), "a long enough passphrase").secret == key.secret
 
 
 @pytest.mark.parametrize("change,message", [

@@ -537,7 +537,9 @@ class RefCounts:
         self._flush()
         return self._rows(sql)
 
-    def _rows(self, sql: str, per_chunk: int = 32768) -> Iterator[bytes]:
+    def _rows(self, sql: str, per_chunk: int = 4096) -> Iterator[bytes]:
+        # A row costs ~120 bytes as a tuple and bytes object before the join: 32,768 a batch
+        # were 2.4 MiB of a no-change backup's peak RSS (50,000 files), in the tally at its end.
         rows = self.db.execute(sql)
         while batch := rows.fetchmany(per_chunk):
             yield b"".join(r[0] for r in batch)
