@@ -3,7 +3,8 @@
 $STRONGROOM_TEST_HOOK holds `NAME=ACTION` pairs separated by commas. At `hook(NAME)`:
 `kill` sends SIGKILL to this process (a crash at exactly that step); `wait:PATH` writes
 `PATH.reached` and waits (up to 120 s) until PATH exists, so the test can act on the files
-in between. Unset (as always outside tests), a hook is one dictionary lookup.
+in between; `sleep:SECONDS` pauses there, each time, so that a process of the test that runs
+all along gets its turn at that step however busy the machine. Unset (as always outside tests), a hook is one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def hook(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("sleep:"):
+        time.sleep(float(action[6:]))
     elif action.startswith("wait:"):
         go = Path(action[5:])
         Path(f"{go}.reached").write_text(name)

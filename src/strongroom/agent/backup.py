@@ -611,6 +611,8 @@ class Backup:
                 if attempt and entry_type(before) != FILE:
                     raise OSError(0, "replaced by something that is not a file while being read")
                 content, lengths, sparse = self._read_content(fd, before, inline)
+                if testhook.ACTIVE:
+                    testhook.hook("backup-file-read")  # a test changes the file between its read and the stat after
                 after = os.fstat(fd)
                 if _same_version(before, after):
                     break
