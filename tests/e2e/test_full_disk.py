@@ -163,6 +163,29 @@ def test_a_vault_on_a_read_only_file_system_lists_checks_and_restores(one_file_o
     assert sr.backup(src)["stats"]["files_unchanged"] == 1
 
 
+def test_a_vault_whose_catalog_log_was_not_folded_in_reads_on_a_read_only_file_system(one_file_on_tiny, tiny_fs,
+                                                                                         tmp_path):
+    """The newest changes of a vault whose last writer was killed (or that `vault create` had just
+    made) are in the catalog's write-ahead log: mounted read-only, the vault refused every command
+    ("its catalog's write-ahead log holds changes, which must be written into it before it can be
+    read"), though SQLite reads the log of a read-only database when its files are there."""
+    sr, vault, src = one_file_on_tiny
+    fresh = sr.create_vault(tmp_path / "fresh")
+    assert not (fresh / "catalog.sqlite-wal").exists()  # `vault create` folds its log in
+    killed = sr.run("backup", src, check=False, env_extra={"STRONGROOM_TEST_HOOK": "backup-point-recorded=kill"})
+    assert killed.returncode == -9, killed.stderr
+    assert (vault / "catalog.sqlite-wal").stat().st_size > 0
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+
+    [point] = sr.points()
+    res = sr.run("restore", point["id"], "--target", tmp_path / "out", check=False)
+    assert res.returncode == 0, res.stderr
+    assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
+    assert sr.json("check", "--read-data")["ok"]
+    assert_clean_failure(sr.run("backup", src, check=False), 1,
+                         "^strongroom: error: the vault's file system is read-only: the vault can be read, not written$")
+
+
 def test_a_served_vault_started_on_a_full_disk_serves_restores(served_on_tiny, tiny_fs, tmp_path):
     """`vault serve` on a full disk stopped at once ("No space left on device": its serve.json),
     and with its catalog unopenable would have refused every machine's restore."""

@@ -95,17 +95,28 @@ def read_vault_meta(root: Path) -> dict[str, Any]:
 
 def _open_catalog(path: Path, read_only: VaultReadOnly | None = None) -> tuple[Engine, dict[str, str]]:
     """The catalog's engine and its facts (catalog_meta). `read_only`: the vault cannot be
-    written, and a write raises this; its catalog is opened read-only and `immutable` (SQLite
-    then needs no shared-memory file, which it could not make)."""
+    written, and a write raises this; its catalog is opened read-only, and `immutable` when its
+    write-ahead log holds nothing (SQLite then needs no shared-memory file, which it could not
+    make). A log that holds changes (its last writer killed) is read as SQLite reads a read-only
+    database's log, from the log and shared-memory files that are there."""
     if read_only is None:
         engine = cat.open_engine(f"sqlite:///{path}")
     else:
         wal = Path(f"{path}-wal")
-        if wal.exists() and wal.stat().st_size:  # immutable, SQLite would not read what the log holds
-            raise type(read_only)(f"{read_only}; and its catalog's write-ahead log holds changes, which must be "
-                                  "written into it before it can be read")
-        engine = cat.open_engine(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
-                                 lambda: type(read_only)(str(read_only)))
+        logged = wal.exists() and wal.stat().st_size > 0
+        engine = cat.open_engine(f"sqlite:///file:{quote(str(path))}?mode=ro{'' if logged else '&immutable=1'}"
+                                 "&uri=true", lambda: type(read_only)(str(read_only)))
+        if logged:
+            try:
+                return _facts(engine)
+            except DatabaseError:  # no shared-memory file, or no room to make one
+                engine.dispose()
+                raise type(read_only)(f"{read_only}; and its catalog's write-ahead log holds changes, which must "
+                                      "be written into it before it can be read") from None
+    return _facts(engine)
+
+
+def _facts(engine: Engine) -> tuple[Engine, dict[str, str]]:
     with engine.connect() as db:
         return engine, dict(db.execute(select(cat.catalog_meta.c.key, cat.catalog_meta.c.value)).all())
 
@@ -157,7 +168,9 @@ class VaultService:
         meta = {"format": "strongroom-vault", "version": VAULT_FORMAT, "id": str(uuid.uuid4()),
                 "created": int(time.time())}
         write_private(root / VAULT_FILE, json.dumps(meta, indent=1).encode())
-        init_catalog(root / CATALOG_FILE, meta["id"])
+        # Closed, the only connection folds the write-ahead log into the catalog: a vault made
+        # and then mounted read-only elsewhere must not depend on a log it cannot fold in.
+        init_catalog(root / CATALOG_FILE, meta["id"]).dispose()
         return cls(root)
 
     # -- credentials and registration ------------------------------------------------------
