@@ -186,6 +186,16 @@ def test_a_vault_whose_catalog_log_was_not_folded_in_reads_on_a_read_only_file_s
                          "^strongroom: error: the vault's file system is read-only: the vault can be read, not written$")
 
 
+def test_a_vault_never_served_cannot_be_served_from_a_read_only_disk_and_says_why(sr, tiny_fs):
+    """`vault serve` makes the vault's certificate in its folder: on read-only media that was
+    "Read-only file system (VAULT/tls)"."""
+    vault = sr.create_vault(tiny_fs / "vault")
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    res = sr.run("vault", "serve", vault, "--port", "1", check=False)
+    assert_clean_failure(res, 1, "^strongroom: error: the vault's file system is read-only: the vault can be read, "
+                         "not written; and it was never served, so it has no certificate of its own")
+
+
 def test_a_served_vault_started_on_a_full_disk_serves_restores(served_on_tiny, tiny_fs, tmp_path):
     """`vault serve` on a full disk stopped at once ("No space left on device": its serve.json),
     and with its catalog unopenable would have refused every machine's restore."""

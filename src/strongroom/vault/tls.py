@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from strongroom.errors import UsageError, VaultError
+from strongroom.errors import UsageError, VaultError, VaultReadOnly
 from strongroom.fsutil import write_private
 
 CERT_FILE = "tls/cert.pem"
@@ -61,10 +61,17 @@ def ensure_self_signed(vault_root: Path, host: str) -> tuple[Path, Path]:
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    cert_path.parent.mkdir(mode=0o700, exist_ok=True)
-    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
-    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    try:
+        cert_path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    except OSError as exc:  # a vault never served before, on read-only media or a full disk
+        cannot = VaultReadOnly.of(exc)
+        if cannot is None:
+            raise
+        raise type(cannot)(f"{cannot}; and it was never served, so it has no certificate of its own (kept in "
+                           "the vault folder): serve it once where it can be written") from None
     return cert_path, key_path
 
 
