@@ -166,6 +166,30 @@ def test_unregistered_home(sr, src, clean_failure):
     assert_no_files(sr.home)
 
 
+@pytest.mark.parametrize("damage", ["x", '{"vault": 1}', "[]"], ids=["garbage", "wrong-field", "not-an-object"])
+def test_a_damaged_registration_says_how_to_take_the_name_back(registered, src, tmp_path, damage, clean_failure):
+    """A disk that failed under the agent home: a damaged config.json was "internal error:
+    JSONDecodeError" (or KeyError, TypeError). The key is safe in the vault: move the file away
+    and `register --replace` takes the machine's name back, with its points."""
+    registered.backup(src)
+    config = registered.home / "config.json"
+    config.write_text(damage)
+    res = registered.run("backup", src, check=False)
+    clean_failure(res, 1, f"this agent home's registration {config} is damaged; move it away and take the "
+                          "machine's name back with `strongroom register --credentials FILE --replace NAME`")
+    config.rename(tmp_path / "config.json.damaged")
+    cred = registered.make_credentials(registered.vault, tmp_path / "cred-again")
+    registered.run("register", "--credentials", cred, "--replace", "test-01")
+    assert registered.backup(src)["stats"]["files_unchanged"] == 2  # incremental from the point before
+
+
+@pytest.mark.parametrize("damage", ["{", "[]", '{"test-01": 5}'])
+def test_a_damaged_record_of_newest_points_is_one_line(registered, src, damage, clean_failure):
+    registered.backup(src)
+    (registered.home / "newest-points.json").write_text(damage)
+    clean_failure(registered.run("points", check=False), 2, "newest-points.json is damaged; remove it")
+
+
 # --- points and paths --------------------------------------------------------------------------
 
 

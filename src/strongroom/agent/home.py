@@ -78,10 +78,20 @@ class AgentHome:
 
     def config(self) -> dict:
         try:
-            return json.loads(self.config_path.read_text())
+            config = json.loads(self.config_path.read_text())
         except FileNotFoundError:
             raise UsageError(f"this machine is not registered (no agent home at {self.path}); "
                              "run `strongroom register --credentials FILE` first") from None
+        except ValueError:
+            config = None
+        if not (isinstance(config, dict) and isinstance(config.get("vault"), str)
+                and isinstance(config.get("machine"), str)):
+            # A disk that failed under the home: the key and the points are safe (the vault keeps
+            # a copy of the wrapped key), and the machine's name is taken back as a rebuilt one's.
+            raise StrongroomError(f"this agent home's registration {self.config_path} is damaged; move it away and "
+                                  "take the machine's name back with `strongroom register --credentials FILE "
+                                  "--replace NAME`")
+        return config
 
     def vault(self) -> Vault:
         """The vault this machine is registered with, bound to this machine's token."""
@@ -137,12 +147,15 @@ class AgentHome:
 
     def _newest_points(self) -> dict[str, list]:
         try:
-            return json.loads(self.newest_points.read_text())
+            doc = json.loads(self.newest_points.read_text())
         except FileNotFoundError:
             return {}
         except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not all(isinstance(seen, list) for seen in doc.values()):
             raise UsageError(f"{self.newest_points} is damaged; remove it to trust the vault's newest "
-                             "points afresh") from None
+                             "points afresh")
+        return doc
 
     def _newest_points_lock(self) -> IO[bytes]:
         """Blocking and short: two processes updating the record must not lose each other's."""
