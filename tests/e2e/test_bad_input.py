@@ -302,6 +302,14 @@ def test_backup_when_vault_is_replaced_by_a_file(registered, src, tmp_path, clea
     assert registered.vault.read_text() == "not a vault"
 
 
+@pytest.mark.parametrize("damage", ["x{", "[]", "{}"])
+def test_a_garbled_vault_description_is_named(registered, src, damage, clean_failure):
+    registered.backup(src)
+    (registered.vault / "vault.json").write_text(damage)
+    for args in (("backup", src), ("vault", "prune", registered.vault)):
+        clean_failure(registered.run(*args, check=False), 1, "the vault's .*vault.json is damaged")
+
+
 # --- usage errors ------------------------------------------------------------------------------
 
 

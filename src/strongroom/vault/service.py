@@ -85,8 +85,12 @@ def read_vault_meta(root: Path) -> dict[str, Any]:
         meta = json.loads((root / VAULT_FILE).read_text())
     except FileNotFoundError:
         raise VaultError(f"no Strongroom vault at {root}") from None
-    except (OSError, ValueError) as exc:
-        raise VaultError(f"cannot read the vault at {root}: {getattr(exc, 'strerror', None) or exc}") from None
+    except ValueError as exc:
+        raise VaultError(f"the vault's {root / VAULT_FILE} is damaged ({exc})") from None
+    except OSError as exc:
+        raise VaultError(f"cannot read the vault at {root}: {exc.strerror or exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+        raise VaultError(f"the vault's {root / VAULT_FILE} is damaged (not a vault's description)")
     if meta.get("version") != VAULT_FORMAT:
         raise VaultError(f"the vault at {root} has format {meta.get('version')!r}; this Strongroom reads format "
                          f"{VAULT_FORMAT} only (make a new vault and back up again)")
