@@ -310,6 +310,24 @@ def test_a_garbled_vault_description_is_named(registered, src, damage, clean_fai
         clean_failure(registered.run(*args, check=False), 1, "the vault's .*vault.json is damaged")
 
 
+@pytest.mark.parametrize("garbled", ["cert.pem", "key.pem"])
+def test_a_garbled_certificate_of_a_served_vault_is_named_before_it_serves(served, garbled, clean_failure):
+    """It was "internal error: ValueError: Invalid PEM encoding" (a damaged key: an SSL error)."""
+    served.stop()
+    (served.folder / "tls" / garbled).write_text("garbage\n")
+    res = served.admin.run("vault", "serve", served.folder, "--port", served.port, check=False)
+    clean_failure(res, 2, "the certificate .*cert.pem or its key .*key.pem is damaged or they do not match: "
+                          "restore them, or, for the vault's own, move its tls folder away to make a new one")
+
+
+def test_a_garbled_record_of_how_the_vault_was_served_is_named(served, tmp_path, clean_failure):
+    served.stop()
+    (served.folder / "serve.json").write_text("garbage{")
+    res = served.admin.run("vault", "credentials", served.folder, "--out", tmp_path / "cred", check=False)
+    clean_failure(res, 1, "serve.json is damaged: `vault serve` writes it again, or give --url")
+    assert not (tmp_path / "cred").exists()
+
+
 # --- usage errors ------------------------------------------------------------------------------
 
 

@@ -6,12 +6,13 @@ import gc
 import json
 import logging
 import resource
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from strongroom.errors import VaultReadOnly
+from strongroom.errors import UsageError, VaultError, VaultReadOnly
 from strongroom.fsutil import write_private
 from strongroom.mallocctl import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, malloc_call
 from strongroom.vault.limits import Limits
@@ -39,7 +40,7 @@ def prepare(service: VaultService, host: str, port: int, cert: Path | None, key:
     records the URL and fingerprint in the vault folder for `vault credentials`."""
     if tls and cert is None:
         cert, key = ensure_self_signed(service.root, host)
-    fingerprint = fingerprint_of(cert.read_bytes()) if tls and cert else None
+    fingerprint = _checked_fingerprint(cert, key) if tls and cert else None
     shown = f"[{host}]" if ":" in host else host
     url = f"{'https' if tls else 'http'}://{shown}:{port}"
     try:
@@ -54,11 +55,29 @@ def prepare(service: VaultService, host: str, port: int, cert: Path | None, key:
     return Listener(url, fingerprint, cert if tls else None, key if tls else None)
 
 
+def _checked_fingerprint(cert: Path, key: Path | None) -> str:
+    """The certificate's fingerprint, once it and its key are known to load together: a damaged
+    file (a disk that failed under the vault's own) is said in one line before the server starts."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        return fingerprint_of(cert.read_bytes())
+    except (ssl.SSLError, ValueError):
+        raise UsageError(f"the certificate {cert} or its key {key or cert} is damaged or they do not match: "
+                         "restore them, or, for the vault's own, move its tls folder away to make a new one "
+                         "(machines then need new credentials)") from None
+
+
 def last_served(root: Path) -> dict[str, str | None]:
     try:
-        return json.loads((root / SERVE_FILE).read_text())
+        served = json.loads((root / SERVE_FILE).read_text())
     except FileNotFoundError:
         return {}
+    except ValueError:
+        served = None
+    if not isinstance(served, dict):
+        raise VaultError(f"{root / SERVE_FILE} is damaged: `vault serve` writes it again, or give --url (and "
+                         "--fingerprint) to say how machines reach the vault")
+    return served
 
 
 def run(service: VaultService, host: str, port: int, listener: Listener, prune_every_s: float) -> None:
