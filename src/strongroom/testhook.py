@@ -4,7 +4,8 @@ $STRONGROOM_TEST_HOOK holds `NAME=ACTION` pairs separated by commas. At `hook(NA
 `kill` sends SIGKILL to this process (a crash at exactly that step); `wait:PATH` writes
 `PATH.reached` and waits (up to 120 s) until PATH exists, so the test can act on the files
 in between; `sleep:SECONDS` pauses there, each time, so that a process of the test that runs
-all along gets its turn at that step however busy the machine. Unset (as always outside tests), a hook is one dictionary lookup.
+all along gets its turn at that step however busy the machine. Unset (as always outside
+tests), a hook is one dictionary lookup.
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ def test_a_vault_whose_catalog_log_was_not_folded_in_reads_on_a_read_only_file_s
     assert_trees_equal(src, tmp_path / "out" / str(src).lstrip("/"))
     assert sr.json("check", "--read-data")["ok"]
     assert_clean_failure(sr.run("backup", src, check=False), 1,
-                         "^strongroom: error: the vault's file system is read-only: the vault can be read, not written$")
+                         "^strongroom: error: the vault's file system is read-only: the vault can be read, "
+                         "not written$")
 
 
 def test_a_vault_never_served_cannot_be_served_from_a_read_only_disk_and_says_why(sr, tiny_fs):

@@ -219,7 +219,8 @@ def plan_backup(backup: Backup, parent: OpenedPoint | None, unoptimized: bool) -
     if parent is None:
         return no("the first backup")
     if previous_attempt:
-        return no("the previous backup failed, was cancelled, was killed or could not note its point in the cache folder")
+        return no("the previous backup failed, was cancelled, was killed or could not note its point in the "
+                  "cache folder")
     if damaged:
         return no(f"the journal's record of the last backup is damaged ({damaged})")
     if good is not None and ([bytes(s) for s in good.get("sources", [])] != backup.sources or

@@ -143,6 +143,7 @@ def _one_per_name(storage: FolderStorage, docs: list[dict[str, Any]], report: Re
     holders = records.machines_holding_records(storage)
     kept: list[dict[str, Any]] = []
     taken: set[str] = set()
+
     def order(doc: dict[str, Any]) -> tuple[bool, int, str]:
         held = doc["uid"] in holders
         return not held, doc["registered"] if held else -doc["registered"], doc["uid"]
