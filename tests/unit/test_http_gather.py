@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from strongroom.vault import httpstream
-from strongroom.vault.tls import ensure_self_signed
+from strongroom.vault.selfsigned import ensure_self_signed
 
 
 def _listen(tmp_path: Path) -> tuple[ssl.SSLContext, socket.socket]:

@@ -18,7 +18,8 @@ from strongroom.mallocctl import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 from strongroom.vault.limits import Limits
 from strongroom.vault.limits import load as load_limits
 from strongroom.vault.service import VaultService
-from strongroom.vault.tls import ensure_self_signed, fingerprint_of
+from strongroom.vault.selfsigned import ensure_self_signed
+from strongroom.vault.tls import fingerprint_of
 
 log = logging.getLogger("strongroom.vault")
 # What the server sets glibc's malloc options to (_keep_freed_memory)
