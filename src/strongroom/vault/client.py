@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import msgpack
 
 from strongroom.credentials import Credentials
 from strongroom.errors import StrongroomError, UsageError, VaultError
 from strongroom.vault import httpstream
+from strongroom.vault.httplibs import httpx
 from strongroom.vault.refs import rechunk
 from strongroom.vault.shapes import BlobLocation, JobRecord, PointRecord
 from strongroom.vault.tls import pinned_context

@@ -12,22 +12,9 @@ CPU-s per GiB received (the rest is decryption, the kernel and httpx's joins).
 from __future__ import annotations
 
 import ssl
-import sys
 from typing import Any
 
-import httpx
-
-# httpcore imports trio when it is installed (pyfuse3 needs it, for `mount`), for the async
-# backends this client does not use: 60-70 ms and 5 MiB of every command that reaches a served
-# vault. It is hidden while httpcore loads; a later `import trio` works as usual.
-_HIDE_TRIO = "trio" not in sys.modules
-if _HIDE_TRIO:
-    sys.modules["trio"] = None  # type: ignore[assignment]
-try:
-    import httpcore
-finally:
-    if _HIDE_TRIO:
-        del sys.modules["trio"]
+from strongroom.vault.httplibs import httpcore, httpx
 
 _GATHER = 256 * 1024
 _RECORD = 16 * 1024  # the most plaintext one TLS record holds
