@@ -15,9 +15,9 @@ Safety, by construction:
   (VaultService.add_point). Storage follows the catalog in an order a crash cannot break:
   a new pack and its index record are stored before the catalog points at them, and an old
   one is deleted only after the catalog stopped pointing at it.
-- An orphan (a pack in storage the catalog does not know) is deleted only when it holds no
-  blob that a point needs and the catalog cannot find, and either has no index record and is
-  old, or has one of the machine being pruned (under its lease: a killed prune's or backup's).
+- An orphan (a pack in storage the catalog does not know) is deleted only when it is old,
+  has no index record, and holds no blob that a point needs and the catalog cannot find (a
+  pack whose index record a killed store left is taken in by trust.py, not deleted here).
   A prune holds the vault's prune lock (vault/jobs.py): one at a time, and a prune job still
   "running" has died, so its leases are freed at once.
 """
