@@ -40,7 +40,6 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
         if damage:
             raise CatalogUntrusted(f"the vault's catalog is damaged ({damage[0]}); {rebuild_hint(service.root)}")
         machine_ids = dict(db.execute(select(cat.machines.c.uid, cat.machines.c.id)).all())
-        machines = set(machine_ids)
         points = {(uid, pid) for uid, pid in db.execute(
             select(cat.machines.c.uid, cat.points.c.id).join(cat.points, cat.points.c.machine_id == cat.machines.c.id))}
         packs = set(db.execute(select(cat.packs.c.name)).scalars())
@@ -53,11 +52,11 @@ def ensure_trusted(service: VaultService, now_ns: int | None = None) -> None:
             return False  # gone meanwhile: a write or delete in progress
 
     unknown: dict[str, int] = {"machines": 0, "points": 0, "pack indexes": 0}
-    strays = [name for name, _size in service.storage.list(records.MACHINES)
-              if records.last_part(name).removesuffix(".json") not in machines and settled(name)]
+    strays = [(name, uid) for name, _size in service.storage.list(records.MACHINES)
+              if (uid := records.last_part(name).removesuffix(".json")) not in machine_ids and settled(name)]
     holders = records.machines_holding_records(service.storage, packs) if strays else set()
-    for name in strays:
-        if records.last_part(name).removesuffix(".json") in holders:
+    for name, uid in strays:
+        if uid in holders:
             unknown["machines"] += 1
         else:  # a registration that never finished: the machine owns nothing, and registered again
             service.storage.delete(name)
