@@ -32,6 +32,11 @@ class VaultError(StrongroomError):
     """The vault is missing, unreadable or refused a request."""
 
 
+class VaultUnreachable(VaultError):
+    """The served vault did not answer for the whole retry window. A command stops at it
+    rather than go on item by item: every later call would fail the same way."""
+
+
 class MissingObject(VaultError):
     """An object asked for by name (a pack, a record) is not in the vault's storage."""
 

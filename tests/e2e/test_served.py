@@ -236,6 +236,63 @@ def test_vault_that_stays_down_fails_in_bounded_time_and_next_backup_resumes(ser
     assert web1.backup(src)["stats"]["files_new"] == 2
 
 
+def test_a_restore_whose_vault_goes_down_stops_once_in_bounded_time_and_a_rerun_finishes(served, served_machine,
+                                                                                          tmp_path):
+    """Every folder of a restore asks the vault where its files' blobs are: a vault that went
+    down halfway made each folder wait the whole retry window and report a line of its own
+    (500 folders x 120 s), and the restore ended as if it had done its job with warnings."""
+    web1 = served_machine("web-01")
+    src = tmp_path / "src"
+    for d in range(40):
+        folder = src / f"d{d:02d}"
+        folder.mkdir(parents=True)
+        for f in range(10):  # 60 MiB: more than the restore fetches ahead of its walk
+            (folder / f"f{f}.bin").write_bytes(os.urandom(150_000))
+    web1.backup(src)
+    go, target = tmp_path / "go", tmp_path / "r"
+    env = web1.env({"STRONGROOM_TEST_HOOK": f"restore-batch-written=wait:{go}", "STRONGROOM_VAULT_RETRY_SECONDS": "3"})
+    proc = subprocess.Popen(web1.cmd + ["restore", "latest", "--target", str(target), "--conflict", "overwrite"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "go.reached").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert (tmp_path / "go.reached").exists(), proc.communicate()
+    served.stop(signal.SIGKILL)
+    started = time.monotonic()
+    go.touch()
+    out, err = proc.communicate(timeout=300)
+    assert time.monotonic() - started < 30  # one window of 3 s, not one per folder
+    assert_clean_failure(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 1,
+                         r"the vault at \S+ is unreachable .*; gave up after 3 s; the restore stopped after \d+ files: "
+                         "run it again with --conflict overwrite once the vault answers")
+    served.start()
+    assert web1.restore("latest", target=target, conflict="overwrite")["errors"] == []
+    assert_trees_equal(src, target / str(src).lstrip("/"))
+
+
+def test_a_restore_verify_whose_vault_goes_down_stops_with_one_line_and_calls_no_file_different(
+        served, served_machine, tmp_path):
+    """An unreachable vault is not a finding about what was written: `restore --verify` listed
+    every file it could not read back from the vault as a mismatch."""
+    web1 = served_machine("web-01")
+    src = tmp_path / "src"
+    _random_tree(src, 5, 100_000)
+    web1.backup(src)
+    go = tmp_path / "go"
+    env = web1.env({"STRONGROOM_TEST_HOOK": f"restore-written=wait:{go}", "STRONGROOM_VAULT_RETRY_SECONDS": "2"})
+    proc = subprocess.Popen(web1.cmd + ["restore", "latest", "--target", str(tmp_path / "r"), "--verify", "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "go.reached").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    served.stop(signal.SIGKILL)
+    go.touch()
+    out, err = proc.communicate(timeout=300)
+    assert_clean_failure(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 1,
+                         r"the vault at \S+ is unreachable .*; gave up after 2 s$")
+    assert out == ""  # no report that would call the restored files different
+
+
 def test_one_backup_at_a_time_per_machine(served, served_machine, tmp_path):
     web1 = served_machine("web-01")
     src = tmp_path / "src"

@@ -21,7 +21,7 @@ from strongroom import blobs, packs
 from strongroom.agent.browse import walk
 from strongroom.agent.pointbook import OpenedPoint
 from strongroom.agent.reader import BlobReader
-from strongroom.errors import StrongroomError
+from strongroom.errors import StrongroomError, VaultUnreachable
 from strongroom.model import display_path
 
 _LOOKUP_BATCH = 4096
@@ -50,6 +50,8 @@ def _contents(reader: BlobReader, points: list[OpenedPoint], report: CheckReport
             for path, entry in walk(reader, point.manifest["tree"]):
                 if entry.get("c"):
                     yield f"{point.id}:{display_path(path)}", entry["c"]
+        except VaultUnreachable:
+            raise  # not a finding about the data: check stops
         except StrongroomError as exc:
             if report is not None:
                 report.errors.append({"point": point.id, "error": f"tree unreadable: {exc}"})
@@ -101,6 +103,8 @@ def _read_packs(reader: BlobReader, report: CheckReport, errors: list[dict[str, 
             if packs.pack_name(data) != name:
                 raise StrongroomError("pack content does not match its name (corrupt)")
             refs = packs.read_header(data)
+        except VaultUnreachable:
+            raise
         except StrongroomError as exc:
             bad_packs[len(errors)] = name
             errors.append({"pack": name, "error": str(exc)})

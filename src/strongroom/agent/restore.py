@@ -62,7 +62,7 @@ from strongroom.agent.fsmeta import (
 from strongroom.agent.reader import BlobReader, content_lengths
 from strongroom.agent.restore_ahead import ReadAhead, inline, windows
 from strongroom.agent.restore_locate import LocateAhead
-from strongroom.errors import StrongroomError, UsageError
+from strongroom.errors import StrongroomError, UsageError, VaultUnreachable
 from strongroom.fsutil import DIRECT_ALIGN, Stage, write_all
 from strongroom.model import (
     BLOCK,
@@ -197,6 +197,13 @@ class Restore:
     def _error(self, path: bytes, message: str) -> None:
         self.result.errors.append((path, message))
 
+    def _failed(self, path: bytes, exc: OSError | StrongroomError) -> None:
+        """Reports what failed at `path`, and goes on; an unreachable vault stops the restore
+        instead: every later entry would fail the same way, one line each."""
+        if isinstance(exc, VaultUnreachable):
+            raise exc
+        self._error(path, getattr(exc, "strerror", None) or str(exc))
+
     def _restore_selection(self, parts: list[bytes], parents: list[Entry], entry: Entry) -> None:
         fd = os.dup(self.root_fd)
         path = b""
@@ -300,7 +307,7 @@ class Restore:
                 self._queue(self._dir_meta_step(fd, entry, path))
                 fd = None  # closed by that step
         except StrongroomError as exc:
-            self._error(path, str(exc))
+            self._failed(path, exc)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -344,6 +351,8 @@ class Restore:
                         if self.locate_ahead is not None:
                             self.locate_ahead.add(entries)
                         self._premake_in(dfd, folder, entries, below)
+                    except VaultUnreachable:
+                        raise
                     except (OSError, StrongroomError):
                         pass  # what cannot be read or made here, the walk reports
                     finally:
@@ -440,7 +449,7 @@ class Restore:
         try:
             self._count(*job.result())
         except (OSError, StrongroomError) as exc:
-            self._error(path, getattr(exc, "strerror", None) or str(exc))
+            self._failed(path, exc)
 
     # -- entries ----------------------------------------------------------------------------
 
@@ -456,7 +465,7 @@ class Restore:
             try:
                 self._restore_dir(dfd, name, entry, path)
             except (OSError, StrongroomError) as exc:  # e.g. no room for the directory itself
-                self._error(path, getattr(exc, "strerror", None) or str(exc))
+                self._failed(path, exc)
             return None
         try:
             target = (name, None) if fresh else self._resolve_conflict(dfd, name, path)
@@ -490,7 +499,7 @@ class Restore:
             if refused:
                 self._error(path, "attributes not restored: " + "; ".join(refused))
         except (OSError, StrongroomError) as exc:
-            self._error(path, getattr(exc, "strerror", None) or str(exc))
+            self._failed(path, exc)
         return None
 
     def _resolve_conflict(self, dfd: int, name: bytes, path: bytes) -> tuple[bytes, bytes | None] | None:
@@ -576,7 +585,7 @@ class Restore:
                 try:
                     batch.done.append(self._write_small(dfd, final, tmp, entry, path, content, fd, owner))
                 except (OSError, StrongroomError) as exc:
-                    self._error(path, getattr(exc, "strerror", None) or str(exc))
+                    self._failed(path, exc)
             return batch
         finally:
             batch.close()  # what an unexpected error left unwritten: empty 0600 files, as after a kill

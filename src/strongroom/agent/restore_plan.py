@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from strongroom.agent.reader import BlobReader
 from strongroom.agent.restore import copy_name
-from strongroom.errors import StrongroomError
+from strongroom.errors import StrongroomError, VaultUnreachable
 from strongroom.globmatch import compile_globs
 from strongroom.model import DIR, FILE, SYMLINK, TYPE_NAMES, Entry, display_path, is_safe_name
 
@@ -202,6 +202,8 @@ def verify(reader: BlobReader, written: list[tuple[bytes, Entry]], root: bytes,
         where = root.rstrip(b"/") + path
         try:
             problem = _mismatch(reader, where, entry)
+        except VaultUnreachable:
+            raise  # not a finding about what was written
         except (OSError, StrongroomError) as exc:
             problem = f"cannot be read back: {getattr(exc, 'strerror', None) or exc}"
         if problem:

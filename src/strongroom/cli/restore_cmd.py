@@ -27,7 +27,7 @@ from strongroom.cli.common import (
     progress_bar,
     warn_line,
 )
-from strongroom.errors import EXIT_FAILURE, UsageError
+from strongroom.errors import EXIT_FAILURE, UsageError, VaultUnreachable
 from strongroom.model import FILE, display_path
 from strongroom.testhook import hook
 
@@ -98,7 +98,11 @@ def restore(ctx: click.Context, point: str, paths: tuple[Path, ...], target: str
         with (agent.lock(), recorded_job(vault, key, agent.job_marker, "restore", source) as job,
               progress_bar(interactive, "Restoring", total, lambda: run.result.bytes_written)):
             job.point_id = record.id
-            result = run.run(root_fd, selections)
+            try:
+                result = run.run(root_fd, selections)
+            except VaultUnreachable as exc:
+                raise VaultUnreachable(f"{exc}; the restore stopped after {run.result.files_restored} files: run it "
+                                       "again with --conflict overwrite once the vault answers") from None
             errors = [{"path": display_path(p), "error": m} for p, m in result.errors]
             job.files, job.bytes, job.failed = result.files_restored, result.bytes_written, errors
     finally:

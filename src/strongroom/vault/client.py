@@ -3,7 +3,12 @@
 The network is not reliable and a vault restarts now and then, so every call is retried
 with exponential backoff for a bounded time ($STRONGROOM_VAULT_RETRY_SECONDS, default 120)
 before it fails in one line. Every call can be retried safely: packs are named by their
-content, and points and jobs carry IDs the agent chose.
+content, and points and jobs carry IDs the agent chose. The calls made during one outage
+share its window: once it has passed, a call tries once, so that a command's threads and
+its many calls after the first that gave up wait 120 s in all, not 120 s each (a restore
+of 500 folders waited for the vault 500 times over). An outage ends with the first call
+that gets through, or when no call has failed for a window's length (the daemon's next
+job, hours later, waits again).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from urllib.parse import urlparse
 import msgpack
 
 from strongroom.credentials import Credentials
-from strongroom.errors import StrongroomError, UsageError, VaultError
+from strongroom.errors import StrongroomError, UsageError, VaultError, VaultUnreachable
 from strongroom.vault import httpstream
 from strongroom.vault.httplibs import httpx
 from strongroom.vault.refs import rechunk
@@ -108,6 +113,7 @@ class HttpVault:
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
         self.warned = False
+        self._outage: tuple[float, float] | None = None  # (first, last) failed attempt of the outage
 
     # -- transport --------------------------------------------------------------------------
 
@@ -149,21 +155,28 @@ class HttpVault:
             raise _Transient(str(exc) or type(exc).__name__) from None
         if response.status_code in _TRANSIENT_STATUS:
             raise _Transient(f"HTTP {response.status_code}")
+        self._outage = None  # the vault answered
         if response.status_code >= 400:
             raise self._error(response)
         return response
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One request, retried with backoff while the vault is unreachable, for a bounded time."""
-        deadline = time.monotonic() + self.retry_seconds
+        """One request, retried with backoff while the vault is unreachable, until the
+        outage's window (shared by every call it meets) has passed."""
         delay = 0.25
         while True:
             try:
                 return self._once(method, path, **kw)
             except _Transient as exc:
-                if time.monotonic() + delay > deadline:
-                    raise VaultError(f"the vault at {self.url} is unreachable ({exc}); gave up after "
-                                     f"{self.retry_seconds:.0f} s") from None
+                now = time.monotonic()
+                with self._lock:
+                    if self._outage is None or now - self._outage[1] > self.retry_seconds:
+                        self._outage = (now, now)
+                    self._outage = (self._outage[0], now)
+                    deadline = self._outage[0] + self.retry_seconds
+                if now + delay > deadline:
+                    raise VaultUnreachable(f"the vault at {self.url} is unreachable ({exc}); gave up after "
+                                           f"{self.retry_seconds:.0f} s") from None
                 if not self.warned and sys.stderr.isatty():  # a person waiting should know why
                     self.warned = True
                     print(f"strongroom: the vault at {self.url} does not answer ({exc}); retrying for up to "
