@@ -62,6 +62,22 @@ def test_a_deleted_cache_folder_costs_speed_never_correctness(registered, tmp_pa
     assert_trees_equal(src, under(tmp_path / "r2", src))
 
 
+def test_a_file_in_place_of_the_cache_folder_is_said_in_one_line_and_a_move_gets_past_it(registered, tmp_path):
+    src = tmp_path / "src"
+    make_tricky_tree(src, deep=False)
+    shutil.rmtree(registered.home / "cache")
+    (registered.home / "cache").write_text("not a folder")
+    res = registered.run("backup", src, check=False)
+    assert_clean_failure(res, 1, r"the cache folder \S+/cache is not a folder \(a file is in its place or above "
+                         r"it\): move that away, or choose another place with `strongroom agent cache move DIR`")
+    assert "not a folder: something else is in its place" in registered.run("agent", "cache", "show").stdout
+    registered.run("agent", "cache", "move", tmp_path / "cache2")
+    registered.backup(src)
+    assert (registered.home / "cache").read_text() == "not a folder"  # not the agent's to delete
+    registered.restore("latest", target=tmp_path / "r")
+    assert_trees_equal(src, under(tmp_path / "r", src))
+
+
 def test_cache_move_moves_it_and_backups_use_the_new_place(registered, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

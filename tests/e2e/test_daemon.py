@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -61,3 +63,33 @@ def test_daemon_runs_the_schedule_and_records_its_jobs(registered, tmp_path):
     target = tmp_path / "r"
     sr.restore("latest", target=target)
     assert_trees_equal(src, target / str(src).lstrip("/"))
+
+
+def test_daemon_with_a_file_in_place_of_its_cache_folder_says_so_and_keeps_running(registered, tmp_path):
+    sr = registered
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    sr.run("policy", "set", "--include", src, "--daily", "03:00", "--keep-daily", "7")
+    shutil.rmtree(sr.home / "cache")
+    (sr.home / "cache").write_text("not a folder")
+    daemon = subprocess.Popen(sr.cmd + ["agent", "run"], env=sr.env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("change journal: the cache folder" in line for line in lines) and time.monotonic() < deadline:
+            assert daemon.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert daemon.poll() is None, "".join(lines)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+        reader.join(timeout=10)
+    assert daemon.returncode == 0, "".join(lines)
+    assert any(f"the cache folder {sr.home / 'cache'} is not a folder" in line and "backups run unoptimized" in line
+               for line in lines), "".join(lines)
+    assert not any("Traceback" in line for line in lines)

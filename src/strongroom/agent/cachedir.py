@@ -69,7 +69,7 @@ def space_note(folder: Path) -> str | None:
 
 
 def describe(agent: AgentHome) -> dict[str, Any]:
-    folder = agent.cache
+    folder = agent.cache_path
     return {"path": str(folder), "configured": agent.config().get("cache") is not None,
             "exists": folder.is_dir(), "used_bytes": used_bytes(folder) if folder.is_dir() else 0,
             "free_bytes": free_bytes(folder), "needed_bytes": needed_bytes(folder),
@@ -82,7 +82,7 @@ def move(agent: AgentHome, target: Path) -> Path:
     before leaves the old folder in use and a partial new one, which a next try refuses."""
     config = agent.config()
     target = Path(os.path.abspath(target))
-    old = agent.cache
+    old = agent.cache_path
     if target == Path(os.path.abspath(old)):
         raise UsageError(f"the cache folder is {old} already")
     if os.path.lexists(target):

@@ -88,7 +88,11 @@ class Daemon:
         except StrongroomError as exc:
             sources = []
             log.warning("change journal: %s; backups run unoptimized", exc)
-        cache = self.agent.cache  # `agent cache move` may have moved it: the journal moves along
+        try:
+            cache = self.agent.cache  # `agent cache move` may have moved it: the journal moves along
+        except StrongroomError as exc:  # a file in its place: each backup says so, the daemon goes on
+            log.warning("change journal: %s; backups run unoptimized", exc)
+            cache, sources = self.agent.cache_path, []
         if self.keeper is not None and self.keeper.sources == sources and self.keeper.cache == cache:
             return
         if self.keeper is not None:

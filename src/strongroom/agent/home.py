@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -47,13 +48,31 @@ class AgentHome:
         self.newest_points = self.path / "newest-points.json"
 
     @property
-    def cache(self) -> Path:
-        """The cache folder: config.json's "cache" if set (register --cache, agent cache move)."""
+    def cache_path(self) -> Path:
+        """Where the cache folder is: config.json's "cache" if set (register --cache, agent
+        cache move), whatever is there."""
         try:
             configured = json.loads(self.config_path.read_text()).get("cache")
         except (FileNotFoundError, ValueError, AttributeError):
             configured = None
         return Path(configured) if isinstance(configured, str) and configured else self.path / "cache"
+
+    @property
+    def cache(self) -> Path:
+        """The cache folder, which may be missing (it is made when needed) but must not be a
+        file or under one: each of its users would fail on its own path with a bare "File
+        exists" or "Not a directory"."""
+        folder = self.cache_path
+        try:
+            in_place = stat.S_ISDIR(os.stat(folder).st_mode)
+        except FileNotFoundError:
+            in_place = True
+        except NotADirectoryError:
+            in_place = False
+        if not in_place:
+            raise StrongroomError(f"the cache folder {folder} is not a folder (a file is in its place or above it): "
+                                  "move that away, or choose another place with `strongroom agent cache move DIR`")
+        return folder
 
     @property
     def registered(self) -> bool:

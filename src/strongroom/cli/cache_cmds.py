@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -26,9 +27,15 @@ def show(ctx: click.Context, as_json: bool) -> None:
         emit_json(info)
         return
     echo(f"Cache folder: {info['path']}{'' if info['configured'] else ' (the default, in the agent home)'}"
-         f"{'' if info['exists'] else ' (not there yet: made at the next backup)'}")
+         f"{'' if info['exists'] else _absent(Path(info['path']))}")
     echo(f"Holds {human_bytes(info['used_bytes'])}; {human_bytes(info['free_bytes'])} free on its file system "
          f"(a backup may need {human_bytes(info['needed_bytes'])}).")
+
+
+def _absent(folder: Path) -> str:
+    if os.path.lexists(folder):
+        return " (not a folder: something else is in its place; move it away or the folder elsewhere)"
+    return " (not there yet: made at the next backup)"
 
 
 @cache_group.command("move")
@@ -37,7 +44,7 @@ def show(ctx: click.Context, as_json: bool) -> None:
 def move(ctx: click.Context, directory: Path) -> None:
     """Move the cache folder to DIRECTORY, a new folder (not while a backup runs)."""
     agent = home(ctx)
-    old = agent.cache
+    old = agent.cache_path
     new = cachedir.move(agent, directory)
     echo(f"The cache folder is now {new} (was {old}).")
 
