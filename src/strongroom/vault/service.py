@@ -20,8 +20,8 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 import blake3
 from sqlalchemy import Connection, Engine, func, insert, select, update
@@ -42,13 +42,13 @@ from strongroom.errors import (
 from strongroom.fsutil import write_private
 from strongroom.names import check_machine_name
 from strongroom.policy import check_vault_doc
+from strongroom.testhook import hook
 from strongroom.vault import catalog as cat
 from strongroom.vault import privacy, protection, records
 from strongroom.vault import refs as reflist
 from strongroom.vault.jobs import JobBook, JobRecord
 from strongroom.vault.records import pack_object
 from strongroom.vault.shapes import BLOB_PAGE, BlobLocation, PointRecord  # noqa: F401 - re-exported
-from strongroom.testhook import hook
 from strongroom.vault.storage.fs import FolderStorage
 from strongroom.vault.storage_errors import storage_failure
 
