@@ -225,6 +225,57 @@ def test_another_local_user_cannot_read_the_vault(open_umask):
         shutil.rmtree(base)
 
 
+# -- the agent home and the cache folder are the user's alone ----------------------------------
+
+
+def test_a_home_or_cache_folder_others_can_write_is_refused_before_registering(tmp_path):
+    """Another user who can write there could swap the registration or the blob index, or plant
+    links where the agent makes files (SQLite follows them): a root agent would write into any file."""
+    sr = setup_registered(tmp_path / "setup")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # as /tmp is
+    other = Strongroom(tmp_path / "home2")
+    res = other.run("register", "--credentials", sr.cred, "--machine", "m2", "--cache", shared, check=False)
+    assert_clean_failure(res, 1, rf"the cache folder {shared} can be written by other users \(mode 1777\), who could "
+                         r"change what the agent finds there: make it private \(chmod 700\) or give another with --cache")
+    res = Strongroom(shared).run("register", "--credentials", sr.cred, "--machine", "m2", check=False)
+    assert_clean_failure(res, 1, rf"the agent home {shared} can be written by other users \(mode 1777\)")
+    assert not (other.home / "config.json").exists() and not (shared / "config.json").exists()
+    assert [m["name"] for m in sr.json("machines")] == ["test-01"]  # the vault heard of neither
+
+
+def test_a_home_or_cache_folder_opened_to_others_later_stops_every_command_in_one_line(registered, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data")
+    os.chmod(registered.home, 0o777)
+    res = registered.run("backup", src, check=False)
+    assert_clean_failure(res, 1, rf"the agent home {registered.home} can be written by other users \(mode 0777\)")
+    os.chmod(registered.home, 0o700)
+    os.chmod(registered.home / "cache", 0o775)
+    res = registered.run("backup", src, check=False)
+    assert_clean_failure(res, 1, rf"the cache folder {registered.home / 'cache'} can be written by other users "
+                         r"\(mode 0775\).*or choose another place with `strongroom agent cache move DIR`")
+    assert registered.points() == []
+    os.chmod(registered.home / "cache", 0o755)  # readable is not the danger: what it holds is sealed or IDs
+    registered.backup(src)
+    assert len(registered.points()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_cache_folder_of_another_user_is_refused(registered, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("data")
+    os.chown(registered.home / "cache", 65534, 65534)
+    res = registered.run("backup", src, check=False)
+    assert_clean_failure(res, 1, rf"the cache folder {registered.home / 'cache'} belongs to uid 65534, not to this user "
+                         r"\(uid 0\)")
+    registered.run("agent", "cache", "move", tmp_path / "cache2")  # the way out
+    registered.backup(src)
+
+
 # -- paths reach the vault sealed ------------------------------------------------------------
 
 

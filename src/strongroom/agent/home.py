@@ -23,6 +23,19 @@ from strongroom.policy import Policy
 from strongroom.vault.connect import connect
 from strongroom.vault.interface import Vault
 
+def check_private(folder: Path, st: os.stat_result, what: str, fix: str) -> None:
+    """Refuses a folder of the agent's that another user owns or can write into: they could
+    swap the files the agent reads there (its registration, its blob index), or plant links
+    where it will make files, which SQLite follows (a root agent would write its journal into
+    any file on the machine)."""
+    if st.st_uid != os.geteuid():
+        raise StrongroomError(f"{what} {folder} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}), "
+                              f"who could change what the agent finds there: {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StrongroomError(f"{what} {folder} can be written by other users (mode {stat.S_IMODE(st.st_mode):04o}), "
+                              f"who could change what the agent finds there: make it private (chmod 700) or {fix}")
+
+
 class SeenPoint(NamedTuple):
     """The newest point of a machine that this home has seen (times from its sealed manifest)."""
 
@@ -63,15 +76,17 @@ class AgentHome:
         file or under one: each of its users would fail on its own path with a bare "File
         exists" or "Not a directory"."""
         folder = self.cache_path
+        move = "choose another place with `strongroom agent cache move DIR`"
         try:
-            in_place = stat.S_ISDIR(os.stat(folder).st_mode)
+            st = os.stat(folder)
         except FileNotFoundError:
-            in_place = True
+            return folder
         except NotADirectoryError:
-            in_place = False
-        if not in_place:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
             raise StrongroomError(f"the cache folder {folder} is not a folder (a file is in its place or above it): "
-                                  "move that away, or choose another place with `strongroom agent cache move DIR`")
+                                  f"move that away, or {move}")
+        check_private(folder, st, "the cache folder", move)
         return folder
 
     @property
@@ -103,6 +118,7 @@ class AgentHome:
                              "run `strongroom register --credentials FILE` first") from None
         except ValueError:
             config = None
+        check_private(self.path, os.stat(self.path), "the agent home", "use a folder of this user's alone")
         if not (isinstance(config, dict) and isinstance(config.get("vault"), str)
                 and isinstance(config.get("machine"), str)):
             # A disk that failed under the home: the key and the points are safe (the vault keeps

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import click
 
+from strongroom.agent.home import check_private
 from strongroom.agent.passphrase import read_passphrase
 from strongroom.cli.common import echo, home, passphrase_option
 from strongroom.credentials import Credentials
@@ -41,11 +43,14 @@ def register(ctx: click.Context, cred_file: Path, machine: str | None, replace: 
     creds = Credentials.load(cred_file)
     check_plain_http(creds.vault_url, insecure_http)  # before the passphrase is asked for
     name = check_machine_name(replace or machine or socket.gethostname())
+    if agent.path.exists():  # one made by hand, or a shared folder given as --home
+        check_private(agent.path, os.stat(agent.path), "the agent home", "give another with --home")
     if cache is not None:  # made now: a folder that cannot be must not cost a registration
         try:
             cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise UsageError(f"cannot make the cache folder {cache}: {exc.strerror or exc}") from None
+        check_private(cache, os.stat(cache), "the cache folder", "give another with --cache")
     vault = connect(creds.vault_url, creds.fingerprint, insecure_http)
     if replace is not None:
         # Nothing changes in the vault until the passphrase has opened the machine's key here.
