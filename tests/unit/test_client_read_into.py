@@ -1,7 +1,8 @@
 """The vault client's reads of pack ranges (HttpVault.read_ranges, read_range) against a real
 HTTP server on 127.0.0.1: the answer is read into one buffer of the size asked for as it
 arrives, so an answer of any other size is refused, and an error answer is still the
-vault's error."""
+vault's error. Any other answer is read whole, up to the largest the vault sends (a pack):
+past it, sent as it is or inflated from a small gzip body, it is refused."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import json
 import os
 import socket
 import threading
+import zlib
 
 import pytest
 
 from strongroom.errors import UsageError, VaultError
-from strongroom.vault.client import HttpVault
+from strongroom.vault.client import MAX_ANSWER, HttpVault
 
 
-def _serve(answers: list[tuple[int, bytes]]) -> int:
-    """A one-connection HTTP/1.1 server answering each request in turn with (status, body)."""
+def _serve(answers: list[tuple[int, bytes]], headers: bytes = b"") -> int:
+    """A one-connection HTTP/1.1 server answering each request in turn with (status, body),
+    `headers` among its own."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def run() -> None:
@@ -32,7 +35,7 @@ def _serve(answers: list[tuple[int, bytes]]) -> int:
                                if line.lower().startswith(b"content-length:")), 0)
                 while len(rest) < length:
                     rest += conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(body)) + body)
+                conn.sendall(b"HTTP/1.1 %d X\r\n%sContent-Length: %d\r\n\r\n" % (status, headers, len(body)) + body)
         listener.close()
     threading.Thread(target=run, daemon=True).start()
     return listener.getsockname()[1]
@@ -63,3 +66,20 @@ def test_an_error_answer_is_the_vaults_error() -> None:
     vault = _vault(_serve([(400, body)]))
     with pytest.raises(UsageError, match="send 1 to 4096 ranges"):
         vault.read_ranges([("p1", 0, 60)])
+
+
+def _gzip_of_zeros(size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # the gzip wrapper
+    zeros = bytes(1 << 20)
+    return b"".join([*(packer.compress(zeros) for _ in range(size >> 20)), packer.flush()])
+
+
+def test_an_answer_larger_than_any_the_vault_sends_is_refused_even_inflated() -> None:
+    bomb = _gzip_of_zeros(MAX_ANSWER + (16 << 20))
+    assert len(bomb) < 1 << 20  # a small body on the wire
+    vault = _vault(_serve([(200, bomb)], headers=b"Content-Encoding: gzip\r\nContent-Type: application/json\r\n"))
+    with pytest.raises(VaultError, match=r"the vault sent an answer larger than 257 MiB to GET /api/v1/packs/p1; refused"):
+        vault.read_pack("p1")
+    fine = _gzip_of_zeros(4 << 20)  # an answer within the bound is still read as sent
+    vault = _vault(_serve([(200, fine)], headers=b"Content-Encoding: gzip\r\n"))
+    assert vault.read_pack("p2") == bytes(4 << 20)

@@ -40,7 +40,6 @@ from strongroom.vault.limits import Limits
 from strongroom.vault.ratelimit import Buckets, RateLimited
 from strongroom.vault.service import (
     ADMIN_TOKEN_FILE,
-    MAX_PACK_BYTES,
     PointRecord,
     VaultService,
 )
@@ -60,7 +59,7 @@ from strongroom.vault.hotpath import (
     unpack,
 )
 from strongroom.vault.upload import PackReceiver
-from strongroom.vault.wire import ID_SIZE, MAX_REFS_PARTS, MSGPACK, REFS_PART_IDS
+from strongroom.vault.wire import ID_SIZE, MAX_PACK_BYTES, MAX_REFS_PARTS, MSGPACK, REFS_PART_IDS
 
 MAX_JSON_BYTES = 1024 * 1024
 # A point's manifest (its refs travel apart, in parts); a location query; a batched read.

@@ -32,13 +32,14 @@ from strongroom.vault.httplibs import httpx
 from strongroom.vault.refs import rechunk
 from strongroom.vault.shapes import BlobLocation, JobRecord, PointRecord
 from strongroom.vault.tls import pinned_context
-from strongroom.vault.wire import ERROR_CLASSES, MAX_LOCATE, MSGPACK, REFS_PART_IDS
+from strongroom.vault.wire import ERROR_CLASSES, MAX_LOCATE, MAX_PACK_BYTES, MSGPACK, REFS_PART_IDS
 
 RETRY_ENV = "STRONGROOM_VAULT_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 120.0
 _TRANSIENT_STATUS = {502, 503, 504}
 _CONNECT_TIMEOUT = 10.0
 _SEND_SLICE = 256 * 1024
+MAX_ANSWER = MAX_PACK_BYTES + (1 << 20)  # a whole pack, or a page of the blob index (8 MiB), with room
 
 
 def _retry_seconds() -> float:
@@ -95,6 +96,20 @@ def _read_into(response: httpx.Response, into: bytearray) -> None:
         raise VaultError(f"the vault sent {pos} bytes where {len(into)} were asked for")
 
 
+def _read_bounded(response: httpx.Response) -> None:
+    """Reads an answer whole, refusing one larger than any the vault sends (a pack, at most):
+    a hostile or broken vault must not take the agent's memory, nor a small gzip body that
+    httpx would inflate to gigabytes (it decodes whatever encoding it is sent)."""
+    pieces, size = [], 0
+    for piece in response.iter_bytes():
+        size += len(piece)
+        if size > MAX_ANSWER:
+            raise VaultError(f"the vault sent an answer larger than {MAX_ANSWER >> 20} MiB to {response.request.method} "
+                             f"{response.request.url.path}; refused")
+        pieces.append(piece)
+    response._content = b"".join(pieces)  # where httpx's own read() keeps it, for .content and .json()
+
+
 class HttpVault:
     local = False
 
@@ -139,7 +154,7 @@ class HttpVault:
                                                         **kw), stream=True)
             try:
                 if into is None or response.status_code >= 400:
-                    response.read()
+                    _read_bounded(response)
                 else:
                     _read_into(response, into)
             finally:

@@ -29,10 +29,10 @@ from starlette.requests import Request
 
 from strongroom.errors import StrongroomError, UsageError, VaultReadOnly
 from strongroom.vault.ratelimit import RateLimited
-from strongroom.vault.service import MAX_PACK_BYTES, MAX_READ_BYTES, VaultService
+from strongroom.vault.service import MAX_READ_BYTES, VaultService
 from strongroom.vault.storage_errors import storage_failure
 from strongroom.vault.upload import PackReceiver
-from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MSGPACK
+from strongroom.vault.wire import ERROR_STATUS, ID_SIZE, MAX_LOCATE, MAX_PACK_BYTES, MSGPACK
 
 MAX_READ_RANGES = 131072  # ranges in one batched read: 2 MiB of the smallest envelopes (16 bytes)
 PACK_NAME = re.compile(r"^[0-9a-f]{64}$")

@@ -51,6 +51,7 @@ from strongroom.vault.records import pack_object
 from strongroom.vault.shapes import BLOB_PAGE, BlobLocation, PointRecord  # noqa: F401 - re-exported
 from strongroom.vault.storage.fs import FolderStorage
 from strongroom.vault.storage_errors import storage_failure
+from strongroom.vault.wire import MAX_PACK_BYTES
 
 VAULT_FILE = "vault.json"
 VAULT_FORMAT = 2  # storage-first records, refs by blob ID, blobs unique per machine
@@ -58,9 +59,6 @@ CATALOG_FILE = "catalog.sqlite"
 FULL_DISK = "the vault's disk is full: the vault can be read, not written, until room is made"
 ADMIN_TOKEN_FILE = "admin.token"
 SPOOL_DIR = "incoming"
-# The largest pack accepted: data packs are ~8 MiB, but one directory of a million entries
-# makes a tree blob of ~100 MB, and that travels in a pack of its own.
-MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024  # one batched read: bounded memory in the vault
 _READ_GAP = 16 * 1024  # bytes between two ranges of one batched read that are read along (read_ranges)
 TOKEN_CACHE_S = 5.0  # how long a checked token is trusted from memory

@@ -18,6 +18,10 @@ from strongroom.errors import (
 
 MSGPACK = "application/x-msgpack"
 ID_SIZE = 32  # a blob ID: keyed BLAKE3
+# The largest pack accepted: data packs are ~8 MiB, but one directory of a million entries
+# makes a tree blob of ~100 MB, and that travels in a pack of its own. Nothing the vault
+# answers is larger (the agent refuses an answer past it: vault/client.py).
+MAX_PACK_BYTES = 256 * 1024 * 1024
 MAX_LOCATE = 65536  # blob IDs in one location query
 REFS_PART_IDS = 262144  # blob IDs in one part of a point's refs upload: 8 MiB
 MAX_REFS_PARTS = 1_000_000  # parts of one point: 262 G blob IDs, far beyond any machine
