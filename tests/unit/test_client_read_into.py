@@ -2,7 +2,8 @@
 HTTP server on 127.0.0.1: the answer is read into one buffer of the size asked for as it
 arrives, so an answer of any other size is refused, and an error answer is still the
 vault's error. Any other answer is read whole, up to the largest the vault sends (a pack):
-past it, sent as it is or inflated from a small gzip body, it is refused."""
+past it, sent as it is or inflated from a small gzip body, it is refused. And a vault that
+does not answer: the calls of one outage share its retry window."""
 
 from __future__ import annotations
 
@@ -10,18 +11,19 @@ import json
 import os
 import socket
 import threading
+import time
 import zlib
 
 import pytest
 
-from strongroom.errors import UsageError, VaultError
+from strongroom.errors import UsageError, VaultError, VaultUnreachable
 from strongroom.vault.client import MAX_ANSWER, HttpVault
 
 
-def _serve(answers: list[tuple[int, bytes]], headers: bytes = b"") -> int:
+def _serve(answers: list[tuple[int, bytes]], headers: bytes = b"", port: int = 0) -> int:
     """A one-connection HTTP/1.1 server answering each request in turn with (status, body),
     `headers` among its own."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server(("127.0.0.1", port))
 
     def run() -> None:
         conn, _addr = listener.accept()
@@ -83,3 +85,24 @@ def test_an_answer_larger_than_any_the_vault_sends_is_refused_even_inflated() ->
     fine = _gzip_of_zeros(4 << 20)  # an answer within the bound is still read as sent
     vault = _vault(_serve([(200, fine)], headers=b"Content-Encoding: gzip\r\n"))
     assert vault.read_pack("p2") == bytes(4 << 20)
+
+
+def _failing_for(vault: HttpVault) -> float:
+    """Seconds a call to a vault that does not answer took to fail."""
+    started = time.monotonic()
+    with pytest.raises(VaultUnreachable, match="is unreachable .*; gave up after 2 s"):
+        vault.read_pack("p")
+    return time.monotonic() - started
+
+
+def test_the_calls_of_one_outage_share_its_window_and_an_answer_or_a_quiet_window_ends_it() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed: connections are refused until a server takes it
+    vault = HttpVault(f"http://127.0.0.1:{port}", retry_seconds=2)
+    assert _failing_for(vault) >= 1.5  # retried (0.25 + 0.5 + 1 s of waits) until the window ran out
+    assert _failing_for(vault) < 1.0  # the same outage: one try (a restore's folders waited 120 s each)
+    time.sleep(2.5)  # a window with no failure: the next call meets a new outage (the daemon's next job)
+    assert _failing_for(vault) >= 1.5
+    _serve([(200, b"answered")], port=port)  # the vault is back, for one answer
+    assert vault.read_pack("p") == b"answered"
+    assert _failing_for(vault) >= 1.5  # the answer ended the outage: the next one waits its window
