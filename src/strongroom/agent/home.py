@@ -23,6 +23,7 @@ from strongroom.policy import Policy
 from strongroom.vault.connect import connect
 from strongroom.vault.interface import Vault
 
+
 def check_private(folder: Path, st: os.stat_result, what: str, fix: str) -> None:
     """Refuses a folder of the agent's that another user owns or can write into: they could
     swap the files the agent reads there (its registration, its blob index), or plant links

@@ -185,10 +185,10 @@ class HttpVault:
             except _Transient as exc:
                 now = time.monotonic()
                 with self._lock:
-                    if self._outage is None or now - self._outage[1] > self.retry_seconds:
-                        self._outage = (now, now)
-                    self._outage = (self._outage[0], now)
-                    deadline = self._outage[0] + self.retry_seconds
+                    ongoing = self._outage is not None and now - self._outage[1] <= self.retry_seconds
+                    first = self._outage[0] if ongoing else now
+                    self._outage = (first, now)
+                deadline = first + self.retry_seconds
                 if now + delay > deadline:
                     raise VaultUnreachable(f"the vault at {self.url} is unreachable ({exc}); gave up after "
                                            f"{self.retry_seconds:.0f} s") from None
